@@ -1,0 +1,3 @@
+from bcmanager.cli import main
+
+raise SystemExit(main())

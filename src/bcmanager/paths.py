@@ -1,0 +1,147 @@
+"""Every folder and file name the manager reads or writes, and the rules for them.
+
+The filesystem is the database (DESIGN.md): a person reads the run's state with ``ls``, and a
+restart rebuilds it from these names alone. So each name is spelled here, once.
+
+INPUT_DIR holds the raw ``*.pod5`` files (never written, moved or deleted by us) and one folder
+per job, named ``<KIND>_<jobid>_<engine>``: ASSIGNED_ (leased now), DONE_ (output final) and
+FAILED_ (set aside). OUTPUT_DIR holds pass/ and fail/ and one folder per job output: TMPOUTPUT_
+(running), LOGOUTPUT_ (done), FAILEDOUTPUT_ (failed) and EXPIREDOUTPUT_ (a job whose lease ran out:
+kept for inspection, never merged). Folders being built or torn down carry the hidden prefix
+``.bcm-tmp-`` until an atomic rename commits them; start-up removes any that a crash left behind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+RAW_SUFFIX = ".pod5"
+PASS = "pass"
+FAIL = "fail"
+TEMP_PREFIX = ".bcm-tmp-"
+LOCK_NAME = ".bcmanager.lock"
+FASTQ_SUFFIXES = (".fastq", ".fastq.gz", ".fq", ".fq.gz")
+FINAL_PREFIX = "job_id_"
+
+ENGINE_ID_MAX = 100
+ENGINE_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9._-]{1,100}$"
+JOB_ID_PATTERN = r"^[0-9]{1,40}$"
+_ENGINE_ID = re.compile(ENGINE_ID_PATTERN)
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+class FolderKind(str, Enum):
+    """The prefix of a job folder; the value is spelled exactly as on disk."""
+
+    ASSIGNED = "ASSIGNED_"  # INPUT_DIR: symlinks of files leased to an engine now
+    DONE = "DONE_"  # INPUT_DIR: symlinks of files whose FASTQ is final
+    FAILED = "FAILED_"  # INPUT_DIR: symlinks of a failed job's files, for an operator
+    TMPOUTPUT = "TMPOUTPUT_"  # OUTPUT_DIR: a running job's output
+    LOGOUTPUT = "LOGOUTPUT_"  # OUTPUT_DIR: what stays of a done job's output (logs)
+    FAILEDOUTPUT = "FAILEDOUTPUT_"  # OUTPUT_DIR: a failed job's output
+    EXPIREDOUTPUT = "EXPIREDOUTPUT_"  # OUTPUT_DIR: output of a job that lost its lease
+
+
+INPUT_KINDS = (FolderKind.ASSIGNED, FolderKind.DONE, FolderKind.FAILED)
+OUTPUT_KINDS = (
+    FolderKind.TMPOUTPUT,
+    FolderKind.LOGOUTPUT,
+    FolderKind.FAILEDOUTPUT,
+    FolderKind.EXPIREDOUTPUT,
+)
+_JOB_FOLDER = re.compile(
+    r"^(?P<kind>" + "|".join(kind.value for kind in FolderKind) + r")(?P<jobid>[0-9]{1,40})_"
+    r"(?P<engine>(?!\.+$)[A-Za-z0-9._-]{1,100})$"
+)
+
+
+def is_engine_id(value: str) -> bool:
+    """Engine ids end up in folder names: letters, digits, '.', '-', '_' only, never a path."""
+    return _ENGINE_ID.match(value) is not None
+
+
+def is_job_id(value: str) -> bool:
+    """Job ids are decimal strings (the original uses uuid4().int)."""
+    return _JOB_ID.match(value) is not None
+
+
+def is_raw_name(name: str) -> bool:
+    """A raw file the sequencer wrote: ``*.pod5`` at the top of INPUT_DIR, not hidden."""
+    return name.endswith(RAW_SUFFIX) and not name.startswith(".") and "/" not in name
+
+
+def job_folder(kind: FolderKind, jobid: str, engine: str) -> str:
+    return f"{kind.value}{jobid}_{engine}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobFolderName:
+    kind: FolderKind
+    jobid: str
+    engine: str
+
+
+def parse_job_folder(name: str) -> JobFolderName | None:
+    """The parts of a job folder's name, or None for anything else."""
+    match = _JOB_FOLDER.match(name)
+    if match is None:
+        return None
+    return JobFolderName(FolderKind(match["kind"]), match["jobid"], match["engine"])
+
+
+def temp_name(final_name: str) -> str:
+    """The hidden name a folder carries while it is built or torn down."""
+    return f"{TEMP_PREFIX}{final_name}"
+
+
+def final_fastq_name(jobid: str, name: str) -> str:
+    """How an engine's output file is named once merged into pass/ or fail/."""
+    return f"{FINAL_PREFIX}{jobid}_{name}"
+
+
+def fastq_raw_stem(name: str) -> str | None:
+    """The raw file stem a FASTQ in pass/ or fail/ stands for, with or without job_id_ prefix."""
+    for suffix in FASTQ_SUFFIXES:
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            break
+    else:
+        return None
+    if stem.startswith(FINAL_PREFIX):
+        jobid, sep, rest = stem[len(FINAL_PREFIX) :].partition("_")
+        if sep and jobid.isdigit():
+            stem = rest
+    return stem or None
+
+
+def raw_stem(name: str) -> str:
+    return name[: -len(RAW_SUFFIX)] if name.endswith(RAW_SUFFIX) else name
+
+
+@dataclass(frozen=True, slots=True)
+class RunPaths:
+    """The two roots of a run and the folders derived from them."""
+
+    input_dir: Path
+    output_dir: Path
+
+    @property
+    def pass_dir(self) -> Path:
+        return self.output_dir / PASS
+
+    @property
+    def fail_dir(self) -> Path:
+        return self.output_dir / FAIL
+
+    @property
+    def lock_file(self) -> Path:
+        return self.input_dir / LOCK_NAME
+
+    def input_folder(self, kind: FolderKind, jobid: str, engine: str) -> Path:
+        return self.input_dir / job_folder(kind, jobid, engine)
+
+    def output_folder(self, kind: FolderKind, jobid: str, engine: str) -> Path:
+        return self.output_dir / job_folder(kind, jobid, engine)

@@ -1,0 +1,61 @@
+"""Every setting of the service, in one model.
+
+Read from the environment with the prefix ``BCM_`` and from a ``.env`` file in the working
+directory; ``.env.example`` documents each one. The CLI turns a validation error into one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the run lives and how the manager paces its engines."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BCM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    input_dir: Path = Field(description="Folder the sequencer writes POD5 files into.")
+    output_dir: Path = Field(description="Folder that receives pass/ and fail/ FASTQ.")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(40765, ge=1, le=65535, description="Port to listen on (the original's).")
+    default_batch_size: PositiveInt = Field(
+        10, description="Files per batch when an engine asks for batchsize <= 0."
+    )
+    max_batch_size: PositiveInt = Field(1000, description="Largest batch handed to one engine.")
+    report_back_period: PositiveFloat = Field(
+        90.0, description="Seconds a lease lasts after the last keepalive."
+    )
+    shutdown_interval: PositiveFloat = Field(
+        100.0, description="Seconds without engine calls before /heartbeat says idle."
+    )
+    rescan_interval: PositiveFloat = Field(
+        30.0, description="Seconds between full rescans of INPUT_DIR (catches missed events)."
+    )
+    force_polling: bool = Field(
+        False, description="Poll INPUT_DIR instead of using inotify (network filesystems)."
+    )
+
+    @model_validator(mode="after")
+    def _batch_sizes_agree(self) -> Self:
+        if self.default_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"default_batch_size ({self.default_batch_size}) is larger than "
+                f"max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming the first bad setting by its environment variable."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    name = f"BCM_{field.upper()}" if field else "settings"
+    value = first.get("input")
+    shown = "" if first["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+    return f"invalid setting {name}: {first['msg']}{shown}"
