@@ -34,7 +34,6 @@ from bcmanager.paths import (
     RunPaths,
     final_fastq_name,
     job_folder,
-    raw_stem,
     temp_name,
 )
 
@@ -208,27 +207,37 @@ class RunFolders:
         for name in listing.temp:
             self.ops.rmtree(self.paths.input_dir / name)
             found.repaired.append(f"removed unfinished {name}")
+        # Output folders are listed once, up front: a run holds one per job, and a stat of
+        # each job's output folder would cost a start-up more than all of its listings.
+        running = {
+            (folder.jobid, folder.engine)
+            for folder in scan.job_folders(self.paths.output_dir, FolderKind.TMPOUTPUT)
+        }
         claimed: set[tuple[str, str]] = set()
+        input_root = str(self.paths.input_dir)
         for folder in listing.job_folders:
-            path = self.paths.input_folder(folder.kind, folder.jobid, folder.engine)
-            files = scan.names_in(path)
-            claimed.add((folder.jobid, folder.engine))
+            name = job_folder(folder.kind, folder.jobid, folder.engine)
+            files = scan.names_in(os.path.join(input_root, name))
+            job = (folder.jobid, folder.engine)
+            claimed.add(job)
             if folder.kind is FolderKind.ASSIGNED:
-                output = self.paths.output_folder(FolderKind.TMPOUTPUT, folder.jobid, folder.engine)
-                if not output.is_dir():
+                if job not in running:
+                    output = self.paths.output_folder(FolderKind.TMPOUTPUT, *job)
                     self.ops.mkdir(output)
                     found.repaired.append(f"recreated {output.name}")
                 found.assigned.append((folder, scan.oldest_first(self.paths.input_dir, files)))
             elif folder.kind in (FolderKind.DONE, FolderKind.FAILED):
-                if self.roll_forward(folder.jobid, folder.engine, folder.kind):
-                    found.repaired.append(f"finished the output of {path.name}")
+                if job in running and self.roll_forward(folder.jobid, folder.engine, folder.kind):
+                    found.repaired.append(f"finished the output of {name}")
                 found.ended.append((folder, files))
-        for folder in scan.job_folders(self.paths.output_dir):
-            if folder.kind is FolderKind.TMPOUTPUT and (folder.jobid, folder.engine) not in claimed:
-                output = self.paths.output_folder(folder.kind, folder.jobid, folder.engine)
-                self._set_aside(output, folder.jobid, folder.engine)
-                found.repaired.append(f"set aside {output.name}: no job folder claims it")
-        stems = scan.fastq_stems(self.paths.output_dir)
-        if stems:
-            found.done_by_fastq = [name for name in listing.raw if raw_stem(name) in stems]
+        for jobid, engine in sorted(running - claimed):
+            output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+            self._set_aside(output, jobid, engine)
+            found.repaired.append(f"set aside {output.name}: no job folder claims it")
+        with_fastq = scan.raw_names_with_fastq(self.paths.output_dir)
+        if with_fastq:
+            # Set operations run in C: most of a big run's FASTQ belongs to files that its
+            # DONE_ folders record already.
+            with_fastq.difference_update(*(files for _, files in found.ended))
+            found.done_by_fastq = list(with_fastq.intersection(listing.raw))
         return found

@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
+from itertools import chain
 from typing import Any
 
 from bcmanager import scan
@@ -23,7 +24,7 @@ from bcmanager.folders import RunFolders
 from bcmanager.models import BCBatch, FileCounts, LeasedJob, RunStatus
 from bcmanager.paths import FolderKind, RunPaths, job_folder
 from bcmanager.settings import Settings
-from bcmanager.state import Completion, FileState, JobState, RunState
+from bcmanager.state import FILES_AFTER, Completion, FileState, JobState, RunState
 from bcmanager.watcher import watch_raw_files
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,15 @@ class Manager:
         for line in recovered.repaired:
             log.info("recovery: %s", line)
         now = self.clock()
+        ended: dict[JobState, list[list[str]]] = {JobState.DONE: [], JobState.FAILED: []}
         for folder, files in recovered.ended:
-            state = JobState.DONE if folder.kind is FolderKind.DONE else JobState.FAILED
-            self.state.record_ended(folder.jobid, folder.engine, state, now)
-            restored = FileState.DONE if state is JobState.DONE else FileState.FAILED
-            for name in files:
-                self.state.restore(name, restored)
-        for name in recovered.done_by_fastq:
-            self.state.restore(name, FileState.DONE)
+            outcome = JobState.DONE if folder.kind is FolderKind.DONE else JobState.FAILED
+            self.state.record_ended(folder.jobid, folder.engine, outcome, now)
+            ended[outcome].append(files)
+        # Done first: a file that a DONE_ and a FAILED_ folder both record is done.
+        for outcome, groups in ended.items():
+            self.state.restore_many(chain.from_iterable(groups), FILES_AFTER[outcome])
+        self.state.restore_many(recovered.done_by_fastq, FileState.DONE)
         for folder, files in recovered.assigned:
             job = self.state.adopt(folder.jobid, folder.engine, files, now)
             log.info("adopted job %s of %s: %d files", job.jobid, job.engine, len(job.files))
@@ -220,8 +222,7 @@ class Manager:
     def _unknown_oldest_first(self, names: list[str]) -> list[str]:
         """Runs in a worker thread: dict lookups are safe against the loop's updates, and a
         name added meanwhile is simply observed twice, which changes nothing."""
-        unknown = [name for name in names if not self.state.knows(name)]
-        return scan.oldest_first(self.paths.input_dir, unknown)
+        return scan.oldest_first(self.paths.input_dir, self.state.unknown(names))
 
     async def _rescan(self) -> None:
         """Find raw files that no event announced, and waiting files that completed."""

@@ -32,6 +32,12 @@ ENGINE_ID_PATTERN = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
 JOB_ID_PATTERN = r"^[0-9]{1,40}$"
 _ENGINE_ID = re.compile(ENGINE_ID_PATTERN)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
+# Greedy: the stem is the longest that leaves a FASTQ suffix, so "a.fq.fastq" stands for "a.fq".
+_FASTQ_NAME = re.compile(
+    f"(?:{re.escape(FINAL_PREFIX)}[0-9]+_)?(?P<stem>.*)"
+    f"(?:{'|'.join(map(re.escape, FASTQ_SUFFIXES))})",
+    re.DOTALL,
+)
 
 
 class FolderKind(str, Enum):
@@ -53,6 +59,7 @@ OUTPUT_KINDS = (
     FolderKind.FAILEDOUTPUT,
     FolderKind.EXPIREDOUTPUT,
 )
+_KINDS = {kind.value: kind for kind in FolderKind}
 _JOB_FOLDER = re.compile(
     r"^(?P<kind>" + "|".join(kind.value for kind in FolderKind) + r")(?P<jobid>[0-9]{1,40})_"
     r"(?P<engine>" + ENGINE_ID_PATTERN[1:-1] + r")$"
@@ -90,7 +97,7 @@ def parse_job_folder(name: str) -> JobFolderName | None:
     match = _JOB_FOLDER.fullmatch(name)
     if match is None:
         return None
-    return JobFolderName(FolderKind(match["kind"]), match["jobid"], match["engine"])
+    return JobFolderName(_KINDS[match["kind"]], match["jobid"], match["engine"])
 
 
 def temp_name(final_name: str) -> str:
@@ -104,18 +111,11 @@ def final_fastq_name(jobid: str, name: str) -> str:
 
 
 def fastq_raw_stem(name: str) -> str | None:
-    """The raw file stem a FASTQ in pass/ or fail/ stands for, with or without job_id_ prefix."""
-    for suffix in FASTQ_SUFFIXES:
-        if name.endswith(suffix):
-            stem = name[: -len(suffix)]
-            break
-    else:
-        return None
-    if stem.startswith(FINAL_PREFIX):
-        jobid, sep, rest = stem[len(FINAL_PREFIX) :].partition("_")
-        if sep and jobid.isdigit():
-            stem = rest
-    return stem or None
+    """The raw file stem a FASTQ in pass/ or fail/ stands for, with or without job_id_ prefix.
+
+    One regular expression, because a start-up reads every FASTQ name of the run."""
+    match = _FASTQ_NAME.fullmatch(name)
+    return (match["stem"] or None) if match else None
 
 
 def raw_stem(name: str) -> str:

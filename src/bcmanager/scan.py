@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
 from bcmanager.paths import (
     FAIL,
     PASS,
+    RAW_SUFFIX,
     TEMP_PREFIX,
+    FolderKind,
     JobFolderName,
     fastq_raw_stem,
     is_raw_name,
@@ -25,6 +29,7 @@ from bcmanager.paths import (
 # "to allow quickly checking whether the file is complete".
 POD5_SIGNATURE = b"\x8bPOD\r\n\x1a\n"
 _SIGNATURE_SIZE = len(POD5_SIGNATURE)
+_MTIME = itemgetter(0)
 
 
 class RawProbe(NamedTuple):
@@ -33,11 +38,11 @@ class RawProbe(NamedTuple):
     mtime: float
 
 
-def probe(path: str | Path) -> RawProbe | None:
+def probe(path: str | Path, dir_fd: int | None = None) -> RawProbe | None:
     """Whether a raw file is complete; None when it is not a regular file (gone, a symlink,
-    a folder), which is never offered."""
+    a folder), which is never offered. With ``dir_fd``, ``path`` is a name in that folder."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -57,24 +62,47 @@ def probe(path: str | Path) -> RawProbe | None:
         os.close(fd)
 
 
+@contextmanager
+def _opened(folder: Path) -> Iterator[int | None]:
+    """The folder open for ``dir_fd`` calls, which resolve a name in it without walking its
+    whole path again (and without pathlib, which costs more than the system call): a start-up
+    looks at every file of a run that may hold a million. None if it cannot be opened, so
+    that each name is then simply not found."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def probe_many(input_dir: Path, names: Iterable[str]) -> list[tuple[str, RawProbe]]:
-    found = []
-    for name in names:
-        result = probe(input_dir / name)
-        if result is not None:
-            found.append((name, result))
+    found: list[tuple[str, RawProbe]] = []
+    with _opened(input_dir) as folder:
+        if folder is None:
+            return found
+        for name in names:
+            result = probe(name, folder)
+            if result is not None:
+                found.append((name, result))
     return found
 
 
 def oldest_first(input_dir: Path, names: Iterable[str]) -> list[str]:
     """Names sorted by modification time (one lstat each; a vanished file is dropped)."""
     stamped = []
-    for name in names:
-        try:
-            stamped.append((os.lstat(input_dir / name).st_mtime, name))
-        except OSError:
-            continue
-    stamped.sort()
+    with _opened(input_dir) as folder:
+        if folder is None:
+            return []
+        for name in names:
+            try:
+                stamped.append((os.stat(name, dir_fd=folder, follow_symlinks=False).st_mtime, name))
+            except OSError:
+                continue
+    stamped.sort(key=_MTIME)  # floats compare far faster than tuples; ties keep listing order
     return [name for _, name in stamped]
 
 
@@ -118,20 +146,26 @@ def raw_names(input_dir: Path) -> list[str]:
         ]
 
 
-def names_in(folder: Path) -> list[str]:
+def names_in(folder: str | Path) -> list[str]:
     with os.scandir(folder) as entries:
         return [entry.name for entry in entries]
 
 
-def job_folders(folder: Path) -> list[JobFolderName]:
+def job_folders(folder: Path, kind: FolderKind) -> list[JobFolderName]:
+    """The job folders of one kind; other names are not parsed (a run holds one per job)."""
     with os.scandir(folder) as entries:
-        parsed = (parse_job_folder(entry.name) for entry in entries if entry.is_dir())
+        parsed = (
+            parse_job_folder(entry.name)
+            for entry in entries
+            if entry.name.startswith(kind.value) and entry.is_dir()
+        )
         return [name for name in parsed if name is not None]
 
 
-def fastq_stems(output_dir: Path) -> set[str]:
-    """Raw file stems that already have FASTQ in pass/ or fail/ (made by us or by other means)."""
-    stems: set[str] = set()
+def raw_names_with_fastq(output_dir: Path) -> set[str]:
+    """Raw file names whose stem already has FASTQ in pass/ or fail/ (made by us or by other
+    means)."""
+    found: set[str] = set()
     for sub in (PASS, FAIL):
         try:
             names = names_in(output_dir / sub)
@@ -140,5 +174,5 @@ def fastq_stems(output_dir: Path) -> set[str]:
         for name in names:
             stem = fastq_raw_stem(name)
             if stem is not None:
-                stems.add(stem)
-    return stems
+                found.add(stem + RAW_SUFFIX)
+    return found
