@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint openapi clean
+.PHONY: run test lint openapi clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,16 @@ run: $(VENV)/.installed
 	BCM_INPUT_DIR=data/input BCM_OUTPUT_DIR=data/output $(BIN)/bcmanager serve
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
 
 test: lint
 	$(BIN)/pytest -q
+
+# The quick benchmarks, one table (a few minutes); bench/run_all.py --full for docs/benchmarks.md.
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run_all.py
 
 openapi: $(VENV)/.installed
 	$(BIN)/bcmanager openapi > openapi/openapi.json
