@@ -84,6 +84,10 @@ class JobFolderName:
     jobid: str
     engine: str
 
+    @property
+    def name(self) -> str:
+        return job_folder(self.kind, self.jobid, self.engine)
+
 
 def parse_job_folder(name: str) -> JobFolderName | None:
     """The parts of a job folder's name, or None for anything else."""
@@ -103,19 +107,32 @@ def final_fastq_name(jobid: str, name: str) -> str:
     return f"{FINAL_PREFIX}{jobid}_{name}"
 
 
-def fastq_raw_stem(name: str) -> str | None:
-    """The raw file stem a FASTQ in pass/ or fail/ stands for, with or without job_id_ prefix."""
+@dataclass(frozen=True, slots=True)
+class FastqName:
+    stem: str  # the raw file stem it stands for
+    jobid: str | None  # the job whose output it was, when merged by us; None: made otherwise
+
+
+def parse_fastq_name(name: str) -> FastqName | None:
+    """What a FASTQ in pass/ or fail/ stands for, with or without the job_id_ prefix."""
     for suffix in FASTQ_SUFFIXES:
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
             break
     else:
         return None
+    jobid = None
     if stem.startswith(FINAL_PREFIX):
-        jobid, sep, rest = stem[len(FINAL_PREFIX) :].partition("_")
-        if sep and jobid.isdigit():
-            stem = rest
-    return stem or None
+        prefix_jobid, sep, rest = stem[len(FINAL_PREFIX) :].partition("_")
+        if sep and prefix_jobid.isdigit():
+            jobid, stem = prefix_jobid, rest
+    return FastqName(stem, jobid) if stem else None
+
+
+def fastq_raw_stem(name: str) -> str | None:
+    """The raw file stem a FASTQ in pass/ or fail/ stands for, with or without job_id_ prefix."""
+    parsed = parse_fastq_name(name)
+    return parsed.stem if parsed else None
 
 
 def raw_stem(name: str) -> str:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from bcmanager.paths import (
     FAIL,
+    OUTPUT_KINDS,
     PASS,
     TEMP_PREFIX,
     JobFolderName,
@@ -130,16 +131,57 @@ def job_folders(folder: Path) -> list[JobFolderName]:
         return [name for name in parsed if name is not None]
 
 
-def fastq_stems(output_dir: Path) -> set[str]:
-    """Raw file stems that already have FASTQ in pass/ or fail/ (made by us or by other means)."""
-    stems: set[str] = set()
+def link_targets(folder: Path) -> list[tuple[str, str | None]]:
+    """Each entry of a job folder with where it points; None for an entry that is no symlink."""
+    found: list[tuple[str, str | None]] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            target = os.readlink(entry.path) if entry.is_symlink() else None
+            found.append((entry.name, target))
+    return found
+
+
+@dataclass(slots=True)
+class OutputListing:
+    """One pass over OUTPUT_DIR, sorted by what each folder is; files there are not ours."""
+
+    job_folders: list[JobFolderName] = field(default_factory=list)
+    unknown_folders: list[str] = field(default_factory=list)
+
+
+def list_output(output_dir: Path) -> OutputListing:
+    listing = OutputListing()
+    with os.scandir(output_dir) as entries:
+        for entry in entries:
+            name = entry.name
+            if (
+                name in (PASS, FAIL)
+                or name.startswith(".")
+                or not entry.is_dir(follow_symlinks=False)
+            ):
+                continue
+            parsed = parse_job_folder(name)
+            if parsed is not None and parsed.kind in OUTPUT_KINDS:
+                listing.job_folders.append(parsed)
+            else:
+                listing.unknown_folders.append(name)
+    return listing
+
+
+def fastq_files(output_dir: Path) -> list[tuple[str, str]]:
+    """(``pass`` or ``fail``, name) of every FASTQ file in OUTPUT_DIR/pass and /fail."""
+    found: list[tuple[str, str]] = []
     for sub in (PASS, FAIL):
         try:
             names = names_in(output_dir / sub)
         except FileNotFoundError:
             continue
-        for name in names:
-            stem = fastq_raw_stem(name)
-            if stem is not None:
-                stems.add(stem)
-    return stems
+        found.extend((sub, name) for name in names if fastq_raw_stem(name) is not None)
+    return found
+
+
+def fastq_stems(output_dir: Path) -> set[str]:
+    """Raw file stems that already have FASTQ in pass/ or fail/ (made by us or by other means)."""
+    return {
+        stem for _, name in fastq_files(output_dir) if (stem := fastq_raw_stem(name)) is not None
+    }
