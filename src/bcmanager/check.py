@@ -111,9 +111,10 @@ class Report:
             out.append("all invariants hold")
         else:
             broken = sum(p.severity is Severity.BROKEN for p in self.problems)
+            count = len(self.failures)
             out.append(
-                f"{len(self.failures)} problems: {broken} broken, "
-                f"{len(self.failures) - broken} left by an interrupted change (a restart of "
+                f"{count} problem{'s' if count > 1 else ''}: {broken} broken, "
+                f"{count - broken} left by an interrupted change (a restart of "
                 "bcmanager finishes those)"
             )
         return out

@@ -232,6 +232,8 @@ class Manager:
     async def _rescan_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.rescan_interval)
+            for line in self.folders.finish_tails():
+                log.info("finished after a disk fault: %s", line)
             try:
                 await self._rescan()
             except OSError as error:

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +48,17 @@ class Settings(BaseSettings):
     force_polling: bool = Field(
         False, description="Poll INPUT_DIR instead of using inotify (network filesystems)."
     )
+    api_token: SecretStr | None = Field(
+        None,
+        description="When set, engines must send 'Authorization: Bearer <token>' to assignwork, "
+        "keepalive and completed.",
+    )
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        """``BCM_API_TOKEN=`` (as in .env.example) means no token, not the empty one."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _batch_sizes_agree(self) -> Self:
