@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint openapi clean
+.PHONY: run test lint openapi clean soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(BIN)/pytest -q
+
+# The long proofs: 100 kill -9 of a live manager (seed printed; BCM_SOAK_SEED=N repeats a plan),
+# 1000 random runs of the property test, 500 fuzzed requests per route.
+soak: $(VENV)/.installed
+	BCM_SOAK_KILLS=$${BCM_SOAK_KILLS:-100} BCM_PROPERTY_EXAMPLES=$${BCM_PROPERTY_EXAMPLES:-1000} \
+	BCM_FUZZ_EXAMPLES=$${BCM_FUZZ_EXAMPLES:-500} \
+	$(BIN)/pytest -q -s tests/test_crash.py tests/test_properties.py tests/test_fuzz_api.py
 
 openapi: $(VENV)/.installed
 	$(BIN)/bcmanager openapi > openapi/openapi.json

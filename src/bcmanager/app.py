@@ -76,6 +76,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# How the protocol chains: the jobid of a batch is the job_id of its keepalives and completion.
+# Clients and schema-driven testers (schemathesis) follow these links from one call to the next.
+JOB_LINKS: dict[str, Any] = {
+    operation: {
+        "operationId": operation,
+        "parameters": {"job_id": "$response.body#/jobid"},
+        "description": description,
+    }
+    for operation, description in (
+        ("keep_alive", "Keep the batch's lease while working on it."),
+        ("complete_job", "Report the batch DONE, FAILED or STOPPED."),
+    )
+}
 BEARER = HTTPBearer(
     scheme_name="engine_token",
     description="The manager's BCM_API_TOKEN; required only when the manager sets one.",
@@ -150,7 +163,7 @@ def create_app(
         operation_id="assign_work",
         summary="Lease a batch of raw files to an engine",
         tags=["protocol"],
-        responses={401: ERRORS[401], 503: ERRORS[503]},
+        responses={200: {"links": JOB_LINKS}, 401: ERRORS[401], 503: ERRORS[503]},
         dependencies=authorized,
         openapi_extra=TOKEN_OPTIONAL,
     )
