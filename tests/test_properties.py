@@ -332,7 +332,7 @@ class RunMachine(RuleBasedStateMachine):
 
 
 RunMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("BCM_PROPERTY_EXAMPLES") or 50),
+    max_examples=int(os.environ.get("BCM_PROPERTY_EXAMPLES") or 100),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
