@@ -2,7 +2,8 @@
 
 Routes only translate: query parameters in, a Manager call, a model out. Errors of the state
 machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``
-and nothing changed.
+and nothing changed. For people: the run's picture as JSON (/status), as Prometheus metrics
+(/metrics) and as a page (/, with its files under /static).
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import Enum
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from bcmanager import __version__
 from bcmanager.lock import RunLock
 from bcmanager.manager import Manager
+from bcmanager.metrics import Metrics, RequestTimer
 from bcmanager.models import (
     BCBatch,
     CompletedReply,
@@ -95,6 +100,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.manager = manager
+    metrics = Metrics(manager)
+    app.add_middleware(RequestTimer, histogram=metrics.requests)
+    page = (resources.files("bcmanager") / "static" / "index.html").read_text(encoding="utf-8")
+    app.mount("/static", StaticFiles(packages=[("bcmanager", "static")]), name="static")
 
     @app.exception_handler(UnknownJob)
     async def unknown_job(request: Request, error: UnknownJob) -> JSONResponse:
@@ -161,6 +170,7 @@ def create_app(
             status="true" if idle >= settings.shutdown_interval else "false",
             inactivity_interval=round(idle, 3),
             problems=manager.problems(),
+            phase=manager.phase(),
         )
         if reply.problems:
             return JSONResponse(reply.model_dump(), status_code=503)
@@ -183,10 +193,25 @@ def create_app(
         "/status",
         response_model=RunStatus,
         operation_id="run_status",
-        summary="Files by state and the jobs holding leases",
+        summary="The run's picture: files and bytes by state, rates, ETA, engines, leases",
         tags=["operations"],
     )
     async def status() -> RunStatus:
         return manager.status()
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        operation_id="metrics",
+        summary="Prometheus metrics: files by state, files by engine and outcome, durations",
+        tags=["operations"],
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format"}},
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def status_page() -> HTMLResponse:
+        return HTMLResponse(page)
 
     return app
