@@ -162,10 +162,11 @@ class RateSeries(BaseModel):
     """Files per bucket, for a chart of both rates over time."""
 
     bucket_seconds: int = Field(description="Width of each bucket.")
-    arrived: list[int] = Field(description="Files that became complete, oldest bucket first.")
-    basecalled: list[int] = Field(
-        description="Files basecalled; the last bucket is the current, partial one."
+    current_bucket_seconds: float = Field(
+        description="Seconds the last bucket, the current one, has been filling."
     )
+    arrived: list[int] = Field(description="Files that became complete, oldest bucket first.")
+    basecalled: list[int] = Field(description="Files basecalled, oldest bucket first.")
 
 
 class History(BaseModel):

@@ -390,6 +390,7 @@ def _per_minute(totals: tuple[int, int], seconds: float) -> Rate:
 def _series(arrived: RateRing, basecalled: RateRing, now: float) -> RateSeries:
     return RateSeries(
         bucket_seconds=int(arrived.bucket_seconds),
+        current_bucket_seconds=round(arrived.covered(now, 1), 1),
         arrived=arrived.series(now),
         basecalled=basecalled.series(now),
     )

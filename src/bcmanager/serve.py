@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from pydantic import ValidationError
 
 from bcmanager.app import create_app
 from bcmanager.lock import AlreadyManaged, RunLock
+from bcmanager.logs import configure_logging
 from bcmanager.paths import RunPaths
 from bcmanager.settings import Settings, describe_error
 
@@ -60,14 +60,22 @@ def run_serve(args: argparse.Namespace) -> int:
     if not paths.input_dir.is_dir():
         print(f"bcmanager: BCM_INPUT_DIR {paths.input_dir} is not a folder", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(settings.log_format)
     try:
         lock = RunLock.acquire(paths.lock_file, f"http://{settings.host}:{settings.port}")
     except AlreadyManaged as error:
         print(f"bcmanager: {error}", file=sys.stderr)
         return 1
     app = create_app(settings, lock=lock)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    # log_config=None: uvicorn's own lines go through the handler configured above.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level="info",
+        access_log=False,
+    )
     return 0
 
 
