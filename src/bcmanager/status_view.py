@@ -117,7 +117,7 @@ def _progress(status: RunStatus) -> Table:
     line.add_row(
         ProgressBar(total=max(total, 1), completed=files.done, width=50),
         Text(f"{share:.1%}", style="bold"),
-        f"{files.done:,} of {total:,} files basecalled · "
+        f"{files.done:,} of {plural_files(total)} basecalled · "
         f"{human_bytes(sizes.done)} of {human_bytes(total_bytes)}",
     )
     return line
@@ -158,7 +158,7 @@ def _outlook(status: RunStatus) -> Text:
     )
     eta = "-" if drain.eta_seconds is None else human_duration(drain.eta_seconds)
     text = Text.assemble(f"{label} ", (eta, "bold"))
-    text.append(f"  ({drain.backlog_files:,} files, {human_bytes(drain.backlog_bytes)} to go")
+    text.append(f"  ({plural_files(drain.backlog_files)}, {human_bytes(drain.backlog_bytes)} to go")
     if status.phase is RunPhase.SEQUENCING and drain.growth_files_per_minute > 0:
         text.append(f"; growing by {_rate(drain.growth_files_per_minute)} files/min")
     text.append(")")
@@ -212,6 +212,10 @@ def _problems(status: RunStatus) -> Table:
             when,
         )
     return table
+
+
+def plural_files(count: int) -> str:
+    return f"{count:,} file" if count == 1 else f"{count:,} files"
 
 
 def short_job(jobid: str) -> str:

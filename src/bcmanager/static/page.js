@@ -20,6 +20,10 @@ function count(n) {
   return Math.round(n).toLocaleString("en-US");
 }
 
+function files(n) {
+  return `${count(n)} ${n === 1 ? "file" : "files"}`;
+}
+
 function perMinute(n) {
   if (n >= 10) return n.toFixed(0);
   if (n >= 1) return n.toFixed(1);
@@ -93,7 +97,7 @@ function renderOverall(s) {
   const done = s.files.done;
   $("percent").textContent = `${Math.floor((1000 * done) / total) / 10}%`;
   $("summary").textContent =
-    `${count(done)} of ${count(total)} files basecalled · ` +
+    `${count(done)} of ${files(total)} basecalled · ` +
     `${bytes(s.bytes.done)} of ${bytes(totalBytes)}`;
 }
 
@@ -103,8 +107,8 @@ function renderRates(s) {
   for (const flow of ["arrived", "basecalled"]) {
     $(`${flow}-5`).textContent = perMinute(short[flow].files_per_minute);
     $(`${flow}-detail`).textContent =
-      `${bytes(short[flow].bytes_per_minute)}/min over 5 min · ` +
-      `${perMinute(hour[flow].files_per_minute)} files/min over 60 min`;
+      `${bytes(short[flow].bytes_per_minute)}/min · ` +
+      `${perMinute(hour[flow].files_per_minute)} files/min over the hour`;
   }
   const drain = s.drain;
   const finished = s.phase !== "sequencing";
@@ -116,7 +120,7 @@ function renderRates(s) {
   } else {
     $("eta").textContent = drain.eta_seconds === 0 ? "now" : duration(drain.eta_seconds);
   }
-  let detail = `${count(drain.backlog_files)} files (${bytes(drain.backlog_bytes)}) to go`;
+  let detail = `${files(drain.backlog_files)} (${bytes(drain.backlog_bytes)}) to go`;
   if (drain.eta_seconds === null && drain.backlog_files) detail += ", none basecalled lately";
   if (!finished && drain.growth_files_per_minute > 0) {
     detail += `; growing by ${perMinute(drain.growth_files_per_minute)}/min`;
