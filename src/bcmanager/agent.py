@@ -296,6 +296,7 @@ class Agent:
         self._draw = draw
         self._stop = asyncio.Event()
         self._child: asyncio.subprocess.Process | None = None
+        self._jobid = "-"
 
     @property
     def stopping(self) -> bool:
@@ -303,7 +304,7 @@ class Agent:
 
     def request_stop(self, reason: str) -> None:
         """Finish as soon as possible: stop the basecaller, give its batch back, return."""
-        self._event("stopping", reason=reason)
+        self._event("stopping", self._jobid, reason=reason)
         self._stop.set()
 
     def kill_child_now(self) -> None:
@@ -326,13 +327,17 @@ class Agent:
                 continue
             self._event("got batch", reply.jobid, files=len(reply.batch))
             lease = Lease(reply.report_back_interval, asked_at + reply.report_back_interval)
+            self._jobid = reply.jobid
             try:
                 job = resolve_job(reply, self._settings.input_dir, self._settings.output_dir)
                 await self._wait_visible(job)
             except AgentError:
                 await self._give_back(reply.jobid, lease)
                 raise
-            await self._work_on(job, lease)
+            try:
+                await self._work_on(job, lease)
+            finally:
+                self._jobid = "-"
         self._event("stopped")
 
     async def _work_on(self, job: Job, lease: Lease) -> None:
@@ -350,29 +355,44 @@ class Agent:
             raise ConfigurationError(f"cannot start the basecaller {argv[0]!r}: {error}") from error
         self._child = process
         self._event("started basecaller", job.jobid, pid=process.pid, command=shlex.join(argv))
-        exited = asyncio.create_task(process.wait())
-        keeper = asyncio.create_task(self._keep_lease(job, lease))
-        stop = asyncio.create_task(self._stop.wait())
         try:
-            await asyncio.wait({exited, keeper, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if keeper.done():
-                end = keeper.result()
-                self._event(f"dropping job: {end.value}", job.jobid, level=logging.WARNING)
+            ending = await self._watch(job, process, lease)
+            if isinstance(ending, LeaseEnd):
+                self._event(f"dropping job: {ending.value}", job.jobid, level=logging.WARNING)
                 await self._stop_child(job, process)
-            elif exited.done():
-                code = exited.result()
-                state = JobState.DONE if code == 0 else JobState.FAILED
-                self._event("basecaller exited", job.jobid, code=code)
-                await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
-            else:
+            elif ending is None:
                 await self._stop_child(job, process)
                 await self._give_back(job.jobid, lease)
+            else:
+                state = JobState.DONE if ending == 0 else JobState.FAILED
+                self._event("basecaller exited", job.jobid, code=ending)
+                await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
         finally:
-            for task in (exited, keeper, stop):
-                task.cancel()
             if process.returncode is None:
                 await self._stop_child(job, process)
             self._child = None
+
+    async def _watch(
+        self, job: Job, process: asyncio.subprocess.Process, lease: Lease
+    ) -> LeaseEnd | int | None:
+        """Keep the lease until the first of: the lease is lost (why), the basecaller exits (its
+        exit code), a stop is requested (None). No keepalive is in flight once this returns, so
+        none can race the report of the job's end."""
+        keeper = asyncio.create_task(self._keep_lease(job, lease))
+        exited = asyncio.create_task(process.wait())
+        stop = asyncio.create_task(self._stop.wait())
+        tasks = (keeper, exited, stop)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if not keeper.cancelled():
+            return keeper.result()
+        if not exited.cancelled():
+            return exited.result()
+        return None
 
     async def _keep_lease(self, job: Job, lease: Lease) -> LeaseEnd:
         """Send keepalives until the job must be dropped; say why it must."""
@@ -459,9 +479,11 @@ class Agent:
             try:
                 response = await self._client.get(route, params=dict(params))
             except httpx.TransportError as error:
-                reason = f"{type(error).__name__} {error}".strip()
+                reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             else:
                 if response.status_code < httpx.codes.INTERNAL_SERVER_ERROR:
+                    if attempt:
+                        self._event(f"reached {route} again", jobid, failed_attempts=attempt)
                     return Answer(response, sent_at)
                 reason = f"HTTP {response.status_code}"
             remaining = until - self._clock()
