@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,10 +37,9 @@ from bcmanager.agent import (
 )
 from bcmanager.cli import build_parser, main
 from bcmanager.paths import PASS, FolderKind, final_fastq_name, parse_job_folder, raw_stem
-from bcmanager.simulate import write_pod5
+from conftest import Run, Server
 
 ENGINE = "gpu-test"
-STARTUP_TIMEOUT = 30.0
 
 FAKE_BASECALLER = '''\
 """A basecaller stand-in, run as: MODE INPUT_DIR OUTPUT_DIR JOBID WORKDIR.
@@ -112,13 +110,6 @@ def is_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def job_folders(root: Path, kind: FolderKind) -> dict[str, list[str]]:
     """jobid -> sorted entries, for each folder of ``kind`` in ``root``."""
     found = {}
@@ -129,79 +120,14 @@ def job_folders(root: Path, kind: FolderKind) -> dict[str, list[str]]:
     return found
 
 
+def file_counts(server: Server) -> dict[str, int]:
+    counts: dict[str, int] = server.get("/status").json()["files"]
+    return counts
+
+
 def final_fastq(root: Path) -> set[str]:
     pass_dir = root / PASS
     return {path.name for path in pass_dir.iterdir()} if pass_dir.is_dir() else set()
-
-
-@dataclass
-class ManagerProcess:
-    """``bcmanager serve`` on one run's folders; it can be killed and started again."""
-
-    root: Path
-    lease: int
-    port: int
-    raw_names: list[str]
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def input_dir(self) -> Path:
-        return self.root / "input"
-
-    @property
-    def output_dir(self) -> Path:
-        return self.root / "output"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("BCM_")}
-        env.update(
-            BCM_INPUT_DIR=str(self.input_dir),
-            BCM_OUTPUT_DIR=str(self.output_dir),
-            BCM_HOST="127.0.0.1",
-            BCM_PORT=str(self.port),
-            BCM_REPORT_BACK_PERIOD=str(self.lease),
-        )
-        with (self.root / "manager.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bcmanager", "serve"],
-                env=env,
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._ready, STARTUP_TIMEOUT, "the manager to be ready")
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            log = (self.root / "manager.log").read_text()
-            raise AssertionError(f"the manager exited with {self.process.returncode}:\n{log}")
-        try:
-            return httpx.get(f"{self.url}/ready", timeout=1).status_code == httpx.codes.OK
-        except httpx.TransportError:
-            return False
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def files(self) -> dict[str, int]:
-        counts: dict[str, int] = httpx.get(f"{self.url}/status", timeout=5).json()["files"]
-        return counts
 
 
 @dataclass
@@ -223,34 +149,32 @@ class AgentProcess:
 
 @dataclass
 class Bench:
-    """One test's run folders, fake basecaller and the processes started on them."""
+    """One test's run, manager, fake basecaller and the agents started on them."""
 
     root: Path
-    managers: list[ManagerProcess]
+    run: Run
+    start_server: Callable[..., Server]
     agents: list[AgentProcess]
 
     @property
     def work(self) -> Path:
         return self.root / "work"
 
-    def manager(self, files: int, lease: int) -> ManagerProcess:
-        manager = ManagerProcess(self.root, lease, free_port(), [])
-        manager.input_dir.mkdir()
-        manager.output_dir.mkdir()
-        for number in range(files):
-            name = f"read{number:02d}.pod5"
-            write_pod5(manager.input_dir / name, 2, seed=number)
-            manager.raw_names.append(name)
-        manager.start()
-        self.managers.append(manager)
-        wait_for(lambda: manager.files()["pending"] == files, 10, f"{files} pending files")
-        return manager
+    @property
+    def raw_names(self) -> list[str]:
+        return sorted(self.run.reads)
+
+    def manager(self, files: int, lease: int) -> Server:
+        self.run.add_many(files)
+        server = self.start_server(BCM_REPORT_BACK_PERIOD=str(lease))
+        wait_for(lambda: file_counts(server)["pending"] == files, 10, f"{files} pending files")
+        return server
 
     def command(self, mode: str) -> str:
         script = [sys.executable, str(self.root / "fake_basecaller.py"), mode]
         return f"{shlex.join(script)} {{input_dir}} {{output_dir}} {{jobid}} {self.work}"
 
-    def agent(self, manager: ManagerProcess, mode: str, *flags: str) -> AgentProcess:
+    def agent(self, manager: Server, mode: str, *flags: str) -> AgentProcess:
         env = {key: value for key, value in os.environ.items() if not key.startswith("BCM_")}
         env["BCM_AGENT_COMMAND"] = self.command(mode)
         log = self.root / f"agent{len(self.agents)}.log"
@@ -279,7 +203,7 @@ class Bench:
         return jobid, int(child_file.read_text()), grandchild
 
     def release_everything(self) -> None:
-        """Let every basecaller still waiting finish, and stop what is left running."""
+        """Let every basecaller still waiting finish, and kill what is left running."""
         (self.work / "go").touch()
         for agent in self.agents:
             if agent.process.poll() is None:
@@ -289,15 +213,13 @@ class Bench:
             pid = int(pid_file.read_text())
             if is_running(pid):
                 os.kill(pid, signal.SIGKILL)
-        for manager in self.managers:
-            manager.stop()
 
 
 @pytest.fixture
-def bench(tmp_path: Path) -> Iterator[Bench]:
+def bench(tmp_path: Path, run: Run, start_server: Callable[..., Server]) -> Iterator[Bench]:
     (tmp_path / "work").mkdir()
     (tmp_path / "fake_basecaller.py").write_text(FAKE_BASECALLER)
-    bench = Bench(tmp_path, [], [])
+    bench = Bench(tmp_path, run, start_server, [])
     yield bench
     bench.release_everything()
 
@@ -308,17 +230,17 @@ def test_until_empty_basecalls_every_file_and_exits_0(bench: Bench) -> None:
 
     assert agent.wait(60) == 0, agent.text()
 
-    done = job_folders(manager.input_dir, FolderKind.DONE)
+    done = job_folders(bench.run.input_dir, FolderKind.DONE)
     assert sorted(len(names) for names in done.values()) == [1, 2, 2]
-    assert sorted(name for names in done.values() for name in names) == manager.raw_names
-    assert final_fastq(manager.output_dir) == {
+    assert sorted(name for names in done.values() for name in names) == bench.raw_names
+    assert final_fastq(bench.run.output_dir) == {
         final_fastq_name(jobid, raw_stem(name) + ".fastq")
         for jobid, names in done.items()
         for name in names
     }
-    assert not job_folders(manager.input_dir, FolderKind.ASSIGNED)
-    assert not job_folders(manager.input_dir, FolderKind.FAILED)
-    assert manager.files()["done"] == 5
+    assert not job_folders(bench.run.input_dir, FolderKind.ASSIGNED)
+    assert not job_folders(bench.run.input_dir, FolderKind.FAILED)
+    assert file_counts(manager)["done"] == 5
     log = agent.text()
     for jobid in done:
         assert f"job={jobid} completed DONE" in log
@@ -338,11 +260,11 @@ async def test_a_basecaller_exiting_1_fails_its_job(bench: Bench) -> None:
     async with httpx.AsyncClient(base_url=manager.url, timeout=5) as client:
         await asyncio.wait_for(Agent(client, settings).run(), 30)
 
-    failed = job_folders(manager.input_dir, FolderKind.FAILED)
-    assert list(failed.values()) == [manager.raw_names]
-    assert not job_folders(manager.input_dir, FolderKind.DONE)
-    assert not final_fastq(manager.output_dir)
-    assert manager.files()["failed"] == 2
+    failed = job_folders(bench.run.input_dir, FolderKind.FAILED)
+    assert list(failed.values()) == [bench.raw_names]
+    assert not job_folders(bench.run.input_dir, FolderKind.DONE)
+    assert not final_fastq(bench.run.output_dir)
+    assert file_counts(manager)["failed"] == 2
 
 
 def test_a_late_job_loses_its_whole_process_group_and_is_not_completed(bench: Bench) -> None:
@@ -353,7 +275,7 @@ def test_a_late_job_loses_its_whole_process_group_and_is_not_completed(bench: Be
     # Freeze the agent (not its basecaller, which has a session of its own) past the lease.
     os.kill(agent.process.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: manager.files()["pending"] == 2, 15, "the lease to run out")
+        wait_for(lambda: file_counts(manager)["pending"] == 2, 15, "the lease to run out")
     finally:
         os.kill(agent.process.pid, signal.SIGCONT)
 
@@ -366,12 +288,12 @@ def test_a_late_job_loses_its_whole_process_group_and_is_not_completed(bench: Be
     (bench.work / "go").touch()
     assert agent.wait(30) == 0, agent.text()
 
-    done = job_folders(manager.input_dir, FolderKind.DONE)
+    done = job_folders(bench.run.input_dir, FolderKind.DONE)
     assert late_jobid not in done
-    assert sorted(name for names in done.values() for name in names) == manager.raw_names
-    assert not job_folders(manager.input_dir, FolderKind.FAILED)
+    assert sorted(name for names in done.values() for name in names) == bench.raw_names
+    assert not job_folders(bench.run.input_dir, FolderKind.FAILED)
     assert not any(
-        name.startswith(f"job_id_{late_jobid}_") for name in final_fastq(manager.output_dir)
+        name.startswith(f"job_id_{late_jobid}_") for name in final_fastq(bench.run.output_dir)
     )
     assert f"job={late_jobid} completed" not in agent.text()
 
@@ -391,10 +313,10 @@ def test_sigterm_stops_the_group_gives_the_batch_back_and_exits_0(bench: Bench) 
     assert f"job={jobid} basecaller ignored SIGTERM, killing" in log
     assert f"job={jobid} completed STOPPED" in log
     # A 30 s lease has not run out: only STOPPED can have made the files pending already.
-    counts = manager.files()
+    counts = file_counts(manager)
     assert (counts["pending"], counts["leased"], counts["done"], counts["failed"]) == (2, 0, 0, 0)
     for kind in (FolderKind.ASSIGNED, FolderKind.DONE, FolderKind.FAILED):
-        assert not job_folders(manager.input_dir, kind)
+        assert not job_folders(bench.run.input_dir, kind)
 
 
 def test_a_second_signal_exits_at_once_and_kills_the_group(bench: Bench) -> None:
@@ -432,9 +354,9 @@ def test_a_manager_restart_within_the_lease_costs_nothing(bench: Bench) -> None:
     (bench.work / "go").touch()
 
     assert agent.wait(30) == 0, agent.text()
-    assert job_folders(manager.input_dir, FolderKind.DONE) == {jobid: manager.raw_names}
-    assert final_fastq(manager.output_dir) == {
-        final_fastq_name(jobid, raw_stem(name) + ".fastq") for name in manager.raw_names
+    assert job_folders(bench.run.input_dir, FolderKind.DONE) == {jobid: bench.raw_names}
+    assert final_fastq(bench.run.output_dir) == {
+        final_fastq_name(jobid, raw_stem(name) + ".fastq") for name in bench.raw_names
     }
     assert "dropping job" not in agent.text()
 
@@ -445,8 +367,8 @@ def test_input_and_output_dir_flags_place_the_job_where_this_node_mounts_them(
     manager = bench.manager(files=1, lease=5)
     mount = bench.root / "mnt"
     mount.mkdir()
-    (mount / "in").symlink_to(manager.input_dir)
-    (mount / "out").symlink_to(manager.output_dir)
+    (mount / "in").symlink_to(bench.run.input_dir)
+    (mount / "out").symlink_to(bench.run.output_dir)
     agent = bench.agent(
         manager, "ok", "--input-dir", str(mount / "in"), "--output-dir", str(mount / "out")
     )
@@ -460,7 +382,7 @@ def test_input_and_output_dir_flags_place_the_job_where_this_node_mounts_them(
         str(mount / "out" / f"TMPOUTPUT_{jobid}_{ENGINE}"),
         jobid,
     ]
-    assert list(job_folders(manager.input_dir, FolderKind.DONE)) == [jobid]
+    assert list(job_folders(bench.run.input_dir, FolderKind.DONE)) == [jobid]
 
 
 def test_a_wrong_mount_gives_the_batch_back_and_exits_2(bench: Bench) -> None:
@@ -469,7 +391,7 @@ def test_a_wrong_mount_gives_the_batch_back_and_exits_2(bench: Bench) -> None:
 
     assert agent.wait(30) == 2, agent.text()
     assert "--input-dir" in agent.text()
-    assert manager.files()["pending"] == 1
+    assert file_counts(manager)["pending"] == 1
     assert not list(bench.work.glob("*.argv"))
 
 

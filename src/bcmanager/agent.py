@@ -1,7 +1,8 @@
 """The reference GPU-node agent: asks the manager for batches and runs the site's basecaller.
 
-The successor of the original BCProcessor. It speaks the four routes of PROTOCOL.md and nothing
-else, so it works against the original manager too, given ``--input-dir`` and ``--output-dir``.
+The successor of the original BCProcessor. It speaks the four routes of PROTOCOL.md, so it also
+works against the original manager, which does not tell where its folders are: give
+``--input-dir`` and ``--output-dir`` then.
 
 One job at a time: ask /assignwork, run the command template on the batch, keep the lease alive
 with /keepalive every half ``report_back_interval`` while the basecaller runs, report /completed
@@ -83,6 +84,7 @@ than inside the script, so that a path with spaces stays one word:
 
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class JobState(enum.StrEnum):
@@ -199,7 +201,6 @@ class Job:
     """One batch as this node sees it: where its folders are and how long its lease lasts."""
 
     jobid: str
-    files: tuple[str, ...]
     input_dir: Path
     output_dir: Path
     lease: float
@@ -227,7 +228,6 @@ def resolve_job(reply: BatchReply, input_dir: Path | None, output_dir: Path | No
             raise ProtocolViolation(f"job folder {name!r} is not a plain folder name")
     return Job(
         jobid=reply.jobid,
-        files=tuple(reply.batch),
         input_dir=input_root / reply.job_input_dir,
         output_dir=output_root / reply.job_output_dir,
         lease=reply.report_back_interval,
@@ -398,8 +398,8 @@ class Agent:
         """Send keepalives until the job must be dropped; say why it must."""
         state = JobState.STARTED
         while True:
+            params = {"job_id": job.jobid, "job_state": state}
             try:
-                params = {"job_id": job.jobid, "job_state": state}
                 answer = await self._call("/keepalive", params, job.jobid, lease.deadline)
             except ManagerUnreachable:
                 return LeaseEnd.UNREACHABLE
@@ -462,8 +462,12 @@ class Agent:
             )
 
     async def _give_back(self, jobid: str, lease: Lease) -> None:
-        """Return an unfinished batch (STOPPED); if that fails, the lease expiry returns it."""
-        await self._complete(jobid, JobState.STOPPED, lease.deadline)
+        """Return an unfinished batch (STOPPED); if that fails, the lease expiry returns it.
+
+        Retried for no longer than the stop grace: a preempted node has little time left.
+        """
+        until = min(lease.deadline, self._clock() + self._settings.stop_grace)
+        await self._complete(jobid, JobState.STOPPED, until)
 
     async def _call(
         self, route: str, params: Mapping[str, str], jobid: str, until: float
@@ -551,9 +555,6 @@ class Agent:
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
     with suppress(ProcessLookupError):
         os.killpg(pgid, signum)
-
-
-_M = TypeVar("_M", bound=BaseModel)
 
 
 def _parse(model: type[_M], response: httpx.Response) -> _M:
