@@ -54,6 +54,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bcmanager import paths
+from bcmanager.state import JobState
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +86,6 @@ than inside the script, so that a path with spaces stays one word:
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
-
-
-class JobState(enum.StrEnum):
-    """The job states the agent reports, spelled as the original clients spell them."""
-
-    STARTED = "STARTED"
-    PROCESSING = "PROCESSING"
-    STOPPED = "STOPPED"
-    DONE = "DONE"
-    FAILED = "FAILED"
 
 
 class AgentSettings(BaseSettings):
@@ -398,7 +389,7 @@ class Agent:
         """Send keepalives until the job must be dropped; say why it must."""
         state = JobState.STARTED
         while True:
-            params = {"job_id": job.jobid, "job_state": state}
+            params = {"job_id": job.jobid, "job_state": state.value}
             try:
                 answer = await self._call("/keepalive", params, job.jobid, lease.deadline)
             except ManagerUnreachable:
@@ -437,7 +428,7 @@ class Agent:
         manager's lease expiry puts the files right."""
         try:
             answer = await self._call(
-                "/completed", {"job_id": jobid, "job_state": state}, jobid, until
+                "/completed", {"job_id": jobid, "job_state": state.value}, jobid, until
             )
         except ManagerUnreachable as error:
             self._event(f"could not report {state.value}: {error}", jobid, level=logging.ERROR)
