@@ -27,7 +27,8 @@ FASTQ_SUFFIXES = (".fastq", ".fastq.gz", ".fq", ".fq.gz")
 FINAL_PREFIX = "job_id_"
 
 ENGINE_ID_MAX = 100
-ENGINE_ID_PATTERN = r"^(?!\.+$)[A-Za-z0-9._-]{1,100}$"
+# At least one character that is not a dot, so that it is never "." or "..".
+ENGINE_ID_PATTERN = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
 JOB_ID_PATTERN = r"^[0-9]{1,40}$"
 _ENGINE_ID = re.compile(ENGINE_ID_PATTERN)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -54,18 +55,18 @@ OUTPUT_KINDS = (
 )
 _JOB_FOLDER = re.compile(
     r"^(?P<kind>" + "|".join(kind.value for kind in FolderKind) + r")(?P<jobid>[0-9]{1,40})_"
-    r"(?P<engine>(?!\.+$)[A-Za-z0-9._-]{1,100})$"
+    r"(?P<engine>" + ENGINE_ID_PATTERN[1:-1] + r")$"
 )
 
 
 def is_engine_id(value: str) -> bool:
     """Engine ids end up in folder names: letters, digits, '.', '-', '_' only, never a path."""
-    return _ENGINE_ID.match(value) is not None
+    return len(value) <= ENGINE_ID_MAX and _ENGINE_ID.fullmatch(value) is not None
 
 
 def is_job_id(value: str) -> bool:
     """Job ids are decimal strings (the original uses uuid4().int)."""
-    return _JOB_ID.match(value) is not None
+    return _JOB_ID.fullmatch(value) is not None
 
 
 def is_raw_name(name: str) -> bool:
@@ -86,7 +87,7 @@ class JobFolderName:
 
 def parse_job_folder(name: str) -> JobFolderName | None:
     """The parts of a job folder's name, or None for anything else."""
-    match = _JOB_FOLDER.match(name)
+    match = _JOB_FOLDER.fullmatch(name)
     if match is None:
         return None
     return JobFolderName(FolderKind(match["kind"]), match["jobid"], match["engine"])

@@ -28,8 +28,8 @@ class Settings(BaseSettings):
         10, description="Files per batch when an engine asks for batchsize <= 0."
     )
     max_batch_size: PositiveInt = Field(1000, description="Largest batch handed to one engine.")
-    report_back_period: PositiveFloat = Field(
-        90.0, description="Seconds a lease lasts after the last keepalive."
+    report_back_period: PositiveInt = Field(
+        90, description="Seconds a lease lasts after the last keepalive."
     )
     shutdown_interval: PositiveFloat = Field(
         100.0, description="Seconds without engine calls before /heartbeat says idle."

@@ -1,0 +1,192 @@
+"""The HTTP face of the manager: the four routes of PROTOCOL.md and a few read-only ones.
+
+Routes only translate: query parameters in, a Manager call, a model out. Errors of the state
+machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``
+and nothing changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from enum import Enum
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+
+from bcmanager import __version__
+from bcmanager.lock import RunLock
+from bcmanager.manager import Manager
+from bcmanager.models import (
+    BCBatch,
+    CompletedReply,
+    ErrorReply,
+    HeartbeatReply,
+    KeepaliveReply,
+    ReadyReply,
+    RunStatus,
+)
+from bcmanager.paths import ENGINE_ID_MAX, ENGINE_ID_PATTERN, JOB_ID_PATTERN
+from bcmanager.settings import Settings
+from bcmanager.state import InvalidTransition, JobState, UnknownJob
+
+
+class ReportedState(str, Enum):
+    """What an engine may report through /keepalive: the protocol's six job states."""
+
+    ASSIGNED = "ASSIGNED"  # it has the batch
+    STARTED = "STARTED"  # its basecaller started
+    PROCESSING = "PROCESSING"  # its basecaller is working
+    STOPPED = "STOPPED"  # it is stopping (the lease still needs /completed to end)
+    DONE = "DONE"  # it is done (the lease still needs /completed to end)
+    FAILED = "FAILED"  # it failed (the lease still needs /completed to end)
+
+
+class CompletionState(str, Enum):
+    """What an engine may report through /completed."""
+
+    DONE = "DONE"  # output is final: merge it
+    FAILED = "FAILED"  # set the files aside for an operator
+    STOPPED = "STOPPED"  # give the batch back unfinished
+
+
+EngineId = Annotated[
+    str,
+    Query(
+        pattern=ENGINE_ID_PATTERN,
+        max_length=ENGINE_ID_MAX,
+        description="The engine's name: letters, digits, '.', '-', '_' (at most 100).",
+        examples=["gpu004"],
+    ),
+]
+JobId = Annotated[
+    str,
+    Query(pattern=JOB_ID_PATTERN, description="The decimal job id from /assignwork."),
+]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorReply, "description": "No such job"},
+    409: {"model": ErrorReply, "description": "The job can no longer complete"},
+    503: {"model": ErrorReply, "description": "The disk refused the change; nothing changed"},
+}
+
+
+def create_app(
+    settings: Settings, manager: Manager | None = None, lock: RunLock | None = None
+) -> FastAPI:
+    """The service for one run. Holds the run's lock while it runs: ``lock`` if the caller took
+    it already (to report a second manager before the server starts), else its own."""
+    manager = manager or Manager(settings)
+    address = f"http://{settings.host}:{settings.port}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with lock or RunLock.acquire(manager.paths.lock_file, address):
+            await manager.start()
+            try:
+                yield
+            finally:
+                await manager.stop()
+
+    app = FastAPI(
+        title="bcmanager",
+        version=__version__,
+        summary="Coordinates GPU basecalling of a nanopore run while it is still sequencing.",
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+
+    @app.exception_handler(UnknownJob)
+    async def unknown_job(request: Request, error: UnknownJob) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=404)
+
+    @app.exception_handler(InvalidTransition)
+    async def conflict(request: Request, error: InvalidTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(OSError)
+    async def disk_refused(request: Request, error: OSError) -> JSONResponse:
+        reason = f"the run's folders refused a change ({error}); nothing changed, retry later"
+        return JSONResponse({"detail": reason}, status_code=503)
+
+    @app.get(
+        "/assignwork",
+        response_model=BCBatch,
+        operation_id="assign_work",
+        summary="Lease a batch of raw files to an engine",
+        tags=["protocol"],
+        responses={503: ERRORS[503]},
+    )
+    async def assignwork(
+        engineid: EngineId,
+        batchsize: Annotated[
+            int, Query(description="Files wanted; <= 0 means the manager's default.")
+        ],
+    ) -> BCBatch:
+        return manager.assign(engineid, batchsize)
+
+    @app.get(
+        "/keepalive",
+        response_model=KeepaliveReply,
+        operation_id="keep_alive",
+        summary="Renew a job's lease; late=true means stop the job",
+        tags=["protocol"],
+    )
+    async def keepalive(job_id: JobId, job_state: ReportedState) -> KeepaliveReply:
+        return KeepaliveReply(late=manager.keepalive(job_id, JobState(job_state.value)))
+
+    @app.get(
+        "/completed",
+        response_model=CompletedReply,
+        operation_id="complete_job",
+        summary="Report a job DONE, FAILED or STOPPED",
+        tags=["protocol"],
+        responses=ERRORS,
+    )
+    async def completed(job_id: JobId, job_state: CompletionState) -> CompletedReply:
+        manager.complete(job_id, JobState(job_state.value))
+        return CompletedReply(ok=True)
+
+    @app.get(
+        "/heartbeat",
+        response_model=HeartbeatReply,
+        operation_id="heartbeat",
+        summary="Idle watchdog and liveness probe",
+        tags=["protocol"],
+        responses={503: {"model": HeartbeatReply, "description": "The manager cannot work"}},
+    )
+    async def heartbeat() -> HeartbeatReply | JSONResponse:
+        idle = manager.inactivity()
+        reply = HeartbeatReply(
+            status="true" if idle >= settings.shutdown_interval else "false",
+            inactivity_interval=round(idle, 3),
+            problems=manager.problems(),
+        )
+        if reply.problems:
+            return JSONResponse(reply.model_dump(), status_code=503)
+        return reply
+
+    @app.get(
+        "/ready",
+        response_model=ReadyReply,
+        operation_id="ready",
+        summary="Readiness probe: 200 once the first scan of INPUT_DIR is done",
+        tags=["operations"],
+        responses={503: {"model": ReadyReply, "description": "Still scanning"}},
+    )
+    async def ready() -> ReadyReply | JSONResponse:
+        if not manager.ready:
+            return JSONResponse({"ready": False}, status_code=503)
+        return ReadyReply(ready=True)
+
+    @app.get(
+        "/status",
+        response_model=RunStatus,
+        operation_id="run_status",
+        summary="Files by state and the jobs holding leases",
+        tags=["operations"],
+    )
+    async def status() -> RunStatus:
+        return manager.status()
+
+    return app

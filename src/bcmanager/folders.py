@@ -1,0 +1,232 @@
+"""Writing the run's folders: each change of a job's state on disk, with one commit point.
+
+Every multi-step change is built so that one atomic rename commits it (DESIGN.md, invariant 5):
+
+- assign:   build ``.bcm-tmp-ASSIGNED_x`` with the symlinks and create ``TMPOUTPUT_x``, then rename
+            the temp folder to ``ASSIGNED_x``. Before the rename nothing is leased.
+- done:     rename ``ASSIGNED_x`` to ``DONE_x`` (the commit), then move the FASTQ into pass/ and
+            fail/ and rename ``TMPOUTPUT_x`` to ``LOGOUTPUT_x``. Start-up rolls the rest forward.
+- failed:   rename ``ASSIGNED_x`` to ``FAILED_x``, then ``TMPOUTPUT_x`` to ``FAILEDOUTPUT_x``.
+- stopped and expired: rename ``ASSIGNED_x`` to a temp name (the commit: its files are no longer
+            leased), then discard (stopped) or keep aside as ``EXPIREDOUTPUT_x`` (expired) the
+            output, and remove the temp folder.
+
+Start-up (``recover``) removes temp folders, rolls committed changes forward, and sets aside
+output folders that no job folder claims. Every call that touches the disk goes through
+``DiskOps``, so tests can inject ENOSPC or EIO at any single step.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bcmanager import scan
+from bcmanager.paths import (
+    FAIL,
+    PASS,
+    FolderKind,
+    JobFolderName,
+    RunPaths,
+    final_fastq_name,
+    job_folder,
+    raw_stem,
+    temp_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DiskOps:
+    """The filesystem calls that change a run. Subclass to inject faults in tests."""
+
+    def mkdir(self, path: Path) -> None:
+        os.mkdir(path)
+
+    def symlink(self, target: str, link: Path) -> None:
+        os.symlink(target, link)
+
+    def rename(self, source: Path, destination: Path) -> None:
+        os.rename(source, destination)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def rmdir(self, path: Path) -> None:
+        os.rmdir(path)
+
+    def rmtree(self, path: Path) -> None:
+        shutil.rmtree(path)
+
+
+def _rename_new(ops: DiskOps, source: Path, destination: Path) -> None:
+    """Rename, refusing to replace what is there: an existing target means a fact we must keep."""
+    if os.path.lexists(destination):
+        raise FileExistsError(errno.EEXIST, "refusing to replace", str(destination))
+    ops.rename(source, destination)
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What start-up found on disk, after cleaning up and rolling forward."""
+
+    assigned: list[tuple[JobFolderName, list[str]]] = field(default_factory=list)
+    ended: list[tuple[JobFolderName, list[str]]] = field(default_factory=list)
+    done_by_fastq: list[str] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # one line per change made at start-up
+
+
+class RunFolders:
+    """The job folders of one run."""
+
+    def __init__(self, paths: RunPaths, ops: DiskOps | None = None) -> None:
+        self.paths = paths
+        self.ops = ops or DiskOps()
+
+    def prepare(self) -> None:
+        """Create OUTPUT_DIR and its pass/ and fail/ if missing."""
+        for folder in (self.paths.output_dir, self.paths.pass_dir, self.paths.fail_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # -- assign -----------------------------------------------------------------------------
+
+    def build_job(self, jobid: str, engine: str, files: tuple[str, ...]) -> None:
+        """Lease ``files`` on disk; on any error nothing stays and the error is raised."""
+        final = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
+        building = final.with_name(temp_name(final.name))
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+        made_output = False
+        try:
+            self.ops.mkdir(building)
+            for name in files:
+                self.ops.symlink(os.path.join(os.pardir, name), building / name)
+            self.ops.mkdir(output)
+            made_output = True
+            _rename_new(self.ops, building, final)
+        except OSError:
+            self._discard(building)
+            if made_output:
+                self._discard(output)
+            raise
+
+    # -- end of a job -----------------------------------------------------------------------
+
+    def commit_done(self, jobid: str, engine: str) -> None:
+        """Commit with the DONE_ rename (raises if that fails), then merge the output.
+
+        A failure after the commit is logged and left for ``roll_forward`` at start-up or at
+        the next rescan: the job is done either way.
+        """
+        assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
+        _rename_new(
+            self.ops, assigned, assigned.with_name(job_folder(FolderKind.DONE, jobid, engine))
+        )
+        self._after_commit(jobid, engine, FolderKind.DONE)
+
+    def commit_failed(self, jobid: str, engine: str) -> None:
+        assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
+        failed = assigned.with_name(job_folder(FolderKind.FAILED, jobid, engine))
+        _rename_new(self.ops, assigned, failed)
+        self._after_commit(jobid, engine, FolderKind.FAILED)
+
+    def commit_release(self, jobid: str, engine: str, *, keep_output: bool) -> None:
+        """Take the lease back (STOPPED, or EXPIRED with ``keep_output``)."""
+        assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
+        retired = assigned.with_name(temp_name(assigned.name))
+        _rename_new(self.ops, assigned, retired)
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+        try:
+            if keep_output:
+                self._set_aside(output, jobid, engine)
+            elif output.exists():
+                self.ops.rmtree(output)
+        except OSError as error:
+            log.error("job %s: could not clear its output %s: %s", jobid, output, error)
+        self._discard(retired)
+
+    def _after_commit(self, jobid: str, engine: str, kind: FolderKind) -> None:
+        try:
+            self.roll_forward(jobid, engine, kind)
+        except OSError as error:
+            log.error(
+                "job %s: committed %s but its output is not in place yet (%s); "
+                "it is finished at the next rescan or start-up",
+                jobid,
+                kind.value.rstrip("_"),
+                error,
+            )
+
+    def roll_forward(self, jobid: str, engine: str, kind: FolderKind) -> bool:
+        """Finish a committed DONE or FAILED: returns whether there was anything left to do."""
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+        if not output.is_dir():
+            return False
+        if kind is FolderKind.DONE:
+            for sub, target_dir in ((PASS, self.paths.pass_dir), (FAIL, self.paths.fail_dir)):
+                source_dir = output / sub
+                if not source_dir.is_dir():
+                    continue
+                for name in scan.names_in(source_dir):
+                    target = target_dir / final_fastq_name(jobid, name)
+                    _rename_new(self.ops, source_dir / name, target)
+            final = FolderKind.LOGOUTPUT
+        else:
+            final = FolderKind.FAILEDOUTPUT
+        _rename_new(self.ops, output, self.paths.output_folder(final, jobid, engine))
+        return True
+
+    def _set_aside(self, output: Path, jobid: str, engine: str) -> None:
+        if output.is_dir():
+            aside = self.paths.output_folder(FolderKind.EXPIREDOUTPUT, jobid, engine)
+            _rename_new(self.ops, output, aside)
+
+    def _discard(self, folder: Path) -> None:
+        """Remove a folder we made (symlinks or output); a failure is logged for start-up."""
+        try:
+            if os.path.lexists(folder):
+                self.ops.rmtree(folder)
+        except OSError as error:
+            log.error("could not remove %s (%s); it is removed at next start-up", folder, error)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def recover(self) -> Recovered:
+        """Read the run back from disk, finishing what a crash interrupted."""
+        self.prepare()
+        found = Recovered()
+        listing = scan.list_input(self.paths.input_dir)
+        found.raw = listing.raw
+        found.ignored = listing.ignored
+        for name in listing.temp:
+            self.ops.rmtree(self.paths.input_dir / name)
+            found.repaired.append(f"removed unfinished {name}")
+        claimed: set[tuple[str, str]] = set()
+        for folder in listing.job_folders:
+            path = self.paths.input_folder(folder.kind, folder.jobid, folder.engine)
+            files = scan.names_in(path)
+            claimed.add((folder.jobid, folder.engine))
+            if folder.kind is FolderKind.ASSIGNED:
+                output = self.paths.output_folder(FolderKind.TMPOUTPUT, folder.jobid, folder.engine)
+                if not output.is_dir():
+                    self.ops.mkdir(output)
+                    found.repaired.append(f"recreated {output.name}")
+                found.assigned.append((folder, files))
+            elif folder.kind in (FolderKind.DONE, FolderKind.FAILED):
+                if self.roll_forward(folder.jobid, folder.engine, folder.kind):
+                    found.repaired.append(f"finished the output of {path.name}")
+                found.ended.append((folder, files))
+        for folder in scan.job_folders(self.paths.output_dir):
+            if folder.kind is FolderKind.TMPOUTPUT and (folder.jobid, folder.engine) not in claimed:
+                output = self.paths.output_folder(folder.kind, folder.jobid, folder.engine)
+                self._set_aside(output, folder.jobid, folder.engine)
+                found.repaired.append(f"set aside {output.name}: no job folder claims it")
+        stems = scan.fastq_stems(self.paths.output_dir)
+        if stems:
+            found.done_by_fastq = [name for name in listing.raw if raw_stem(name) in stems]
+        return found

@@ -1,0 +1,273 @@
+"""The manager: the state machine of ``state.py`` wired to the disk, the clock and the watcher.
+
+Each protocol call runs on the event loop from start to end without awaiting: it asks the state
+machine what to do, carries it out on disk (O(batch) filesystem calls, committed by one rename),
+and only then records it in the state machine. So no two calls interleave, and a failure on disk
+leaves memory as it was. Everything that is O(files in the run), the start-up recovery and the
+rescans, runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from bcmanager import scan
+from bcmanager.folders import RunFolders
+from bcmanager.models import BCBatch, FileCounts, LeasedJob, RunStatus
+from bcmanager.paths import FolderKind, RunPaths, job_folder
+from bcmanager.settings import Settings
+from bcmanager.state import Completion, FileState, JobState, RunState
+from bcmanager.watcher import watch_raw_files
+
+log = logging.getLogger(__name__)
+
+FIRST_CHUNK = 64  # files probed before the first offer after a start-up
+CHUNK = 4096  # files probed per step after that
+
+
+class Manager:
+    """One run: its folders, its state, and the background tasks that keep both in step."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        folders: RunFolders | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
+        self.folders = folders or RunFolders(self.paths)
+        self.clock = clock
+        self.state = RunState(settings.report_back_period)
+        self.last_activity = clock()
+        self.ready = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild the run from disk, then keep watching it. Returns once jobs are adopted, so
+        keepalives from engines that outlived a restart are honoured; raw files load after."""
+        recovered = await asyncio.to_thread(self.folders.recover)
+        for line in recovered.repaired:
+            log.info("recovery: %s", line)
+        now = self.clock()
+        for folder, files in recovered.ended:
+            state = JobState.DONE if folder.kind is FolderKind.DONE else JobState.FAILED
+            self.state.record_ended(folder.jobid, folder.engine, state, now)
+            restored = FileState.DONE if state is JobState.DONE else FileState.FAILED
+            for name in files:
+                self.state.restore(name, restored)
+        for name in recovered.done_by_fastq:
+            self.state.restore(name, FileState.DONE)
+        for folder, files in recovered.assigned:
+            job = self.state.adopt(folder.jobid, folder.engine, files, now)
+            log.info("adopted job %s of %s: %d files", job.jobid, job.engine, len(job.files))
+        self._spawn("initial scan", self._initial_scan(recovered.raw))
+        self._spawn("reaper", self._reap_forever())
+        self._spawn("rescan", self._rescan_forever())
+        if not self.settings.force_polling:
+            self._spawn("watcher", self._watch())
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks[name] = asyncio.create_task(work, name=name)
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def assign(self, engine: str, batch_size: int) -> BCBatch:
+        """Lease a batch to ``engine``; raises OSError (nothing leased) if the disk refuses."""
+        self._touch()
+        size = batch_size if batch_size > 0 else self.settings.default_batch_size
+        size = min(size, self.settings.max_batch_size)
+        job = self.state.lease(str(uuid.uuid4().int), engine, size, self.clock())
+        if job is None:
+            return self._batch(engine, "-1", (), "", "")
+        try:
+            self.folders.build_job(job.jobid, engine, job.files)
+        except OSError:
+            self.state.abandon(job.jobid)
+            raise
+        log.info("assigned job %s to %s: %d files", job.jobid, engine, len(job.files))
+        return self._batch(
+            engine,
+            job.jobid,
+            job.files,
+            job_folder(FolderKind.ASSIGNED, job.jobid, engine),
+            job_folder(FolderKind.TMPOUTPUT, job.jobid, engine),
+        )
+
+    def keepalive(self, jobid: str, reported: JobState) -> bool:
+        self._touch()
+        late = self.state.keepalive(jobid, reported, self.clock())
+        if late:
+            log.info("job %s is late: told its engine to stop", jobid)
+        return late
+
+    def complete(self, jobid: str, outcome: JobState) -> None:
+        """Record a job's end; raises StateError (nothing changes) or OSError (nothing changes,
+        the engine may retry)."""
+        self._touch()
+        if self.state.check_completion(jobid, outcome, self.clock()) is Completion.REPEAT:
+            return
+        job = self.state.job(jobid)
+        if outcome is JobState.DONE:
+            self.folders.commit_done(jobid, job.engine)
+        elif outcome is JobState.FAILED:
+            self.folders.commit_failed(jobid, job.engine)
+        else:
+            self.folders.commit_release(jobid, job.engine, keep_output=False)
+        self.state.finish(jobid, outcome)
+        log.info("job %s of %s %s: %d files", jobid, job.engine, _ENDINGS[outcome], len(job.files))
+
+    def _touch(self) -> None:
+        self.last_activity = self.clock()
+
+    def _batch(
+        self, engine: str, jobid: str, files: Iterable[str], input_dir: str, output_dir: str
+    ) -> BCBatch:
+        batch = list(files)
+        period = self.settings.report_back_period
+        return BCBatch(
+            report_back_period=period,
+            report_back_interval=period,
+            jobid=jobid,
+            job_input_dir=input_dir,
+            job_output_dir=output_dir,
+            bc_engine_id=engine,
+            batch_size=len(batch),
+            batch=batch,
+            input_dir=str(self.paths.input_dir),
+            output_dir=str(self.paths.output_dir),
+        )
+
+    # -- what people and watchdogs ask ------------------------------------------------------
+
+    def inactivity(self) -> float:
+        return self.clock() - self.last_activity
+
+    def problems(self) -> list[str]:
+        """Why the manager cannot do its job now; empty when healthy."""
+        found = []
+        if not os.access(self.paths.input_dir, os.R_OK | os.X_OK) or not os.path.isdir(
+            self.paths.input_dir
+        ):
+            found.append(f"INPUT_DIR {self.paths.input_dir} is not a readable folder")
+        for name, task in self._tasks.items():
+            if task.done() and name != "initial scan":
+                found.append(f"the {name} has stopped")
+        return found
+
+    def status(self) -> RunStatus:
+        counts = self.state.counts()
+        now = self.clock()
+        return RunStatus(
+            input_dir=str(self.paths.input_dir),
+            output_dir=str(self.paths.output_dir),
+            ready=self.ready,
+            files=FileCounts(**{state.value: count for state, count in counts.items()}),
+            jobs=[
+                LeasedJob(
+                    jobid=job.jobid,
+                    engine=job.engine,
+                    state=job.state.value,
+                    files=list(job.files),
+                    seconds_left=round(max(0.0, job.deadline - now), 3),
+                )
+                for job in self.state.live_jobs()
+            ],
+        )
+
+    # -- background work --------------------------------------------------------------------
+
+    async def _initial_scan(self, names: list[str]) -> None:
+        unknown = [name for name in names if not self.state.knows(name)]
+        ordered = await asyncio.to_thread(scan.oldest_first, self.paths.input_dir, unknown)
+        await self._probe_in_chunks(ordered, first=FIRST_CHUNK)
+        self.ready = True
+        counts = self.state.counts()
+        log.info("ready: %s", ", ".join(f"{n} {s.value}" for s, n in counts.items()))
+
+    async def _probe_in_chunks(self, names: list[str], first: int = CHUNK) -> None:
+        start, size = 0, first
+        while start < len(names):
+            chunk = names[start : start + size]
+            found = await asyncio.to_thread(scan.probe_many, self.paths.input_dir, chunk)
+            self._observe(found)
+            start, size = start + size, CHUNK
+
+    def _observe(self, found: list[tuple[str, scan.RawProbe]]) -> None:
+        arrived = 0
+        for name, probe in found:
+            if self.state.observe(name, probe.complete) is FileState.PENDING:
+                arrived += 1
+        if arrived:
+            log.info("%d raw files complete and pending", arrived)
+
+    async def _rescan(self) -> None:
+        """Find raw files that no event announced, and waiting files that completed."""
+        knows = self.state.knows
+
+        def unknown_names() -> list[str]:
+            names = [n for n in scan.raw_names(self.paths.input_dir) if not knows(n)]
+            return scan.oldest_first(self.paths.input_dir, names)
+
+        await self._probe_in_chunks(await asyncio.to_thread(unknown_names))
+        await self._probe_in_chunks(self.state.waiting())
+
+    async def _rescan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rescan_interval)
+            try:
+                await self._rescan()
+            except OSError as error:
+                log.error("rescan of %s failed: %s", self.paths.input_dir, error)
+
+    async def _watch(self) -> None:
+        async def changed(names: list[str]) -> None:
+            fresh = [n for n in names if self.state.file_state(n) in (None, FileState.WAITING)]
+            if fresh:
+                self._observe(await asyncio.to_thread(scan.probe_many, self.paths.input_dir, fresh))
+
+        await watch_raw_files(self.paths.input_dir, changed)
+
+    async def _reap_forever(self) -> None:
+        tick = min(1.0, self.settings.report_back_period / 4)
+        while True:
+            await asyncio.sleep(tick)
+            self.reap()
+
+    def reap(self) -> None:
+        """Take back every job whose lease ran out."""
+        for job in self.state.due(self.clock()):
+            try:
+                self.folders.commit_release(job.jobid, job.engine, keep_output=True)
+            except FileNotFoundError:
+                log.warning("job %s: its ASSIGNED_ folder was gone already", job.jobid)
+            except OSError as error:
+                log.error("job %s: could not take its lease back (%s); retrying", job.jobid, error)
+                continue
+            self.state.finish(job.jobid, JobState.EXPIRED)
+            log.info(
+                "job %s of %s expired: %d files pending again",
+                job.jobid,
+                job.engine,
+                len(job.files),
+            )
+
+
+_ENDINGS = {JobState.DONE: "done", JobState.FAILED: "failed", JobState.STOPPED: "released"}

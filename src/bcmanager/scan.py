@@ -1,0 +1,145 @@
+"""Reading the run's folders: which raw files exist, whether each is complete, which job folders
+are there. Nothing here writes; these functions run in worker threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from bcmanager.paths import (
+    FAIL,
+    PASS,
+    TEMP_PREFIX,
+    JobFolderName,
+    fastq_raw_stem,
+    is_raw_name,
+    parse_job_folder,
+)
+
+# The POD5 specification places this signature at the start and at the end of every file,
+# "to allow quickly checking whether the file is complete".
+POD5_SIGNATURE = b"\x8bPOD\r\n\x1a\n"
+_SIGNATURE_SIZE = len(POD5_SIGNATURE)
+
+
+class RawProbe(NamedTuple):
+    complete: bool
+    size: int
+    mtime: float
+
+
+def probe(path: str | Path) -> RawProbe | None:
+    """Whether a raw file is complete; None when it is not a regular file (gone, a symlink,
+    a folder), which is never offered."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        size = info.st_size
+        complete = (
+            size >= 2 * _SIGNATURE_SIZE
+            and os.pread(fd, _SIGNATURE_SIZE, 0) == POD5_SIGNATURE
+            and os.pread(fd, _SIGNATURE_SIZE, size - _SIGNATURE_SIZE) == POD5_SIGNATURE
+        )
+        return RawProbe(complete, size, info.st_mtime)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def probe_many(input_dir: Path, names: Iterable[str]) -> list[tuple[str, RawProbe]]:
+    found = []
+    for name in names:
+        result = probe(input_dir / name)
+        if result is not None:
+            found.append((name, result))
+    return found
+
+
+def oldest_first(input_dir: Path, names: Iterable[str]) -> list[str]:
+    """Names sorted by modification time (one lstat each; a vanished file is dropped)."""
+    stamped = []
+    for name in names:
+        try:
+            stamped.append((os.lstat(input_dir / name).st_mtime, name))
+        except OSError:
+            continue
+    stamped.sort()
+    return [name for _, name in stamped]
+
+
+@dataclass(slots=True)
+class InputListing:
+    """One pass over INPUT_DIR, sorted by what each entry is."""
+
+    raw: list[str] = field(default_factory=list)
+    job_folders: list[JobFolderName] = field(default_factory=list)
+    temp: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # symlinked raw files and unknown entries
+
+
+def list_input(input_dir: Path) -> InputListing:
+    listing = InputListing()
+    with os.scandir(input_dir) as entries:
+        for entry in entries:
+            name = entry.name
+            if is_raw_name(name):
+                if entry.is_file(follow_symlinks=False):
+                    listing.raw.append(name)
+                else:
+                    listing.ignored.append(name)
+            elif name.startswith(TEMP_PREFIX):
+                listing.temp.append(name)
+            elif (parsed := parse_job_folder(name)) is not None and entry.is_dir(
+                follow_symlinks=False
+            ):
+                listing.job_folders.append(parsed)
+            elif not name.startswith("."):
+                listing.ignored.append(name)
+    return listing
+
+
+def raw_names(input_dir: Path) -> list[str]:
+    """The raw files of INPUT_DIR: regular ``*.pod5`` files, never symlinks."""
+    with os.scandir(input_dir) as entries:
+        return [
+            entry.name
+            for entry in entries
+            if is_raw_name(entry.name) and entry.is_file(follow_symlinks=False)
+        ]
+
+
+def names_in(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return [entry.name for entry in entries]
+
+
+def job_folders(folder: Path) -> list[JobFolderName]:
+    with os.scandir(folder) as entries:
+        parsed = (parse_job_folder(entry.name) for entry in entries if entry.is_dir())
+        return [name for name in parsed if name is not None]
+
+
+def fastq_stems(output_dir: Path) -> set[str]:
+    """Raw file stems that already have FASTQ in pass/ or fail/ (made by us or by other means)."""
+    stems: set[str] = set()
+    for sub in (PASS, FAIL):
+        try:
+            names = names_in(output_dir / sub)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            stem = fastq_raw_stem(name)
+            if stem is not None:
+                stems.add(stem)
+    return stems

@@ -1,0 +1,83 @@
+"""``bcmanager serve`` and ``bcmanager openapi``: the service on uvicorn, and its schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from bcmanager.app import create_app
+from bcmanager.lock import AlreadyManaged, RunLock
+from bcmanager.paths import RunPaths
+from bcmanager.settings import Settings, describe_error
+
+
+def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the manager for one run folder",
+        description="Run the manager. Settings come from BCM_* environment variables and .env; "
+        "the options below override them.",
+    )
+    serve.add_argument("--input-dir", help="folder the sequencer writes POD5 files into")
+    serve.add_argument("--output-dir", help="folder that receives pass/ and fail/ FASTQ")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 40765)")
+    serve.set_defaults(func=run_serve)
+    schema = subparsers.add_parser(
+        "openapi", help="print the service's OpenAPI schema (what openapi/openapi.json holds)"
+    )
+    schema.set_defaults(func=print_openapi)
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings | None:
+    """Settings from env, .env and ``overrides``; None after printing one line if invalid."""
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        print(f"bcmanager: {describe_error(error)}", file=sys.stderr)
+        return None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        {
+            "input_dir": args.input_dir,
+            "output_dir": args.output_dir,
+            "host": args.host,
+            "port": args.port,
+        }
+    )
+    if settings is None:
+        return 2
+    paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
+    if not paths.input_dir.is_dir():
+        print(f"bcmanager: BCM_INPUT_DIR {paths.input_dir} is not a folder", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        lock = RunLock.acquire(paths.lock_file, f"http://{settings.host}:{settings.port}")
+    except AlreadyManaged as error:
+        print(f"bcmanager: {error}", file=sys.stderr)
+        return 1
+    app = create_app(settings, lock=lock)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    return 0
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The schema of the app; it depends on no setting, so placeholders stand in for them."""
+    settings = Settings(input_dir=Path("INPUT_DIR"), output_dir=Path("OUTPUT_DIR"))
+    return create_app(settings).openapi()
+
+
+def print_openapi(args: argparse.Namespace) -> int:
+    json.dump(openapi_schema(), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,331 @@
+"""The run's state machine: which raw file is waiting, pending, leased, done or failed, and which
+job holds which lease.
+
+Rules of this module:
+
+- Everything that decides the state of a file or a job lives here, in this file, as plain Python.
+  It does no I/O and reads no clock: callers pass ``now`` (monotonic seconds) and filesystem facts
+  in, and carry out on disk what a method describes, *before* they tell this module it happened.
+- The allowed moves are data (``FILE_TRANSITIONS``, ``JOB_TRANSITIONS``). Any other move raises
+  ``InvalidTransition`` (or a subclass naming the case); nothing is silently ignored.
+- Every method costs O(1) or O(batch). Nothing walks all the files of a run, which can hold a
+  million of them; files are names in one dict, not objects.
+
+Theory of operation: a raw file enters as WAITING (its POD5 end signature is not there yet) or
+PENDING (complete), and PENDING files wait in a FIFO queue, oldest first. ``lease`` takes a batch
+off the front and makes a Job that holds those files until ``report_back_period`` seconds after
+its last keepalive. A job ends in exactly one of four ways: DONE (its files are done), FAILED
+(its files are set aside), STOPPED (the engine gave it back) or EXPIRED (its lease ran out). The
+last two put the files back at the *front* of the queue, so returned work goes out before newer
+files. A job past its deadline is late even before the reaper expires it: it gets no more
+keepalives and can no longer complete. After a restart, the caller rebuilds all of this from the
+job folders on disk with ``adopt`` and ``restore``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+
+class FileState(str, Enum):
+    """Where one raw file stands."""
+
+    WAITING = "waiting"  # seen, but not complete yet: never offered while so
+    PENDING = "pending"  # complete, queued for an engine
+    LEASED = "leased"  # in the batch of a live job
+    DONE = "done"  # its FASTQ is final
+    FAILED = "failed"  # its job failed: set aside for an operator
+
+
+class JobState(str, Enum):
+    """Where one job stands; spelled as the engine protocol spells it, plus EXPIRED."""
+
+    ASSIGNED = "ASSIGNED"  # handed to an engine, lease running
+    STARTED = "STARTED"  # the engine reports its basecaller started
+    PROCESSING = "PROCESSING"  # the engine reports it is working
+    DONE = "DONE"  # output merged into pass/ and fail/: files done
+    FAILED = "FAILED"  # the engine reported failure: files set aside
+    STOPPED = "STOPPED"  # the engine gave the batch back unfinished: files pending again
+    EXPIRED = "EXPIRED"  # no keepalive within the lease: files pending again, output never merged
+
+
+LIVE_JOB_STATES = frozenset({JobState.ASSIGNED, JobState.STARTED, JobState.PROCESSING})
+ENDED_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.STOPPED, JobState.EXPIRED})
+# What an engine may report through /completed.
+COMPLETION_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.STOPPED})
+
+# None stands for "not known yet": how a file enters the run.
+FILE_TRANSITIONS: dict[FileState | None, frozenset[FileState]] = {
+    None: frozenset(FileState),  # a scan finds it, or recovery finds it in a job folder
+    FileState.WAITING: frozenset({FileState.PENDING}),
+    FileState.PENDING: frozenset({FileState.LEASED}),
+    FileState.LEASED: frozenset({FileState.PENDING, FileState.DONE, FileState.FAILED}),
+    FileState.DONE: frozenset(),
+    FileState.FAILED: frozenset(),
+}
+
+# A live job may report any live state (clients differ in what they send) or end.
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.ASSIGNED: LIVE_JOB_STATES | ENDED_JOB_STATES,
+    JobState.STARTED: LIVE_JOB_STATES | ENDED_JOB_STATES,
+    JobState.PROCESSING: LIVE_JOB_STATES | ENDED_JOB_STATES,
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.STOPPED: frozenset(),
+    JobState.EXPIRED: frozenset(),
+}
+
+# How each end of a job leaves its files.
+FILES_AFTER: dict[JobState, FileState] = {
+    JobState.DONE: FileState.DONE,
+    JobState.FAILED: FileState.FAILED,
+    JobState.STOPPED: FileState.PENDING,
+    JobState.EXPIRED: FileState.PENDING,
+}
+
+
+class StateError(Exception):
+    """A request the state machine cannot honour; the message says why."""
+
+
+class InvalidTransition(StateError):
+    """A move that the transition tables do not allow."""
+
+
+class LeaseExpired(InvalidTransition):
+    """The job's lease ran out: its files went to others, it can no longer complete."""
+
+
+class UnknownJob(StateError):
+    """No job with this id was ever handed out by this run."""
+
+
+@dataclass(slots=True)
+class Job:
+    """One batch handed to one engine."""
+
+    jobid: str
+    engine: str
+    files: tuple[str, ...]
+    state: JobState
+    deadline: float  # monotonic second at which the lease runs out; meaningless once ended
+    started: float  # monotonic second the job was assigned (or adopted)
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_JOB_STATES
+
+
+class Completion(str, Enum):
+    """What a completion request asks of the caller."""
+
+    APPLY = "apply"  # carry out the job's end on disk, then call finish()
+    REPEAT = "repeat"  # the job already ended this way: answer ok, change nothing
+
+
+class RunState:
+    """Every raw file and job of one run, and the pending queue."""
+
+    __slots__ = ("_counts", "_files", "_jobs", "_live", "_pending", "_waiting", "lease_seconds")
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.lease_seconds = lease_seconds
+        self._files: dict[str, FileState] = {}
+        self._counts: dict[FileState, int] = dict.fromkeys(FileState, 0)
+        self._pending: deque[str] = deque()
+        self._waiting: set[str] = set()
+        self._jobs: dict[str, Job] = {}
+        # Live jobs ordered by deadline: every lease lasts lease_seconds, so refreshing one moves
+        # it to the end and the expired ones are always at the front.
+        self._live: OrderedDict[str, Job] = OrderedDict()
+
+    # -- files ------------------------------------------------------------------------------
+
+    def file_state(self, name: str) -> FileState | None:
+        return self._files.get(name)
+
+    def knows(self, name: str) -> bool:
+        """Whether a scan can skip this name (safe to call from a scanning thread)."""
+        return name in self._files
+
+    def counts(self) -> dict[FileState, int]:
+        return dict(self._counts)
+
+    def waiting(self) -> list[str]:
+        return list(self._waiting)
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def observe(self, name: str, complete: bool) -> FileState | None:
+        """A scan or a watch event saw raw file ``name``; returns its new state if it changed.
+
+        Known files keep their state, except a WAITING file that is now complete.
+        """
+        current = self._files.get(name)
+        if current is None:
+            new = FileState.PENDING if complete else FileState.WAITING
+        elif current is FileState.WAITING and complete:
+            new = FileState.PENDING
+        else:
+            return None
+        self._move(name, new)
+        if new is FileState.PENDING:
+            self._pending.append(name)
+        return new
+
+    def restore(self, name: str, state: FileState) -> None:
+        """Recovery: a file found in a DONE_ or FAILED_ folder, or with FASTQ in pass/fail."""
+        if state not in (FileState.DONE, FileState.FAILED):
+            raise InvalidTransition(f"restore() records done or failed files, not {state.value}")
+        if name not in self._files:
+            self._move(name, state)
+
+    def _move(self, name: str, new: FileState) -> None:
+        current = self._files.get(name)
+        if new not in FILE_TRANSITIONS[current]:
+            shown = current.value if current else "unknown"
+            raise InvalidTransition(f"file {name}: {shown} -> {new.value} is not allowed")
+        if current is not None:
+            self._counts[current] -= 1
+            if current is FileState.WAITING:
+                self._waiting.discard(name)
+        self._files[name] = new
+        self._counts[new] += 1
+        if new is FileState.WAITING:
+            self._waiting.add(name)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def job(self, jobid: str) -> Job:
+        try:
+            return self._jobs[jobid]
+        except KeyError:
+            raise UnknownJob(f"job {jobid} is not known to this run") from None
+
+    def live_jobs(self) -> list[Job]:
+        return list(self._live.values())
+
+    def lease(self, jobid: str, engine: str, batch_size: int, now: float) -> Job | None:
+        """Take up to ``batch_size`` pending files, oldest first, into a new job; None if none.
+
+        The caller builds the job's folders next; if that fails it calls ``abandon``.
+        """
+        if not self._pending:
+            return None
+        if jobid in self._jobs:
+            raise InvalidTransition(f"job {jobid} exists already")
+        count = min(batch_size, len(self._pending))
+        files = tuple(self._pending.popleft() for _ in range(count))
+        for name in files:
+            self._move(name, FileState.LEASED)
+        return self._start(Job(jobid, engine, files, JobState.ASSIGNED, now, now))
+
+    def abandon(self, jobid: str) -> None:
+        """The job's folders could not be built: forget it, its files back in front."""
+        job = self.job(jobid)
+        if job.state is not JobState.ASSIGNED:
+            raise InvalidTransition(
+                f"job {jobid} is {job.state.value}: only a new job is abandoned"
+            )
+        self._end_live(job)
+        del self._jobs[jobid]
+        self._return_to_front(job.files)
+
+    def adopt(self, jobid: str, engine: str, files: Iterable[str], now: float) -> Job:
+        """Recovery: an ASSIGNED_ folder found on disk gets a fresh lease.
+
+        A file already recorded elsewhere (done, failed, leased to another job) stays where it
+        is and is left out of this job, so it can never be merged or handed out twice.
+        """
+        owned = tuple(name for name in files if name not in self._files)
+        for name in owned:
+            self._move(name, FileState.LEASED)
+        return self._start(Job(jobid, engine, owned, JobState.ASSIGNED, now, now))
+
+    def record_ended(self, jobid: str, engine: str, state: JobState, now: float) -> Job:
+        """Recovery: a DONE_ or FAILED_ folder found on disk, so that a retried completion of
+        that job is answered ok. Its files are restored separately."""
+        if state not in (JobState.DONE, JobState.FAILED):
+            raise InvalidTransition(
+                f"only DONE or FAILED jobs are found on disk, not {state.value}"
+            )
+        job = Job(jobid, engine, (), state, now, now)
+        self._jobs[jobid] = job
+        return job
+
+    def keepalive(self, jobid: str, reported: JobState, now: float) -> bool:
+        """Refresh a live job's lease; returns True when the job is late (stop working on it).
+
+        A job we do not hold is late, as the protocol says. ``reported`` is recorded when it is a
+        live state; an engine that reports an end here has still to call /completed.
+        """
+        job = self._jobs.get(jobid)
+        if job is None or not job.live or now >= job.deadline:
+            return True
+        if reported in LIVE_JOB_STATES:
+            self._transition(job, reported)
+        job.deadline = now + self.lease_seconds
+        self._live.move_to_end(jobid)
+        return False
+
+    def check_completion(self, jobid: str, outcome: JobState, now: float) -> Completion:
+        """Whether a completion may be carried out; raises if it may not."""
+        if outcome not in COMPLETION_STATES:
+            raise InvalidTransition(f"a job completes as DONE, FAILED or STOPPED, not {outcome}")
+        job = self.job(jobid)
+        if job.state is outcome:
+            return Completion.REPEAT
+        if job.state is JobState.EXPIRED or (job.live and now >= job.deadline):
+            raise LeaseExpired(f"job {jobid} lost its lease; its files went to other engines")
+        if outcome not in JOB_TRANSITIONS[job.state]:
+            raise InvalidTransition(
+                f"job {jobid} is {job.state.value}; it cannot become {outcome.value}"
+            )
+        return Completion.APPLY
+
+    def finish(self, jobid: str, outcome: JobState) -> Job:
+        """The job's end is on disk: record it. DONE, FAILED and STOPPED come from the engine,
+        EXPIRED from the reaper (see ``due``)."""
+        job = self.job(jobid)
+        self._transition(job, outcome)
+        self._end_live(job)
+        after = FILES_AFTER[outcome]
+        if after is FileState.PENDING:
+            self._return_to_front(job.files)
+        else:
+            for name in job.files:
+                self._move(name, after)
+        return job
+
+    def due(self, now: float) -> list[Job]:
+        """Live jobs whose lease has run out, oldest first. The caller takes each job's folder
+        back on disk, then calls ``finish(jobid, JobState.EXPIRED)``."""
+        expired = []
+        for job in self._live.values():
+            if job.deadline > now:
+                break
+            expired.append(job)
+        return expired
+
+    def _start(self, job: Job) -> Job:
+        job.deadline = job.started + self.lease_seconds
+        self._jobs[job.jobid] = job
+        self._live[job.jobid] = job
+        return job
+
+    def _transition(self, job: Job, new: JobState) -> None:
+        if new not in JOB_TRANSITIONS[job.state]:
+            raise InvalidTransition(f"job {job.jobid}: {job.state.value} -> {new.value}")
+        job.state = new
+
+    def _end_live(self, job: Job) -> None:
+        self._live.pop(job.jobid, None)
+
+    def _return_to_front(self, files: tuple[str, ...]) -> None:
+        for name in files:
+            self._move(name, FileState.PENDING)
+        self._pending.extendleft(reversed(files))

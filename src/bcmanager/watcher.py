@@ -1,0 +1,45 @@
+"""New raw files, announced by the kernel through watchfiles (inotify on Linux).
+
+Only the top of INPUT_DIR is watched: raw files live there, and the symlinks the manager writes
+into job folders below it are none of the watcher's business. Network filesystems deliver no
+events for writes made on other hosts; the manager's periodic rescan covers them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from watchfiles import Change, awatch
+
+from bcmanager.paths import is_raw_name
+
+# watchfiles groups changes until none came for STEP_MS, and for at most DEBOUNCE_MS: a sequencer
+# writing without pause must still have its finished files seen well within a second.
+STEP_MS = 50
+DEBOUNCE_MS = 300
+
+
+async def watch_raw_files(
+    input_dir: Path, on_change: Callable[[list[str]], Awaitable[None]]
+) -> None:
+    """Call ``on_change`` with the names of raw files created or written to, until cancelled."""
+    top = str(input_dir)
+
+    def is_raw_change(change: Change, path: str) -> bool:
+        return (
+            change is not Change.deleted
+            and os.path.dirname(path) == top
+            and is_raw_name(os.path.basename(path))
+        )
+
+    async for changes in awatch(
+        input_dir,
+        watch_filter=is_raw_change,
+        recursive=False,
+        debounce=DEBOUNCE_MS,
+        step=STEP_MS,
+        force_polling=False,
+    ):
+        await on_change(sorted({os.path.basename(path) for _, path in changes}))

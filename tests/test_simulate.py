@@ -1,0 +1,269 @@
+"""The simulator writes real POD5 files and stands in for a sequencer and a basecaller."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pod5
+import pytest
+
+from bcmanager.cli import main
+from bcmanager.paths import FolderKind, job_folder
+from bcmanager.simulate import (
+    POD5_SIGNATURE,
+    SimulatorError,
+    basecall,
+    run_sequencer,
+    write_pod5,
+)
+
+RAW_NAME = re.compile(r"^PAO12345_pass_[0-9a-f]{8}_[0-9a-f]{8}_(?P<index>\d+)\.pod5$")
+
+
+def pod5_read_ids(path: Path) -> list[str]:
+    with pod5.Reader(path) as reader:
+        return [str(record.read_id) for record in reader.reads()]
+
+
+def is_complete(data: bytes) -> bool:
+    return data.startswith(POD5_SIGNATURE) and data.endswith(POD5_SIGNATURE)
+
+
+def parse_fastq(path: Path) -> list[tuple[str, str, str]]:
+    """(name, bases, qualities) per record, failing on any malformed record."""
+    lines = path.read_text().splitlines()
+    assert len(lines) % 4 == 0, f"{path} has {len(lines)} lines"
+    records = []
+    for start in range(0, len(lines), 4):
+        header, bases, plus, qualities = lines[start : start + 4]
+        assert header.startswith("@")
+        assert plus == "+"
+        assert bases and set(bases) <= set("ACGT")
+        assert len(bases) == len(qualities)
+        records.append((header[1:].split()[0], bases, qualities))
+    return records
+
+
+def make_job(tmp_path: Path, reads_per_file: list[int]) -> tuple[Path, Path, dict[str, list[str]]]:
+    """A manager-style job: raw files in INPUT_DIR, an ASSIGNED_ folder of relative symlinks
+    to them, and an empty TMPOUTPUT_ folder. Returns both folders and each raw stem's read ids."""
+    input_dir, output_dir = tmp_path / "input", tmp_path / "output"
+    job_input = input_dir / job_folder(FolderKind.ASSIGNED, "42", "gpu001")
+    job_output = output_dir / job_folder(FolderKind.TMPOUTPUT, "42", "gpu001")
+    job_input.mkdir(parents=True)
+    job_output.mkdir(parents=True)
+    expected = {}
+    for index, count in enumerate(reads_per_file):
+        name = f"run_{index}.pod5"
+        expected[f"run_{index}"] = write_pod5(input_dir / name, count, seed=7)
+        (job_input / name).symlink_to(f"../{name}")
+    return job_input, job_output, expected
+
+
+def fastq_by_stem(job_output: Path, verdict: str) -> dict[str, list[str]]:
+    folder = job_output / verdict
+    if not folder.exists():
+        return {}
+    return {
+        path.name.removesuffix(".fastq"): [r[0] for r in parse_fastq(path)]
+        for path in folder.iterdir()
+    }
+
+
+def run_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bcmanager", "simulate", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_write_pod5_round_trips_read_ids_and_is_complete(tmp_path: Path) -> None:
+    path = tmp_path / "reads.pod5"
+    started = time.perf_counter()
+    read_ids = write_pod5(path, 5, seed=3)
+    elapsed = time.perf_counter() - started
+
+    assert pod5_read_ids(path) == read_ids
+    assert len(set(read_ids)) == 5
+    assert is_complete(path.read_bytes())
+    assert elapsed < 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["reads.pod5"]
+
+
+def test_write_pod5_ids_follow_seed_and_name(tmp_path: Path) -> None:
+    (tmp_path / "again").mkdir()
+    first = write_pod5(tmp_path / "a.pod5", 3, seed=1)
+    assert write_pod5(tmp_path / "again" / "a.pod5", 3, seed=1) == first
+    assert set(write_pod5(tmp_path / "b.pod5", 3, seed=1)).isdisjoint(first)
+    assert set(write_pod5(tmp_path / "c.pod5", 3, seed=2)).isdisjoint(first)
+
+
+def test_sequencer_cli_leaves_files_half_written_for_a_while_then_complete(
+    tmp_path: Path,
+) -> None:
+    outdir = tmp_path / "run"
+    process = run_cli(
+        "sequencer", str(outdir), "--files", "3", "--reads-per-file", "3",
+        "--interval", "0.05", "--write-seconds", "0.4", "--seed", "5",
+    )  # fmt: skip
+    half_written_seen: set[str] = set()
+    deadline = time.monotonic() + 20
+    while process.poll() is None and time.monotonic() < deadline:
+        for path in outdir.glob("*.pod5") if outdir.exists() else ():
+            if not path.read_bytes().endswith(POD5_SIGNATURE):
+                half_written_seen.add(path.name)
+        time.sleep(0.01)
+    stdout, stderr = process.communicate(timeout=5)
+
+    assert process.returncode == 0, stderr
+    assert "simulated sequencer" in stdout
+    assert half_written_seen, "never saw a file present without its end signature"
+    raw_files = sorted(outdir.glob("*.pod5"))
+    indexes = sorted(int(m["index"]) for p in raw_files if (m := RAW_NAME.match(p.name)))
+    assert indexes == [0, 1, 2]
+    all_ids = [read_id for path in raw_files for read_id in pod5_read_ids(path)]
+    assert len(all_ids) == len(set(all_ids)) == 9
+    assert all(is_complete(path.read_bytes()) for path in raw_files)
+    (summary,) = outdir.glob("final_summary_PAO12345_*.txt")
+    assert "pod5_files_in_final_dest=3\n" in summary.read_text()
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(
+        [p.name for p in raw_files] + [summary.name]
+    )
+
+
+async def test_sequencer_runs_in_process_as_a_coroutine(tmp_path: Path) -> None:
+    lines: list[str] = []
+    written = await run_sequencer(
+        tmp_path,
+        files=2,
+        reads_per_file=2,
+        interval=0,
+        write_seconds=0,
+        final_summary=False,
+        progress=lines.append,
+    )
+
+    assert [path.parent for path in written] == [tmp_path, tmp_path]
+    assert all(len(pod5_read_ids(path)) == 2 for path in written)
+    assert sorted(tmp_path.iterdir()) == sorted(written)
+    assert lines[0].startswith("simulated sequencer")
+    with pytest.raises(SimulatorError, match="never overwrites"):
+        await run_sequencer(tmp_path, files=1, reads_per_file=1, interval=0, write_seconds=0)
+
+
+def test_basecaller_writes_one_record_per_read_split_by_fail_fraction(tmp_path: Path) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [3, 1, 4, 2, 5, 2, 3, 1])
+
+    results = basecall(job_input, job_output, seconds_per_read=0, fail_fraction=0.5, seed=1)
+
+    passed, failed = fastq_by_stem(job_output, "pass"), fastq_by_stem(job_output, "fail")
+    assert passed and failed
+    assert passed.keys().isdisjoint(failed.keys())
+    assert passed | failed == expected
+    assert sum(result.reads for result in results) == 21
+    again = tmp_path / "again"
+    again.mkdir()
+    basecall(job_input, again, seconds_per_read=0, fail_fraction=0.5, seed=1)
+    assert fastq_by_stem(again, "fail") == failed
+
+
+@pytest.mark.parametrize(("fail_fraction", "verdict"), [(0.0, "pass"), (1.0, "fail")])
+def test_basecaller_fail_fraction_bounds(
+    tmp_path: Path, fail_fraction: float, verdict: str
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [2, 2, 2])
+
+    basecall(job_input, job_output, seconds_per_read=0, fail_fraction=fail_fraction)
+
+    assert [p.name for p in job_output.iterdir()] == [verdict]
+    assert fastq_by_stem(job_output, verdict) == expected
+
+
+def test_basecaller_cli_succeeds_and_says_it_is_a_simulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [2, 3])
+
+    code = main(
+        ["simulate", "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0"]
+    )
+
+    assert code == 0
+    assert "simulated basecaller (not Dorado)" in capsys.readouterr().out
+    assert fastq_by_stem(job_output, "pass") == expected
+
+
+def test_basecaller_cli_fails_clearly_on_an_unreadable_pod5(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_input, job_output, _ = make_job(tmp_path, [2])
+    complete = (job_input / "run_0.pod5").read_bytes()
+    (job_input.parent / "run_1.pod5").write_bytes(complete[: len(complete) // 2])
+    (job_input / "run_1.pod5").symlink_to("../run_1.pod5")
+
+    code = main(
+        ["simulate", "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0"]
+    )
+
+    assert code == 1
+    assert "cannot read POD5 file" in capsys.readouterr().err
+    assert not (job_output / "pass" / "run_1.fastq").exists()
+
+
+def test_basecaller_cli_fails_clearly_on_a_missing_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["simulate", "basecaller", str(tmp_path / "absent"), str(tmp_path)])
+
+    assert code == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_basecaller_dies_on_sigterm_leaving_only_complete_fastq(tmp_path: Path) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [4, 40])
+    process = run_cli("basecaller", str(job_input), str(job_output), "--seconds-per-read", "0.05")
+    first = job_output / "pass" / "run_0.fastq"
+    deadline = time.monotonic() + 20
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=5)
+
+    assert process.returncode == -signal.SIGTERM
+    assert fastq_by_stem(job_output, "pass") == {"run_0": expected["run_0"]}
+
+
+@pytest.mark.parametrize(
+    "command", [["simulate"], ["simulate", "sequencer"], ["simulate", "basecaller"]]
+)
+def test_help_says_it_is_a_simulator(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+
+    assert exit_info.value.code == 0
+    assert "SIMULATOR" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["basecaller", "in", "out", "--fail-fraction", "1.5"],
+        ["basecaller", "in", "out", "--seconds-per-read", "-1"],
+        ["sequencer", "out", "--files", "0"],
+        ["sequencer", "out", "--interval", "nan"],
+    ],
+)
+def test_cli_rejects_nonsense_arguments(arguments: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", *arguments])
+
+    assert exit_info.value.code == 2
