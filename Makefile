@@ -18,8 +18,8 @@ run: $(VENV)/.installed
 	BCM_INPUT_DIR=data/input BCM_OUTPUT_DIR=data/output $(BIN)/bcmanager serve
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy --strict src
 
 test: lint slurm-packages

@@ -173,6 +173,8 @@ class RunFolders:
                 if not source_dir.is_dir():
                     continue
                 for name in scan.names_in(source_dir):
+                    if name.startswith("."):
+                        continue  # a basecaller's unfinished temp file: stays with the logs
                     target = target_dir / final_fastq_name(jobid, name)
                     _rename_new(self.ops, source_dir / name, target)
             final = FolderKind.LOGOUTPUT
@@ -216,7 +218,7 @@ class RunFolders:
                 if not output.is_dir():
                     self.ops.mkdir(output)
                     found.repaired.append(f"recreated {output.name}")
-                found.assigned.append((folder, files))
+                found.assigned.append((folder, scan.oldest_first(self.paths.input_dir, files)))
             elif folder.kind in (FolderKind.DONE, FolderKind.FAILED):
                 if self.roll_forward(folder.jobid, folder.engine, folder.kind):
                     found.repaired.append(f"finished the output of {path.name}")

@@ -1,0 +1,174 @@
+"""Shared fixtures: run folders in tmp_path, real POD5 files, the app in-process, and a real
+``bcmanager serve`` process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bcmanager.app import create_app
+from bcmanager.manager import Manager
+from bcmanager.settings import Settings
+from bcmanager.simulate import write_pod5
+
+
+@dataclass
+class Run:
+    """A run's two folders, and the read ids of the raw files the test wrote."""
+
+    input_dir: Path
+    output_dir: Path
+    reads: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, name: str, read_count: int = 2, *, mtime: float | None = None) -> Path:
+        path = self.input_dir / name
+        self.reads[name] = write_pod5(path, read_count, seed=len(self.reads))
+        if mtime is not None:
+            os.utime(path, (mtime, mtime))
+        return path
+
+    def add_many(self, count: int, prefix: str = "raw") -> list[str]:
+        """``count`` files with increasing modification times, oldest first."""
+        start = time.time() - 10_000
+        names = [f"{prefix}_{index:05d}.pod5" for index in range(count)]
+        for index, name in enumerate(names):
+            self.add(name, 1, mtime=start + index)
+        return names
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {"input_dir": self.input_dir, "output_dir": self.output_dir}
+        values.update(overrides)
+        return Settings(**values)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    input_dir, output_dir = tmp_path / "input", tmp_path / "output"
+    input_dir.mkdir()
+    return Run(input_dir, output_dir)
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every entry below ``root``: files by size, symlinks by target, folders as 'dir'."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                found[key] = "-> " + os.readlink(path)
+            elif path.is_dir():
+                found[key] = "dir"
+            else:
+                found[key] = f"{path.stat().st_size} bytes"
+    return found
+
+
+@asynccontextmanager
+async def serving(manager: Manager) -> AsyncIterator[httpx.AsyncClient]:
+    """The app for ``manager``, started (recovery, watcher, reaper) and stopped around a client."""
+    app = create_app(manager.settings, manager)
+    async with app.router.lifespan_context(app):
+        await wait_ready(manager)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bcm") as client:
+            yield client
+
+
+async def wait_ready(manager: Manager, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not manager.ready:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the manager did not finish its first scan")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """``bcmanager serve`` as a real process on 127.0.0.1."""
+
+    def __init__(self, run: Run, log: Path, **env: str) -> None:
+        self.run = run
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.env = {
+            **os.environ,
+            "BCM_INPUT_DIR": str(run.input_dir),
+            "BCM_OUTPUT_DIR": str(run.output_dir),
+            "BCM_PORT": str(self.port),
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> Server:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bcmanager", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"serve did not become ready: {self.log.read_text()[-2000:]}")
+
+    def get(self, route: str, **params: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{route}", params=params, timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM: uvicorn shuts down cleanly."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_server(run: Run, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start ``bcmanager serve`` processes on ``run``; all are stopped after the test."""
+    started: list[Server] = []
+
+    def start(**env: str) -> Server:
+        server = Server(run, tmp_path / f"serve{len(started)}.log", **env)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,171 @@
+"""The state machine alone: no server, no disk, the clock passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from bcmanager.state import (
+    Completion,
+    FileState,
+    InvalidTransition,
+    JobState,
+    LeaseExpired,
+    RunState,
+    UnknownJob,
+)
+
+LEASE = 90.0
+
+
+def run_with(*names: str) -> RunState:
+    state = RunState(LEASE)
+    for name in names:
+        state.observe(name, complete=True)
+    return state
+
+
+def test_incomplete_file_waits_until_complete() -> None:
+    state = RunState(LEASE)
+    assert state.observe("a.pod5", complete=False) is FileState.WAITING
+    assert state.lease("1", "gpu", 10, now=0) is None
+    assert state.waiting() == ["a.pod5"]
+    assert state.observe("a.pod5", complete=True) is FileState.PENDING
+    assert state.waiting() == []
+    job = state.lease("1", "gpu", 10, now=0)
+    assert job is not None and job.files == ("a.pod5",)
+
+
+def test_seen_again_changes_nothing() -> None:
+    state = run_with("a.pod5")
+    assert state.observe("a.pod5", complete=True) is None
+    assert state.pending_count() == 1
+
+
+def test_batches_are_oldest_first_and_capped_by_what_is_pending() -> None:
+    state = run_with("a", "b", "c")
+    first = state.lease("1", "gpu1", 2, now=0)
+    second = state.lease("2", "gpu2", 5, now=0)
+    assert first is not None and first.files == ("a", "b")
+    assert second is not None and second.files == ("c",)
+    assert state.lease("3", "gpu3", 5, now=0) is None
+    assert state.counts()[FileState.LEASED] == 3
+
+
+def test_expired_files_go_back_ahead_of_newer_ones() -> None:
+    state = run_with("a", "b", "c", "d")
+    job = state.lease("1", "gpu", 2, now=0)
+    assert job is not None
+    assert state.due(now=LEASE - 1) == []
+    assert [j.jobid for j in state.due(now=LEASE)] == ["1"]
+    state.finish("1", JobState.EXPIRED)
+    again = state.lease("2", "gpu", 3, now=LEASE)
+    assert again is not None and again.files == ("a", "b", "c")
+
+
+def test_keepalive_extends_the_lease_and_orders_the_reaper() -> None:
+    state = run_with("a", "b")
+    state.lease("1", "gpu", 1, now=0)
+    state.lease("2", "gpu", 1, now=10)
+    assert state.keepalive("1", JobState.PROCESSING, now=50) is False
+    # Job 2's lease (10 + 90) now runs out before job 1's (50 + 90).
+    assert [job.jobid for job in state.due(now=100)] == ["2"]
+    assert state.job("1").state is JobState.PROCESSING
+
+
+def test_late_job_gets_late_keepalive_and_cannot_complete() -> None:
+    state = run_with("a")
+    state.lease("1", "gpu", 1, now=0)
+    assert state.keepalive("1", JobState.PROCESSING, now=LEASE) is True
+    with pytest.raises(LeaseExpired):
+        state.check_completion("1", JobState.DONE, now=LEASE)
+    state.finish("1", JobState.EXPIRED)
+    with pytest.raises(LeaseExpired):
+        state.check_completion("1", JobState.DONE, now=LEASE + 1)
+    assert state.keepalive("1", JobState.PROCESSING, now=LEASE + 1) is True
+
+
+def test_keepalive_of_an_unknown_job_is_late() -> None:
+    assert RunState(LEASE).keepalive("42", JobState.PROCESSING, now=0) is True
+
+
+def test_done_is_final_and_a_repeat_is_recognised() -> None:
+    state = run_with("a", "b")
+    state.lease("1", "gpu", 2, now=0)
+    assert state.check_completion("1", JobState.DONE, now=1) is Completion.APPLY
+    state.finish("1", JobState.DONE)
+    assert state.counts()[FileState.DONE] == 2
+    assert state.check_completion("1", JobState.DONE, now=2) is Completion.REPEAT
+    with pytest.raises(InvalidTransition):
+        state.check_completion("1", JobState.FAILED, now=2)
+    assert state.keepalive("1", JobState.PROCESSING, now=2) is True
+
+
+def test_failed_files_are_set_aside_and_stopped_files_return_first() -> None:
+    state = run_with("a", "b", "c")
+    state.lease("1", "gpu", 1, now=0)
+    state.lease("2", "gpu", 1, now=0)
+    state.finish("1", JobState.FAILED)
+    state.finish("2", JobState.STOPPED)
+    assert state.file_state("a") is FileState.FAILED
+    nxt = state.lease("3", "gpu", 1, now=1)
+    assert nxt is not None and nxt.files == ("b",)
+
+
+def test_unknown_job_and_bad_outcome_are_named_errors() -> None:
+    state = run_with("a")
+    with pytest.raises(UnknownJob):
+        state.check_completion("7", JobState.DONE, now=0)
+    state.lease("1", "gpu", 1, now=0)
+    with pytest.raises(InvalidTransition):
+        state.check_completion("1", JobState.EXPIRED, now=0)
+
+
+def test_impossible_file_moves_raise() -> None:
+    state = run_with("a")
+    state.lease("1", "gpu", 1, now=0)
+    state.finish("1", JobState.DONE)
+    with pytest.raises(InvalidTransition):
+        state.finish("1", JobState.EXPIRED)
+    with pytest.raises(InvalidTransition):
+        state.restore("b", FileState.PENDING)
+
+
+def test_abandoned_lease_puts_files_back_in_order() -> None:
+    state = run_with("a", "b", "c")
+    state.lease("1", "gpu", 2, now=0)
+    state.abandon("1")
+    with pytest.raises(UnknownJob):
+        state.job("1")
+    again = state.lease("2", "gpu", 3, now=0)
+    assert again is not None and again.files == ("a", "b", "c")
+
+
+def test_recovery_adopts_leases_without_taking_done_files() -> None:
+    state = RunState(LEASE)
+    state.record_ended("9", "gpu1", JobState.DONE, now=0)
+    state.restore("a", FileState.DONE)
+    job = state.adopt("5", "gpu2", ["a", "b"], now=100)
+    assert job.files == ("b",)
+    assert job.deadline == 100 + LEASE
+    assert state.file_state("a") is FileState.DONE
+    assert state.file_state("b") is FileState.LEASED
+    # A file listed in a job folder is known: a scan does not queue it again.
+    assert state.observe("b", complete=True) is None
+    assert state.check_completion("9", JobState.DONE, now=100) is Completion.REPEAT
+
+
+def test_counts_follow_every_move() -> None:
+    state = RunState(LEASE)
+    state.observe("w", complete=False)
+    for name in "abcd":
+        state.observe(name, complete=True)
+    state.lease("1", "gpu", 2, now=0)
+    state.lease("2", "gpu", 1, now=0)
+    state.finish("1", JobState.DONE)
+    assert state.counts() == {
+        FileState.WAITING: 1,
+        FileState.PENDING: 1,
+        FileState.LEASED: 1,
+        FileState.DONE: 2,
+        FileState.FAILED: 0,
+    }
