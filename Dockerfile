@@ -12,6 +12,7 @@ WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install . && rm -rf /build
+COPY deploy/dorado-batch.sh /usr/local/bin/dorado-batch
 
 RUN useradd --system --uid 10001 --user-group --create-home bcmanager
 USER 10001
