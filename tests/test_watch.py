@@ -1,0 +1,89 @@
+"""New raw files while the manager runs: seen within a second through watchfiles, within the
+rescan interval without events, and never before they are complete (DESIGN.md, 3 and 8)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+
+from bcmanager.manager import Manager
+from bcmanager.scan import POD5_SIGNATURE
+from bcmanager.simulate import write_pod5
+from conftest import Run, serving
+
+
+async def offered_within(client: httpx.AsyncClient, seconds: float) -> tuple[list[str], float]:
+    """Ask for work until some comes or ``seconds`` pass; the batch and the time it took."""
+    start = time.monotonic()
+    while True:
+        reply = await client.get("/assignwork", params={"engineid": "gpu", "batchsize": 10})
+        batch: list[str] = reply.json()["batch"]
+        elapsed = time.monotonic() - start
+        if batch or elapsed > seconds:
+            return batch, elapsed
+        await asyncio.sleep(0.02)
+
+
+def finished_file(tmp_path: Path, name: str) -> Path:
+    source = tmp_path / "elsewhere" / name
+    source.parent.mkdir(exist_ok=True)
+    write_pod5(source, 3)
+    return source
+
+
+async def test_copied_file_is_offered_within_a_second(run: Run, tmp_path: Path) -> None:
+    source = finished_file(tmp_path, "late.pod5")
+    settings = run.settings(rescan_interval=3600)
+    async with serving(Manager(settings)) as client:
+        assert (await offered_within(client, 0))[0] == []
+        shutil.copy(source, run.input_dir / "late.pod5")
+        batch, elapsed = await offered_within(client, 5)
+    assert batch == ["late.pod5"]
+    assert elapsed < 1.0
+
+
+async def test_polling_mode_finds_files_by_rescan(run: Run, tmp_path: Path) -> None:
+    source = finished_file(tmp_path, "late.pod5")
+    settings = run.settings(force_polling=True, rescan_interval=0.5)
+    async with serving(Manager(settings)) as client:
+        assert (await offered_within(client, 0))[0] == []
+        shutil.copy(source, run.input_dir / "late.pod5")
+        batch, elapsed = await offered_within(client, 5)
+    assert batch == ["late.pod5"]
+    assert elapsed < 0.5 + 1.0
+
+
+async def test_file_being_written_waits_until_its_end_signature(run: Run, tmp_path: Path) -> None:
+    content = finished_file(tmp_path, "growing.pod5").read_bytes()
+    assert content.endswith(POD5_SIGNATURE)
+    settings = run.settings(rescan_interval=0.3)
+    async with serving(Manager(settings)) as client:
+        with (run.input_dir / "growing.pod5").open("wb") as sink:
+            # Written in place, slowly, as a sequencer does: events and rescans both see it.
+            body, step = content[:-1], len(content) // 8 + 1
+            for start in range(0, len(body), step):
+                sink.write(body[start : start + step])
+                sink.flush()
+                assert (await offered_within(client, 0.4))[0] == []
+            status = (await client.get("/status")).json()
+            assert status["files"]["waiting"] == 1
+            sink.write(content[-1:])  # the last byte completes the end signature
+        batch, elapsed = await offered_within(client, 5)
+    assert batch == ["growing.pod5"]
+    assert elapsed < 1.0
+
+
+async def test_symlinked_and_hidden_raw_files_are_never_offered(run: Run, tmp_path: Path) -> None:
+    source = finished_file(tmp_path, "outside.pod5")
+    (run.input_dir / "linked.pod5").symlink_to(source)
+    shutil.copy(source, run.input_dir / ".hidden.pod5")
+    async with serving(Manager(run.settings(rescan_interval=0.2))) as client:
+        (run.input_dir / "later-link.pod5").symlink_to(source)
+        batch, _ = await offered_within(client, 0.8)
+        status = (await client.get("/status")).json()
+    assert batch == []
+    assert sum(status["files"].values()) == 0
