@@ -8,7 +8,6 @@ settings model and the agent's options, claims and the Service against the other
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,10 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from fastapi.routing import APIRoute
 
 from bcmanager import __version__
+from bcmanager.app import create_app
 from bcmanager.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,16 +105,20 @@ def test_the_manager_is_one_replica_that_is_never_rolled_alongside_another() -> 
 
 def test_the_manager_probes_ask_the_routes_that_say_alive_and_ready() -> None:
     container = only_container(manifest("Deployment", "bcmanager"))
-    liveness = container["livenessProbe"]["httpGet"]
-    readiness = container["readinessProbe"]["httpGet"]
+    probes = [container[kind]["httpGet"] for kind in ("livenessProbe", "readinessProbe")]
     startup = container["startupProbe"]["httpGet"]
-    assert (liveness["path"], readiness["path"], startup["path"]) == (
-        "/heartbeat",
-        "/ready",
-        "/heartbeat",
-    )
+    app_routes = {
+        (route.path, method)
+        for route in create_app(Settings(input_dir=Path("in"), output_dir=Path("out"))).routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
+
+    assert [probe["path"] for probe in probes] == ["/heartbeat", "/ready"]
+    assert startup == probes[0]
+    assert {(probe["path"], "GET") for probe in probes} <= app_routes
     port = Settings.model_fields["port"].default
-    for probe in (liveness, readiness, startup):
+    for probe in probes:
         assert container_port(container, probe["port"]) == port
 
 
@@ -161,14 +166,24 @@ def test_agents_get_a_gpu_each_and_the_run_where_the_manager_has_it() -> None:
     agent = manifest("Deployment", "bcmanager-agent")
     container = only_container(agent)
     manager = manifest("Deployment", "bcmanager")
+    env = env_values(agent)
 
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert set(env_values(agent)) == AGENT_ENV
+    assert set(env) == AGENT_ENV | {"DORADO"}
     assert mounts(agent)["bcmanager-run"] == mounts(manager)["bcmanager-run"]
-    command = env_values(agent)["BCM_AGENT_COMMAND"]
-    assert {"{input_dir}", "{output_dir}"} <= set(re.findall(r"\{\w+\}", command))
+
+
+def test_agents_run_dorado_from_its_volume_through_the_wrapper_in_the_image() -> None:
+    agent = manifest("Deployment", "bcmanager-agent")
+    env = env_values(agent)
     dorado_mount = mounts(agent)["dorado"]
-    assert shlex.split(command)[0].startswith(dorado_mount + "/")
+    program, *arguments = shlex.split(env["BCM_AGENT_COMMAND"])
+    copied = [rest.split() for keyword, rest in dockerfile_instructions() if keyword == "COPY"]
+
+    assert ["deploy/dorado-batch.sh", f"/usr/local/bin/{program}"] in copied
+    assert arguments[:2] == ["{input_dir}", "{output_dir}"]
+    assert arguments[2].startswith(dorado_mount + "/")
+    assert env["DORADO"].startswith(dorado_mount + "/")
 
 
 def test_every_claim_a_pod_mounts_is_one_of_the_manifests() -> None:
@@ -203,8 +218,14 @@ def test_the_dockerfile_builds_the_image_the_manifests_name() -> None:
     assert yaml.safe_load(values["CMD"]) == manager["command"]
     assert manager["image"] == agent["image"] == f"bcmanager:{__version__}"
     assert kustomization()["images"] == [{"name": "bcmanager", "newTag": __version__}]
+    let_in = {
+        line[1:].rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
     for keyword, rest in instructions:
         if keyword == "COPY":
             *sources, _ = rest.split()
             for source in sources:
                 assert (REPO / source).exists(), f"Dockerfile copies {source}, which is missing"
+                assert source.rstrip("/") in let_in, f".dockerignore keeps {source} out"
