@@ -16,12 +16,20 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pod5
 import pytest
+
+from bcmanager.paths import FolderKind, parse_job_folder
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "deploy" / "slurm" / "bcmanager.sbatch"
 
 SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
 PARTITION = "gpu"  # the template's default partition, so the test need not override it
@@ -331,3 +339,65 @@ def test_the_test_cluster_runs_a_batch_job_with_a_gpu_per_step(
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), (tmp_path / "probe.log").read_text()
     seen = sorted((tmp_path / f"step{gpu}.txt").read_text().strip() for gpu in (0, 1))
     assert seen == ["gpu 0", "gpu 1"]
+
+
+def read_ids_of_run(input_dir: Path) -> list[str]:
+    ids = []
+    for path in sorted(input_dir.glob("*.pod5")):
+        with pod5.Reader(path) as reader:
+            ids.extend(str(read.read_id) for read in reader.reads())
+    return ids
+
+
+def read_ids_of_fastq(folder: Path) -> list[str]:
+    ids = []
+    for path in sorted(folder.glob("*.fastq")):
+        headers = path.read_text().splitlines()[::4]
+        ids.extend(header[1:].split()[0] for header in headers)
+    return ids
+
+
+def test_the_template_basecalls_a_run_once_per_read_and_ends_by_itself(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    pytest.importorskip("bcmanager.agent", reason="`bcmanager agent` is not on this branch yet")
+    bcmanager = Path(sys.executable).with_name("bcmanager")
+    input_dir, output_dir = tmp_path / "run" / "pod5", tmp_path / "run" / "basecalled"
+    sequencer = [str(bcmanager), "simulate", "sequencer", str(input_dir), "--files", "6"]
+    subprocess.run(
+        [*sequencer, "--reads-per-file", "3", "--interval", "0", "--write-seconds", "0"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    settings = {
+        "BCM_INPUT_DIR": str(input_dir),
+        "BCM_OUTPUT_DIR": str(output_dir),
+        "BCM_PORT": str(free_port()),
+        "BCM_SHUTDOWN_INTERVAL": "3",
+        "BCMANAGER": str(bcmanager),
+        "BCM_AGENT_COMMAND": f"{bcmanager} simulate basecaller {{input_dir}} {{output_dir}}",
+        # The run has finished sequencing: agents leave once nothing is left, so the manager
+        # goes idle and the watchdog ends the job.
+        "BCM_AGENT_UNTIL_EMPTY": "true",
+        "BCM_AGENT_BATCH_SIZE": "2",
+        "BCM_SLURM_WATCH_INTERVAL": "1",
+    }
+    # The test node: one node, its two GPUs, a CPU per agent, and a time limit as a backstop.
+    shape = ["--nodes=1", f"--gres=gpu:{FAKE_GPUS}", f"--ntasks-per-node={FAKE_GPUS}"]
+    shape += ["--cpus-per-task=1", "--time=5"]
+
+    job_id = slurm_cluster.submit(TEMPLATE, *shape, cwd=tmp_path, env=settings)
+    job = slurm_cluster.wait_until_ended(job_id, timeout=90)
+
+    log = (tmp_path / f"bcmanager-{job_id}.log").read_text()
+    assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), log
+    assert "run over" in log
+    expected = read_ids_of_run(input_dir)
+    basecalled = read_ids_of_fastq(output_dir / "pass") + read_ids_of_fastq(output_dir / "fail")
+    assert len(expected) == 6 * 3
+    assert Counter(basecalled) == Counter(expected)
+    jobs = [parse_job_folder(path.name) for path in input_dir.iterdir() if path.is_dir()]
+    assert {job.kind for job in jobs if job is not None} == {FolderKind.DONE}
+    engines = {job.engine for job in jobs if job is not None}
+    assert engines <= {f"{slurm_cluster.node}_gpu{gpu}" for gpu in range(FAKE_GPUS)}
