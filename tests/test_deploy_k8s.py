@@ -111,7 +111,7 @@ def test_the_manager_probes_ask_the_routes_that_say_alive_and_ready() -> None:
         (route.path, method)
         for route in create_app(Settings(input_dir=Path("in"), output_dir=Path("out"))).routes
         if isinstance(route, APIRoute)
-        for method in route.methods
+        for method in route.methods or ()
     }
 
     assert [probe["path"] for probe in probes] == ["/heartbeat", "/ready"]

@@ -20,8 +20,10 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pod5
 import pytest
@@ -266,13 +268,18 @@ def wait_for_idle_node(cluster: SlurmCluster, daemons: dict[str, subprocess.Pope
     )
 
 
+def cannot_start(reason: str) -> NoReturn:
+    """Skip, saying why; or fail where Slurm is required (`make test-slurm`)."""
+    if os.environ.get("BCM_TEST_REQUIRE_SLURM") == "1":
+        pytest.fail(f"Slurm is required here but cannot start: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     reason = why_slurm_cannot_start()
     if reason is not None:
-        if os.environ.get("BCM_TEST_REQUIRE_SLURM") == "1":
-            pytest.fail(f"Slurm is required here but cannot start: {reason}")
-        pytest.skip(reason)
+        cannot_start(reason)
     root = tmp_path_factory.mktemp("slurm")
     for folder in ("munge", "state", "spool", "log"):
         (root / folder).mkdir()
@@ -284,19 +291,23 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         ["slurmd", "-C"], env=env, capture_output=True, text=True, check=True, timeout=30
     ).stdout.splitlines()[0]
     assert hardware.startswith(f"NodeName={node} "), hardware
-    conf = write_config(root, node, hardware, make_fake_gpus(root))
+    try:
+        gpus = make_fake_gpus(root)
+    except OSError as error:
+        cannot_start(f"cannot make character devices for the simulated GPUs: {error}")
+    conf = write_config(root, node, hardware, gpus)
     env["SLURM_CONF"] = str(conf)
     cluster = SlurmCluster(root, node, env)
 
     key = root / "munge.key"
-    subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True, timeout=30)
+    subprocess.run(["mungekey", "--create", f"--keyfile={key}"], env=env, check=True, timeout=30)
     daemons: dict[str, subprocess.Popen[bytes]] = {}
     try:
         daemons["munged"] = subprocess.Popen(
             [
                 "munged",
                 "--foreground",
-                "--force",
+                "--force",  # no complaint that tmp's parents are writable by others
                 f"--key-file={key}",
                 f"--socket={root / 'munge' / 'munge.socket'}",
                 f"--pid-file={root / 'munge' / 'munged.pid'}",
@@ -314,7 +325,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         wait_for_idle_node(cluster, daemons)
         yield cluster
     finally:
-        if "slurmd" in daemons and daemons["slurmd"].poll() is None:
+        with suppress(AssertionError, subprocess.TimeoutExpired):
             cluster.cancel_all()
         stop(daemons, conf)
 
@@ -342,7 +353,7 @@ def test_the_test_cluster_runs_a_batch_job_with_a_gpu_per_step(
 
 
 def read_ids_of_run(input_dir: Path) -> list[str]:
-    ids = []
+    ids: list[str] = []
     for path in sorted(input_dir.glob("*.pod5")):
         with pod5.Reader(path) as reader:
             ids.extend(str(read.read_id) for read in reader.reads())
@@ -350,7 +361,7 @@ def read_ids_of_run(input_dir: Path) -> list[str]:
 
 
 def read_ids_of_fastq(folder: Path) -> list[str]:
-    ids = []
+    ids: list[str] = []
     for path in sorted(folder.glob("*.fastq")):
         headers = path.read_text().splitlines()[::4]
         ids.extend(header[1:].split()[0] for header in headers)
