@@ -195,8 +195,7 @@ class Manager:
     # -- background work --------------------------------------------------------------------
 
     async def _initial_scan(self, names: list[str]) -> None:
-        unknown = [name for name in names if not self.state.knows(name)]
-        ordered = await asyncio.to_thread(scan.oldest_first, self.paths.input_dir, unknown)
+        ordered = await asyncio.to_thread(self._unknown_oldest_first, names)
         await self._probe_in_chunks(ordered, first=FIRST_CHUNK)
         self.ready = True
         counts = self.state.counts()
@@ -218,15 +217,16 @@ class Manager:
         if arrived:
             log.info("%d raw files complete and pending", arrived)
 
+    def _unknown_oldest_first(self, names: list[str]) -> list[str]:
+        """Runs in a worker thread: dict lookups are safe against the loop's updates, and a
+        name added meanwhile is simply observed twice, which changes nothing."""
+        unknown = [name for name in names if not self.state.knows(name)]
+        return scan.oldest_first(self.paths.input_dir, unknown)
+
     async def _rescan(self) -> None:
         """Find raw files that no event announced, and waiting files that completed."""
-        knows = self.state.knows
-
-        def unknown_names() -> list[str]:
-            names = [n for n in scan.raw_names(self.paths.input_dir) if not knows(n)]
-            return scan.oldest_first(self.paths.input_dir, names)
-
-        await self._probe_in_chunks(await asyncio.to_thread(unknown_names))
+        names = await asyncio.to_thread(scan.raw_names, self.paths.input_dir)
+        await self._probe_in_chunks(await asyncio.to_thread(self._unknown_oldest_first, names))
         await self._probe_in_chunks(self.state.waiting())
 
     async def _rescan_forever(self) -> None:
