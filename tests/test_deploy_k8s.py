@@ -19,13 +19,15 @@ import yaml
 from fastapi.routing import APIRoute
 
 from bcmanager import __version__
+from bcmanager.agent import ENV_PREFIX, AgentSettings
 from bcmanager.app import create_app
 from bcmanager.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
 OLDEST_KUBERNETES = "1.28.0"
-AGENT_ENV = {"BCM_AGENT_MANAGER", "BCM_AGENT_ENGINE_ID", "BCM_AGENT_COMMAND"}
+AGENT_ENV = {f"{ENV_PREFIX}{name.upper()}" for name in AgentSettings.model_fields}
+REQUIRED_AGENT_ENV = {"BCM_AGENT_MANAGER", "BCM_AGENT_ENGINE_ID", "BCM_AGENT_COMMAND"}
 
 Manifest = dict[str, Any]
 
@@ -169,7 +171,15 @@ def test_agents_get_a_gpu_each_and_the_run_where_the_manager_has_it() -> None:
     env = env_values(agent)
 
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert set(env) == AGENT_ENV | {"DORADO"}
+    assert REQUIRED_AGENT_ENV <= set(env) <= AGENT_ENV | {"DORADO"}
+    pod_name = "bcmanager-agent-7d9c8b6f5-x2kqz"  # what metadata.name gives BCM_AGENT_ENGINE_ID
+    AgentSettings.model_validate(
+        {
+            name.removeprefix(ENV_PREFIX).lower(): value or pod_name
+            for name, value in env.items()
+            if name.startswith(ENV_PREFIX)
+        }
+    )
     assert mounts(agent)["bcmanager-run"] == mounts(manager)["bcmanager-run"]
 
 

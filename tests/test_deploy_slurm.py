@@ -11,6 +11,7 @@ tests skip and say why; `make test-slurm` sets BCM_TEST_REQUIRE_SLURM=1 to make 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ from typing import NoReturn
 import pod5
 import pytest
 
+from bcmanager.agent import PLACEHOLDERS, split_template
 from bcmanager.paths import FolderKind, parse_job_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -371,7 +373,6 @@ def read_ids_of_fastq(folder: Path) -> list[str]:
 def test_the_template_basecalls_a_run_once_per_read_and_ends_by_itself(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
-    pytest.importorskip("bcmanager.agent", reason="`bcmanager agent` is not on this branch yet")
     bcmanager = Path(sys.executable).with_name("bcmanager")
     input_dir, output_dir = tmp_path / "run" / "pod5", tmp_path / "run" / "basecalled"
     sequencer = [str(bcmanager), "simulate", "sequencer", str(input_dir), "--files", "6"]
@@ -412,3 +413,15 @@ def test_the_template_basecalls_a_run_once_per_read_and_ends_by_itself(
     assert {job.kind for job in jobs if job is not None} == {FolderKind.DONE}
     engines = {job.engine for job in jobs if job is not None}
     assert engines <= {f"{slurm_cluster.node}_gpu{gpu}" for gpu in range(FAKE_GPUS)}
+
+
+def test_the_template_default_command_is_one_the_agent_runs() -> None:
+    """The default a site edits: Dorado through deploy/dorado-batch.sh on the two job folders."""
+    (default,) = re.findall(
+        r"^BCM_AGENT_COMMAND=\$\{BCM_AGENT_COMMAND:-'([^']*)'\}$", TEMPLATE.read_text(), re.M
+    )
+    words = split_template(default)
+
+    assert Path(words[0]).name == "dorado-batch.sh"
+    assert words[1:3] == ["{input_dir}", "{output_dir}"]
+    assert set(re.findall(r"\{(\w+)\}", default)) <= set(PLACEHOLDERS)

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from bcmanager.agent import ENV_PREFIX, AgentSettings
 from bcmanager.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = REPO / "deploy" / "systemd"
 DORADO_BATCH = REPO / "deploy" / "dorado-batch.sh"
 INSTALLED_COMMAND = "/opt/bcmanager/.venv/bin/bcmanager"
-AGENT_ENV = {"BCM_AGENT_MANAGER", "BCM_AGENT_ENGINE_ID", "BCM_AGENT_COMMAND"}
+AGENT_ENV = {f"{ENV_PREFIX}{name.upper()}" for name in AgentSettings.model_fields}
+REQUIRED_AGENT_ENV = {"BCM_AGENT_MANAGER", "BCM_AGENT_ENGINE_ID", "BCM_AGENT_COMMAND"}
 
 
 def env_file(path: Path) -> dict[str, str]:
@@ -83,8 +85,21 @@ def test_each_agent_instance_gets_its_gpu_an_engine_id_and_the_rest_from_its_fil
         line.split("=", 1) for line in unit_lines("bcmanager-agent@.service", "Environment")
     )
 
+    agent_env = {**from_file, **from_unit}
     assert from_unit["CUDA_VISIBLE_DEVICES"] == "%i"
-    assert set(from_file) | set(from_unit) == AGENT_ENV | {"DORADO", "CUDA_VISIBLE_DEVICES"}
+    assert REQUIRED_AGENT_ENV <= set(agent_env) <= AGENT_ENV | {"DORADO", "CUDA_VISIBLE_DEVICES"}
+    # systemd fills in %l (short host name) and %i (instance: the GPU's index).
+    instance = {
+        name: value.replace("%l", "gpuserver").replace("%i", "0")
+        for name, value in agent_env.items()
+    }
+    AgentSettings.model_validate(
+        {
+            name.removeprefix(ENV_PREFIX).lower(): value
+            for name, value in instance.items()
+            if name.startswith(ENV_PREFIX)
+        }
+    )
     command = shlex.split(from_file["BCM_AGENT_COMMAND"])
     assert command[:3] == ["/opt/bcmanager/deploy/dorado-batch.sh", "{input_dir}", "{output_dir}"]
     assert unit_lines("bcmanager-agent@.service", "ExecStart") == [f"{INSTALLED_COMMAND} agent"]
