@@ -14,8 +14,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed
-	mkdir -p data/input data/output
-	BCM_INPUT_DIR=data/input BCM_OUTPUT_DIR=data/output $(BIN)/bcmanager serve
+	$(BIN)/bcmanager demo
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests
