@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint openapi clean
+.PHONY: run test lint openapi clean slurm-packages test-slurm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,23 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy --strict src
 
-test: lint
+test: lint slurm-packages
 	$(BIN)/pytest -q
+
+# The Slurm test brings up a one-node cluster from Debian's packages. Installing them is best
+# effort and never fails the build: where it cannot (not root, no apt), that test skips and says so.
+SLURM_PACKAGES := slurm-wlm munge
+slurm-packages:
+	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "slurm-packages: not root or no apt-get; the Slurm test will skip"; \
+	elif ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $(SLURM_PACKAGES)) >/dev/null 2>&1; then \
+		echo "slurm-packages: apt-get could not install $(SLURM_PACKAGES); the Slurm test will skip"; \
+	fi
+
+test-slurm: $(VENV)/.installed slurm-packages
+	BCM_TEST_REQUIRE_SLURM=1 $(BIN)/pytest -q tests/test_deploy_slurm.py
 
 openapi: $(VENV)/.installed
 	$(BIN)/bcmanager openapi > openapi/openapi.json
