@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint browser openapi clean
+.PHONY: run test lint browser openapi clean slurm-packages test-slurm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,16 +14,30 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed
-	mkdir -p data/input data/output
-	BCM_INPUT_DIR=data/input BCM_OUTPUT_DIR=data/output $(BIN)/bcmanager serve
+	$(BIN)/bcmanager demo
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy --strict src
 
-test: lint browser
+test: lint browser slurm-packages
 	$(BIN)/pytest -q
+
+# The Slurm test brings up a one-node cluster from Debian's packages. Installing them is best
+# effort and never fails the build: where it cannot (not root, no apt), that test skips and says so.
+SLURM_PACKAGES := slurm-wlm munge
+slurm-packages:
+	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "slurm-packages: not root or no apt-get; the Slurm test will skip"; \
+	elif ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends $(SLURM_PACKAGES)) >/dev/null 2>&1; then \
+		echo "slurm-packages: apt-get could not install $(SLURM_PACKAGES); the Slurm test will skip"; \
+	fi
+
+test-slurm: $(VENV)/.installed slurm-packages
+	BCM_TEST_REQUIRE_SLURM=1 $(BIN)/pytest -q tests/test_deploy_slurm.py
 
 # The page test drives Debian's chromium through its chromium-driver. Installed here when missing
 # and when root; otherwise that one test is skipped and says why.

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Run, Server, free_port
+from bcmanager.manager import Manager
+from conftest import Run, Server, free_port, serving
 
 
 def assign(server: Server, engine: str, size: int) -> dict:
@@ -128,3 +129,17 @@ def test_invalid_setting_stops_start_up_with_one_line(run: Run) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "BCM_REPORT_BACK_PERIOD" in lines[0] and "soon" in lines[0]
+
+
+async def test_engine_named_like_a_raw_file_keeps_its_lease_over_a_restart(run: Run) -> None:
+    run.add_many(3)
+    async with serving(Manager(run.settings())) as client:
+        params = {"engineid": "node7.pod5", "batchsize": 2}
+        batch = (await client.get("/assignwork", params=params)).json()
+    async with serving(Manager(run.settings())) as client:
+        status = (await client.get("/status")).json()
+        keep = await client.get(
+            "/keepalive", params={"job_id": batch["jobid"], "job_state": "PROCESSING"}
+        )
+    assert keep.json() == {"late": False}
+    assert status["files"] == {"waiting": 0, "pending": 1, "leased": 2, "done": 0, "failed": 0}

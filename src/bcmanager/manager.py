@@ -247,9 +247,8 @@ class Manager:
     async def _initial_scan(self, names: list[str]) -> None:
         """Probe the files recovery did not place, then size those it did (done, failed and
         leased files), then look for the final summary; ready after that."""
-        unknown = [name for name in names if not self.state.knows(name)]
-        recovered = [name for name in names if self.state.knows(name)]
-        ordered = await asyncio.to_thread(scan.oldest_first, self.paths.input_dir, unknown)
+        recovered = await asyncio.to_thread(lambda: [n for n in names if self.state.knows(n)])
+        ordered = await asyncio.to_thread(self._unknown_oldest_first, names)
         await self._probe_in_chunks(ordered, first=FIRST_CHUNK, announce=False)
         for start in range(0, len(recovered), CHUNK):
             chunk = recovered[start : start + CHUNK]
@@ -304,15 +303,16 @@ class Manager:
             self._complete_announced = True
             self._log("complete")
 
+    def _unknown_oldest_first(self, names: list[str]) -> list[str]:
+        """Runs in a worker thread: dict lookups are safe against the loop's updates, and a
+        name added meanwhile is simply observed twice, which changes nothing."""
+        unknown = [name for name in names if not self.state.knows(name)]
+        return scan.oldest_first(self.paths.input_dir, unknown)
+
     async def _rescan(self) -> None:
         """Find raw files that no event announced, and waiting files that completed."""
-        knows = self.state.knows
-
-        def unknown_names() -> list[str]:
-            names = [n for n in scan.raw_names(self.paths.input_dir) if not knows(n)]
-            return scan.oldest_first(self.paths.input_dir, names)
-
-        await self._probe_in_chunks(await asyncio.to_thread(unknown_names))
+        names = await asyncio.to_thread(scan.raw_names, self.paths.input_dir)
+        await self._probe_in_chunks(await asyncio.to_thread(self._unknown_oldest_first, names))
         await self._probe_in_chunks(self.state.waiting())
         await self._look_for_final_summary()
 

@@ -105,17 +105,16 @@ def list_input(input_dir: Path) -> InputListing:
     with os.scandir(input_dir) as entries:
         for entry in entries:
             name = entry.name
-            if is_raw_name(name):
-                if entry.is_file(follow_symlinks=False):
-                    listing.raw.append(name)
-                else:
+            if entry.is_dir(follow_symlinks=False):
+                # Job folders first: an engine id may end in ".pod5" like a raw file.
+                if (parsed := parse_job_folder(name)) is not None:
+                    listing.job_folders.append(parsed)
+                elif name.startswith(TEMP_PREFIX):
+                    listing.temp.append(name)
+                elif not name.startswith("."):
                     listing.ignored.append(name)
-            elif name.startswith(TEMP_PREFIX):
-                listing.temp.append(name)
-            elif (parsed := parse_job_folder(name)) is not None and entry.is_dir(
-                follow_symlinks=False
-            ):
-                listing.job_folders.append(parsed)
+            elif is_raw_name(name) and entry.is_file(follow_symlinks=False):
+                listing.raw.append(name)
             elif not name.startswith("."):
                 listing.ignored.append(name)
     return listing
