@@ -81,7 +81,10 @@ class Manager:
             job = self.state.adopt(folder.jobid, folder.engine, files, now)
             self.progress.job_adopted(job, now)
             self._event("adopted", job)
-        self._spawn("initial scan", self._initial_scan(recovered.raw))
+        # The raw files recovery placed (done, failed, leased), taken before the watcher can add
+        # any: the initial scan sizes them for bytes by state.
+        placed = await asyncio.to_thread(lambda: [n for n in recovered.raw if self.state.knows(n)])
+        self._spawn("initial scan", self._initial_scan(recovered.raw, placed))
         self._spawn("reaper", self._reap_forever())
         self._spawn("rescan", self._rescan_forever())
         if not self.settings.force_polling:
@@ -244,14 +247,13 @@ class Manager:
 
     # -- background work --------------------------------------------------------------------
 
-    async def _initial_scan(self, names: list[str]) -> None:
-        """Probe the files recovery did not place, then size those it did (done, failed and
-        leased files), then look for the final summary; ready after that."""
-        recovered = await asyncio.to_thread(lambda: [n for n in names if self.state.knows(n)])
+    async def _initial_scan(self, names: list[str], placed: list[str]) -> None:
+        """Probe the files recovery did not place, then size those it did, then look for the
+        final summary; ready after that."""
         ordered = await asyncio.to_thread(self._unknown_oldest_first, names)
         await self._probe_in_chunks(ordered, first=FIRST_CHUNK, announce=False)
-        for start in range(0, len(recovered), CHUNK):
-            chunk = recovered[start : start + CHUNK]
+        for start in range(0, len(placed), CHUNK):
+            chunk = placed[start : start + CHUNK]
             for name, size in await asyncio.to_thread(scan.sizes, self.paths.input_dir, chunk):
                 state = self.state.file_state(name)
                 if state is not None:

@@ -12,11 +12,11 @@ buckets the chart of the last three days), never from a walk over the run's file
 
 Sizes. Bytes by state needs each file's size when it changes state. A size is kept only while
 the file can still move (waiting, pending or leased): once done or failed it is added to that
-state's total and forgotten. A dict entry with its int costs about 63 bytes a file (measured on
-a million files), on top of about 126 bytes that ``RunState`` spends on the name and its state;
-so even a run whose million files all wait for an engine stays under 200 bytes a file, and a run
-that keeps up holds sizes only for its backlog. Parallel arrays indexed by file would need a
-name-to-index dict of the same cost, so they would save nothing.
+state's total and forgotten. A dict entry with its int costs about 63 bytes a file, on top of
+what ``RunState`` spends on the name, its state and the queue; a run whose files all wait for an
+engine, the worst case, costs about 210 bytes a file all in (tests/test_progress.py holds it under
+the design's 300), and a run that keeps up holds sizes only for its backlog. Parallel arrays
+indexed by file would need a name-to-index dict of the same cost, so they would save nothing.
 """
 
 from __future__ import annotations
