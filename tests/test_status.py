@@ -11,8 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from test_scaling import lines_executed
 
 from bcmanager.manager import Manager
+from bcmanager.state import FileState, JobState
 from conftest import Run, serving
 
 
@@ -150,3 +152,26 @@ async def test_a_restart_sizes_the_files_it_recovers(run: Run) -> None:
     assert engines["gpu3"]["current_jobs"] == [leased["jobid"]]
     [problem] = after["recent_problems"]
     assert problem["jobid"] == failed["jobid"] and problem["seconds_ago"] is None
+
+
+def status_cost(run: Run, size: int) -> int:
+    """Lines of bcmanager run by one /status of a run with ``size`` pending and ``size`` done
+    files, two engines and a live job, on a clock that the test holds still."""
+    manager = Manager(run.settings(), clock=lambda: 5_000.0)
+    manager.folders.prepare()
+    for index in range(size):
+        manager.state.restore(f"done_{index}.pod5", FileState.DONE)
+        manager.state.observe(f"raw_{index}.pod5", complete=True)
+    finished = manager.assign("gpu1", 10)
+    manager.complete(finished.jobid, JobState.DONE)
+    manager.assign("gpu2", 10)
+    manager.status()  # first-call costs (imports, caches) are not the run's size
+    return lines_executed(manager.status)
+
+
+def test_status_costs_the_same_in_a_small_and_a_large_run(tmp_path: Path) -> None:
+    small = Run(tmp_path / "small_in", tmp_path / "small_out")
+    large = Run(tmp_path / "large_in", tmp_path / "large_out")
+    for each in (small, large):
+        each.input_dir.mkdir()
+    assert status_cost(small, 1_000) == status_cost(large, 100_000)

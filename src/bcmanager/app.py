@@ -205,7 +205,9 @@ def create_app(
         operation_id="metrics",
         summary="Prometheus metrics: files by state, files by engine and outcome, durations",
         tags=["operations"],
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format"}},
+        # The exact media type carries prometheus-client's format version; the schema names
+        # only its kind, so it does not change with that library.
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
     )
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
