@@ -386,12 +386,11 @@ def test_the_template_basecalls_a_run_once_per_read_and_ends_by_itself(
         "BCM_INPUT_DIR": str(input_dir),
         "BCM_OUTPUT_DIR": str(output_dir),
         "BCM_PORT": str(free_port()),
-        "BCM_SHUTDOWN_INTERVAL": "3",
+        # Agents keep asking for work, so the manager never goes idle: the job must end
+        # because the run is complete (the simulated sequencer wrote its final summary).
+        "BCM_SHUTDOWN_INTERVAL": "600",
         "BCMANAGER": str(bcmanager),
         "BCM_AGENT_COMMAND": f"{bcmanager} simulate basecaller {{input_dir}} {{output_dir}}",
-        # The run has finished sequencing: agents leave once nothing is left, so the manager
-        # goes idle and the watchdog ends the job.
-        "BCM_AGENT_UNTIL_EMPTY": "true",
         "BCM_AGENT_BATCH_SIZE": "2",
         "BCM_SLURM_WATCH_INTERVAL": "1",
     }
@@ -404,7 +403,7 @@ def test_the_template_basecalls_a_run_once_per_read_and_ends_by_itself(
 
     log = (tmp_path / f"bcmanager-{job_id}.log").read_text()
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), log
-    assert "run over" in log
+    assert "run complete: sequencing finished" in log
     expected = read_ids_of_run(input_dir)
     basecalled = read_ids_of_fastq(output_dir / "pass") + read_ids_of_fastq(output_dir / "fail")
     assert len(expected) == 6 * 3
