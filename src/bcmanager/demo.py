@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import shlex
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
 import uvicorn
@@ -24,7 +22,6 @@ from bcmanager.app import create_app
 from bcmanager.manager import Manager
 from bcmanager.settings import Settings
 from bcmanager.simulate import run_sequencer
-from bcmanager.state import FileState
 
 MARKER = ".bcmanager-demo"  # a folder with this file was made by the demo and may be wiped
 REPORT_EVERY = 2.0
@@ -88,7 +85,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         await asyncio.sleep(0.05)
     url = f"http://{args.host}:{args.port}"
     interval = max(0.0, args.minutes * 60 / max(1, args.files) - 0.2)
-    print(f"demo: manager serving {args.folder} at {url} (see {url}/docs and {url}/status)")
+    print(f"demo: manager serving {args.folder}; open {url}/ to watch the run")
     print(f"demo: simulated sequencer writing {args.files} POD5 files over {args.minutes} minutes")
     print(f"demo: {args.engines} simulated GPU agents; their logs are in {args.folder}/agents.log")
     sequencer = asyncio.create_task(
@@ -156,26 +153,22 @@ async def stop_agents(agents: list[asyncio.subprocess.Process]) -> None:
 async def report(
     manager: Manager, sequencer: asyncio.Task[list[Path]], files: int, url: str
 ) -> None:
-    """A progress line every few seconds; one closing message when the run is drained."""
-    started = time.monotonic()
-    recent: collections.deque[tuple[float, int]] = collections.deque()
+    """A progress line every few seconds; one closing message when the run is complete."""
     while True:
         await asyncio.sleep(REPORT_EVERY)
-        counts = manager.state.counts()
-        now = time.monotonic()
-        finished = counts[FileState.DONE] + counts[FileState.FAILED]
-        recent.append((now, finished))
-        while now - recent[0][0] > 60:
-            recent.popleft()
-        span = now - recent[0][0]
-        per_minute = (finished - recent[0][1]) * 60 / span if span else 0.0
-        phase = "sequencing" if not sequencer.done() else "sequencing stopped"
-        shown = " · ".join(f"{state.value} {count}" for state, count in counts.items())
-        print(f"[{now - started:5.0f}s] {phase} | {shown} | {per_minute:.0f} files/min", flush=True)
-        if sequencer.done() and finished == files:
+        status = manager.status()
+        counts = status.files
+        shown = " · ".join(f"{state} {count}" for state, count in counts.model_dump().items())
+        rate = status.rates.last_5_minutes.basecalled.files_per_minute
+        print(
+            f"[{status.uptime_seconds:5.0f}s] {status.phase.value} | {shown} | {rate:.0f} files/min",
+            flush=True,
+        )
+        if sequencer.done() and status.phase == "complete" and counts.done + counts.failed == files:
             print(
-                f"demo: run complete: all {files} files basecalled in {now - started:.0f}s. "
-                f"The manager stays up at {url}/docs and {url}/status; Ctrl-C stops it.",
+                f"demo: run complete: all {files} files basecalled in "
+                f"{status.uptime_seconds:.0f}s. The manager stays up: watch it at {url}/, "
+                f"the API at {url}/docs; Ctrl-C stops it.",
                 flush=True,
             )
             return
