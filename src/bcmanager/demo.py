@@ -160,10 +160,8 @@ async def report(
         counts = status.files
         shown = " · ".join(f"{state} {count}" for state, count in counts.model_dump().items())
         rate = status.rates.last_5_minutes.basecalled.files_per_minute
-        print(
-            f"[{status.uptime_seconds:5.0f}s] {status.phase.value} | {shown} | {rate:.0f} files/min",
-            flush=True,
-        )
+        line = f"{status.phase.value} | {shown} | {rate:.0f} files/min"
+        print(f"[{status.uptime_seconds:5.0f}s] {line}", flush=True)
         if sequencer.done() and status.phase == "complete" and counts.done + counts.failed == files:
             print(
                 f"demo: run complete: all {files} files basecalled in "
