@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,6 +153,31 @@ async def test_a_real_server_with_a_token_needs_it(
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert refused.status_code == 401 and allowed.json()["batch_size"] == 1
+
+
+def test_the_agent_sends_the_token_from_its_environment(
+    run: Run, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    run.add_many(3)
+    server = start_server(BCM_API_TOKEN=TOKEN)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BCM_")}
+    env["BCM_AGENT_API_TOKEN"] = TOKEN
+    basecaller = [sys.executable, "-m", "bcmanager", "simulate", "basecaller"]
+    env["BCM_AGENT_COMMAND"] = shlex.join(basecaller) + " {input_dir} {output_dir}"
+    agent = subprocess.run(
+        [
+            *(sys.executable, "-m", "bcmanager", "agent", "--manager", server.url),
+            *("--engine-id", "gpu-token", "--until-empty", "--poll-interval", "0.2"),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert agent.returncode == 0, agent.stderr
+    assert server.get("/status").json()["files"]["done"] == 3
+    assert TOKEN not in agent.stdout + agent.stderr
 
 
 def hostile_entries(run: Run, outside: Path) -> None:

@@ -2,8 +2,10 @@
 
 Routes only translate: query parameters in, a Manager call, a model out. Errors of the state
 machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``
-and nothing changed. With ``BCM_API_TOKEN`` set, the three engine routes that change the run
-require it as a bearer token (401 otherwise); /heartbeat, /status and the docs stay open.
+and nothing changed. For people: the run's picture as JSON (/status), as Prometheus metrics
+(/metrics) and as a page (/, with its files under /static). With ``BCM_API_TOKEN`` set, the
+three engine routes that change the run require it as a bearer token (401 otherwise); probes,
+status, metrics, the page and the docs stay open.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
 from bcmanager import __version__
 from bcmanager.lock import RunLock
 from bcmanager.manager import Manager
+from bcmanager.metrics import Metrics, RequestTimer
 from bcmanager.models import (
     BCBatch,
     CompletedReply,
@@ -142,6 +148,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.manager = manager
+    metrics = Metrics(manager)
+    app.add_middleware(RequestTimer, histogram=metrics.requests)
+    page = (resources.files("bcmanager") / "static" / "index.html").read_text(encoding="utf-8")
+    app.mount("/static", StaticFiles(packages=[("bcmanager", "static")]), name="static")
     authorized = [Depends(engine_auth(settings.api_token))]
 
     @app.exception_handler(UnknownJob)
@@ -216,6 +226,7 @@ def create_app(
             status="true" if idle >= settings.shutdown_interval else "false",
             inactivity_interval=round(idle, 3),
             problems=manager.problems(),
+            phase=manager.phase(),
         )
         if reply.problems:
             return JSONResponse(reply.model_dump(), status_code=503)
@@ -238,10 +249,27 @@ def create_app(
         "/status",
         response_model=RunStatus,
         operation_id="run_status",
-        summary="Files by state and the jobs holding leases",
+        summary="The run's picture: files and bytes by state, rates, ETA, engines, leases",
         tags=["operations"],
     )
     async def status() -> RunStatus:
         return manager.status()
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        operation_id="metrics",
+        summary="Prometheus metrics: files by state, files by engine and outcome, durations",
+        tags=["operations"],
+        # The exact media type carries prometheus-client's format version; the schema names
+        # only its kind, so it does not change with that library.
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def status_page() -> HTMLResponse:
+        return HTMLResponse(page)
 
     return app

@@ -25,6 +25,9 @@ TEMP_PREFIX = ".bcm-tmp-"
 LOCK_NAME = ".bcmanager.lock"
 FASTQ_SUFFIXES = (".fastq", ".fastq.gz", ".fq", ".fq.gz")
 FINAL_PREFIX = "job_id_"
+# MinKNOW writes final_summary_<flow cell>_<acquisition>_<hash>.txt when sequencing stops.
+FINAL_SUMMARY_PREFIX = "final_summary_"
+FINAL_SUMMARY_SUFFIX = ".txt"
 
 ENGINE_ID_MAX = 100
 # At least one character that is not a dot, so that it is never "." or "..".
@@ -72,6 +75,10 @@ def is_job_id(value: str) -> bool:
 def is_raw_name(name: str) -> bool:
     """A raw file the sequencer wrote: ``*.pod5`` at the top of INPUT_DIR, not hidden."""
     return name.endswith(RAW_SUFFIX) and not name.startswith(".") and "/" not in name
+
+
+def is_final_summary_name(name: str) -> bool:
+    return name.startswith(FINAL_SUMMARY_PREFIX) and name.endswith(FINAL_SUMMARY_SUFFIX)
 
 
 def job_folder(kind: FolderKind, jobid: str, engine: str) -> str:

@@ -18,6 +18,7 @@ from bcmanager.paths import (
     TEMP_PREFIX,
     JobFolderName,
     fastq_raw_stem,
+    is_final_summary_name,
     is_raw_name,
     parse_job_folder,
 )
@@ -64,6 +65,17 @@ def probe_many(input_dir: Path, names: Iterable[str]) -> list[tuple[str, RawProb
         result = probe(input_dir / name)
         if result is not None:
             found.append((name, result))
+    return found
+
+
+def sizes(input_dir: Path, names: Iterable[str]) -> list[tuple[str, int]]:
+    """The size of each raw file (one lstat each; a vanished file is dropped)."""
+    found = []
+    for name in names:
+        try:
+            found.append((name, os.lstat(input_dir / name).st_size))
+        except OSError:
+            continue
     return found
 
 
@@ -184,3 +196,17 @@ def fastq_stems(output_dir: Path) -> set[str]:
     return {
         stem for _, name in fastq_files(output_dir) if (stem := fastq_raw_stem(name)) is not None
     }
+
+
+def final_summary(folders: Iterable[Path]) -> Path | None:
+    """MinKNOW's ``final_summary_*.txt``, which it writes when sequencing stops, in the first of
+    ``folders`` that has one (a folder that cannot be read has none)."""
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if is_final_summary_name(entry.name) and entry.is_file():
+                        return Path(entry.path)
+        except OSError:
+            continue
+    return None

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from bcmanager.app import create_app
 from bcmanager.lock import AlreadyManaged, RunLock
+from bcmanager.logs import configure_logging
 from bcmanager.paths import RunPaths
 from bcmanager.settings import Settings, describe_error
 
@@ -63,7 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not paths.input_dir.is_dir():
         print(f"bcmanager: BCM_INPUT_DIR {paths.input_dir} is not a folder", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(settings.log_format)
     if (warning := exposure_warning(settings)) is not None:
         log.warning(warning)
     try:
@@ -72,7 +73,15 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"bcmanager: {error}", file=sys.stderr)
         return 1
     app = create_app(settings, lock=lock)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    # log_config=None: uvicorn's own lines go through the handler configured above.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level="info",
+        access_log=False,
+    )
     return 0
 
 

@@ -7,7 +7,7 @@ directory; ``.env.example`` documents each one. The CLI turns a validation error
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import (
     Field,
@@ -48,16 +48,24 @@ class Settings(BaseSettings):
     force_polling: bool = Field(
         False, description="Poll INPUT_DIR instead of using inotify (network filesystems)."
     )
+    final_summary_dir: Path | None = Field(
+        None,
+        description="Folder where MinKNOW writes final_summary_*.txt when sequencing stops "
+        "(default: INPUT_DIR and its parent).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as plain text, or as one JSON object per line."
+    )
     api_token: SecretStr | None = Field(
         None,
         description="When set, engines must send 'Authorization: Bearer <token>' to assignwork, "
         "keepalive and completed.",
     )
 
-    @field_validator("api_token", mode="before")
+    @field_validator("final_summary_dir", "api_token", mode="before")
     @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
-        """``BCM_API_TOKEN=`` (as in .env.example) means no token, not the empty one."""
+    def _empty_means_default(cls, value: object) -> object:
+        """An empty variable (as in .env.example) means the default, not an empty value."""
         return None if value == "" else value
 
     @model_validator(mode="after")
