@@ -88,10 +88,10 @@ async def get(client: httpx.AsyncClient, route: str, **params: str | int) -> htt
 
 
 async def snapshot(run: Run, client: httpx.AsyncClient) -> tuple[object, ...]:
+    """Both folders, the files by state and the leases (not the clocks and rates)."""
     status = (await get(client, "/status")).json()
-    for job in status["jobs"]:
-        job.pop("seconds_left")
-    return tree(run.input_dir), tree(run.output_dir), status
+    leases = [{**job, "seconds_left": None} for job in status["jobs"]]
+    return tree(run.input_dir), tree(run.output_dir), status["files"], leases
 
 
 def assert_refused(reply: httpx.Response, code: int) -> None:
