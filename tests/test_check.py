@@ -200,6 +200,18 @@ def test_a_restart_repairs_what_check_calls_repair(
     assert inspect(jobs.paths).problems == []
 
 
+def test_fastq_named_per_batch_stands_for_no_raw_file(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dorado with --emit-fastq writes one reads.fastq per job: merged from many jobs, it is no
+    raw file basecalled twice."""
+    for jobid in ("11", "12"):
+        (jobs.paths.pass_dir / f"job_id_{jobid}_reads.fastq").write_text("@r\nA\n+\n!\n")
+    code, lines = check(jobs.paths, capsys)
+    assert code == 0, lines
+    assert "FASTQ files: 4 in pass/" in lines
+
+
 def test_what_bcmanager_ignores_by_design_is_a_note(
     jobs: Jobs, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -144,7 +144,7 @@ def inspect(paths: RunPaths) -> Report:
     input_folders = _inspect_input_folders(report, listing.job_folders)
     holders = _inspect_links(report, input_folders, raw)
     _inspect_output_folders(report, input_folders)
-    stems = _inspect_fastq(report)
+    stems = _inspect_fastq(report, {raw_stem(name) for name in raw})
     _count_files(report, raw, holders, stems)
     return report
 
@@ -258,9 +258,10 @@ def _inspect_output_folders(report: Report, found: list[JobFolderName]) -> None:
             )
 
 
-def _inspect_fastq(report: Report) -> set[str]:
-    """Stems with FASTQ in pass/ or fail/; a stem whose FASTQ came from two jobs, or twice into
-    one folder, was basecalled twice."""
+def _inspect_fastq(report: Report, raw_stems: set[str]) -> set[str]:
+    """Stems with FASTQ in pass/ or fail/. A raw file whose FASTQ came from two jobs, or twice
+    into one folder, was basecalled twice. FASTQ named otherwise (one file per batch, as Dorado
+    writes with --emit-fastq) stands for no raw file and is only counted."""
     by_stem: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
     for sub, name in scan.fastq_files(report.paths.output_dir):
         report.fastq[sub] = report.fastq.get(sub, 0) + 1
@@ -268,6 +269,8 @@ def _inspect_fastq(report: Report) -> set[str]:
         if parsed is not None:
             by_stem[parsed.stem].append((sub, name, parsed.jobid))
     for stem, found in by_stem.items():
+        if stem not in raw_stems:
+            continue
         jobs = {jobid for _, _, jobid in found}
         subs = [sub for sub, _, _ in found]
         if len(jobs) > 1 or len(subs) != len(set(subs)):
