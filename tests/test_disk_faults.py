@@ -21,7 +21,7 @@ from bcmanager.check import Severity, inspect
 from bcmanager.folders import DiskOps, RunFolders
 from bcmanager.manager import Manager
 from bcmanager.paths import RunPaths
-from conftest import Run, serving, tree
+from conftest import Clock, Run, serving, tree
 
 ERRNOS = [errno.ENOSPC, errno.EIO, errno.EACCES]
 
@@ -62,16 +62,6 @@ class FaultyOps(DiskOps):
     def rmtree(self, path: Path) -> None:
         self._step("rmtree", path)
         super().rmtree(path)
-
-
-class Clock:
-    """A monotonic clock the test moves forward, so leases run out without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def faulty_manager(

@@ -17,17 +17,7 @@ from bcmanager.check import inspect
 from bcmanager.manager import Manager
 from bcmanager.paths import RunPaths
 from bcmanager.simulate import basecall, pod5_bytes
-from conftest import Run, Server, serving
-
-
-class Clock:
-    """A monotonic clock the test moves forward, so leases run out without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from conftest import Clock, Run, Server, serving
 
 
 async def get(client: httpx.AsyncClient, route: str, **params: str | int) -> httpx.Response:

@@ -31,6 +31,7 @@ from bcmanager.paths import FolderKind, RunPaths, final_fastq_name, raw_stem
 from bcmanager.settings import Settings
 from bcmanager.simulate import pod5_bytes
 from bcmanager.state import FileState, InvalidTransition, JobState, LeaseExpired, UnknownJob
+from conftest import Clock
 
 LEASE = 10
 RAW_BYTES, _ = pod5_bytes("template.pod5", 1)  # one real POD5 file, written under many names
@@ -69,14 +70,6 @@ class CrashingOps(DiskOps):
     def rmtree(self, path: Path) -> None:
         self._step()
         super().rmtree(path)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
