@@ -53,6 +53,16 @@ class Run:
         return Settings(**values)
 
 
+class Clock:
+    """A monotonic clock the test moves forward, so leases run out without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def run(tmp_path: Path) -> Run:
     input_dir, output_dir = tmp_path / "input", tmp_path / "output"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bcmanager.manager import Manager
@@ -34,6 +36,21 @@ BAD_REQUESTS = [
 ]
 
 
+# What /status reports that only the clock changes.
+CLOCK_KEYS = {"seconds_left", "seconds_since_contact", "seconds_ago"}
+
+
+def run_state(status: dict[str, Any]) -> dict[str, Any]:
+    """The parts of /status that a request could change: files, bytes, jobs and engines."""
+    kept = {key: status[key] for key in ("phase", "files", "bytes")}
+    for key in ("jobs", "engines", "recent_problems"):
+        kept[key] = [
+            {name: value for name, value in item.items() if name not in CLOCK_KEYS}
+            for item in status[key]
+        ]
+    return kept
+
+
 @pytest.mark.parametrize(("route", "params"), BAD_REQUESTS)
 async def test_bad_request_is_4xx_json_and_changes_nothing(
     run: Run, route: str, params: dict[str, str]
@@ -42,14 +59,13 @@ async def test_bad_request_is_4xx_json_and_changes_nothing(
     async with serving(Manager(run.settings())) as client:
         leased = await client.get("/assignwork", params={"engineid": "gpu1", "batchsize": 2})
         jobid = leased.json()["jobid"]
-        before = tree(run.input_dir), tree(run.output_dir), (await client.get("/status")).json()
+        status = (await client.get("/status")).json()
+        before = tree(run.input_dir), tree(run.output_dir), run_state(status)
         filled = {key: value.replace("{jobid}", jobid) for key, value in params.items()}
         reply = await client.get(route, params=filled)
         status = (await client.get("/status")).json()
-        after = tree(run.input_dir), tree(run.output_dir), status
+        after = tree(run.input_dir), tree(run.output_dir), run_state(status)
     assert 400 <= reply.status_code < 500, reply.text
     assert reply.headers["content-type"] == "application/json"
     assert "detail" in reply.json()
-    for job in before[2]["jobs"] + after[2]["jobs"]:
-        job.pop("seconds_left")
     assert after == before

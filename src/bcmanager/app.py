@@ -2,22 +2,32 @@
 
 Routes only translate: query parameters in, a Manager call, a model out. Errors of the state
 machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``
-and nothing changed.
+and nothing changed. For people: the run's picture as JSON (/status), as Prometheus metrics
+(/metrics) and as a page (/, with its files under /static). With ``BCM_API_TOKEN`` set, the
+three engine routes that change the run require it as a bearer token (401 otherwise); probes,
+status, metrics, the page and the docs stay open.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
+from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import SecretStr
 
 from bcmanager import __version__
 from bcmanager.lock import RunLock
 from bcmanager.manager import Manager
+from bcmanager.metrics import Metrics, RequestTimer
 from bcmanager.models import (
     BCBatch,
     CompletedReply,
@@ -65,10 +75,53 @@ JobId = Annotated[
     Query(pattern=JOB_ID_PATTERN, description="The decimal job id from /assignwork."),
 ]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorReply, "description": "BCM_API_TOKEN is set and no valid token was sent"},
     404: {"model": ErrorReply, "description": "No such job"},
     409: {"model": ErrorReply, "description": "The job can no longer complete"},
     503: {"model": ErrorReply, "description": "The disk refused the change; nothing changed"},
 }
+
+
+# How the protocol chains: the jobid of a batch is the job_id of its keepalives and completion.
+# Clients and schema-driven testers (schemathesis) follow these links from one call to the next.
+JOB_LINKS: dict[str, Any] = {
+    operation: {
+        "operationId": operation,
+        "parameters": {"job_id": "$response.body#/jobid"},
+        "description": description,
+    }
+    for operation, description in (
+        ("keep_alive", "Keep the batch's lease while working on it."),
+        ("complete_job", "Report the batch DONE, FAILED or STOPPED."),
+    )
+}
+BEARER = HTTPBearer(
+    scheme_name="engine_token",
+    description="The manager's BCM_API_TOKEN; required only when the manager sets one.",
+    auto_error=False,
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+# FastAPI adds the bearer scheme to each guarded route; an empty requirement beside it tells
+# clients the token is optional, as it is on a manager without BCM_API_TOKEN.
+TOKEN_OPTIONAL: dict[str, Any] = {"security": [{}]}
+
+
+def engine_auth(token: SecretStr | None) -> Callable[[Credentials], Awaitable[None]]:
+    """A dependency that lets a request through when it carries ``token`` (or none is set)."""
+    expected = token.get_secret_value().encode() if token is not None else None
+
+    async def authorize(credentials: Credentials) -> None:
+        if expected is None:
+            return
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not secrets.compare_digest(given, expected):
+            raise HTTPException(
+                status_code=401,
+                detail="this manager requires 'Authorization: Bearer <BCM_API_TOKEN>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return authorize
 
 
 def create_app(
@@ -95,6 +148,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.manager = manager
+    metrics = Metrics(manager)
+    app.add_middleware(RequestTimer, histogram=metrics.requests)
+    page = (resources.files("bcmanager") / "static" / "index.html").read_text(encoding="utf-8")
+    app.mount("/static", StaticFiles(packages=[("bcmanager", "static")]), name="static")
+    authorized = [Depends(engine_auth(settings.api_token))]
 
     @app.exception_handler(UnknownJob)
     async def unknown_job(request: Request, error: UnknownJob) -> JSONResponse:
@@ -115,7 +173,9 @@ def create_app(
         operation_id="assign_work",
         summary="Lease a batch of raw files to an engine",
         tags=["protocol"],
-        responses={503: ERRORS[503]},
+        responses={200: {"links": JOB_LINKS}, 401: ERRORS[401], 503: ERRORS[503]},
+        dependencies=authorized,
+        openapi_extra=TOKEN_OPTIONAL,
     )
     async def assignwork(
         engineid: EngineId,
@@ -131,6 +191,9 @@ def create_app(
         operation_id="keep_alive",
         summary="Renew a job's lease; late=true means stop the job",
         tags=["protocol"],
+        responses={401: ERRORS[401]},
+        dependencies=authorized,
+        openapi_extra=TOKEN_OPTIONAL,
     )
     async def keepalive(job_id: JobId, job_state: ReportedState) -> KeepaliveReply:
         return KeepaliveReply(late=manager.keepalive(job_id, JobState(job_state.value)))
@@ -142,6 +205,8 @@ def create_app(
         summary="Report a job DONE, FAILED or STOPPED",
         tags=["protocol"],
         responses=ERRORS,
+        dependencies=authorized,
+        openapi_extra=TOKEN_OPTIONAL,
     )
     async def completed(job_id: JobId, job_state: CompletionState) -> CompletedReply:
         manager.complete(job_id, JobState(job_state.value))
@@ -161,6 +226,7 @@ def create_app(
             status="true" if idle >= settings.shutdown_interval else "false",
             inactivity_interval=round(idle, 3),
             problems=manager.problems(),
+            phase=manager.phase(),
         )
         if reply.problems:
             return JSONResponse(reply.model_dump(), status_code=503)
@@ -183,10 +249,27 @@ def create_app(
         "/status",
         response_model=RunStatus,
         operation_id="run_status",
-        summary="Files by state and the jobs holding leases",
+        summary="The run's picture: files and bytes by state, rates, ETA, engines, leases",
         tags=["operations"],
     )
     async def status() -> RunStatus:
         return manager.status()
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        operation_id="metrics",
+        summary="Prometheus metrics: files by state, files by engine and outcome, durations",
+        tags=["operations"],
+        # The exact media type carries prometheus-client's format version; the schema names
+        # only its kind, so it does not change with that library.
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def status_page() -> HTMLResponse:
+        return HTMLResponse(page)
 
     return app

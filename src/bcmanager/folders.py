@@ -11,9 +11,12 @@ Every multi-step change is built so that one atomic rename commits it (DESIGN.md
             leased), then discard (stopped) or keep aside as ``EXPIREDOUTPUT_x`` (expired) the
             output, and remove the temp folder.
 
-Start-up (``recover``) removes temp folders, rolls committed changes forward, and sets aside
-output folders that no job folder claims. Every call that touches the disk goes through
-``DiskOps``, so tests can inject ENOSPC or EIO at any single step.
+What follows a commit point (the "tail") may fail too, on a full or failing disk: the change
+stands, the failed tail is remembered and ``finish_tails`` retries it (the manager calls it at
+each rescan). Start-up (``recover``) removes temp folders, rolls committed changes forward, and
+sets aside output folders that no job folder claims, so a tail is finished even if the manager
+died before it retried. Every call that touches the disk goes through ``DiskOps``, so tests can
+inject ENOSPC or EIO at any single step.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from bcmanager import scan
@@ -33,6 +37,7 @@ from bcmanager.paths import (
     JobFolderName,
     RunPaths,
     final_fastq_name,
+    is_raw_name,
     job_folder,
     temp_name,
 )
@@ -69,6 +74,15 @@ def _rename_new(ops: DiskOps, source: Path, destination: Path) -> None:
     ops.rename(source, destination)
 
 
+class Tail(str, Enum):
+    """What is left to do after a commit point; the value says it in words for the logs."""
+
+    DONE = "move its FASTQ into pass/ and fail/"
+    FAILED = "set its output aside"
+    EXPIRED = "set its output aside and remove its retired lease"
+    DISCARD = "remove its output and its retired or half-built lease"
+
+
 @dataclass(slots=True)
 class Recovered:
     """What start-up found on disk, after cleaning up and rolling forward."""
@@ -87,6 +101,7 @@ class RunFolders:
     def __init__(self, paths: RunPaths, ops: DiskOps | None = None) -> None:
         self.paths = paths
         self.ops = ops or DiskOps()
+        self.unfinished: dict[str, tuple[str, Tail]] = {}  # jobid -> (engine, tail to retry)
 
     def prepare(self) -> None:
         """Create OUTPUT_DIR and its pass/ and fail/ if missing."""
@@ -100,18 +115,14 @@ class RunFolders:
         final = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
         building = final.with_name(temp_name(final.name))
         output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
-        made_output = False
         try:
             self.ops.mkdir(building)
             for name in files:
                 self.ops.symlink(os.path.join(os.pardir, name), building / name)
             self.ops.mkdir(output)
-            made_output = True
             _rename_new(self.ops, building, final)
         except OSError:
-            self._discard(building)
-            if made_output:
-                self._discard(output)
+            self._finish(jobid, engine, Tail.DISCARD)
             raise
 
     # -- end of a job -----------------------------------------------------------------------
@@ -119,47 +130,69 @@ class RunFolders:
     def commit_done(self, jobid: str, engine: str) -> None:
         """Commit with the DONE_ rename (raises if that fails), then merge the output.
 
-        A failure after the commit is logged and left for ``roll_forward`` at start-up or at
-        the next rescan: the job is done either way.
+        A failure after the commit is logged and retried by ``finish_tails``: the job is done
+        either way.
         """
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
         _rename_new(
             self.ops, assigned, assigned.with_name(job_folder(FolderKind.DONE, jobid, engine))
         )
-        self._after_commit(jobid, engine, FolderKind.DONE)
+        self._finish(jobid, engine, Tail.DONE)
 
     def commit_failed(self, jobid: str, engine: str) -> None:
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
         failed = assigned.with_name(job_folder(FolderKind.FAILED, jobid, engine))
         _rename_new(self.ops, assigned, failed)
-        self._after_commit(jobid, engine, FolderKind.FAILED)
+        self._finish(jobid, engine, Tail.FAILED)
 
     def commit_release(self, jobid: str, engine: str, *, keep_output: bool) -> None:
         """Take the lease back (STOPPED, or EXPIRED with ``keep_output``)."""
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
-        retired = assigned.with_name(temp_name(assigned.name))
-        _rename_new(self.ops, assigned, retired)
-        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
-        try:
-            if keep_output:
-                self._set_aside(output, jobid, engine)
-            elif output.exists():
-                self.ops.rmtree(output)
-        except OSError as error:
-            log.error("job %s: could not clear its output %s: %s", jobid, output, error)
-        self._discard(retired)
+        _rename_new(self.ops, assigned, assigned.with_name(temp_name(assigned.name)))
+        self._finish(jobid, engine, Tail.EXPIRED if keep_output else Tail.DISCARD)
 
-    def _after_commit(self, jobid: str, engine: str, kind: FolderKind) -> None:
+    def finish_tails(self) -> list[str]:
+        """Retry the tails that failed; one line per job finished now."""
+        finished = []
+        for jobid, (engine, tail) in list(self.unfinished.items()):
+            try:
+                self._run_tail(jobid, engine, tail)
+            except OSError as error:
+                log.warning("job %s: still cannot %s (%s)", jobid, tail.value, error)
+                continue
+            del self.unfinished[jobid]
+            finished.append(f"job {jobid}: did {tail.value}")
+        return finished
+
+    def _finish(self, jobid: str, engine: str, tail: Tail) -> None:
+        """Run a tail; if the disk refuses, remember it for ``finish_tails``."""
         try:
-            self.roll_forward(jobid, engine, kind)
+            self._run_tail(jobid, engine, tail)
         except OSError as error:
+            self.unfinished[jobid] = (engine, tail)
             log.error(
-                "job %s: committed %s but its output is not in place yet (%s); "
-                "it is finished at the next rescan or start-up",
+                "job %s: could not %s (%s); retried at the next rescan or start-up",
                 jobid,
-                kind.value.rstrip("_"),
+                tail.value,
                 error,
             )
+
+    def _run_tail(self, jobid: str, engine: str, tail: Tail) -> None:
+        """Each step checks what is there first, so a tail can be run again after a failure."""
+        if tail is Tail.DONE:
+            self.roll_forward(jobid, engine, FolderKind.DONE)
+            return
+        if tail is Tail.FAILED:
+            self.roll_forward(jobid, engine, FolderKind.FAILED)
+            return
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+        if tail is Tail.EXPIRED:
+            self._set_aside(output, jobid, engine)
+        elif output.exists():
+            self.ops.rmtree(output)
+        retired = self.paths.input_dir / temp_name(job_folder(FolderKind.ASSIGNED, jobid, engine))
+        if os.path.lexists(retired):
+            self.ops.rmtree(retired)
 
     def roll_forward(self, jobid: str, engine: str, kind: FolderKind) -> bool:
         """Finish a committed DONE or FAILED: returns whether there was anything left to do."""
@@ -187,14 +220,6 @@ class RunFolders:
             aside = self.paths.output_folder(FolderKind.EXPIREDOUTPUT, jobid, engine)
             _rename_new(self.ops, output, aside)
 
-    def _discard(self, folder: Path) -> None:
-        """Remove a folder we made (symlinks or output); a failure is logged for start-up."""
-        try:
-            if os.path.lexists(folder):
-                self.ops.rmtree(folder)
-        except OSError as error:
-            log.error("could not remove %s (%s); it is removed at next start-up", folder, error)
-
     # -- start-up ---------------------------------------------------------------------------
 
     def recover(self) -> Recovered:
@@ -217,7 +242,8 @@ class RunFolders:
         input_root = str(self.paths.input_dir)
         for folder in listing.job_folders:
             name = job_folder(folder.kind, folder.jobid, folder.engine)
-            files = scan.names_in(os.path.join(input_root, name))
+            # Only links named like a raw file stand for one: nothing else is ever offered.
+            files = list(filter(is_raw_name, scan.names_in(os.path.join(input_root, name))))
             job = (folder.jobid, folder.engine)
             claimed.add(job)
             if folder.kind is FolderKind.ASSIGNED:

@@ -52,6 +52,21 @@ class RunLock:
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         return cls(path, fd)
 
+    @staticmethod
+    def holder(path: Path) -> str | None:
+        """Who holds the lock now, or None when no manager does. Creates nothing."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _describe_holder(fd)
+        finally:
+            os.close(fd)
+        return None
+
     def release(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -5,6 +5,9 @@ machine what to do, carries it out on disk (O(batch) filesystem calls, committed
 and only then records it in the state machine. So no two calls interleave, and a failure on disk
 leaves memory as it was. Everything that is O(files in the run), the start-up recovery and the
 rescans, runs in worker threads.
+
+Next to each change it records, the manager tells ``progress.py`` (sizes, rates, per-engine
+tallies) and logs one line for the event (``logs.py``).
 """
 
 from __future__ import annotations
@@ -17,14 +20,25 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 from bcmanager import scan
 from bcmanager.folders import RunFolders
-from bcmanager.models import BCBatch, FileCounts, LeasedJob, RunStatus
+from bcmanager.logs import log_event
+from bcmanager.models import BCBatch, FileBytes, FileCounts, LeasedJob, RunPhase, RunStatus
 from bcmanager.paths import FolderKind, RunPaths, job_folder
+from bcmanager.progress import Progress, run_phase
 from bcmanager.settings import Settings
-from bcmanager.state import FILES_AFTER, Completion, FileState, JobState, RunState
+from bcmanager.state import (
+    FILES_AFTER,
+    Completion,
+    FileState,
+    Job,
+    JobState,
+    RunState,
+    UnknownJob,
+)
 from bcmanager.watcher import watch_raw_files
 
 log = logging.getLogger(__name__)
@@ -47,8 +61,10 @@ class Manager:
         self.folders = folders or RunFolders(self.paths)
         self.clock = clock
         self.state = RunState(settings.report_back_period)
+        self.progress = Progress(clock())
         self.last_activity = clock()
         self.ready = False
+        self._complete_announced = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -65,14 +81,20 @@ class Manager:
             outcome = JobState.DONE if folder.kind is FolderKind.DONE else JobState.FAILED
             self.state.record_ended(folder.jobid, folder.engine, outcome, now)
             ended[outcome].append(files)
+            if outcome is JobState.FAILED:
+                self.progress.job_found_failed(folder.jobid, folder.engine, len(files))
         # Done first: a file that a DONE_ and a FAILED_ folder both record is done.
         for outcome, groups in ended.items():
             self.state.restore_many(chain.from_iterable(groups), FILES_AFTER[outcome])
         self.state.restore_many(recovered.done_by_fastq, FileState.DONE)
         for folder, files in recovered.assigned:
             job = self.state.adopt(folder.jobid, folder.engine, files, now)
-            log.info("adopted job %s of %s: %d files", job.jobid, job.engine, len(job.files))
-        self._spawn("initial scan", self._initial_scan(recovered.raw))
+            self.progress.job_adopted(job, now)
+            self._event("adopted", job)
+        # The raw files recovery placed (done, failed, leased), taken before the watcher can add
+        # any: the initial scan sizes them for bytes by state.
+        placed = await asyncio.to_thread(self.state.known, recovered.raw)
+        self._spawn("initial scan", self._initial_scan(recovered.raw, placed))
         self._spawn("reaper", self._reap_forever())
         self._spawn("rescan", self._rescan_forever())
         if not self.settings.force_polling:
@@ -94,9 +116,11 @@ class Manager:
     def assign(self, engine: str, batch_size: int) -> BCBatch:
         """Lease a batch to ``engine``; raises OSError (nothing leased) if the disk refuses."""
         self._touch()
+        now = self.clock()
+        self.progress.contact(engine, now)
         size = batch_size if batch_size > 0 else self.settings.default_batch_size
         size = min(size, self.settings.max_batch_size)
-        job = self.state.lease(str(uuid.uuid4().int), engine, size, self.clock())
+        job = self.state.lease(str(uuid.uuid4().int), engine, size, now)
         if job is None:
             return self._batch(engine, "-1", (), "", "")
         try:
@@ -104,7 +128,8 @@ class Manager:
         except OSError:
             self.state.abandon(job.jobid)
             raise
-        log.info("assigned job %s to %s: %d files", job.jobid, engine, len(job.files))
+        self.progress.job_assigned(job, now)
+        self._event("assigned", job)
         return self._batch(
             engine,
             job.jobid,
@@ -115,16 +140,25 @@ class Manager:
 
     def keepalive(self, jobid: str, reported: JobState) -> bool:
         self._touch()
-        late = self.state.keepalive(jobid, reported, self.clock())
+        now = self.clock()
+        late = self.state.keepalive(jobid, reported, now)
+        try:
+            job: Job | None = self.state.job(jobid)
+        except UnknownJob:
+            job = None
+        if job is not None:
+            self.progress.contact(job.engine, now)
         if late:
-            log.info("job %s is late: told its engine to stop", jobid)
+            self._log("late", jobid=jobid, engine=job.engine if job else None)
         return late
 
     def complete(self, jobid: str, outcome: JobState) -> None:
         """Record a job's end; raises StateError (nothing changes) or OSError (nothing changes,
         the engine may retry)."""
         self._touch()
-        if self.state.check_completion(jobid, outcome, self.clock()) is Completion.REPEAT:
+        now = self.clock()
+        if self.state.check_completion(jobid, outcome, now) is Completion.REPEAT:
+            self.progress.contact(self.state.job(jobid).engine, now)
             return
         job = self.state.job(jobid)
         if outcome is JobState.DONE:
@@ -134,10 +168,23 @@ class Manager:
         else:
             self.folders.commit_release(jobid, job.engine, keep_output=False)
         self.state.finish(jobid, outcome)
-        log.info("job %s of %s %s: %d files", jobid, job.engine, _ENDINGS[outcome], len(job.files))
+        self.progress.contact(job.engine, now)
+        self._ended(job, outcome, now)
 
     def _touch(self) -> None:
         self.last_activity = self.clock()
+
+    def _ended(self, job: Job, outcome: JobState, now: float) -> None:
+        self.progress.job_ended(job, outcome, now)
+        self._event(_ENDINGS[outcome], job)
+        self._announce_complete()
+
+    def _event(self, event: str, job: Job) -> None:
+        self._log(event, jobid=job.jobid, engine=job.engine, files=len(job.files))
+
+    def _log(self, event: str, level: int = logging.INFO, **facts: str | int | None) -> None:
+        counts = {state.value: count for state, count in self.state.counts().items()}
+        log_event(log, event, counts, level, **facts)
 
     def _batch(
         self, engine: str, jobid: str, files: Iterable[str], input_dir: str, output_dir: str
@@ -174,14 +221,28 @@ class Manager:
                 found.append(f"the {name} has stopped")
         return found
 
+    def phase(self) -> RunPhase:
+        return run_phase(self.progress.final_summary is not None, self.state.counts())
+
     def status(self) -> RunStatus:
+        """The run's picture: O(live jobs + engines), never O(files)."""
         counts = self.state.counts()
         now = self.clock()
+        sizes = self.progress.bytes_by_state()
         return RunStatus(
             input_dir=str(self.paths.input_dir),
             output_dir=str(self.paths.output_dir),
             ready=self.ready,
+            phase=run_phase(self.progress.final_summary is not None, counts),
+            final_summary=self.progress.final_summary,
+            uptime_seconds=round(now - self.progress.started, 1),
             files=FileCounts(**{state.value: count for state, count in counts.items()}),
+            bytes=FileBytes(**{state.value: size for state, size in sizes.items()}),
+            rates=self.progress.rates(now),
+            drain=self.progress.drain(now, counts),
+            history=self.progress.history(now),
+            engines=self.progress.engines(now),
+            recent_problems=self.progress.recent_problems(now),
             jobs=[
                 LeasedJob(
                     jobid=job.jobid,
@@ -196,28 +257,63 @@ class Manager:
 
     # -- background work --------------------------------------------------------------------
 
-    async def _initial_scan(self, names: list[str]) -> None:
+    async def _initial_scan(self, names: list[str], placed: list[str]) -> None:
+        """Probe the files recovery did not place, then size those it did, then look for the
+        final summary; ready after that."""
         ordered = await asyncio.to_thread(self._unknown_oldest_first, names)
-        await self._probe_in_chunks(ordered, first=FIRST_CHUNK)
+        await self._probe_in_chunks(ordered, first=FIRST_CHUNK, announce=False)
+        for start in range(0, len(placed), CHUNK):
+            chunk = placed[start : start + CHUNK]
+            for name, size in await asyncio.to_thread(scan.sizes, self.paths.input_dir, chunk):
+                state = self.state.file_state(name)
+                if state is not None:
+                    self.progress.file_sized(name, state, size)
+        await self._look_for_final_summary()
         self.ready = True
-        counts = self.state.counts()
-        log.info("ready: %s", ", ".join(f"{n} {s.value}" for s, n in counts.items()))
+        self._log("ready")
 
-    async def _probe_in_chunks(self, names: list[str], first: int = CHUNK) -> None:
+    async def _probe_in_chunks(
+        self, names: list[str], first: int = CHUNK, *, announce: bool = True
+    ) -> None:
         start, size = 0, first
         while start < len(names):
             chunk = names[start : start + size]
             found = await asyncio.to_thread(scan.probe_many, self.paths.input_dir, chunk)
-            self._observe(found)
+            self._observe(found, announce=announce)
             start, size = start + size, CHUNK
 
-    def _observe(self, found: list[tuple[str, scan.RawProbe]]) -> None:
-        arrived = 0
+    def _observe(self, found: list[tuple[str, scan.RawProbe]], *, announce: bool = True) -> None:
+        """Record what a scan saw. A file's arrival is dated by its modification time, so files
+        found at start-up or by a late rescan land in the minute the sequencer wrote them."""
+        now, wall = self.clock(), time.time()
         for name, probe in found:
-            if self.state.observe(name, probe.complete) is FileState.PENDING:
-                arrived += 1
-        if arrived:
-            log.info("%d raw files complete and pending", arrived)
+            before = self.state.file_state(name)
+            if before not in (None, FileState.WAITING):
+                continue
+            after = self.state.observe(name, probe.complete) or FileState.WAITING
+            written = now - max(0.0, wall - probe.mtime)
+            self.progress.file_observed(name, before, after, probe.size, written)
+            if announce and after is FileState.PENDING:
+                self._log("arrived", file=name, bytes=probe.size)
+
+    def _final_summary_folders(self) -> list[Path]:
+        if self.settings.final_summary_dir is not None:
+            return [self.settings.final_summary_dir.resolve()]
+        return [self.paths.input_dir, self.paths.input_dir.parent]
+
+    async def _look_for_final_summary(self) -> None:
+        """MinKNOW writes final_summary_*.txt when sequencing stops; look until it is there."""
+        if self.progress.final_summary is not None:
+            return
+        found = await asyncio.to_thread(scan.final_summary, self._final_summary_folders())
+        if found is not None and self.progress.sequencing_finished(str(found)):
+            self._log("finished", summary=str(found))
+            self._announce_complete()
+
+    def _announce_complete(self) -> None:
+        if not self._complete_announced and self.phase() is RunPhase.COMPLETE:
+            self._complete_announced = True
+            self._log("complete")
 
     def _unknown_oldest_first(self, names: list[str]) -> list[str]:
         """Runs in a worker thread: dict lookups are safe against the loop's updates, and a
@@ -229,10 +325,13 @@ class Manager:
         names = await asyncio.to_thread(scan.raw_names, self.paths.input_dir)
         await self._probe_in_chunks(await asyncio.to_thread(self._unknown_oldest_first, names))
         await self._probe_in_chunks(self.state.waiting())
+        await self._look_for_final_summary()
 
     async def _rescan_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.rescan_interval)
+            for line in self.folders.finish_tails():
+                log.info("finished after a disk fault: %s", line)
             try:
                 await self._rescan()
             except OSError as error:
@@ -263,12 +362,13 @@ class Manager:
                 log.error("job %s: could not take its lease back (%s); retrying", job.jobid, error)
                 continue
             self.state.finish(job.jobid, JobState.EXPIRED)
-            log.info(
-                "job %s of %s expired: %d files pending again",
-                job.jobid,
-                job.engine,
-                len(job.files),
-            )
+            self._ended(job, JobState.EXPIRED, self.clock())
 
 
-_ENDINGS = {JobState.DONE: "done", JobState.FAILED: "failed", JobState.STOPPED: "released"}
+# The event logged for each end of a job.
+_ENDINGS = {
+    JobState.DONE: "done",
+    JobState.FAILED: "failed",
+    JobState.STOPPED: "released",
+    JobState.EXPIRED: "expired",
+}

@@ -5,9 +5,18 @@ The first four are the wire contract of PROTOCOL.md: their keys and value types 
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunPhase(str, Enum):
+    """Whether the sequencer still writes, and whether all it wrote is basecalled."""
+
+    SEQUENCING = "sequencing"  # no final_summary_*.txt yet
+    BASECALLING = "finished, basecalling"  # sequencing stopped; files still pending or leased
+    COMPLETE = "complete"  # sequencing stopped, and every complete file is done or failed
 
 
 class BCBatch(BaseModel):
@@ -60,7 +69,9 @@ class CompletedReply(BaseModel):
 
 class HeartbeatReply(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "false", "inactivity_interval": 12.5}]}
+        json_schema_extra={
+            "examples": [{"status": "false", "inactivity_interval": 12.5, "phase": "sequencing"}]
+        }
     )
 
     status: Literal["true", "false"] = Field(
@@ -70,6 +81,10 @@ class HeartbeatReply(BaseModel):
     problems: list[str] = Field(
         default_factory=list, description="Why the manager cannot work (with a 503 reply)."
     )
+    phase: RunPhase = Field(
+        description='"complete" once sequencing finished and everything is basecalled: a '
+        "watchdog may then end the allocation (idle alone may mean the engines are gone)."
+    )
 
 
 class ReadyReply(BaseModel):
@@ -77,11 +92,24 @@ class ReadyReply(BaseModel):
 
 
 class FileCounts(BaseModel):
+    """Raw files by state."""
+
     waiting: int = Field(description="Seen but not complete yet.")
     pending: int = Field(description="Complete, queued for an engine.")
     leased: int = Field(description="In the batch of a live job.")
     done: int = Field(description="FASTQ final.")
     failed: int = Field(description="Set aside after a failed job.")
+
+
+class FileBytes(BaseModel):
+    """Bytes of raw files by state (files recovered at start-up count once they are sized,
+    which the first scan finishes before ``ready``)."""
+
+    waiting: int = Field(description="Bytes written so far of files not complete yet.")
+    pending: int = Field(description="Bytes queued for an engine.")
+    leased: int = Field(description="Bytes in the batches of live jobs.")
+    done: int = Field(description="Bytes basecalled.")
+    failed: int = Field(description="Bytes set aside after failed jobs.")
 
 
 class LeasedJob(BaseModel):
@@ -92,12 +120,112 @@ class LeasedJob(BaseModel):
     seconds_left: float = Field(description="Seconds until the lease runs out.")
 
 
+class Rate(BaseModel):
+    files_per_minute: float
+    bytes_per_minute: float
+
+
+class WindowRates(BaseModel):
+    """The sequencer's pace beside the basecalling pace, over one window. A window longer than
+    the run so far is measured over the run so far (and over at least one minute)."""
+
+    arrived: Rate = Field(description="Raw files that became complete (the sequencer's output).")
+    basecalled: Rate = Field(description="Raw files whose FASTQ became final.")
+
+
+class Rates(BaseModel):
+    last_5_minutes: WindowRates
+    last_60_minutes: WindowRates
+
+
+class Drain(BaseModel):
+    """Are we keeping up with the sequencer, and when will basecalling be done?"""
+
+    backlog_files: int = Field(description="Files pending or leased.")
+    backlog_bytes: int = Field(description="Bytes pending or leased.")
+    eta_seconds: float | None = Field(
+        description="Seconds to basecall the backlog at the basecalling rate of the last 60 "
+        "minutes: once sequencing finished, when basecalling will be done; before, how far "
+        "basecalling lags behind the sequencer. Null while nothing was basecalled in that time."
+    )
+    growth_files_per_minute: float = Field(
+        description="Arrival rate minus basecalling rate over the last 60 minutes: above 0 the "
+        "backlog grows."
+    )
+    keeping_up: bool = Field(
+        description="True when no file waits for an engine, or basecalling is at least as fast "
+        "as arrival over the last 60 minutes."
+    )
+
+
+class RateSeries(BaseModel):
+    """Files per bucket, for a chart of both rates over time."""
+
+    bucket_seconds: int = Field(description="Width of each bucket.")
+    current_bucket_seconds: float = Field(
+        description="Seconds the last bucket, the current one, has been filling."
+    )
+    arrived: list[int] = Field(description="Files that became complete, oldest bucket first.")
+    basecalled: list[int] = Field(description="Files basecalled, oldest bucket first.")
+
+
+class History(BaseModel):
+    last_hour: RateSeries = Field(description="One-minute buckets.")
+    last_3_days: RateSeries = Field(description="Half-hour buckets.")
+
+
+class EngineStatus(BaseModel):
+    """One engine's work since the manager started."""
+
+    engine: str
+    current_jobs: list[str] = Field(description="Jobs it holds a lease on now (usually one).")
+    jobs_assigned: int
+    files_assigned: int
+    jobs_done: int
+    files_done: int
+    bytes_done: int
+    jobs_failed: int
+    jobs_expired: int = Field(description="Jobs whose lease ran out before it reported.")
+    jobs_released: int = Field(description="Jobs it gave back unfinished (STOPPED).")
+    mean_seconds_per_file: float | None = Field(
+        description="Time from assignment to DONE per file, over its done jobs; null before one."
+    )
+    seconds_since_contact: float = Field(
+        description="Seconds since its last assignwork, keepalive or completed call."
+    )
+
+
+class ProblemJob(BaseModel):
+    """A job that failed or lost its lease."""
+
+    jobid: str
+    engine: str
+    outcome: Literal["FAILED", "EXPIRED"]
+    files: int
+    seconds_ago: float | None = Field(description="Null: a FAILED_ folder found at start-up.")
+
+
 class RunStatus(BaseModel):
+    """The run's picture. Costs the same to compute in a run of any size."""
+
     input_dir: str
     output_dir: str
     ready: bool = Field(description="False while the first scan of INPUT_DIR is running.")
+    phase: RunPhase
+    final_summary: str | None = Field(
+        description="MinKNOW's final_summary_*.txt, once sequencing finished."
+    )
+    uptime_seconds: float = Field(description="Seconds since the manager started.")
     files: FileCounts
+    bytes: FileBytes
+    rates: Rates
+    drain: Drain
+    history: History
+    engines: list[EngineStatus] = Field(description="Every engine seen since the start, by name.")
     jobs: list[LeasedJob] = Field(description="Jobs holding a lease now.")
+    recent_problems: list[ProblemJob] = Field(
+        description="The last failed or expired jobs, newest first (at most 20)."
+    )
 
 
 class ErrorReply(BaseModel):

@@ -25,6 +25,9 @@ TEMP_PREFIX = ".bcm-tmp-"
 LOCK_NAME = ".bcmanager.lock"
 FASTQ_SUFFIXES = (".fastq", ".fastq.gz", ".fq", ".fq.gz")
 FINAL_PREFIX = "job_id_"
+# MinKNOW writes final_summary_<flow cell>_<acquisition>_<hash>.txt when sequencing stops.
+FINAL_SUMMARY_PREFIX = "final_summary_"
+FINAL_SUMMARY_SUFFIX = ".txt"
 
 ENGINE_ID_MAX = 100
 # At least one character that is not a dot, so that it is never "." or "..".
@@ -32,9 +35,10 @@ ENGINE_ID_PATTERN = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
 JOB_ID_PATTERN = r"^[0-9]{1,40}$"
 _ENGINE_ID = re.compile(ENGINE_ID_PATTERN)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
-# Greedy: the stem is the longest that leaves a FASTQ suffix, so "a.fq.fastq" stands for "a.fq".
+# One regular expression, as a start-up reads every FASTQ name of a run. Greedy: the stem is the
+# longest that leaves a FASTQ suffix, so "a.fq.fastq" stands for "a.fq".
 _FASTQ_NAME = re.compile(
-    f"(?:{re.escape(FINAL_PREFIX)}[0-9]+_)?(?P<stem>.*)"
+    f"(?:{re.escape(FINAL_PREFIX)}(?P<jobid>[0-9]+)_)?(?P<stem>.*)"
     f"(?:{'|'.join(map(re.escape, FASTQ_SUFFIXES))})",
     re.DOTALL,
 )
@@ -81,6 +85,10 @@ def is_raw_name(name: str) -> bool:
     return name.endswith(RAW_SUFFIX) and not name.startswith(".") and "/" not in name
 
 
+def is_final_summary_name(name: str) -> bool:
+    return name.startswith(FINAL_SUMMARY_PREFIX) and name.endswith(FINAL_SUMMARY_SUFFIX)
+
+
 def job_folder(kind: FolderKind, jobid: str, engine: str) -> str:
     return f"{kind.value}{jobid}_{engine}"
 
@@ -90,6 +98,10 @@ class JobFolderName:
     kind: FolderKind
     jobid: str
     engine: str
+
+    @property
+    def name(self) -> str:
+        return job_folder(self.kind, self.jobid, self.engine)
 
 
 def parse_job_folder(name: str) -> JobFolderName | None:
@@ -110,10 +122,23 @@ def final_fastq_name(jobid: str, name: str) -> str:
     return f"{FINAL_PREFIX}{jobid}_{name}"
 
 
+@dataclass(frozen=True, slots=True)
+class FastqName:
+    stem: str  # the raw file stem it stands for
+    jobid: str | None  # the job whose output it was, when merged by us; None: made otherwise
+
+
+def parse_fastq_name(name: str) -> FastqName | None:
+    """What a FASTQ in pass/ or fail/ stands for, with or without the job_id_ prefix."""
+    match = _FASTQ_NAME.fullmatch(name)
+    if match is None or not match["stem"]:
+        return None
+    return FastqName(match["stem"], match["jobid"])
+
+
 def fastq_raw_stem(name: str) -> str | None:
     """The raw file stem a FASTQ in pass/ or fail/ stands for, with or without job_id_ prefix.
-
-    One regular expression, because a start-up reads every FASTQ name of the run."""
+    No object made: a start-up reads every FASTQ name of a run."""
     match = _FASTQ_NAME.fullmatch(name)
     return (match["stem"] or None) if match else None
 

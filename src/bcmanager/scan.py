@@ -15,12 +15,14 @@ from typing import NamedTuple
 
 from bcmanager.paths import (
     FAIL,
+    OUTPUT_KINDS,
     PASS,
     RAW_SUFFIX,
     TEMP_PREFIX,
     FolderKind,
     JobFolderName,
     fastq_raw_stem,
+    is_final_summary_name,
     is_raw_name,
     parse_job_folder,
 )
@@ -88,6 +90,20 @@ def probe_many(input_dir: Path, names: Iterable[str]) -> list[tuple[str, RawProb
             result = probe(name, folder)
             if result is not None:
                 found.append((name, result))
+    return found
+
+
+def sizes(input_dir: Path, names: Iterable[str]) -> list[tuple[str, int]]:
+    """The size of each raw file (one lstat each; a vanished file is dropped)."""
+    found: list[tuple[str, int]] = []
+    with _opened(input_dir) as folder:
+        if folder is None:
+            return found
+        for name in names:
+            try:
+                found.append((name, os.stat(name, dir_fd=folder, follow_symlinks=False).st_size))
+            except OSError:
+                continue
     return found
 
 
@@ -162,17 +178,82 @@ def job_folders(folder: Path, kind: FolderKind) -> list[JobFolderName]:
         return [name for name in parsed if name is not None]
 
 
-def raw_names_with_fastq(output_dir: Path) -> set[str]:
-    """Raw file names whose stem already has FASTQ in pass/ or fail/ (made by us or by other
-    means)."""
-    found: set[str] = set()
+def link_targets(folder: Path) -> list[tuple[str, str | None]]:
+    """Each entry of a job folder with where it points; None for an entry that is no symlink."""
+    found: list[tuple[str, str | None]] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            target = os.readlink(entry.path) if entry.is_symlink() else None
+            found.append((entry.name, target))
+    return found
+
+
+@dataclass(slots=True)
+class OutputListing:
+    """One pass over OUTPUT_DIR, sorted by what each folder is; files there are not ours."""
+
+    job_folders: list[JobFolderName] = field(default_factory=list)
+    unknown_folders: list[str] = field(default_factory=list)
+
+
+def list_output(output_dir: Path) -> OutputListing:
+    listing = OutputListing()
+    with os.scandir(output_dir) as entries:
+        for entry in entries:
+            name = entry.name
+            if (
+                name in (PASS, FAIL)
+                or name.startswith(".")
+                or not entry.is_dir(follow_symlinks=False)
+            ):
+                continue
+            parsed = parse_job_folder(name)
+            if parsed is not None and parsed.kind in OUTPUT_KINDS:
+                listing.job_folders.append(parsed)
+            else:
+                listing.unknown_folders.append(name)
+    return listing
+
+
+def _pass_and_fail(output_dir: Path) -> Iterator[tuple[str, list[str]]]:
+    """(``pass`` or ``fail``, the names in it) for each of the two that exists."""
     for sub in (PASS, FAIL):
         try:
             names = names_in(output_dir / sub)
         except FileNotFoundError:
             continue
+        yield sub, names
+
+
+def fastq_files(output_dir: Path) -> list[tuple[str, str]]:
+    """(``pass`` or ``fail``, name) of every FASTQ file in OUTPUT_DIR/pass and /fail."""
+    found: list[tuple[str, str]] = []
+    for sub, names in _pass_and_fail(output_dir):
+        found.extend((sub, name) for name in names if fastq_raw_stem(name) is not None)
+    return found
+
+
+def raw_names_with_fastq(output_dir: Path) -> set[str]:
+    """Raw file names whose stem already has FASTQ in pass/ or fail/ (made by us or by other
+    means)."""
+    found: set[str] = set()
+    for _, names in _pass_and_fail(output_dir):
         for name in names:
             stem = fastq_raw_stem(name)
             if stem is not None:
                 found.add(stem + RAW_SUFFIX)
     return found
+
+
+def final_summary(folders: Iterable[Path]) -> Path | None:
+    """MinKNOW's ``final_summary_*.txt``, which it writes when sequencing stops, in the first of
+    ``folders`` that has one (a folder that cannot be read has none)."""
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if is_final_summary_name(entry.name) and entry.is_file():
+                        return Path(entry.path)
+        except OSError:
+            continue
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import sys
@@ -14,8 +15,11 @@ from pydantic import ValidationError
 
 from bcmanager.app import create_app
 from bcmanager.lock import AlreadyManaged, RunLock
+from bcmanager.logs import configure_logging
 from bcmanager.paths import RunPaths
 from bcmanager.settings import Settings, describe_error
+
+log = logging.getLogger(__name__)
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,15 +64,45 @@ def run_serve(args: argparse.Namespace) -> int:
     if not paths.input_dir.is_dir():
         print(f"bcmanager: BCM_INPUT_DIR {paths.input_dir} is not a folder", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging(settings.log_format)
+    if (warning := exposure_warning(settings)) is not None:
+        log.warning(warning)
     try:
         lock = RunLock.acquire(paths.lock_file, f"http://{settings.host}:{settings.port}")
     except AlreadyManaged as error:
         print(f"bcmanager: {error}", file=sys.stderr)
         return 1
     app = create_app(settings, lock=lock)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    # log_config=None: uvicorn's own lines go through the handler configured above.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level="info",
+        access_log=False,
+    )
     return 0
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """Why the service as configured lets any host that reaches it drive the run; None if not."""
+    if settings.api_token is not None or _is_loopback(settings.host):
+        return None
+    return (
+        f"listening on {settings.host} without BCM_API_TOKEN: any host that reaches port "
+        f"{settings.port} can lease, complete and release this run's work; set BCM_API_TOKEN "
+        "here and in every agent"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve beyond this machine
 
 
 def openapi_schema() -> dict[str, Any]:

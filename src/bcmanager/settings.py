@@ -7,9 +7,17 @@ directory; ``.env.example`` documents each one. The CLI turns a validation error
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +48,25 @@ class Settings(BaseSettings):
     force_polling: bool = Field(
         False, description="Poll INPUT_DIR instead of using inotify (network filesystems)."
     )
+    final_summary_dir: Path | None = Field(
+        None,
+        description="Folder where MinKNOW writes final_summary_*.txt when sequencing stops "
+        "(default: INPUT_DIR and its parent).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as plain text, or as one JSON object per line."
+    )
+    api_token: SecretStr | None = Field(
+        None,
+        description="When set, engines must send 'Authorization: Bearer <token>' to assignwork, "
+        "keepalive and completed.",
+    )
+
+    @field_validator("final_summary_dir", "api_token", mode="before")
+    @classmethod
+    def _empty_means_default(cls, value: object) -> object:
+        """An empty variable (as in .env.example) means the default, not an empty value."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _batch_sizes_agree(self) -> Self:

@@ -1,0 +1,673 @@
+"""The reference GPU-node agent: asks the manager for batches and runs the site's basecaller.
+
+The successor of the original BCProcessor. It speaks the four routes of PROTOCOL.md, so it also
+works against the original manager, which does not tell where its folders are: give
+``--input-dir`` and ``--output-dir`` then.
+
+One job at a time: ask /assignwork, run the command template on the batch, keep the lease alive
+with /keepalive every half ``report_back_interval`` while the basecaller runs, report /completed
+DONE or FAILED by its exit code, ask again. What it does when things go wrong:
+
+- a failed call (connection error, timeout, 5xx) is retried with capped, jittered exponential
+  backoff, so a manager restart or a network blip shorter than the lease costs nothing; the
+  basecaller carries on meanwhile;
+- ``{"late": true}``, or the lease running out with no keepalive getting through, means the work
+  is someone else's now: the basecaller's whole process group is stopped and the job is dropped
+  without /completed;
+- a 409 on /completed means the same, found out later: logged, and the agent moves on;
+- SIGTERM or SIGINT (Slurm preemption) stops the basecaller, gives the batch back with
+  /completed STOPPED and exits 0; a second signal exits at once.
+
+The basecaller is a command template split like a POSIX shell would (shlex) and run without a
+shell; see ``TEMPLATE_HELP``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import logging
+import os
+import random
+import re
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    PositiveFloat,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bcmanager import paths
+from bcmanager.state import JobState
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "BCM_AGENT_"
+ENV_ONLY = frozenset({"api_token"})  # secrets: a command-line flag would show in ps
+PLACEHOLDERS = ("input_dir", "output_dir", "jobid", "engine_id")
+FOLDER_VISIBILITY_TIMEOUT = 5.0
+"""Seconds to wait for a new job folder to show up on this node (NFS caches directory lookups)."""
+
+TEMPLATE_HELP = """\
+The command template is split into words like a POSIX shell would (shlex), then these
+placeholders are replaced inside each word; any other text, braces included, stays as it is:
+  {input_dir}   absolute path of the job's folder of POD5 symlinks (INPUT_DIR/ASSIGNED_...)
+  {output_dir}  absolute path of the job's output folder (OUTPUT_DIR/TMPOUTPUT_...); the
+                basecaller writes its FASTQ under pass/ and fail/ in it
+  {jobid}       the job id
+  {engine_id}   this agent's engine id
+The command runs without a shell, in a process group of its own (the agent stops the whole
+group). Exit code 0 reports the job DONE, anything else FAILED.
+
+The original BCProcessor's convention `script INPUT OUTPUT MODEL`:
+  --command 'run_dorado.sh {input_dir} {output_dir} sup'
+Pipelines and redirections need a shell. Give it the paths as positional parameters rather
+than inside the script, so that a path with spaces stays one word:
+  --command 'sh -c "mkdir -p \\"$2/pass\\" && dorado basecaller sup \\"$1\\" --emit-fastq
+             > \\"$2/pass/reads.fastq\\"" sh {input_dir} {output_dir}'
+(one line; broken here to fit)
+"""
+
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+_T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class AgentSettings(BaseSettings):
+    """How one agent finds its manager and runs its basecaller; CLI flags override the env."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    manager: HttpUrl = Field(description="Base URL of the manager, e.g. http://host:40765.")
+    engine_id: str = Field(description="This engine's id; ends up in folder names.")
+    command: str = Field(description="Basecaller command template (see below).")
+    batch_size: int = Field(0, description="Files to ask for per batch; 0: the manager's default.")
+    poll_interval: PositiveFloat = Field(10.0, description="Seconds to wait when there is no work.")
+    until_empty: bool = Field(False, description="Exit 0 as soon as the manager has no work.")
+    input_dir: Path | None = Field(None, description="INPUT_DIR as mounted on this node.")
+    output_dir: Path | None = Field(None, description="OUTPUT_DIR as mounted on this node.")
+    stop_grace: PositiveFloat = Field(
+        10.0, description="Seconds between SIGTERM and SIGKILL when stopping the basecaller."
+    )
+    request_timeout: PositiveFloat = Field(10.0, description="Seconds one HTTP request may take.")
+    retry_max_delay: PositiveFloat = Field(10.0, description="Longest wait between two retries.")
+    give_up_after: PositiveFloat = Field(
+        600.0, description="Seconds to keep retrying /assignwork or /completed before giving up."
+    )
+    api_token: SecretStr | None = Field(
+        None, description="The manager's BCM_API_TOKEN, sent as a bearer token."
+    )
+
+    @field_validator("engine_id")
+    @classmethod
+    def _engine_id_is_a_folder_name_part(cls, value: str) -> str:
+        if not paths.is_engine_id(value):
+            raise ValueError("only letters, digits, '.', '-' and '_' (at most 100), never a path")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_splits(cls, value: str) -> str:
+        split_template(value)
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("input_dir", "output_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.absolute()
+
+
+def split_template(template: str) -> list[str]:
+    """The template's words, split before substitution so that a path with spaces stays whole."""
+    words = shlex.split(template)
+    if not words:
+        raise ValueError("the command is empty")
+    return words
+
+
+def render_command(words: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """The argv of one job: the known placeholders replaced in each word, all else verbatim."""
+    return [_PLACEHOLDER.sub(lambda match: values[match[1]], word) for word in words]
+
+
+class BatchReply(BaseModel):
+    """A /assignwork reply (BCBatch), reduced to the keys the agent reads."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    jobid: str
+    report_back_interval: PositiveFloat
+    job_input_dir: str
+    job_output_dir: str
+    batch_size: int
+    batch: list[str]
+    input_dir: Path | None = None
+    output_dir: Path | None = None
+
+    @property
+    def has_work(self) -> bool:
+        return self.batch_size > 0 and bool(self.batch)
+
+
+class KeepaliveReply(BaseModel):
+    late: bool
+
+
+class AgentError(Exception):
+    """The agent cannot go on; the message says why, for the operator."""
+
+    exit_code = 1
+
+
+class ConfigurationError(AgentError):
+    """This node is set up wrongly (paths, command): asking again would fail the same way."""
+
+    exit_code = 2
+
+
+class ManagerUnreachable(AgentError):
+    """Retrying a call ran out of time."""
+
+
+class ProtocolViolation(AgentError):
+    """The manager answered outside the contract of PROTOCOL.md."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One batch as this node sees it: where its folders are and how long its lease lasts."""
+
+    jobid: str
+    input_dir: Path
+    output_dir: Path
+    lease: float
+
+    def placeholders(self, engine_id: str) -> dict[str, str]:
+        return {
+            "input_dir": str(self.input_dir),
+            "output_dir": str(self.output_dir),
+            "jobid": self.jobid,
+            "engine_id": engine_id,
+        }
+
+
+def resolve_job(reply: BatchReply, input_dir: Path | None, output_dir: Path | None) -> Job:
+    """Place a batch on this node's filesystem: the flags win over the manager's own paths."""
+    input_root = input_dir or reply.input_dir
+    output_root = output_dir or reply.output_dir
+    if input_root is None or output_root is None:
+        raise ConfigurationError(
+            "the manager did not say where INPUT_DIR and OUTPUT_DIR are (an original "
+            "manager?): give them with --input-dir and --output-dir"
+        )
+    for name in (reply.job_input_dir, reply.job_output_dir):
+        if name in ("", ".", "..") or Path(name).name != name:
+            raise ProtocolViolation(f"job folder {name!r} is not a plain folder name")
+    return Job(
+        jobid=reply.jobid,
+        input_dir=input_root / reply.job_input_dir,
+        output_dir=output_root / reply.job_output_dir,
+        lease=reply.report_back_interval,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Waits between retries: doubling from ``first`` up to ``cap``, with jitter."""
+
+    first: float = 0.5
+    cap: float = 10.0
+
+    def delay(self, attempt: int, draw: float) -> float:
+        """Seconds before retry ``attempt`` (0-based), given a uniform ``draw`` in [0, 1).
+
+        The jitter keeps between half and all of the step, so that agents cut off by the same
+        manager restart do not all come back at the same instant.
+        """
+        step = min(self.cap, self.first * 2.0 ** min(attempt, 32))
+        return step * (0.5 + draw / 2)
+
+
+@dataclass(slots=True)
+class Lease:
+    """This node's conservative view of a lease: it ends ``length`` s after the last keepalive
+    that got through, counted from when that keepalive was sent."""
+
+    length: float
+    deadline: float
+
+    def renew(self, sent_at: float) -> None:
+        self.deadline = max(self.deadline, sent_at + self.length)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    response: httpx.Response
+    sent_at: float
+
+
+class LeaseEnd(enum.Enum):
+    """Why the agent dropped a job without reporting it."""
+
+    LATE = "the manager says the job is late"
+    REJECTED = "the manager rejected the keepalive"
+    UNREACHABLE = "the lease ran out with no keepalive getting through"
+
+
+class Agent:
+    """One GPU node's worker loop, with its HTTP client, clock and randomness injectable."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: AgentSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._words = split_template(settings.command)
+        self._backoff = Backoff(cap=settings.retry_max_delay)
+        self._clock = clock
+        self._draw = draw
+        self._stop = asyncio.Event()
+        self._child: asyncio.subprocess.Process | None = None
+        self._jobid = "-"
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self, reason: str) -> None:
+        """Finish as soon as possible: stop the basecaller, give its batch back, return."""
+        self._event("stopping", self._jobid, reason=reason)
+        self._stop.set()
+
+    def kill_child_now(self) -> None:
+        """SIGKILL the basecaller's group without waiting: the way out of a second signal."""
+        if self._child is not None and self._child.returncode is None:
+            _signal_group(self._child.pid, signal.SIGKILL)
+
+    async def run(self) -> None:
+        """Ask for work and do it until told to stop or, with ``until_empty``, none is left."""
+        while not self.stopping:
+            asked = await self._unless_stopping(self._ask())
+            if asked is None:
+                break
+            reply, asked_at = asked
+            if not reply.has_work:
+                if self._settings.until_empty:
+                    self._event("no work left, exiting")
+                    return
+                await self._pause(self._settings.poll_interval)
+                continue
+            self._event("got batch", reply.jobid, files=len(reply.batch))
+            lease = Lease(reply.report_back_interval, asked_at + reply.report_back_interval)
+            self._jobid = reply.jobid
+            try:
+                job = resolve_job(reply, self._settings.input_dir, self._settings.output_dir)
+                await self._wait_visible(job)
+            except AgentError:
+                await self._give_back(reply.jobid, lease)
+                raise
+            try:
+                await self._work_on(job, lease)
+            finally:
+                self._jobid = "-"
+        self._event("stopped")
+
+    async def _work_on(self, job: Job, lease: Lease) -> None:
+        """Run the basecaller on one job and report how it ended, unless the lease was lost."""
+        if self.stopping:
+            await self._give_back(job.jobid, lease)
+            return
+        argv = render_command(self._words, job.placeholders(self._settings.engine_id))
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+            )
+        except OSError as error:
+            await self._give_back(job.jobid, lease)
+            raise ConfigurationError(f"cannot start the basecaller {argv[0]!r}: {error}") from error
+        self._child = process
+        self._event("started basecaller", job.jobid, pid=process.pid, command=shlex.join(argv))
+        try:
+            ending = await self._watch(job, process, lease)
+            if isinstance(ending, LeaseEnd):
+                self._event(f"dropping job: {ending.value}", job.jobid, level=logging.WARNING)
+                await self._stop_child(job, process)
+            elif ending is None:
+                await self._stop_child(job, process)
+                await self._give_back(job.jobid, lease)
+            else:
+                state = JobState.DONE if ending == 0 else JobState.FAILED
+                self._event("basecaller exited", job.jobid, code=ending)
+                await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
+        finally:
+            if process.returncode is None:
+                await self._stop_child(job, process)
+            self._child = None
+
+    async def _watch(
+        self, job: Job, process: asyncio.subprocess.Process, lease: Lease
+    ) -> LeaseEnd | int | None:
+        """Keep the lease until the first of: the lease is lost (why), the basecaller exits (its
+        exit code), a stop is requested (None). No keepalive is in flight once this returns, so
+        none can race the report of the job's end."""
+        keeper = asyncio.create_task(self._keep_lease(job, lease))
+        exited = asyncio.create_task(process.wait())
+        stop = asyncio.create_task(self._stop.wait())
+        tasks = (keeper, exited, stop)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if not keeper.cancelled():
+            return keeper.result()
+        if not exited.cancelled():
+            return exited.result()
+        return None
+
+    async def _keep_lease(self, job: Job, lease: Lease) -> LeaseEnd:
+        """Send keepalives until the job must be dropped; say why it must."""
+        state = JobState.STARTED
+        while True:
+            params = {"job_id": job.jobid, "job_state": state.value}
+            try:
+                answer = await self._call("/keepalive", params, job.jobid, lease.deadline)
+            except ManagerUnreachable:
+                return LeaseEnd.UNREACHABLE
+            if answer.response.status_code != httpx.codes.OK:
+                self._event(
+                    "keepalive rejected",
+                    job.jobid,
+                    level=logging.ERROR,
+                    status=answer.response.status_code,
+                    body=answer.response.text[:200],
+                )
+                return LeaseEnd.REJECTED
+            reply = _parse(KeepaliveReply, answer.response)
+            if reply.late:
+                self._event("keepalive late", job.jobid, level=logging.WARNING)
+                return LeaseEnd.LATE
+            lease.renew(answer.sent_at)
+            state = JobState.PROCESSING
+            await asyncio.sleep(job.lease / 2)
+
+    async def _ask(self) -> tuple[BatchReply, float]:
+        batch_size = self._settings.batch_size
+        self._event("asking for work", batchsize=batch_size)
+        answer = await self._call(
+            "/assignwork",
+            {"engineid": self._settings.engine_id, "batchsize": str(batch_size)},
+            "-",
+            self._clock() + self._settings.give_up_after,
+        )
+        return _parse(BatchReply, _expect_ok(answer.response, "/assignwork")), answer.sent_at
+
+    async def _complete(self, jobid: str, state: JobState, until: float) -> None:
+        """Report a job's end once. Whatever the answer, the agent moves on to the next batch:
+        a 409 means the work went to someone else meanwhile, and for any other refusal the
+        manager's lease expiry puts the files right."""
+        try:
+            answer = await self._call(
+                "/completed", {"job_id": jobid, "job_state": state.value}, jobid, until
+            )
+        except ManagerUnreachable as error:
+            self._event(f"could not report {state.value}: {error}", jobid, level=logging.ERROR)
+            return
+        status = answer.response.status_code
+        if status == httpx.codes.OK:
+            self._event(f"completed {state.value}", jobid)
+        elif status == httpx.codes.CONFLICT:
+            self._event(
+                f"completed {state.value} refused (409): the lease had expired and the work went "
+                "to someone else",
+                jobid,
+                level=logging.WARNING,
+            )
+        else:
+            self._event(
+                f"completed {state.value} refused",
+                jobid,
+                level=logging.ERROR,
+                status=status,
+                body=answer.response.text[:200],
+            )
+
+    async def _give_back(self, jobid: str, lease: Lease) -> None:
+        """Return an unfinished batch (STOPPED); if that fails, the lease expiry returns it.
+
+        Retried for no longer than the stop grace: a preempted node has little time left.
+        """
+        until = min(lease.deadline, self._clock() + self._settings.stop_grace)
+        await self._complete(jobid, JobState.STOPPED, until)
+
+    async def _call(
+        self, route: str, params: Mapping[str, str], jobid: str, until: float
+    ) -> Answer:
+        """GET a route, retrying connection errors, timeouts and 5xx until ``until``.
+
+        Always tries at least once, so that an overdue keepalive still asks the manager, which
+        is the authority on the lease. A 4xx is an answer, not a failure: it is returned.
+        """
+        attempt = 0
+        while True:
+            sent_at = self._clock()
+            try:
+                response = await self._client.get(route, params=dict(params))
+            except httpx.TransportError as error:
+                reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            else:
+                if response.status_code < httpx.codes.INTERNAL_SERVER_ERROR:
+                    if attempt:
+                        self._event(f"reached {route} again", jobid, failed_attempts=attempt)
+                    return Answer(response, sent_at)
+                reason = f"HTTP {response.status_code}"
+            remaining = until - self._clock()
+            if remaining <= 0:
+                raise ManagerUnreachable(f"{route} failed for too long, last: {reason}")
+            delay = min(remaining, self._backoff.delay(attempt, self._draw()))
+            wait = f"{delay:.1f}s"
+            self._event(f"retrying {route}", jobid, level=logging.WARNING, reason=reason, wait=wait)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _stop_child(self, job: Job, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM the basecaller's whole group, SIGKILL whatever is left after the grace.
+
+        The group, not the pid: wrapper scripts and Dorado start children of their own, and a
+        GPU held by an orphan is lost to the next job. The final SIGKILL goes to the group even
+        when the leader obeyed SIGTERM, for children that ignored it.
+        """
+        self._event("stopping basecaller", job.jobid, pid=process.pid)
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self._settings.stop_grace)
+        except TimeoutError:
+            self._event("basecaller ignored SIGTERM, killing", job.jobid, level=logging.WARNING)
+        _signal_group(process.pid, signal.SIGKILL)
+        await process.wait()
+
+    async def _wait_visible(self, job: Job) -> None:
+        """Wait until this node sees the job's folders, or fail with what to check."""
+        deadline = self._clock() + FOLDER_VISIBILITY_TIMEOUT
+        while not (job.input_dir.is_dir() and job.output_dir.is_dir()):
+            if self._clock() >= deadline:
+                missing = job.input_dir if not job.input_dir.is_dir() else job.output_dir
+                raise ConfigurationError(
+                    f"job folder {missing} does not exist on this node: is INPUT_DIR/OUTPUT_DIR "
+                    "mounted elsewhere here? Give --input-dir and --output-dir"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _pause(self, seconds: float) -> None:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _unless_stopping(self, work: Awaitable[_T]) -> _T | None:
+        """The result of ``work``, or None when a stop request comes first (``work`` cancelled)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    def _event(
+        self, event: str, jobid: str = "-", *, level: int = logging.INFO, **details: object
+    ) -> None:
+        """One log line per event, always naming the engine and the job."""
+        extra = "".join(f" {key}={value}" for key, value in details.items())
+        log.log(level, "engine=%s job=%s %s%s", self._settings.engine_id, jobid, event, extra)
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def _parse(model: type[_M], response: httpx.Response) -> _M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as error:
+        raise ProtocolViolation(
+            f"{response.request.url.path} answered {response.text[:200]!r}: {error}"
+        ) from error
+
+
+def _expect_ok(response: httpx.Response, route: str) -> httpx.Response:
+    if response.status_code != httpx.codes.OK:
+        raise ProtocolViolation(f"{route} answered {response.status_code}: {response.text[:500]}")
+    return response
+
+
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    """The flags given on the command line, over the environment and .env."""
+    given: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in AgentSettings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    return AgentSettings(**given)
+
+
+def describe_error(error: ValidationError) -> list[str]:
+    """One line per bad setting, named both ways it can be given."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"])
+        flag = "--" + field.replace("_", "-")
+        lines.append(f"invalid setting {flag} / {ENV_PREFIX}{field.upper()}: {problem['msg']}")
+    return lines
+
+
+def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "agent",
+        help="run a GPU-node agent: basecall the batches the manager hands out",
+        description="Ask the manager for batches and run the basecaller command on each. "
+        f"Every flag can also be set in the environment as {ENV_PREFIX}<FLAG>; flags win.",
+        epilog=TEMPLATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for name, field in AgentSettings.model_fields.items():
+        if name in ENV_ONLY:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description} (env {ENV_PREFIX}{name.upper()})"
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            value_type, metavar = _flag_type(field.annotation, name)
+            parser.add_argument(flag, type=value_type, metavar=metavar, help=help_text)
+    parser.set_defaults(func=run_command)
+
+
+def _flag_type(annotation: object, name: str) -> tuple[Callable[[str], object], str]:
+    """How argparse reads a setting's flag; pydantic validates the value afterwards."""
+    if annotation is int:
+        return int, "N"
+    if annotation is float:
+        return float, "SECONDS"
+    if annotation == Path | None:
+        return Path, "PATH"
+    return str, {"manager": "URL", "engine_id": "ID", "command": "TEMPLATE"}.get(name, "VALUE")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as error:
+        for line in describe_error(error):
+            print(f"bcmanager agent: {line}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: AgentSettings) -> int:
+    timeout = httpx.Timeout(settings.request_timeout)
+    token = settings.api_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    async with httpx.AsyncClient(
+        base_url=str(settings.manager), timeout=timeout, headers=headers
+    ) as client:
+        agent = Agent(client, settings)
+        _install_signal_handlers(agent)
+        try:
+            await agent.run()
+        except AgentError as error:
+            log.error("engine=%s job=- giving up: %s", settings.engine_id, error)
+            return error.exit_code
+    return 0
+
+
+def _install_signal_handlers(agent: Agent) -> None:
+    """First SIGTERM/SIGINT: stop cleanly and give the batch back. Second: exit at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if agent.stopping:
+            agent.kill_child_now()
+            log.warning("second %s: exiting at once", signum.name)
+            logging.shutdown()
+            os._exit(128 + signum)
+        agent.request_stop(signum.name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)

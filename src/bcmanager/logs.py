@@ -1,0 +1,58 @@
+"""Log lines: one per event of the run, as plain text (default) or as JSON lines (BCM_LOG_FORMAT).
+
+An event line names the event first, then its facts as key=value, then the run's file counts
+after it, so `grep ' expired '` or a log collector answers "what happened to job X" and "how did
+the backlog move" alike. In JSON the same facts are keys of the line's object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Literal
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+EVENT_KEY = "bcm_event"  # the LogRecord attribute that carries an event's facts
+
+
+def log_event(
+    logger: logging.Logger,
+    event: str,
+    counts: Mapping[str, int],
+    level: int = logging.INFO,
+    **facts: str | int | None,
+) -> None:
+    """One line for ``event`` with its ``facts`` (None ones left out) and the run's ``counts``."""
+    known = {key: value for key, value in facts.items() if value is not None}
+    shown = "".join(f" {key}={value}" for key, value in known.items())
+    run = " ".join(f"{state}={count}" for state, count in counts.items())
+    record = {"event": event, **known, "counts": dict(counts)}
+    logger.log(level, "%s%s | %s", event, shown, run, extra={EVENT_KEY: record})
+
+
+class JsonLines(logging.Formatter):
+    """Each record as one JSON object: time, level, logger, message, and an event's facts."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, EVENT_KEY, {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_logging(log_format: Literal["text", "json"]) -> None:
+    """Send every logger's INFO and above (uvicorn's too) to stderr in ``log_format``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)

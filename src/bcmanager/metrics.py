@@ -1,0 +1,120 @@
+"""GET /metrics: the run in Prometheus' text format, from a registry that each app owns.
+
+Counts, per-engine tallies and job durations are read from the manager when Prometheus scrapes,
+by a collector: ``progress.py`` stays the one place they are kept, and a scrape costs
+O(engines), like /status. Only request latency is measured here, by a small ASGI middleware.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bcmanager.manager import Manager
+from bcmanager.models import RunPhase
+from bcmanager.progress import EngineStats
+
+# Files counters by engine: (metric name without _total, help, the tally it shows).
+FILE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStats], int]], ...] = (
+    ("bcmanager_files_assigned", "Files leased to the engine.", lambda s: s.files_assigned),
+    ("bcmanager_files_done", "Files of the engine's DONE jobs.", lambda s: s.files_done),
+    ("bcmanager_files_failed", "Files of the engine's FAILED jobs.", lambda s: s.files_failed),
+    (
+        "bcmanager_files_released",
+        "Files the engine gave back unfinished (STOPPED).",
+        lambda s: s.files_released,
+    ),
+    (
+        "bcmanager_files_expired",
+        "Files taken back from the engine when its lease ran out.",
+        lambda s: s.files_expired,
+    ),
+)
+
+
+class RunCollector:
+    """Reads the run's state at scrape time."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        manager = self.manager
+        files = GaugeMetricFamily("bcmanager_files", "Raw files by state.", labels=["state"])
+        for state, count in manager.state.counts().items():
+            files.add_metric([state.value], count)
+        yield files
+        size = GaugeMetricFamily(
+            "bcmanager_raw_bytes", "Bytes of raw files by state.", labels=["state"]
+        )
+        for state, total in manager.progress.bytes_by_state().items():
+            size.add_metric([state.value], total)
+        yield size
+        phase = GaugeMetricFamily(
+            "bcmanager_run_phase", "1 for the phase the run is in, else 0.", labels=["phase"]
+        )
+        current = manager.phase()
+        for each in RunPhase:
+            phase.add_metric([each.value], 1 if each is current else 0)
+        yield phase
+        engines = manager.progress.engine_stats()
+        for name, help_text, tally in FILE_COUNTERS:
+            counter = CounterMetricFamily(name, help_text, labels=["engine"])
+            for stats in engines:
+                counter.add_metric([stats.engine], tally(stats))
+            yield counter
+        durations = HistogramMetricFamily(
+            "bcmanager_job_duration_seconds",
+            "Seconds from assignment to the end of a job, by how it ended.",
+            labels=["outcome"],
+        )
+        for outcome, histogram in manager.progress.durations.items():
+            durations.add_metric([outcome.value], histogram.cumulative(), histogram.total)
+        yield durations
+
+
+class Metrics:
+    """One app's registry: the run collector, the process' own metrics and request latency."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(RunCollector(manager))
+        ProcessCollector(registry=self.registry)
+        self.requests = Histogram(
+            "bcmanager_request_duration_seconds",
+            "Seconds to answer an HTTP request, by method and route.",
+            ["method", "route"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestTimer:
+    """ASGI middleware: times each HTTP request under its route's template (``/status``), so
+    the label set stays small; a path that matches no route counts as ``unmatched``."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.histogram.labels(scope["method"], route).observe(time.perf_counter() - start)

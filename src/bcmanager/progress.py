@@ -1,0 +1,396 @@
+"""How fast the run moves: bytes by state, arrival and basecalling rates, ETA, per-engine tallies,
+recent failed and expired jobs, and whether sequencing has finished.
+
+Like ``state.py`` this module does no I/O and reads no clock: the manager tells it what happened,
+with ``now`` (monotonic seconds), right after ``RunState`` recorded the same change. It never
+decides a file's or a job's state; it keeps what the state machine does not need: sizes, times
+and tallies.
+
+Every call costs O(1) or O(batch), and so does every picture taken of it: rates come from fixed
+rings of time buckets (60 one-minute buckets serve the 5- and 60-minute windows, 144 half-hour
+buckets the chart of the last three days), never from a walk over the run's files or jobs.
+
+Sizes. Bytes by state needs each file's size when it changes state. A size is kept only while
+the file can still move (waiting, pending or leased): once done or failed it is added to that
+state's total and forgotten. A dict entry with its int costs about 63 bytes a file, on top of
+what ``RunState`` spends on the name, its state and the queue; a run whose files all wait for an
+engine, the worst case, costs about 210 bytes a file all in (tests/test_progress.py holds it under
+the design's 300), and a run that keeps up holds sizes only for its backlog. Parallel arrays
+indexed by file would need a name-to-index dict of the same cost, so they would save nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from bcmanager.models import (
+    Drain,
+    EngineStatus,
+    History,
+    ProblemJob,
+    Rate,
+    Rates,
+    RateSeries,
+    RunPhase,
+    WindowRates,
+)
+from bcmanager.state import FILES_AFTER, FileState, Job, JobState
+
+MINUTE = 60.0
+RECENT_PROBLEMS = 20  # failed and expired jobs kept for the page, newest first
+# Upper bounds (seconds) of the job duration histogram's buckets; the last one is unbounded.
+DURATION_BOUNDS = (30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+
+
+def run_phase(finished: bool, counts: dict[FileState, int]) -> RunPhase:
+    """The phase from the summary's presence and the file counts. Files still waiting after
+    MinKNOW wrote its final summary were cut short and will never complete: they do not hold
+    the run back from complete (the counts still show them)."""
+    if not finished:
+        return RunPhase.SEQUENCING
+    if counts[FileState.PENDING] or counts[FileState.LEASED]:
+        return RunPhase.BASECALLING
+    return RunPhase.COMPLETE
+
+
+class RateRing:
+    """Files and bytes per time bucket over the last ``size`` buckets.
+
+    A place in the ring holds one bucket, named by its number (``at // bucket_seconds``); a place
+    still holding a bucket from an earlier lap counts as empty. Events older than the ring are
+    dropped, so an old file found at start-up does not reach into the current rates.
+    """
+
+    __slots__ = ("_bucket", "_bytes", "_files", "bucket_seconds")
+
+    def __init__(self, bucket_seconds: float, size: int) -> None:
+        self.bucket_seconds = bucket_seconds
+        self._bucket = [-1] * size
+        self._files = [0] * size
+        self._bytes = [0] * size
+
+    def add(self, at: float, files: int, size: int) -> None:
+        bucket = int(at // self.bucket_seconds)
+        place = bucket % len(self._bucket)
+        if bucket < self._bucket[place]:
+            return
+        same = self._bucket[place] == bucket
+        self._bucket[place] = bucket
+        self._files[place] = files + (self._files[place] if same else 0)
+        self._bytes[place] = size + (self._bytes[place] if same else 0)
+
+    def totals(self, now: float, buckets: int) -> tuple[int, int]:
+        """Files and bytes of the last ``buckets`` buckets, the current (partial) one included."""
+        newest = int(now // self.bucket_seconds)
+        files = size = 0
+        for bucket, count, volume in zip(self._bucket, self._files, self._bytes, strict=True):
+            if newest - buckets < bucket <= newest:
+                files += count
+                size += volume
+        return files, size
+
+    def series(self, now: float) -> list[int]:
+        """Files per bucket over the whole ring, oldest first, ending with the current one."""
+        newest = int(now // self.bucket_seconds)
+        size = len(self._bucket)
+        by_bucket = dict(zip(self._bucket, self._files, strict=True))
+        return [by_bucket.get(bucket, 0) for bucket in range(newest - size + 1, newest + 1)]
+
+    def covered(self, now: float, buckets: int) -> float:
+        """Seconds that the last ``buckets`` buckets span up to ``now``."""
+        return (buckets - 1) * self.bucket_seconds + now % self.bucket_seconds
+
+
+class DurationHistogram:
+    """Job durations in the cumulative buckets Prometheus expects; ``DURATION_BOUNDS`` plus +Inf."""
+
+    __slots__ = ("count", "counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BOUNDS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        for index, bound in enumerate(DURATION_BOUNDS):
+            if seconds <= bound:
+                self.counts[index] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.count += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound as Prometheus spells it, observations at or below it)."""
+        bounds = [*(repr(bound) for bound in DURATION_BOUNDS), "+Inf"]
+        running, found = 0, []
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            found.append((bound, running))
+        return found
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """One engine's work since the manager started (jobs adopted at start-up count when they
+    end, not when they were assigned)."""
+
+    engine: str
+    last_contact: float
+    current: dict[str, float] = field(default_factory=dict)  # live jobid -> when it started
+    jobs_assigned: int = 0
+    files_assigned: int = 0
+    jobs_done: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    seconds_done: float = 0.0  # summed durations of its done jobs
+    jobs_failed: int = 0
+    files_failed: int = 0
+    jobs_released: int = 0
+    files_released: int = 0
+    jobs_expired: int = 0
+    files_expired: int = 0
+
+    def ended(self, outcome: JobState, files: int) -> None:
+        if outcome is JobState.DONE:
+            self.jobs_done += 1
+            self.files_done += files
+        elif outcome is JobState.FAILED:
+            self.jobs_failed += 1
+            self.files_failed += files
+        elif outcome is JobState.STOPPED:
+            self.jobs_released += 1
+            self.files_released += files
+        else:
+            self.jobs_expired += 1
+            self.files_expired += files
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A job that failed or lost its lease; ``at`` is None for a FAILED_ folder found at
+    start-up."""
+
+    jobid: str
+    engine: str
+    outcome: JobState
+    files: int
+    at: float | None
+
+
+class Progress:
+    """The run's motion, fed by the manager next to each change it records in ``RunState``."""
+
+    __slots__ = (
+        "_bytes",
+        "_engines",
+        "_first_arrival",
+        "_sizes",
+        "arrived",
+        "arrived_long",
+        "basecalled",
+        "basecalled_long",
+        "durations",
+        "final_summary",
+        "problems",
+        "started",
+    )
+
+    def __init__(self, now: float) -> None:
+        self.started = now
+        self._sizes: dict[str, int] = {}  # files that can still change state
+        self._bytes: dict[FileState, int] = dict.fromkeys(FileState, 0)
+        self.arrived = RateRing(MINUTE, 60)
+        self.basecalled = RateRing(MINUTE, 60)
+        self.arrived_long = RateRing(30 * MINUTE, 144)
+        self.basecalled_long = RateRing(30 * MINUTE, 144)
+        self._first_arrival: float | None = None
+        self._engines: dict[str, EngineStats] = {}
+        self.durations: dict[JobState, DurationHistogram] = {}
+        self.problems: deque[Problem] = deque(maxlen=RECENT_PROBLEMS)
+        self.final_summary: str | None = None  # MinKNOW's final_summary_*.txt, once seen
+
+    def sequencing_finished(self, summary: str) -> bool:
+        """MinKNOW wrote ``summary``: returns whether that is news."""
+        if self.final_summary is not None:
+            return False
+        self.final_summary = summary
+        return True
+
+    # -- files ------------------------------------------------------------------------------
+
+    def file_observed(
+        self, name: str, before: FileState | None, after: FileState, size: int, at: float
+    ) -> None:
+        """A scan saw a new or a waiting file (now ``after``: waiting or pending) of ``size``
+        bytes, last written at ``at``. A file that became pending arrived at ``at``."""
+        if before is not None:
+            self._bytes[before] -= self._sizes.get(name, 0)
+        self._sizes[name] = size
+        self._bytes[after] += size
+        if after is FileState.PENDING:
+            self.arrived.add(at, 1, size)
+            self.arrived_long.add(at, 1, size)
+            if self._first_arrival is None or at < self._first_arrival:
+                self._first_arrival = at
+
+    def file_sized(self, name: str, state: FileState, size: int) -> None:
+        """Start-up: the size of a file recovery found done, failed or leased."""
+        self._bytes[state] += size
+        if state not in (FileState.DONE, FileState.FAILED):
+            self._sizes[name] = size
+
+    def bytes_by_state(self) -> dict[FileState, int]:
+        return dict(self._bytes)
+
+    def _move_bytes(self, files: Iterable[str], before: FileState, after: FileState) -> int:
+        total = 0
+        if after in (FileState.DONE, FileState.FAILED):
+            for name in files:
+                total += self._sizes.pop(name, 0)
+        else:
+            for name in files:
+                total += self._sizes.get(name, 0)
+        self._bytes[before] -= total
+        self._bytes[after] += total
+        return total
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _engine(self, engine: str, now: float) -> EngineStats:
+        stats = self._engines.get(engine)
+        if stats is None:
+            stats = self._engines[engine] = EngineStats(engine, now)
+        return stats
+
+    def contact(self, engine: str, now: float) -> None:
+        self._engine(engine, now).last_contact = now
+
+    def job_assigned(self, job: Job, now: float) -> None:
+        stats = self._engine(job.engine, now)
+        stats.last_contact = now
+        stats.current[job.jobid] = now
+        stats.jobs_assigned += 1
+        stats.files_assigned += len(job.files)
+        self._move_bytes(job.files, FileState.PENDING, FileState.LEASED)
+
+    def job_adopted(self, job: Job, now: float) -> None:
+        """Start-up: an ASSIGNED_ folder got a fresh lease (its files are sized later)."""
+        self._engine(job.engine, now).current[job.jobid] = job.started
+
+    def job_found_failed(self, jobid: str, engine: str, files: int) -> None:
+        """Start-up: a FAILED_ folder waits for an operator."""
+        self.problems.appendleft(Problem(jobid, engine, JobState.FAILED, files, None))
+
+    def job_ended(self, job: Job, outcome: JobState, now: float) -> None:
+        """``job`` ended as ``outcome`` (DONE, FAILED, STOPPED or EXPIRED) at ``now``."""
+        stats = self._engine(job.engine, now)
+        stats.current.pop(job.jobid, None)
+        stats.ended(outcome, len(job.files))
+        seconds = now - job.started
+        self.durations.setdefault(outcome, DurationHistogram()).observe(seconds)
+        size = self._move_bytes(job.files, FileState.LEASED, FILES_AFTER[outcome])
+        if outcome is JobState.DONE:
+            stats.bytes_done += size
+            stats.seconds_done += seconds
+            self.basecalled.add(now, len(job.files), size)
+            self.basecalled_long.add(now, len(job.files), size)
+        elif outcome is not JobState.STOPPED:
+            self.problems.appendleft(Problem(job.jobid, job.engine, outcome, len(job.files), now))
+
+    def engine_stats(self) -> list[EngineStats]:
+        return [self._engines[name] for name in sorted(self._engines)]
+
+    # -- the picture ------------------------------------------------------------------------
+
+    def rates(self, now: float) -> Rates:
+        return Rates(last_5_minutes=self._window(now, 5), last_60_minutes=self._window(now, 60))
+
+    def _window(self, now: float, minutes: int) -> WindowRates:
+        """Rates over the last ``minutes`` minutes, or over less where the run is younger:
+        arrivals since the first one, basecalling since the manager and the first arrival."""
+        span = self.arrived.covered(now, minutes)
+        first = self._first_arrival
+        arrived_span = span if first is None else min(span, now - first)
+        basecalled_origin = self.started if first is None else max(self.started, first)
+        basecalled_span = min(span, now - basecalled_origin)
+        return WindowRates(
+            arrived=_per_minute(self.arrived.totals(now, minutes), arrived_span),
+            basecalled=_per_minute(self.basecalled.totals(now, minutes), basecalled_span),
+        )
+
+    def drain(self, now: float, counts: dict[FileState, int]) -> Drain:
+        """The backlog and when it is gone, at the basecalling pace of the last hour."""
+        backlog = counts[FileState.PENDING] + counts[FileState.LEASED]
+        hour = self._window(now, 60)
+        pace = hour.basecalled.files_per_minute
+        if backlog == 0:
+            eta: float | None = 0.0
+        elif pace > 0:
+            eta = round(backlog / pace * MINUTE, 1)
+        else:
+            eta = None
+        return Drain(
+            backlog_files=backlog,
+            backlog_bytes=self._bytes[FileState.PENDING] + self._bytes[FileState.LEASED],
+            eta_seconds=eta,
+            growth_files_per_minute=round(hour.arrived.files_per_minute - pace, 3),
+            keeping_up=counts[FileState.PENDING] == 0 or pace >= hour.arrived.files_per_minute,
+        )
+
+    def history(self, now: float) -> History:
+        return History(
+            last_hour=_series(self.arrived, self.basecalled, now),
+            last_3_days=_series(self.arrived_long, self.basecalled_long, now),
+        )
+
+    def engines(self, now: float) -> list[EngineStatus]:
+        return [
+            EngineStatus(
+                engine=stats.engine,
+                current_jobs=list(stats.current),
+                jobs_assigned=stats.jobs_assigned,
+                files_assigned=stats.files_assigned,
+                jobs_done=stats.jobs_done,
+                files_done=stats.files_done,
+                bytes_done=stats.bytes_done,
+                jobs_failed=stats.jobs_failed,
+                jobs_expired=stats.jobs_expired,
+                jobs_released=stats.jobs_released,
+                mean_seconds_per_file=(
+                    round(stats.seconds_done / stats.files_done, 3) if stats.files_done else None
+                ),
+                seconds_since_contact=round(now - stats.last_contact, 1),
+            )
+            for stats in self.engine_stats()
+        ]
+
+    def recent_problems(self, now: float) -> list[ProblemJob]:
+        return [
+            ProblemJob(
+                jobid=problem.jobid,
+                engine=problem.engine,
+                outcome="FAILED" if problem.outcome is JobState.FAILED else "EXPIRED",
+                files=problem.files,
+                seconds_ago=None if problem.at is None else round(now - problem.at, 1),
+            )
+            for problem in self.problems
+        ]
+
+
+def _per_minute(totals: tuple[int, int], seconds: float) -> Rate:
+    files, size = totals
+    scale = MINUTE / max(seconds, MINUTE)  # over less than a minute, a rate is mostly noise
+    return Rate(files_per_minute=round(files * scale, 3), bytes_per_minute=round(size * scale, 1))
+
+
+def _series(arrived: RateRing, basecalled: RateRing, now: float) -> RateSeries:
+    return RateSeries(
+        bucket_seconds=int(arrived.bucket_seconds),
+        current_bucket_seconds=round(arrived.covered(now, 1), 1),
+        arrived=arrived.series(now),
+        basecalled=basecalled.series(now),
+    )

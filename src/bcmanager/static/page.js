@@ -1,0 +1,273 @@
+"use strict";
+// The run's page: asks /status every two seconds and redraws in place, without a reload or a
+// build step. Every text goes in through textContent, never as HTML.
+
+const POLL_MS = 2000;
+const STATES = ["done", "failed", "leased", "pending", "waiting"];
+const PHASES = {
+  "sequencing": ["Sequencing", "sequencing"],
+  "finished, basecalling": ["Finished, basecalling", "basecalling"],
+  "complete": ["Complete", "complete"],
+};
+const SVG = "http://www.w3.org/2000/svg";
+
+let span = "last_hour";
+let latest = null;
+
+const $ = (id) => document.getElementById(id);
+
+function count(n) {
+  return Math.round(n).toLocaleString("en-US");
+}
+
+function files(n) {
+  return `${count(n)} ${n === 1 ? "file" : "files"}`;
+}
+
+function perMinute(n) {
+  if (n >= 10) return n.toFixed(0);
+  if (n >= 1) return n.toFixed(1);
+  return n === 0 ? "0" : n.toFixed(2);
+}
+
+function bytes(n) {
+  const units = ["B", "kB", "MB", "GB", "TB", "PB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i += 1;
+  }
+  return `${i === 0 ? n : n.toFixed(n >= 100 ? 0 : 1)} ${units[i]}`;
+}
+
+function duration(seconds) {
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 60) return `${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) return `${hours} h ${String(minutes % 60).padStart(2, "0")} min`;
+  return `${Math.floor(hours / 24)} d ${hours % 24} h`;
+}
+
+function ago(seconds) {
+  return seconds === null ? "before restart" : `${duration(seconds)} ago`;
+}
+
+function shortId(jobid) {
+  return jobid.length > 10 ? `…${jobid.slice(-8)}` : jobid;
+}
+
+function cell(row, text, className = "", title = "") {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (className) td.className = className;
+  if (title) td.title = title;
+  return td;
+}
+
+function renderHeader(s) {
+  $("run-dir").textContent = s.input_dir;
+  const [label, tone] = PHASES[s.phase] || [s.phase, ""];
+  const phase = $("phase");
+  phase.textContent = s.ready ? label : "Scanning…";
+  phase.className = `badge ${tone}`;
+  phase.dataset.phase = s.phase;
+  const pace = $("pace");
+  pace.hidden = !s.ready || s.phase === "complete";
+  pace.textContent = s.drain.keeping_up ? "Keeping up" : "Falling behind";
+  pace.className = `badge ${s.drain.keeping_up ? "good" : "behind"}`;
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+function renderOverall(s) {
+  const total = STATES.reduce((sum, state) => sum + s.files[state], 0);
+  const totalBytes = STATES.reduce((sum, state) => sum + s.bytes[state], 0);
+  const bar = $("bar");
+  for (const state of STATES) {
+    const share = total ? (100 * s.files[state]) / total : 0;
+    bar.querySelector(`.${state}`).style.width = `${share}%`;
+    $(`count-${state}`).textContent = count(s.files[state]);
+    $(`bytes-${state}`).textContent = bytes(s.bytes[state]);
+  }
+  if (!total) {
+    $("percent").textContent = "–";
+    $("summary").textContent = "No raw file yet";
+    return;
+  }
+  const done = s.files.done;
+  $("percent").textContent = `${Math.floor((1000 * done) / total) / 10}%`;
+  $("summary").textContent =
+    `${count(done)} of ${files(total)} basecalled · ` +
+    `${bytes(s.bytes.done)} of ${bytes(totalBytes)}`;
+}
+
+function renderRates(s) {
+  const short = s.rates.last_5_minutes;
+  const hour = s.rates.last_60_minutes;
+  for (const flow of ["arrived", "basecalled"]) {
+    $(`${flow}-5`).textContent = perMinute(short[flow].files_per_minute);
+    $(`${flow}-detail`).textContent =
+      `${bytes(short[flow].bytes_per_minute)}/min · ` +
+      `${perMinute(hour[flow].files_per_minute)} files/min over the hour`;
+  }
+  const drain = s.drain;
+  const finished = s.phase !== "sequencing";
+  $("eta-label").textContent = finished ? "Basecalling done in" : "Backlog basecalled in";
+  if (s.phase === "complete") {
+    $("eta").textContent = "Complete";
+  } else if (drain.eta_seconds === null) {
+    $("eta").textContent = "–";
+  } else {
+    $("eta").textContent = drain.eta_seconds === 0 ? "now" : duration(drain.eta_seconds);
+  }
+  let detail = `${files(drain.backlog_files)} (${bytes(drain.backlog_bytes)}) to go`;
+  if (drain.eta_seconds === null && drain.backlog_files) detail += ", none basecalled lately";
+  if (!finished && drain.growth_files_per_minute > 0) {
+    detail += `; growing by ${perMinute(drain.growth_files_per_minute)}/min`;
+  }
+  $("eta-detail").textContent = detail;
+}
+
+function niceCeiling(value) {
+  const magnitude = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 2.5, 5, 10]) {
+    if (step * magnitude >= value) return step * magnitude;
+  }
+  return 10 * magnitude;
+}
+
+function tick(value) {
+  return String(Number(value.toFixed(2)));
+}
+
+function svgElement(name, attributes, text) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+// Files per minute in each bucket; the current bucket is still filling, so it is measured over
+// the time it has covered (at least a minute, as the server measures its rates).
+function perMinuteSeries(series, counts) {
+  const scale = 60 / series.bucket_seconds;
+  const values = counts.map((v) => v * scale);
+  const covered = Math.max(series.current_bucket_seconds, 60);
+  values[values.length - 1] = (counts[counts.length - 1] * 60) / covered;
+  return values;
+}
+
+function renderChart(series) {
+  const svg = $("chart");
+  const width = svg.clientWidth || 900;
+  const height = svg.clientHeight || 240;
+  const [left, right, top, bottom] = [48, 14, 10, 24];
+  const arrived = perMinuteSeries(series, series.arrived);
+  const basecalled = perMinuteSeries(series, series.basecalled);
+  const ceiling = niceCeiling(Math.max(1, ...arrived, ...basecalled));
+  const last = arrived.length - 1;
+  const x = (i) => left + ((width - left - right) * i) / last;
+  const y = (v) => top + (height - top - bottom) * (1 - v / ceiling);
+  const parts = [];
+  for (const fraction of [0, 0.25, 0.5, 0.75, 1]) {
+    const value = ceiling * fraction;
+    parts.push(svgElement("line", {
+      class: "grid", x1: left, x2: width - right, y1: y(value), y2: y(value),
+    }));
+    parts.push(svgElement("text", { x: left - 8, y: y(value) + 4, "text-anchor": "end" },
+      tick(value)));
+  }
+  // Time ticks every 15 minutes or every 12 hours, counted back from now.
+  const hours = series.bucket_seconds >= 1800;
+  const step = (hours ? 12 * 3600 : 15 * 60) / series.bucket_seconds;
+  for (let back = 0; back <= last; back += step) {
+    const label = back === 0 ? "now"
+      : hours ? `−${(back * series.bucket_seconds) / 3600} h`
+        : `−${(back * series.bucket_seconds) / 60} min`;
+    parts.push(svgElement("text", {
+      x: x(last - back), y: height - 6, "text-anchor": back === 0 ? "end" : "middle",
+    }, label));
+  }
+  const line = (values) =>
+    values.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join("");
+  const floor = y(0).toFixed(1);
+  parts.push(svgElement("path", {
+    class: "area", d: `${line(basecalled)}L${x(last)},${floor}L${x(0)},${floor}Z`,
+  }));
+  parts.push(svgElement("path", { class: "arrived", d: line(arrived) }));
+  parts.push(svgElement("path", { class: "basecalled", d: line(basecalled) }));
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.replaceChildren(...parts);
+}
+
+function renderEngines(s) {
+  const body = $("engines").tBodies[0];
+  body.replaceChildren();
+  for (const engine of s.engines) {
+    const row = body.insertRow();
+    cell(row, engine.engine);
+    const jobs = engine.current_jobs;
+    cell(row, jobs.length ? jobs.map(shortId).join(", ") : "idle", jobs.length ? "mono" : "dim",
+      jobs.join(", "));
+    cell(row, count(engine.jobs_done), "num");
+    cell(row, count(engine.files_done), "num");
+    const mean = engine.mean_seconds_per_file;
+    cell(row, mean === null ? "–" : mean.toFixed(1), "num");
+    cell(row, count(engine.jobs_failed), engine.jobs_failed ? "num bad" : "num");
+    cell(row, count(engine.jobs_expired), engine.jobs_expired ? "num warn" : "num");
+    cell(row, count(engine.jobs_released), "num");
+    const silent = engine.seconds_since_contact;
+    cell(row, ago(silent), jobs.length && silent > 60 ? "num warn" : "num");
+  }
+  $("no-engines").hidden = s.engines.length > 0;
+}
+
+function renderProblems(s) {
+  const body = $("problems").tBodies[0];
+  body.replaceChildren();
+  for (const job of s.recent_problems) {
+    const row = body.insertRow();
+    cell(row, shortId(job.jobid), "mono", job.jobid);
+    cell(row, job.engine);
+    cell(row, job.outcome === "FAILED" ? "failed" : "lease expired",
+      job.outcome === "FAILED" ? "bad" : "warn");
+    cell(row, count(job.files), "num");
+    cell(row, ago(job.seconds_ago), "num");
+  }
+  $("no-problems").hidden = s.recent_problems.length > 0;
+}
+
+function render(s) {
+  renderHeader(s);
+  renderOverall(s);
+  renderRates(s);
+  renderChart(s.history[span]);
+  renderEngines(s);
+  renderProblems(s);
+}
+
+async function poll() {
+  try {
+    const reply = await fetch("status", { cache: "no-store" });
+    if (!reply.ok) throw new Error(`status ${reply.status}`);
+    latest = await reply.json();
+    render(latest);
+    $("offline").hidden = true;
+  } catch (error) {
+    $("offline").hidden = false;
+  } finally {
+    setTimeout(poll, POLL_MS);
+  }
+}
+
+for (const button of document.querySelectorAll("[data-span]")) {
+  button.addEventListener("click", () => {
+    span = button.dataset.span;
+    for (const other of document.querySelectorAll("[data-span]")) {
+      other.classList.toggle("on", other === button);
+    }
+    if (latest) renderChart(latest.history[span]);
+  });
+}
+window.addEventListener("resize", () => latest && renderChart(latest.history[span]));
+poll();

@@ -1,0 +1,250 @@
+"""``bcmanager status``: the run's picture in a terminal, printed once or refreshed in place.
+
+It reads GET /status of a running manager, the same picture the page at / shows: progress,
+files and bytes by state, the sequencer's rate beside the basecalling rate, ETA, engines, and
+the jobs that failed or lost their lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import httpx
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from bcmanager.models import RunPhase, RunStatus
+
+DEFAULT_URL = "http://127.0.0.1:40765"
+STATE_STYLES = {
+    "done": "green",
+    "leased": "blue",
+    "pending": "white",
+    "waiting": "bright_black",
+    "failed": "red",
+}
+PHASE_STYLES = {
+    RunPhase.SEQUENCING: "bold white on blue",
+    RunPhase.BASECALLING: "bold black on yellow",
+    RunPhase.COMPLETE: "bold white on green",
+}
+
+
+def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="show a running manager's progress, rates, ETA and engines",
+        description="Show the run's picture from a running manager's /status.",
+    )
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help=f"the manager's address (default {DEFAULT_URL})"
+    )
+    parser.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    parser.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between refreshes (default 2)"
+    )
+    parser.set_defaults(func=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    console = Console()
+    url = args.url.rstrip("/")
+    with httpx.Client(timeout=10) as client:
+        if not args.watch:
+            try:
+                console.print(render(fetch(client, url)))
+            except httpx.HTTPError as error:
+                console.print(f"bcmanager: no status from {url}: {error}", style="red")
+                return 1
+            return 0
+        try:
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    live.update(_frame(client, url), refresh=True)
+                    time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def fetch(client: httpx.Client, url: str) -> RunStatus:
+    reply = client.get(f"{url}/status")
+    reply.raise_for_status()
+    return RunStatus.model_validate_json(reply.content)
+
+
+def _frame(client: httpx.Client, url: str) -> RenderableType:
+    try:
+        return render(fetch(client, url))
+    except httpx.HTTPError as error:
+        return Text(f"No status from {url} ({error}); retrying…", style="bold red")
+
+
+def render(status: RunStatus) -> RenderableType:
+    """The whole picture, top to bottom, as the page lays it out."""
+    parts: list[RenderableType] = [_header(status), _progress(status), _states_and_rates(status)]
+    parts.append(_outlook(status))
+    parts.append(_engines(status))
+    if status.recent_problems:
+        parts.append(_problems(status))
+    return Group(*parts)
+
+
+def _header(status: RunStatus) -> Text:
+    title = Text.assemble(("bcmanager ", "bold"), (status.input_dir, "dim"), "  ")
+    title.append(f" {status.phase.value} ", style=PHASE_STYLES[status.phase])
+    if not status.ready:
+        title.append("  scanning…", style="yellow")
+    elif status.phase is not RunPhase.COMPLETE:
+        keeping_up = status.drain.keeping_up
+        title.append("  ")
+        title.append(
+            " keeping up " if keeping_up else " falling behind ",
+            style="bold white on green" if keeping_up else "bold white on red",
+        )
+    return title
+
+
+def _progress(status: RunStatus) -> Table:
+    files, sizes = status.files, status.bytes
+    total = files.waiting + files.pending + files.leased + files.done + files.failed
+    total_bytes = sizes.waiting + sizes.pending + sizes.leased + sizes.done + sizes.failed
+    share = files.done / total if total else 0.0
+    line = Table.grid(padding=(0, 2))
+    line.add_row(
+        ProgressBar(total=max(total, 1), completed=files.done, width=50),
+        Text(f"{share:.1%}", style="bold"),
+        f"{files.done:,} of {plural_files(total)} basecalled · "
+        f"{human_bytes(sizes.done)} of {human_bytes(total_bytes)}",
+    )
+    return line
+
+
+def _states_and_rates(status: RunStatus) -> Table:
+    states = Table(title="Files", title_justify="left", expand=False)
+    states.add_column("State")
+    states.add_column("Files", justify="right")
+    states.add_column("Bytes", justify="right")
+    counts, sizes = status.files.model_dump(), status.bytes.model_dump()
+    for state, style in STATE_STYLES.items():
+        states.add_row(Text(state, style=style), f"{counts[state]:,}", human_bytes(sizes[state]))
+    rates = Table(title="Per minute", title_justify="left")
+    rates.add_column("")
+    rates.add_column("5 min", justify="right")
+    rates.add_column("60 min", justify="right")
+    short, hour = status.rates.last_5_minutes, status.rates.last_60_minutes
+    for label, name in (("sequencer", "arrived"), ("basecalling", "basecalled")):
+        now, longer = getattr(short, name), getattr(hour, name)
+        rates.add_row(f"{label} files", _rate(now.files_per_minute), _rate(longer.files_per_minute))
+        rates.add_row(
+            f"{label} bytes",
+            human_bytes(now.bytes_per_minute),
+            human_bytes(longer.bytes_per_minute),
+        )
+    side_by_side = Table.grid(padding=(0, 4))
+    side_by_side.add_row(states, rates)
+    return side_by_side
+
+
+def _outlook(status: RunStatus) -> Text:
+    drain = status.drain
+    if status.phase is RunPhase.COMPLETE:
+        return Text("Basecalling complete.", style="bold green")
+    label = (
+        "Basecalling done in" if status.phase is RunPhase.BASECALLING else "Backlog basecalled in"
+    )
+    eta = "-" if drain.eta_seconds is None else human_duration(drain.eta_seconds)
+    text = Text.assemble(f"{label} ", (eta, "bold"))
+    text.append(f"  ({plural_files(drain.backlog_files)}, {human_bytes(drain.backlog_bytes)} to go")
+    if status.phase is RunPhase.SEQUENCING and drain.growth_files_per_minute > 0:
+        text.append(f"; growing by {_rate(drain.growth_files_per_minute)} files/min")
+    text.append(")")
+    return text
+
+
+def _engines(status: RunStatus) -> Table:
+    table = Table(title="Engines", title_justify="left")
+    for heading in ("Engine", "Current job"):
+        table.add_column(heading)
+    for heading in ("Jobs done", "Files done", "s / file", "Failed", "Expired", "Released"):
+        table.add_column(heading, justify="right")
+    table.add_column("Last contact", justify="right")
+    for engine in status.engines:
+        mean = engine.mean_seconds_per_file
+        table.add_row(
+            engine.engine,
+            ", ".join(map(short_job, engine.current_jobs)) or Text("idle", style="dim"),
+            f"{engine.jobs_done:,}",
+            f"{engine.files_done:,}",
+            "-" if mean is None else f"{mean:.1f}",
+            Text(str(engine.jobs_failed), style="red" if engine.jobs_failed else ""),
+            Text(str(engine.jobs_expired), style="yellow" if engine.jobs_expired else ""),
+            str(engine.jobs_released),
+            f"{human_duration(engine.seconds_since_contact)} ago",
+        )
+    if not status.engines:
+        table.caption = "No engine has asked for work yet."
+    return table
+
+
+def _problems(status: RunStatus) -> Table:
+    table = Table(title="Failed and expired jobs", title_justify="left")
+    table.add_column("Job")
+    table.add_column("Engine")
+    table.add_column("Outcome")
+    table.add_column("Files", justify="right")
+    table.add_column("When", justify="right")
+    for job in status.recent_problems:
+        failed = job.outcome == "FAILED"
+        when = (
+            "before restart"
+            if job.seconds_ago is None
+            else f"{human_duration(job.seconds_ago)} ago"
+        )
+        table.add_row(
+            short_job(job.jobid),
+            job.engine,
+            Text("failed" if failed else "lease expired", style="red" if failed else "yellow"),
+            str(job.files),
+            when,
+        )
+    return table
+
+
+def plural_files(count: int) -> str:
+    return f"{count:,} file" if count == 1 else f"{count:,} files"
+
+
+def short_job(jobid: str) -> str:
+    """The last digits of a job id: enough to tell jobs apart and to find their folders."""
+    return jobid if len(jobid) <= 10 else f"…{jobid[-8:]}"
+
+
+def _rate(per_minute: float) -> str:
+    return f"{per_minute:.1f}" if per_minute < 10 else f"{per_minute:,.0f}"
+
+
+def human_bytes(count: float) -> str:
+    """Decimal units, as disk and sequencer vendors count them."""
+    value, unit = float(count), "B"
+    for bigger in ("kB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"

@@ -1,0 +1,484 @@
+"""The reference agent against a real manager.
+
+Each test starts ``bcmanager serve`` on 127.0.0.1 over real POD5 files in tmp_path and runs the
+agent as a process (``bcmanager agent``) or in-process (``Agent``). The basecaller is a small
+Python script that is a real process tree: a child and a grandchild that ignores SIGTERM, so the
+tests can see that the agent stops a whole process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bcmanager.agent import (
+    Agent,
+    AgentSettings,
+    Backoff,
+    BatchReply,
+    ConfigurationError,
+    render_command,
+    resolve_job,
+    settings_from_args,
+    split_template,
+)
+from bcmanager.cli import build_parser, main
+from bcmanager.paths import PASS, FolderKind, final_fastq_name, parse_job_folder, raw_stem
+from conftest import Run, Server
+
+ENGINE = "gpu-test"
+
+FAKE_BASECALLER = '''\
+"""A basecaller stand-in, run as: MODE INPUT_DIR OUTPUT_DIR JOBID WORKDIR.
+
+ok: one FASTQ per raw file into OUTPUT_DIR/pass, exit 0. fail: exit 1 and write nothing.
+hang: start a grandchild that ignores SIGTERM, record both pids in WORKDIR, wait for WORKDIR/go,
+then do as ok. stubborn: as hang, and ignore SIGTERM too. Every wait ends after 60 s.
+"""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+mode, input_dir, output_dir, jobid, work = sys.argv[1:6]
+input_dir, output_dir, work = Path(input_dir), Path(output_dir), Path(work)
+go = work / "go"
+
+
+def record(path, text):
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def wait_for_go():
+    deadline = time.monotonic() + 60
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+if mode == "grandchild":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    record(work / f"{jobid}.grandchild.pid", str(os.getpid()))
+    wait_for_go()
+    sys.exit(0)
+record(work / f"{jobid}.argv", json.dumps(sys.argv[1:]))
+if mode == "fail":
+    sys.exit(1)
+if mode in ("hang", "stubborn"):
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    subprocess.Popen([sys.executable, __file__, "grandchild", *sys.argv[2:]])
+    while not (work / f"{jobid}.grandchild.pid").exists():
+        time.sleep(0.02)
+    record(work / f"{jobid}.child.pid", str(os.getpid()))
+    wait_for_go()
+(output_dir / "pass").mkdir(exist_ok=True)
+for raw in sorted(input_dir.iterdir()):
+    if raw.name.endswith(".pod5"):
+        fastq = output_dir / "pass" / (raw.name[: -len(".pod5")] + ".fastq")
+        fastq.write_text(f"@{raw.name}\\nACGT\\n+\\n!!!!\\n")
+'''
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def is_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan's zombie may wait for init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def job_folders(root: Path, kind: FolderKind) -> dict[str, list[str]]:
+    """jobid -> sorted entries, for each folder of ``kind`` in ``root``."""
+    found = {}
+    for entry in root.iterdir():
+        parsed = parse_job_folder(entry.name)
+        if parsed is not None and parsed.kind is kind:
+            found[parsed.jobid] = sorted(child.name for child in entry.iterdir())
+    return found
+
+
+def file_counts(server: Server) -> dict[str, int]:
+    counts: dict[str, int] = server.get("/status").json()["files"]
+    return counts
+
+
+def final_fastq(root: Path) -> set[str]:
+    pass_dir = root / PASS
+    return {path.name for path in pass_dir.iterdir()} if pass_dir.is_dir() else set()
+
+
+@dataclass
+class AgentProcess:
+    """``bcmanager agent`` as a process; its log lines go to a file the test reads."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the agent is still running:\n{self.text()}") from None
+
+
+@dataclass
+class Bench:
+    """One test's run, manager, fake basecaller and the agents started on them."""
+
+    root: Path
+    run: Run
+    start_server: Callable[..., Server]
+    agents: list[AgentProcess]
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def raw_names(self) -> list[str]:
+        return sorted(self.run.reads)
+
+    def manager(self, files: int, lease: int) -> Server:
+        self.run.add_many(files)
+        server = self.start_server(BCM_REPORT_BACK_PERIOD=str(lease))
+        wait_for(lambda: file_counts(server)["pending"] == files, 10, f"{files} pending files")
+        return server
+
+    def command(self, mode: str) -> str:
+        script = [sys.executable, str(self.root / "fake_basecaller.py"), mode]
+        return f"{shlex.join(script)} {{input_dir}} {{output_dir}} {{jobid}} {self.work}"
+
+    def agent(self, manager: Server, mode: str, *flags: str) -> AgentProcess:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("BCM_")}
+        env["BCM_AGENT_COMMAND"] = self.command(mode)
+        log = self.root / f"agent{len(self.agents)}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "bcmanager", "agent"),
+                    *("--manager", manager.url, "--engine-id", ENGINE),
+                    *("--until-empty", "--poll-interval", "0.2", *flags),
+                ],
+                env=env,
+                cwd=self.root,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        agent = AgentProcess(process, log)
+        self.agents.append(agent)
+        return agent
+
+    def basecaller_pids(self) -> tuple[str, int, int]:
+        """The first job's id and the pids of its basecaller and of that one's child."""
+        wait_for(lambda: any(self.work.glob("*.child.pid")), 20, "the basecaller to start")
+        child_file = next(self.work.glob("*.child.pid"))
+        jobid = child_file.name.split(".")[0]
+        grandchild = int((self.work / f"{jobid}.grandchild.pid").read_text())
+        return jobid, int(child_file.read_text()), grandchild
+
+    def release_everything(self) -> None:
+        """Let every basecaller still waiting finish, and kill what is left running."""
+        (self.work / "go").touch()
+        for agent in self.agents:
+            if agent.process.poll() is None:
+                agent.process.kill()
+                agent.process.wait(10)
+        for pid_file in self.work.glob("*.pid"):
+            pid = int(pid_file.read_text())
+            if is_running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def bench(tmp_path: Path, run: Run, start_server: Callable[..., Server]) -> Iterator[Bench]:
+    (tmp_path / "work").mkdir()
+    (tmp_path / "fake_basecaller.py").write_text(FAKE_BASECALLER)
+    bench = Bench(tmp_path, run, start_server, [])
+    yield bench
+    bench.release_everything()
+
+
+def test_until_empty_basecalls_every_file_and_exits_0(bench: Bench) -> None:
+    manager = bench.manager(files=5, lease=5)
+    agent = bench.agent(manager, "ok", "--batch-size", "2")
+
+    assert agent.wait(60) == 0, agent.text()
+
+    done = job_folders(bench.run.input_dir, FolderKind.DONE)
+    assert sorted(len(names) for names in done.values()) == [1, 2, 2]
+    assert sorted(name for names in done.values() for name in names) == bench.raw_names
+    assert final_fastq(bench.run.output_dir) == {
+        final_fastq_name(jobid, raw_stem(name) + ".fastq")
+        for jobid, names in done.items()
+        for name in names
+    }
+    assert not job_folders(bench.run.input_dir, FolderKind.ASSIGNED)
+    assert not job_folders(bench.run.input_dir, FolderKind.FAILED)
+    assert file_counts(manager)["done"] == 5
+    log = agent.text()
+    for jobid in done:
+        assert f"job={jobid} completed DONE" in log
+    assert "no work left, exiting" in log
+
+
+async def test_a_basecaller_exiting_1_fails_its_job(bench: Bench) -> None:
+    manager = bench.manager(files=2, lease=5)
+    settings = AgentSettings(
+        manager=manager.url,  # type: ignore[arg-type]
+        engine_id=ENGINE,
+        command=bench.command("fail"),
+        until_empty=True,
+        poll_interval=0.2,
+    )
+
+    async with httpx.AsyncClient(base_url=manager.url, timeout=5) as client:
+        await asyncio.wait_for(Agent(client, settings).run(), 30)
+
+    failed = job_folders(bench.run.input_dir, FolderKind.FAILED)
+    assert list(failed.values()) == [bench.raw_names]
+    assert not job_folders(bench.run.input_dir, FolderKind.DONE)
+    assert not final_fastq(bench.run.output_dir)
+    assert file_counts(manager)["failed"] == 2
+
+
+def test_a_late_job_loses_its_whole_process_group_and_is_not_completed(bench: Bench) -> None:
+    manager = bench.manager(files=2, lease=2)
+    agent = bench.agent(manager, "hang", "--stop-grace", "5")
+    late_jobid, child, grandchild = bench.basecaller_pids()
+
+    # Freeze the agent (not its basecaller, which has a session of its own) past the lease.
+    os.kill(agent.process.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: file_counts(manager)["pending"] == 2, 15, "the lease to run out")
+    finally:
+        os.kill(agent.process.pid, signal.SIGCONT)
+
+    wait_for(
+        lambda: not is_running(child) and not is_running(grandchild),
+        10,
+        "the basecaller's process group to be killed",
+    )
+    assert f"job={late_jobid} keepalive late" in agent.text()
+    (bench.work / "go").touch()
+    assert agent.wait(30) == 0, agent.text()
+
+    done = job_folders(bench.run.input_dir, FolderKind.DONE)
+    assert late_jobid not in done
+    assert sorted(name for names in done.values() for name in names) == bench.raw_names
+    assert not job_folders(bench.run.input_dir, FolderKind.FAILED)
+    assert not any(
+        name.startswith(f"job_id_{late_jobid}_") for name in final_fastq(bench.run.output_dir)
+    )
+    assert f"job={late_jobid} completed" not in agent.text()
+
+
+def test_sigterm_stops_the_group_gives_the_batch_back_and_exits_0(bench: Bench) -> None:
+    manager = bench.manager(files=2, lease=30)
+    agent = bench.agent(manager, "stubborn", "--stop-grace", "1")
+    jobid, child, grandchild = bench.basecaller_pids()
+
+    agent.process.send_signal(signal.SIGTERM)
+
+    assert agent.wait(15) == 0, agent.text()
+    assert not is_running(child)
+    assert not is_running(grandchild)
+    log = agent.text()
+    assert f"job={jobid} stopping reason=SIGTERM" in log
+    assert f"job={jobid} basecaller ignored SIGTERM, killing" in log
+    assert f"job={jobid} completed STOPPED" in log
+    # A 30 s lease has not run out: only STOPPED can have made the files pending already.
+    counts = file_counts(manager)
+    assert (counts["pending"], counts["leased"], counts["done"], counts["failed"]) == (2, 0, 0, 0)
+    for kind in (FolderKind.ASSIGNED, FolderKind.DONE, FolderKind.FAILED):
+        assert not job_folders(bench.run.input_dir, kind)
+
+
+def test_a_second_signal_exits_at_once_and_kills_the_group(bench: Bench) -> None:
+    manager = bench.manager(files=1, lease=30)
+    agent = bench.agent(manager, "stubborn", "--stop-grace", "60")
+    jobid, child, grandchild = bench.basecaller_pids()
+    agent.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: f"job={jobid} stopping basecaller" in agent.text(), 10, "the first stop")
+
+    started = time.monotonic()
+    agent.process.send_signal(signal.SIGINT)
+
+    assert agent.wait(5) == 128 + signal.SIGINT
+    assert time.monotonic() - started < 5
+    wait_for(
+        lambda: not is_running(child) and not is_running(grandchild), 5, "the group to be killed"
+    )
+
+
+def test_a_manager_restart_within_the_lease_costs_nothing(bench: Bench) -> None:
+    manager = bench.manager(files=2, lease=10)
+    agent = bench.agent(manager, "hang", "--retry-max-delay", "0.5")
+    jobid, child, _ = bench.basecaller_pids()
+
+    manager.kill()
+    wait_for(lambda: f"job={jobid} retrying /keepalive" in agent.text(), 10, "a keepalive to fail")
+    assert is_running(child)
+    manager.start()
+    wait_for(
+        lambda: f"job={jobid} reached /keepalive again" in agent.text(),
+        10,
+        "the restarted manager to renew the lease",
+    )
+    assert is_running(child)
+    (bench.work / "go").touch()
+
+    assert agent.wait(30) == 0, agent.text()
+    assert job_folders(bench.run.input_dir, FolderKind.DONE) == {jobid: bench.raw_names}
+    assert final_fastq(bench.run.output_dir) == {
+        final_fastq_name(jobid, raw_stem(name) + ".fastq") for name in bench.raw_names
+    }
+    assert "dropping job" not in agent.text()
+
+
+def test_input_and_output_dir_flags_place_the_job_where_this_node_mounts_them(
+    bench: Bench,
+) -> None:
+    manager = bench.manager(files=1, lease=5)
+    mount = bench.root / "mnt"
+    mount.mkdir()
+    (mount / "in").symlink_to(bench.run.input_dir)
+    (mount / "out").symlink_to(bench.run.output_dir)
+    agent = bench.agent(
+        manager, "ok", "--input-dir", str(mount / "in"), "--output-dir", str(mount / "out")
+    )
+
+    assert agent.wait(30) == 0, agent.text()
+    [argv_file] = bench.work.glob("*.argv")
+    jobid = argv_file.name.split(".")[0]
+    argv = json.loads(argv_file.read_text())
+    assert argv[1:4] == [
+        str(mount / "in" / f"ASSIGNED_{jobid}_{ENGINE}"),
+        str(mount / "out" / f"TMPOUTPUT_{jobid}_{ENGINE}"),
+        jobid,
+    ]
+    assert list(job_folders(bench.run.input_dir, FolderKind.DONE)) == [jobid]
+
+
+def test_a_wrong_mount_gives_the_batch_back_and_exits_2(bench: Bench) -> None:
+    manager = bench.manager(files=1, lease=30)
+    agent = bench.agent(manager, "ok", "--input-dir", str(bench.root / "not-mounted"))
+
+    assert agent.wait(30) == 2, agent.text()
+    assert "--input-dir" in agent.text()
+    assert file_counts(manager)["pending"] == 1
+    assert not list(bench.work.glob("*.argv"))
+
+
+def test_the_template_is_split_before_its_placeholders_are_filled() -> None:
+    words = split_template("run_dorado.sh {input_dir} {output_dir} sup --tag={jobid}@{engine_id}")
+    values = {
+        "input_dir": "/runs/my run/ASSIGNED_1_gpu",
+        "output_dir": "/out/TMPOUTPUT_1_gpu",
+        "jobid": "1",
+        "engine_id": "gpu",
+    }
+    assert render_command(words, values) == [
+        "run_dorado.sh",
+        "/runs/my run/ASSIGNED_1_gpu",
+        "/out/TMPOUTPUT_1_gpu",
+        "sup",
+        "--tag=1@gpu",
+    ]
+    shell = split_template("""sh -c 'awk "{print}" "$1" > "$2/${X}"' sh {input_dir} {output_dir}""")
+    assert render_command(shell, values) == [
+        "sh",
+        "-c",
+        'awk "{print}" "$1" > "$2/${X}"',
+        "sh",
+        "/runs/my run/ASSIGNED_1_gpu",
+        "/out/TMPOUTPUT_1_gpu",
+    ]
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BCM_AGENT_MANAGER", "http://manager.example:1")
+    monkeypatch.setenv("BCM_AGENT_ENGINE_ID", "gpu-from-env")
+    monkeypatch.setenv("BCM_AGENT_COMMAND", "basecall {input_dir}")
+    monkeypatch.setenv("BCM_AGENT_BATCH_SIZE", "7")
+    monkeypatch.setenv("BCM_AGENT_UNTIL_EMPTY", "true")
+
+    args = build_parser().parse_args(
+        ["agent", "--manager", "http://127.0.0.1:2", "--batch-size", "3", "--no-until-empty"]
+    )
+    settings = settings_from_args(args)
+
+    assert str(settings.manager) == "http://127.0.0.1:2/"
+    assert settings.batch_size == 3
+    assert settings.until_empty is False
+    assert settings.engine_id == "gpu-from-env"
+    assert settings.command == "basecall {input_dir}"
+
+
+def test_a_bad_setting_exits_2_naming_flag_and_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("MANAGER", "ENGINE_ID", "COMMAND"):
+        monkeypatch.delenv(f"BCM_AGENT_{name}", raising=False)
+    argv = ["agent", "--manager", "http://127.0.0.1:2", "--engine-id", "../gpu", "--command", "x"]
+
+    assert main(argv) == 2
+    assert "--engine-id / BCM_AGENT_ENGINE_ID" in capsys.readouterr().err
+
+
+def test_an_original_managers_reply_needs_the_paths_as_flags(tmp_path: Path) -> None:
+    reply: dict[str, Any] = {
+        "report_back_period": 90,
+        "report_back_interval": 90,
+        "jobid": "12",
+        "job_input_dir": "ASSIGNED_12_gpu",
+        "job_output_dir": "TMPOUTPUT_12_gpu",
+        "bc_engine_id": "gpu",
+        "batch_size": 1,
+        "batch": ["a.pod5"],
+    }
+    original = BatchReply.model_validate(reply)
+    with pytest.raises(ConfigurationError, match="--input-dir"):
+        resolve_job(original, None, None)
+    job = resolve_job(original, tmp_path / "in", tmp_path / "out")
+    assert (job.input_dir, job.output_dir) == (
+        tmp_path / "in" / "ASSIGNED_12_gpu",
+        tmp_path / "out" / "TMPOUTPUT_12_gpu",
+    )
+
+    ours = BatchReply.model_validate({**reply, "input_dir": "/m/in", "output_dir": "/m/out"})
+    assert resolve_job(ours, None, None).input_dir == Path("/m/in/ASSIGNED_12_gpu")
+    assert resolve_job(ours, tmp_path, None).input_dir == tmp_path / "ASSIGNED_12_gpu"
+    assert resolve_job(ours, tmp_path, None).output_dir == Path("/m/out/TMPOUTPUT_12_gpu")
+
+
+def test_backoff_doubles_up_to_its_cap_and_jitters_down_to_half() -> None:
+    backoff = Backoff(first=0.5, cap=4.0)
+    assert [backoff.delay(attempt, 0.0) for attempt in range(6)] == [0.25, 0.5, 1, 2, 2, 2]
+    assert backoff.delay(3, 0.999) == pytest.approx(4.0, rel=1e-3)
+    assert backoff.delay(10_000, 0.5) == 3.0

@@ -1,0 +1,242 @@
+"""``bcmanager check``: a healthy run passes with a summary; each broken invariant is one line
+naming its path, and the exit code is 1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bcmanager.check import Severity, inspect
+from bcmanager.cli import main
+from bcmanager.folders import RunFolders
+from bcmanager.lock import RunLock
+from bcmanager.manager import Manager
+from bcmanager.models import BCBatch
+from bcmanager.paths import RunPaths
+from bcmanager.scan import POD5_SIGNATURE
+from bcmanager.state import JobState
+from conftest import Run
+
+
+@dataclass
+class Jobs:
+    """A run with one job of each kind, built by a manager driven directly."""
+
+    paths: RunPaths
+    done: BCBatch
+    failed: BCBatch
+    leased: BCBatch
+
+
+def write_fastq(output: Path, batch: BCBatch, sub: str = "pass") -> None:
+    (output / sub).mkdir(parents=True, exist_ok=True)
+    for name in batch.batch:
+        (output / sub / name.replace(".pod5", ".fastq")).write_text(f"@{name}\nA\n+\n!\n")
+
+
+@pytest.fixture
+def jobs(run: Run) -> Jobs:
+    names = run.add_many(6)
+    (run.input_dir / "half.pod5").write_bytes(POD5_SIGNATURE + b"still writing")
+    manager = Manager(run.settings())
+    manager.folders.prepare()
+    for name in names:
+        manager.state.observe(name, complete=True)
+    done = manager.assign("gpu1", 2)
+    write_fastq(run.output_dir / done.job_output_dir, done)
+    manager.complete(done.jobid, JobState.DONE)
+    failed = manager.assign("gpu2", 1)
+    manager.complete(failed.jobid, JobState.FAILED)
+    leased = manager.assign("gpu3", 2)
+    return Jobs(manager.paths, done, failed, leased)
+
+
+def check(paths: RunPaths, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    code = main(["check", "--input", str(paths.input_dir), "--output", str(paths.output_dir)])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_a_healthy_run_passes_with_files_by_state(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = check(jobs.paths, capsys)
+    assert code == 0, lines
+    assert "raw files: 7 (1 waiting, 1 pending, 2 leased, 2 done, 1 failed)" in lines
+    assert (
+        "job folders: 1 ASSIGNED_, 1 DONE_, 1 FAILED_, 1 TMPOUTPUT_, 1 LOGOUTPUT_, "
+        "1 FAILEDOUTPUT_" in lines
+    )
+    assert "FASTQ files: 2 in pass/" in lines
+    assert lines[-1] == "all invariants hold"
+
+
+def link_leased_file_into_done(jobs: Jobs) -> Path:
+    name = jobs.leased.batch[0]
+    link = jobs.paths.input_dir / f"DONE_{jobs.done.jobid}_gpu1" / name
+    link.symlink_to(f"../{name}")
+    return jobs.paths.input_dir / name
+
+
+def remove_a_done_raw_file(jobs: Jobs) -> Path:
+    name = jobs.done.batch[0]
+    (jobs.paths.input_dir / name).unlink()
+    return jobs.paths.input_dir / f"DONE_{jobs.done.jobid}_gpu1" / name
+
+
+def merge_a_fastq_twice(jobs: Jobs) -> Path:
+    stem = jobs.done.batch[0].removesuffix(".pod5")
+    twice = jobs.paths.pass_dir / f"job_id_99_{stem}.fastq"
+    twice.write_text("@r\nA\n+\n!\n")
+    return jobs.paths.pass_dir
+
+
+def commit_done_without_moving_the_output(jobs: Jobs) -> Path:
+    leased = jobs.paths.input_dir / jobs.leased.job_input_dir
+    leased.rename(leased.with_name(f"DONE_{jobs.leased.jobid}_gpu3"))
+    return jobs.paths.output_dir / jobs.leased.job_output_dir
+
+
+def make_unknown_input_folder(jobs: Jobs) -> Path:
+    folder = jobs.paths.input_dir / "DONE_12"
+    folder.mkdir()
+    return folder
+
+
+def make_unknown_output_folder(jobs: Jobs) -> Path:
+    folder = jobs.paths.output_dir / "ASSIGNED_12_gpu1"
+    folder.mkdir()
+    return folder
+
+
+def leave_a_half_built_job(jobs: Jobs) -> Path:
+    folder = jobs.paths.input_dir / ".bcm-tmp-ASSIGNED_12_gpu9"
+    folder.mkdir()
+    return folder
+
+
+def leave_an_output_no_job_claims(jobs: Jobs) -> Path:
+    folder = jobs.paths.output_dir / "TMPOUTPUT_12_gpu9"
+    folder.mkdir()
+    return folder
+
+
+def point_a_link_elsewhere(jobs: Jobs) -> Path:
+    link = jobs.paths.input_dir / jobs.leased.job_input_dir / jobs.leased.batch[0]
+    link.unlink()
+    link.symlink_to("/etc/hostname")
+    return link
+
+
+def replace_a_link_by_a_file(jobs: Jobs) -> Path:
+    link = jobs.paths.input_dir / jobs.failed.job_input_dir.replace("ASSIGNED_", "FAILED_")
+    entry = link / jobs.failed.batch[0]
+    entry.unlink()
+    entry.write_text("not a link")
+    return entry
+
+
+def lease_a_done_file_again(jobs: Jobs) -> Path:
+    stem = jobs.leased.batch[0].removesuffix(".pod5")
+    (jobs.paths.fail_dir / f"{stem}.fastq").write_text("@r\nA\n+\n!\n")
+    return jobs.paths.input_dir / jobs.leased.batch[0]
+
+
+def remove_a_leased_output(jobs: Jobs) -> Path:
+    shutil.rmtree(jobs.paths.output_dir / jobs.leased.job_output_dir)
+    return jobs.paths.input_dir / jobs.leased.job_input_dir
+
+
+BREAKAGES: list[tuple[Callable[[Jobs], Path], Severity, str]] = [
+    (link_leased_file_into_done, Severity.BROKEN, "in two states"),
+    (remove_a_done_raw_file, Severity.BROKEN, "symlink to nothing"),
+    (merge_a_fastq_twice, Severity.BROKEN, "basecalled twice"),
+    (commit_done_without_moving_the_output, Severity.REPAIR, "never moved"),
+    (make_unknown_input_folder, Severity.BROKEN, "unknown folder"),
+    (make_unknown_output_folder, Severity.BROKEN, "unknown folder"),
+    (leave_a_half_built_job, Severity.REPAIR, "unfinished change"),
+    (leave_an_output_no_job_claims, Severity.REPAIR, "no job folder claims"),
+    (point_a_link_elsewhere, Severity.BROKEN, "points to /etc/hostname"),
+    (replace_a_link_by_a_file, Severity.BROKEN, "not a symlink"),
+    (lease_a_done_file_again, Severity.BROKEN, "leased in ASSIGNED_"),
+    (remove_a_leased_output, Severity.REPAIR, "TMPOUTPUT_ folder is missing"),
+]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "severity", "words"), BREAKAGES, ids=[b[0].__name__ for b in BREAKAGES]
+)
+def test_each_broken_invariant_is_one_line_naming_its_path(
+    jobs: Jobs,
+    capsys: pytest.CaptureFixture[str],
+    breakage: Callable[[Jobs], Path],
+    severity: Severity,
+    words: str,
+) -> None:
+    path = breakage(jobs)
+    code, lines = check(jobs.paths, capsys)
+    problems = [line for line in lines if line.startswith(("BROKEN: ", "REPAIR: "))]
+    assert code == 1
+    assert len(problems) == 1, lines
+    assert problems[0].startswith(f"{severity.value}: {path}")
+    assert words in problems[0]
+    assert lines[-1].startswith("1 problem: ")
+
+
+REPAIRS = [breakage for breakage, severity, _ in BREAKAGES if severity is Severity.REPAIR]
+
+
+@pytest.mark.parametrize("breakage", REPAIRS, ids=[b.__name__ for b in REPAIRS])
+def test_a_restart_repairs_what_check_calls_repair(
+    jobs: Jobs, breakage: Callable[[Jobs], Path]
+) -> None:
+    breakage(jobs)
+    assert [p.severity for p in inspect(jobs.paths).problems] == [Severity.REPAIR]
+    RunFolders(jobs.paths).recover()
+    assert inspect(jobs.paths).problems == []
+
+
+def test_fastq_named_per_batch_stands_for_no_raw_file(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Dorado with --emit-fastq writes one reads.fastq per job: merged from many jobs, it is no
+    raw file basecalled twice."""
+    for jobid in ("11", "12"):
+        (jobs.paths.pass_dir / f"job_id_{jobid}_reads.fastq").write_text("@r\nA\n+\n!\n")
+    code, lines = check(jobs.paths, capsys)
+    assert code == 0, lines
+    assert "FASTQ files: 4 in pass/" in lines
+
+
+def test_what_bcmanager_ignores_by_design_is_a_note(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere.pod5"
+    outside.write_bytes(POD5_SIGNATURE * 2)
+    (jobs.paths.input_dir / "linked.pod5").symlink_to(outside)
+    (jobs.paths.input_dir / "final_summary_PAO12345.txt").write_text("sequencing stopped")
+    code, lines = check(jobs.paths, capsys)
+    assert code == 0
+    note = f"NOTE: {jobs.paths.input_dir / 'linked.pod5'}: a symlink: never offered to an engine"
+    assert note in lines
+    assert "ignored in INPUT_DIR: 2 (not raw files, or raw files not regular)" in lines
+
+
+def test_a_running_manager_is_named(jobs: Jobs, capsys: pytest.CaptureFixture[str]) -> None:
+    with RunLock.acquire(jobs.paths.lock_file, "http://127.0.0.1:1"):
+        code, lines = check(jobs.paths, capsys)
+    assert code == 0
+    assert lines[0].startswith(f"NOTE: {jobs.paths.input_dir}: managed now by pid {os.getpid()}")
+    assert check(jobs.paths, capsys)[1][0].startswith("INPUT_DIR")
+
+
+def test_an_unreadable_input_dir_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["check", "--input", str(tmp_path / "none"), "--output", str(tmp_path)])
+    assert code == 2
+    assert "cannot read the run" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""The page at / in a real browser: Debian's headless chromium, driven through chromium-driver
+by selenium, against a real ``bcmanager serve``. It shows the run's counts and follows the run
+without a reload.
+
+Selenium with Debian's chromium-driver, rather than playwright: Debian builds the driver from the
+same source at the same version as the browser, so the two never drift apart, while playwright
+speaks to the one browser build it pins and would meet whatever version Debian ships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from conftest import Run, Server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1440,1100",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (`make browser`)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in CHROMIUM_ARGS:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_shows_the_run_and_follows_it_live(
+    run: Run, start_server: Callable[..., Server], browser: WebDriver, tmp_path: Path
+) -> None:
+    run.add_many(6)
+    server = start_server()
+    done = server.get("/assignwork", engineid="gpu1", batchsize=2).json()
+    server.get("/completed", job_id=done["jobid"], job_state="DONE")
+    leased = server.get("/assignwork", engineid="gpu2", batchsize=2).json()
+
+    def shown(element_id: str) -> str:
+        text: str = browser.find_element(By.ID, element_id).text
+        return text
+
+    def rows(table_id: str) -> list[str]:
+        return [row.text for row in browser.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")]
+
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 10, poll_frequency=0.1)
+    wait.until(lambda _: shown("count-done") == "2")
+    assert [shown(f"count-{state}") for state in ("leased", "pending", "waiting", "failed")] == [
+        "2",
+        "2",
+        "0",
+        "0",
+    ]
+    assert shown("percent") == "33.3%" and shown("phase") == "Sequencing"
+    engines = rows("engines")
+    assert engines[0].startswith("gpu1 idle 1 2") and engines[1].startswith("gpu2 …")
+    assert rows("problems") == []
+    browser.execute_script("window.stillTheSamePage = true")
+
+    server.get("/completed", job_id=leased["jobid"], job_state="DONE")
+    failed = server.get("/assignwork", engineid="gpu3", batchsize=1).json()
+    server.get("/completed", job_id=failed["jobid"], job_state="FAILED")
+    wait.until(lambda _: shown("count-done") == "4")
+    wait.until(lambda _: len(rows("problems")) == 1)
+    assert shown("count-failed") == "1" and shown("count-leased") == "0"
+    assert shown("percent") == "66.6%"
+    assert "gpu3" in rows("problems")[0] and "failed" in rows("problems")[0]
+    assert browser.execute_script("return window.stillTheSamePage") is True
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
+    screenshot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(screenshot))
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,231 @@
+"""Rates, windows, ETA, bytes and per-engine tallies: the sans-IO progress module fed by the
+state machine, with a clock the test moves by hand."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from bcmanager.models import RunPhase
+from bcmanager.progress import Progress, RateRing, run_phase
+from bcmanager.state import FileState, Job, JobState, RunState
+
+MB = 1_000_000
+
+
+class Run:
+    """A RunState and a Progress fed together, as the manager feeds them."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+        self.state = RunState(lease_seconds=3600)
+        self.progress = Progress(now)
+        self.next_job = 0
+
+    def arrive(self, name: str, size: int = MB, *, written: float | None = None) -> None:
+        before = self.state.file_state(name)
+        after = self.state.observe(name, complete=True) or FileState.PENDING
+        at = self.now if written is None else written
+        self.progress.file_observed(name, before, after, size, at)
+
+    def lease(self, engine: str, count: int) -> Job:
+        self.next_job += 1
+        job = self.state.lease(str(self.next_job), engine, count, self.now)
+        assert job is not None
+        self.progress.job_assigned(job, self.now)
+        return job
+
+    def end(self, job: Job, outcome: JobState) -> None:
+        if outcome is JobState.EXPIRED:
+            self.state.finish(job.jobid, outcome)
+        else:
+            self.state.check_completion(job.jobid, outcome, self.now)
+            self.state.finish(job.jobid, outcome)
+        self.progress.job_ended(job, outcome, self.now)
+
+    def status(self) -> tuple[dict[FileState, int], dict[FileState, int]]:
+        return self.state.counts(), self.progress.bytes_by_state()
+
+
+def test_ring_counts_only_the_buckets_of_the_window() -> None:
+    ring = RateRing(bucket_seconds=60, size=60)
+    ring.add(0, 1, 10)  # minute 0
+    ring.add(59.9, 2, 20)  # minute 0
+    ring.add(60, 4, 40)  # minute 1
+    ring.add(300, 8, 80)  # minute 5
+    assert ring.totals(now=330, buckets=1) == (8, 80)
+    assert ring.totals(now=330, buckets=5) == (12, 120)  # minutes 1 to 5
+    assert ring.totals(now=330, buckets=6) == (15, 150)
+    assert ring.series(now=330)[-6:] == [3, 4, 0, 0, 0, 8]
+    assert ring.covered(now=330, buckets=5) == 4 * 60 + 30
+
+
+def test_ring_forgets_a_lap_ago_and_drops_events_older_than_itself() -> None:
+    ring = RateRing(bucket_seconds=60, size=60)
+    ring.add(0, 5, 50)
+    ring.add(3600, 1, 10)  # minute 60 takes the place of minute 0
+    ring.add(30, 7, 70)  # minute 0 again: older than the ring now, dropped
+    assert ring.totals(now=3600, buckets=60) == (1, 10)
+    assert ring.totals(now=3600 + 59 * 60, buckets=60) == (1, 10)
+    assert ring.totals(now=3600 + 60 * 60, buckets=60) == (0, 0)  # a full lap later
+    assert sum(ring.series(now=3600 + 60 * 60)) == 0
+
+
+def test_rates_compare_the_sequencer_with_basecalling() -> None:
+    run = Run()
+    # Ten minutes: a 2 MB file arrives every 5 s (12 a minute), one is basecalled every 6 s.
+    for second in range(600):
+        run.now = 1_000.0 + second
+        if second % 5 == 0:
+            run.arrive(f"f{second}.pod5", size=2 * MB)
+        if second % 6 == 3:
+            run.end(run.lease("gpu1", 1), JobState.DONE)
+    run.now = 1_600.0
+    rates = run.progress.rates(run.now)
+    # The 60-minute window is measured over the ten minutes the run has lasted.
+    assert rates.last_60_minutes.arrived.files_per_minute == pytest.approx(12, rel=0.02)
+    assert rates.last_60_minutes.basecalled.files_per_minute == pytest.approx(10, rel=0.02)
+    assert rates.last_60_minutes.basecalled.bytes_per_minute == pytest.approx(20 * MB, rel=0.02)
+    assert rates.last_5_minutes.arrived.files_per_minute == pytest.approx(12, rel=0.02)
+    assert rates.last_5_minutes.basecalled.files_per_minute == pytest.approx(10, rel=0.02)
+    drain = run.progress.drain(run.now, run.state.counts())
+    assert drain.backlog_files == 20 and drain.backlog_bytes == 40 * MB
+    assert drain.keeping_up is False
+    assert drain.growth_files_per_minute == pytest.approx(2, rel=0.05)
+    assert drain.eta_seconds == pytest.approx(20 / 10 * 60, rel=0.02)
+    history = run.progress.history(run.now)
+    assert history.last_hour.bucket_seconds == 60 and len(history.last_hour.arrived) == 60
+    assert sum(history.last_hour.arrived) == 120 and sum(history.last_hour.basecalled) == 100
+    assert history.last_hour.arrived[-5:-1] == [12] * 4
+    assert history.last_hour.basecalled[-5:-1] == [10] * 4
+    assert history.last_3_days.bucket_seconds == 1800
+    assert sum(history.last_3_days.basecalled) == 100
+
+
+def test_eta_once_the_sequencer_stopped_and_when_nothing_moves() -> None:
+    run = Run()
+    for index in range(30):
+        run.arrive(f"f{index}.pod5")
+    drain = run.progress.drain(run.now, run.state.counts())
+    assert drain.eta_seconds is None and drain.keeping_up is False
+    run.now += 60
+    run.end(run.lease("gpu1", 10), JobState.DONE)  # 10 files in the run's first two minutes
+    run.now += 60
+    drain = run.progress.drain(run.now, run.state.counts())
+    assert drain.eta_seconds == pytest.approx(20 / 5 * 60, rel=0.01)
+    run.end(run.lease("gpu1", 20), JobState.DONE)
+    drain = run.progress.drain(run.now, run.state.counts())
+    assert drain.backlog_files == 0 and drain.eta_seconds == 0 and drain.keeping_up is True
+
+
+def test_files_found_at_start_up_count_in_the_minute_they_were_written() -> None:
+    run = Run(now=10_000.0)
+    run.arrive("old.pod5", written=10_000.0 - 7200)  # two hours ago: not in any window
+    run.arrive("recent.pod5", written=10_000.0 - 150)
+    rates = run.progress.rates(run.now)
+    # The window holds four whole minutes and the 40 s of the current one.
+    assert rates.last_5_minutes.arrived.files_per_minute == pytest.approx(60 / 280, rel=0.01)
+    assert sum(run.progress.history(run.now).last_hour.arrived) == 1
+    # Basecalling is measured from the manager's start only: it did nothing before.
+    run.now += 120
+    run.end(run.lease("gpu1", 2), JobState.DONE)
+    hour = run.progress.rates(run.now).last_60_minutes
+    assert hour.basecalled.files_per_minute == pytest.approx(2 / 2, rel=0.01)
+
+
+def test_bytes_follow_each_file_through_every_state() -> None:
+    run = Run()
+    run.state.observe("growing.pod5", complete=False)
+    run.progress.file_observed("growing.pod5", None, FileState.WAITING, 100, run.now)
+    run.progress.file_observed("growing.pod5", FileState.WAITING, FileState.WAITING, 300, run.now)
+    for index in range(6):
+        run.arrive(f"f{index}.pod5", size=1000 + index)
+    assert run.progress.bytes_by_state()[FileState.WAITING] == 300
+    done, failed, stopped, expired = (run.lease(f"gpu{i}", 1) for i in range(4))
+    assert run.status()[1][FileState.LEASED] == 1000 + 1001 + 1002 + 1003
+    run.end(done, JobState.DONE)
+    run.end(failed, JobState.FAILED)
+    run.end(stopped, JobState.STOPPED)
+    run.end(expired, JobState.EXPIRED)
+    # The growing file completes at last.
+    run.state.observe("growing.pod5", complete=True)
+    run.progress.file_observed("growing.pod5", FileState.WAITING, FileState.PENDING, 500, run.now)
+    counts, sizes = run.status()
+    assert sizes == {
+        FileState.WAITING: 0,
+        FileState.PENDING: 1002 + 1003 + 1004 + 1005 + 500,
+        FileState.LEASED: 0,
+        FileState.DONE: 1000,
+        FileState.FAILED: 1001,
+    }
+    assert counts[FileState.PENDING] == 5
+    # Files found at start-up are sized later, in whatever state recovery put them.
+    run.progress.file_sized("restored.pod5", FileState.DONE, 7000)
+    assert run.progress.bytes_by_state()[FileState.DONE] == 8000
+
+
+def test_engine_tallies_and_recent_problems() -> None:
+    run = Run()
+    for index in range(40):
+        run.arrive(f"f{index}.pod5")
+    first = run.lease("gpu1", 10)
+    run.now += 100
+    run.end(first, JobState.DONE)
+    second = run.lease("gpu1", 10)
+    run.now += 20
+    run.end(second, JobState.DONE)
+    failed = run.lease("gpu2", 5)
+    run.end(failed, JobState.FAILED)
+    lost = run.lease("gpu2", 5)
+    run.now += 95
+    run.end(lost, JobState.EXPIRED)
+    given_back = run.lease("gpu3", 3)
+    run.end(given_back, JobState.STOPPED)
+    holding = run.lease("gpu3", 2)
+    run.now += 12
+    gpu1, gpu2, gpu3 = run.progress.engines(run.now)
+    assert (gpu1.engine, gpu1.jobs_done, gpu1.files_done) == ("gpu1", 2, 20)
+    assert gpu1.bytes_done == 20 * MB
+    assert gpu1.mean_seconds_per_file == pytest.approx(120 / 20)
+    assert gpu1.current_jobs == [] and gpu1.seconds_since_contact == pytest.approx(127)
+    assert (gpu2.jobs_failed, gpu2.jobs_expired, gpu2.mean_seconds_per_file) == (1, 1, None)
+    assert (gpu3.jobs_released, gpu3.current_jobs, gpu3.files_assigned) == (1, [holding.jobid], 5)
+    assert [(p.jobid, p.outcome, p.files) for p in run.progress.recent_problems(run.now)] == [
+        (lost.jobid, "EXPIRED", 5),
+        (failed.jobid, "FAILED", 5),
+    ]
+    expired = run.progress.durations[JobState.EXPIRED]
+    assert expired.count == 1 and expired.total == pytest.approx(95)
+    assert dict(expired.cumulative())["60.0"] == 0 and dict(expired.cumulative())["120.0"] == 1
+
+
+def test_the_phase_follows_the_final_summary_and_the_backlog() -> None:
+    counts = dict.fromkeys(FileState, 0)
+    assert run_phase(False, counts) is RunPhase.SEQUENCING
+    assert run_phase(True, {**counts, FileState.LEASED: 1}) is RunPhase.BASECALLING
+    assert run_phase(True, {**counts, FileState.PENDING: 1}) is RunPhase.BASECALLING
+    # A file still waiting after the sequencer stopped was cut short: it never completes.
+    assert run_phase(True, {**counts, FileState.WAITING: 1, FileState.DONE: 9}) is (
+        RunPhase.COMPLETE
+    )
+    progress = Progress(0.0)
+    assert progress.sequencing_finished("/run/final_summary_x.txt") is True
+    assert progress.sequencing_finished("/run/final_summary_x.txt") is False
+
+
+def test_a_pending_file_costs_under_300_bytes_all_in() -> None:
+    """The worst case for memory: every file of the run waits for an engine, so every size is
+    kept. Names, state and progress together stay under the design's 300 bytes a file."""
+    count = 100_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run = Run()
+        for index in range(count):
+            run.arrive(f"PAW12345_pass_1a2b3c4d_5e6f7a8b_{index}.pod5", size=150 * MB + index)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert run.state.pending_count() == count
+    assert used / count < 300, f"{used / count:.0f} bytes a file"

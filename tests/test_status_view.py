@@ -1,0 +1,111 @@
+"""``bcmanager status``: the run's picture in a terminal, against a real ``bcmanager serve``."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from bcmanager.manager import Manager
+from bcmanager.models import RunStatus
+from bcmanager.status_view import human_bytes, human_duration, render
+from conftest import Run, Server, serving
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def status_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bcmanager", "status", *args]
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+async def test_render_shows_progress_counts_rates_and_engines(run: Run) -> None:
+    run.add_many(8)
+    async with serving(Manager(run.settings())) as client:
+        for engine, state in (("gpu1", "DONE"), ("gpu2", "FAILED"), ("gpu3", None)):
+            batch = (
+                await client.get("/assignwork", params={"engineid": engine, "batchsize": 2})
+            ).json()
+            if state:
+                await client.get(
+                    "/completed", params={"job_id": batch["jobid"], "job_state": state}
+                )
+        status = RunStatus.model_validate((await client.get("/status")).json())
+    console = Console(record=True, width=140, file=io.StringIO())
+    console.print(render(status))
+    text = console.export_text()
+    assert "2 of 8 files basecalled" in text and "25.0%" in text
+    assert re.search(r"│ pending\s+│\s+2 │", text) and re.search(r"│ failed\s+│\s+2 │", text)
+    assert re.search(r"│ gpu1\s+│ idle\s+│\s+1 │\s+2 │", text)
+    assert "sequencing" in text and "Failed and expired jobs" in text
+    assert human_bytes(999) == "999 B" and human_bytes(1_234_567) == "1.2 MB"
+    assert human_duration(45) == "45 s" and human_duration(3 * 3600 + 300) == "3 h 05 min"
+
+
+def test_status_once_against_a_server(
+    run: Run, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    run.add_many(5)
+    server = start_server()
+    batch = server.get("/assignwork", engineid="gpu9", batchsize=3).json()
+    server.get("/completed", job_id=batch["jobid"], job_state="DONE")
+    shown = subprocess.run(
+        status_command("--url", server.url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "140"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "3 of 5 files basecalled" in shown.stdout
+    assert re.search(r"│ done\s+│\s+3 │", shown.stdout)
+    assert re.search(r"│ gpu9\s+│ idle\s+│\s+1 │\s+3 │", shown.stdout)
+    unreachable = subprocess.run(
+        status_command("--url", "http://127.0.0.1:9"), capture_output=True, text=True, timeout=30
+    )
+    assert unreachable.returncode == 1 and "no status from" in unreachable.stdout
+
+
+def test_status_watch_refreshes_in_place(
+    run: Run, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    run.add_many(4)
+    server = start_server()
+    screen = tmp_path / "screen.txt"
+    env = {**os.environ, "COLUMNS": "140", "LINES": "60", "FORCE_COLOR": "1"}
+    with screen.open("w") as output:
+        watch = subprocess.Popen(
+            status_command("--url", server.url, "--watch", "--interval", "0.2"),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        wait_for(screen, "0 of 4 files basecalled")
+        batch = server.get("/assignwork", engineid="gpu2", batchsize=4).json()
+        server.get("/completed", job_id=batch["jobid"], job_state="DONE")
+        wait_for(screen, "4 of 4 files basecalled")
+    finally:
+        watch.send_signal(signal.SIGINT)
+        code = watch.wait(timeout=10)
+    assert code == 0
+    # Frames after the first move the cursor up and redraw: no scrolling pile of pictures.
+    assert "\x1b[2K" in screen.read_text()
+
+
+def wait_for(screen: Path, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in plain(screen.read_text()):
+        assert time.monotonic() < deadline, plain(screen.read_text())[-3000:]
+        time.sleep(0.05)
