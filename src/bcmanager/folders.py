@@ -260,10 +260,10 @@ class RunFolders:
             output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
             self._set_aside(output, jobid, engine)
             found.repaired.append(f"set aside {output.name}: no job folder claims it")
+        # Set operations, in C: most of a big run's FASTQ belongs to files that its DONE_
+        # folders record already, and then no raw name needs looking up.
         with_fastq = scan.raw_names_with_fastq(self.paths.output_dir)
+        with_fastq.difference_update(*(files for _, files in found.ended))
         if with_fastq:
-            # Set operations run in C: most of a big run's FASTQ belongs to files that its
-            # DONE_ folders record already.
-            with_fastq.difference_update(*(files for _, files in found.ended))
             found.done_by_fastq = list(with_fastq.intersection(listing.raw))
         return found
