@@ -193,10 +193,15 @@ class Process:
         return _status_field(self.pid, "VmHWM")
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time the process used so far, all threads."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-        return ticks / os.sysconf("SC_CLK_TCK")
+        """CPU time the process's threads have used so far, to the nanosecond: the first field
+        of each thread's /proc schedstat (/proc/PID/stat counts in ticks of 10 ms)."""
+        total = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except FileNotFoundError:
+                continue  # a thread that ended meanwhile
+        return total / 1e9
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 30 s."""

@@ -27,6 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import chain
 from pathlib import Path
 
 from bcmanager import scan
@@ -93,6 +94,14 @@ class Recovered:
     raw: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # one line per change made at start-up
+
+    def placed(self) -> list[str]:
+        """The raw files recovery gave a state: in a job folder, or with FASTQ already. Read
+        from what recovery found, so files a watcher reports later are never among them."""
+        recorded = set(self.done_by_fastq)
+        for _, files in chain(self.assigned, self.ended):
+            recorded.update(files)
+        return list(filter(recorded.__contains__, self.raw))
 
 
 class RunFolders:

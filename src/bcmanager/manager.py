@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bcmanager import scan
-from bcmanager.folders import RunFolders
+from bcmanager.folders import Recovered, RunFolders
 from bcmanager.logs import log_event
 from bcmanager.models import BCBatch, FileBytes, FileCounts, LeasedJob, RunPhase, RunStatus
 from bcmanager.paths import FolderKind, RunPaths, job_folder
@@ -91,10 +91,7 @@ class Manager:
             job = self.state.adopt(folder.jobid, folder.engine, files, now)
             self.progress.job_adopted(job, now)
             self._event("adopted", job)
-        # The raw files recovery placed (done, failed, leased), taken before the watcher can add
-        # any: the initial scan sizes them for bytes by state.
-        placed = await asyncio.to_thread(self.state.known, recovered.raw)
-        self._spawn("initial scan", self._initial_scan(recovered.raw, placed))
+        self._spawn("initial scan", self._initial_scan(recovered))
         self._spawn("reaper", self._reap_forever())
         self._spawn("rescan", self._rescan_forever())
         if not self.settings.force_polling:
@@ -257,11 +254,12 @@ class Manager:
 
     # -- background work --------------------------------------------------------------------
 
-    async def _initial_scan(self, names: list[str], placed: list[str]) -> None:
+    async def _initial_scan(self, recovered: Recovered) -> None:
         """Probe the files recovery did not place, then size those it did, then look for the
-        final summary; ready after that."""
-        ordered = await asyncio.to_thread(self._unknown_oldest_first, names)
+        final summary; ready after that. Sizing waits until the first files are offered."""
+        ordered = await asyncio.to_thread(self._unknown_oldest_first, recovered.raw)
         await self._probe_in_chunks(ordered, first=FIRST_CHUNK, announce=False)
+        placed = await asyncio.to_thread(recovered.placed)
         for start in range(0, len(placed), CHUNK):
             chunk = placed[start : start + CHUNK]
             for name, size in await asyncio.to_thread(scan.sizes, self.paths.input_dir, chunk):

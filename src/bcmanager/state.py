@@ -148,11 +148,6 @@ class RunState:
     def file_state(self, name: str) -> FileState | None:
         return self._files.get(name)
 
-    def known(self, names: Iterable[str]) -> list[str]:
-        """The names that have a state, in their order (safe to call from a scanning thread).
-        The loop runs in C: a start-up asks this of a million names."""
-        return list(filter(self._files.__contains__, names))
-
     def unknown(self, names: Iterable[str]) -> list[str]:
         """The names a scan has still to look at, in their order (safe to call from a scanning
         thread). The loop runs in C: a start-up asks this of a million names."""
