@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,3 +329,10 @@ def arguments(description: str) -> argparse.Namespace:
 
 def progress(message: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_alone(doc: str | None, measure: Callable[[bool, Path], Sequence[Row]]) -> None:
+    """What a figure's script does when run by itself: its rows, as one table."""
+    args = arguments((doc or "").splitlines()[0])
+    print(machine())
+    print_table(measure(args.full, args.workdir))

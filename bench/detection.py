@@ -29,14 +29,12 @@ from _common import (
     Process,
     Row,
     SyntheticRun,
-    arguments,
     bcmanager_serve,
     build_run,
-    machine,
     percentile,
-    print_table,
     progress,
     raw_names,
+    run_alone,
 )
 
 from bcmanager.scan import POD5_SIGNATURE
@@ -179,11 +177,5 @@ def measure(full: bool, workdir: Path) -> list[Row]:
     ]
 
 
-def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
-    print(machine())
-    print_table(measure(args.full, args.workdir))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(__doc__, measure)

@@ -21,12 +21,10 @@ from pathlib import Path
 from _common import (
     Row,
     SyntheticRun,
-    arguments,
     bcmanager_serve,
     build_run,
-    machine,
-    print_table,
     progress,
+    run_alone,
 )
 
 QUICK_SIZE = 100_000
@@ -101,11 +99,5 @@ def measure(full: bool, workdir: Path) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
-    print(machine())
-    print_table(measure(args.full, args.workdir))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(__doc__, measure)

@@ -16,13 +16,11 @@ import httpx
 from _common import (
     Process,
     Row,
-    arguments,
     bcmanager_serve,
     build_run,
-    machine,
     percentile,
-    print_table,
     progress,
+    run_alone,
 )
 
 SMALL = 1_000
@@ -93,11 +91,5 @@ def measure(full: bool, workdir: Path) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
-    print(machine())
-    print_table(measure(args.full, args.workdir))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(__doc__, measure)

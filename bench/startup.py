@@ -31,14 +31,12 @@ from _common import (
     Process,
     Row,
     SyntheticRun,
-    arguments,
     bcmanager_serve,
     build_run,
-    machine,
     median,
     ms,
-    print_table,
     progress,
+    run_alone,
     stopwatch,
 )
 
@@ -228,11 +226,5 @@ def measure(full: bool, workdir: Path) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
-    print(machine())
-    print_table(measure(args.full, args.workdir))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(__doc__, measure)

@@ -33,14 +33,12 @@ from _common import (
     Process,
     Row,
     SyntheticRun,
-    arguments,
     bcmanager_serve,
     build_run,
     free_port,
-    machine,
     percentile,
-    print_table,
     progress,
+    run_alone,
     write_files,
 )
 
@@ -261,11 +259,5 @@ def measure(full: bool, workdir: Path) -> list[Row]:
     return rows
 
 
-def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
-    print(machine())
-    print_table(measure(args.full, args.workdir))
-
-
 if __name__ == "__main__":
-    main()
+    run_alone(__doc__, measure)
