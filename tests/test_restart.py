@@ -95,16 +95,21 @@ def test_dead_engine_work_comes_back_one_period_after_restart(
     assert server.get("/completed", job_id=job["jobid"], job_state="DONE").status_code == 409
 
 
-def test_second_manager_refuses_to_start(run: Run, start_server: Callable[..., Server]) -> None:
-    first = start_server()
-    env = {**first.env, "BCM_PORT": str(free_port())}
-    second = subprocess.run(
+def serve_until_it_exits(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``bcmanager serve`` expected to refuse to start: its exit code and output."""
+    return subprocess.run(
         [sys.executable, "-m", "bcmanager", "serve"],
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_second_manager_refuses_to_start(run: Run, start_server: Callable[..., Server]) -> None:
+    first = start_server()
+    env = {**first.env, "BCM_PORT": str(free_port())}
+    second = serve_until_it_exits(env)
     assert second.returncode == 1
     assert first.process is not None
     assert f"pid {first.process.pid}" in second.stderr
@@ -119,13 +124,7 @@ def test_invalid_setting_stops_start_up_with_one_line(run: Run) -> None:
         "BCM_OUTPUT_DIR": str(run.output_dir),
         "BCM_REPORT_BACK_PERIOD": "soon",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "bcmanager", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = serve_until_it_exits(env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "BCM_REPORT_BACK_PERIOD" in lines[0] and "soon" in lines[0]
