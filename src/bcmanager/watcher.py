@@ -7,6 +7,7 @@ events for writes made on other hosts; the manager's periodic rescan covers them
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,10 @@ from pathlib import Path
 from watchfiles import Change, awatch
 
 from bcmanager.paths import is_raw_name
+
+# watchfiles runs on anyio, which imports its asyncio backend when first used: some 10 ms that
+# would stall the event loop just as the server starts to answer. Imported with this module.
+importlib.import_module("anyio._backends._asyncio")
 
 # watchfiles groups changes until none came for STEP_MS, and for at most DEBOUNCE_MS: a sequencer
 # writing without pause must still have its finished files seen well within a second.
