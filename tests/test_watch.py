@@ -10,7 +10,9 @@ from pathlib import Path
 
 import httpx
 
+from bcmanager.folders import Recovered, RunFolders
 from bcmanager.manager import Manager
+from bcmanager.paths import RunPaths
 from bcmanager.scan import POD5_SIGNATURE
 from bcmanager.simulate import write_pod5
 from conftest import Run, serving
@@ -44,6 +46,32 @@ async def test_copied_file_is_offered_within_a_second(run: Run, tmp_path: Path) 
         batch, elapsed = await offered_within(client, 5)
     assert batch == ["late.pod5"]
     assert elapsed < 1.0
+
+
+class ArrivalDuringRecovery(RunFolders):
+    """Recovery that a sequencer overtakes: a file lands after INPUT_DIR was listed and before
+    the watcher is up, so neither the listing nor an event can report it."""
+
+    def __init__(self, run: Run, source: Path) -> None:
+        super().__init__(RunPaths(run.input_dir.resolve(), run.output_dir.resolve()))
+        self.source = source
+        self.target = run.input_dir / source.name
+
+    def recover(self) -> Recovered:
+        found = super().recover()
+        shutil.copy(self.source, self.target)
+        return found
+
+
+async def test_file_written_during_start_up_is_found_by_the_end_of_it(
+    run: Run, tmp_path: Path
+) -> None:
+    run.add("old.pod5")
+    folders = ArrivalDuringRecovery(run, finished_file(tmp_path, "during.pod5"))
+    manager = Manager(run.settings(rescan_interval=3600), folders)
+    async with serving(manager) as client:  # once ready: the first scan is over
+        batch, _ = await offered_within(client, 0)
+    assert sorted(batch) == ["during.pod5", "old.pod5"]
 
 
 async def test_polling_mode_finds_files_by_rescan(run: Run, tmp_path: Path) -> None:

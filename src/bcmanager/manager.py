@@ -43,7 +43,7 @@ from bcmanager.watcher import watch_raw_files
 
 log = logging.getLogger(__name__)
 
-FIRST_CHUNK = 64  # files probed before the first offer after a start-up
+FIRST_CHUNK = 64  # files probed before the server starts listening
 CHUNK = 4096  # files probed per step after that
 
 
@@ -70,8 +70,10 @@ class Manager:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild the run from disk, then keep watching it. Returns once jobs are adopted, so
-        keepalives from engines that outlived a restart are honoured; raw files load after."""
+        """Rebuild the run from disk, then keep watching it. Returns (and the server starts
+        listening) once jobs are adopted and the oldest pending files can be offered: engines
+        that outlived a restart keep their jobs, and the first engine to ask gets work. The
+        rest of the raw files are probed after, in the background."""
         recovered = await asyncio.to_thread(self.folders.recover)
         for line in recovered.repaired:
             log.info("recovery: %s", line)
@@ -91,7 +93,11 @@ class Manager:
             job = self.state.adopt(folder.jobid, folder.engine, files, now)
             self.progress.job_adopted(job, now)
             self._event("adopted", job)
-        self._spawn("initial scan", self._initial_scan(recovered))
+        # Ordered and probed here, before the server starts: done in the background, this
+        # would share the interpreter with the server starting up, and both would be slower.
+        ordered = await asyncio.to_thread(self._unknown_oldest_first, recovered.raw)
+        await self._probe_in_chunks(ordered[:FIRST_CHUNK], announce=False)
+        self._spawn("initial scan", self._initial_scan(recovered, ordered[FIRST_CHUNK:]))
         self._spawn("reaper", self._reap_forever())
         self._spawn("rescan", self._rescan_forever())
         if not self.settings.force_polling:
@@ -254,11 +260,11 @@ class Manager:
 
     # -- background work --------------------------------------------------------------------
 
-    async def _initial_scan(self, recovered: Recovered) -> None:
-        """Probe the files recovery did not place, then size those it did, then look for the
-        final summary; ready after that. Sizing waits until the first files are offered."""
-        ordered = await asyncio.to_thread(self._unknown_oldest_first, recovered.raw)
-        await self._probe_in_chunks(ordered, first=FIRST_CHUNK, announce=False)
+    async def _initial_scan(self, recovered: Recovered, unprobed: list[str]) -> None:
+        """Probe the files that start-up left (oldest first), then size those recovery placed,
+        then rescan for files written while start-up read the run, before the watcher was up;
+        ready after that."""
+        await self._probe_in_chunks(unprobed, announce=False)
         placed = await asyncio.to_thread(recovered.placed)
         for start in range(0, len(placed), CHUNK):
             chunk = placed[start : start + CHUNK]
@@ -266,19 +272,15 @@ class Manager:
                 state = self.state.file_state(name)
                 if state is not None:
                     self.progress.file_sized(name, state, size)
-        await self._look_for_final_summary()
+        await self._rescan()
         self.ready = True
         self._log("ready")
 
-    async def _probe_in_chunks(
-        self, names: list[str], first: int = CHUNK, *, announce: bool = True
-    ) -> None:
-        start, size = 0, first
-        while start < len(names):
-            chunk = names[start : start + size]
+    async def _probe_in_chunks(self, names: list[str], *, announce: bool = True) -> None:
+        for start in range(0, len(names), CHUNK):
+            chunk = names[start : start + CHUNK]
             found = await asyncio.to_thread(scan.probe_many, self.paths.input_dir, chunk)
             self._observe(found, announce=announce)
-            start, size = start + size, CHUNK
 
     def _observe(self, found: list[tuple[str, scan.RawProbe]], *, announce: bool = True) -> None:
         """Record what a scan saw. A file's arrival is dated by its modification time, so files
