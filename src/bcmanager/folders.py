@@ -38,8 +38,8 @@ from bcmanager.paths import (
     JobFolderName,
     RunPaths,
     final_fastq_name,
-    is_raw_name,
     job_folder,
+    raw_names_among,
     temp_name,
 )
 
@@ -92,7 +92,6 @@ class Recovered:
     ended: list[tuple[JobFolderName, list[str]]] = field(default_factory=list)
     done_by_fastq: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # one line per change made at start-up
 
     def placed(self) -> list[str]:
@@ -237,7 +236,6 @@ class RunFolders:
         found = Recovered()
         listing = scan.list_input(self.paths.input_dir)
         found.raw = listing.raw
-        found.ignored = listing.ignored
         for name in listing.temp:
             self.ops.rmtree(self.paths.input_dir / name)
             found.repaired.append(f"removed unfinished {name}")
@@ -248,11 +246,11 @@ class RunFolders:
             for folder in scan.job_folders(self.paths.output_dir, FolderKind.TMPOUTPUT)
         }
         claimed: set[tuple[str, str]] = set()
-        input_root = str(self.paths.input_dir)
+        input_root = f"{self.paths.input_dir}{os.sep}"
         for folder in listing.job_folders:
             name = job_folder(folder.kind, folder.jobid, folder.engine)
             # Only links named like a raw file stand for one: nothing else is ever offered.
-            files = list(filter(is_raw_name, scan.names_in(os.path.join(input_root, name))))
+            files = raw_names_among(scan.names_in(input_root + name))
             job = (folder.jobid, folder.engine)
             claimed.add(job)
             if folder.kind is FolderKind.ASSIGNED:

@@ -14,6 +14,7 @@ kept for inspection, never merged). Folders being built or torn down carry the h
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -83,6 +84,16 @@ def is_job_id(value: str) -> bool:
 def is_raw_name(name: str) -> bool:
     """A raw file the sequencer wrote: ``*.pod5`` at the top of INPUT_DIR, not hidden."""
     return name.endswith(RAW_SUFFIX) and not name.startswith(".") and "/" not in name
+
+
+def raw_names_among(names: Iterable[str]) -> list[str]:
+    """The names ``is_raw_name`` accepts, in their order. The same rule without a call per
+    name: a start-up filters every name of a run that may hold a million."""
+    return [
+        name
+        for name in names
+        if name.endswith(RAW_SUFFIX) and not name.startswith(".") and "/" not in name
+    ]
 
 
 def is_final_summary_name(name: str) -> bool:

@@ -23,8 +23,8 @@ from bcmanager.paths import (
     JobFolderName,
     fastq_raw_stem,
     is_final_summary_name,
-    is_raw_name,
     parse_job_folder,
+    raw_names_among,
 )
 
 # The POD5 specification places this signature at the start and at the end of every file,
@@ -134,37 +134,39 @@ class InputListing:
 
 def list_input(input_dir: Path) -> InputListing:
     listing = InputListing()
+    files = []
     with os.scandir(input_dir) as entries:
         for entry in entries:
             name = entry.name
-            if entry.is_dir(follow_symlinks=False):
-                # Job folders first: an engine id may end in ".pod5" like a raw file.
+            if entry.is_file(follow_symlinks=False):
+                files.append(name)
+            elif entry.is_dir(follow_symlinks=False):
+                # By name, as a folder: an engine id may end in ".pod5" like a raw file.
                 if (parsed := parse_job_folder(name)) is not None:
                     listing.job_folders.append(parsed)
                 elif name.startswith(TEMP_PREFIX):
                     listing.temp.append(name)
                 elif not name.startswith("."):
                     listing.ignored.append(name)
-            elif is_raw_name(name) and entry.is_file(follow_symlinks=False):
-                listing.raw.append(name)
             elif not name.startswith("."):
                 listing.ignored.append(name)
+    listing.raw = raw_names_among(files)
+    if len(listing.raw) < len(files):
+        raw = set(listing.raw)
+        listing.ignored += [n for n in files if n not in raw and not n.startswith(".")]
     return listing
 
 
 def raw_names(input_dir: Path) -> list[str]:
     """The raw files of INPUT_DIR: regular ``*.pod5`` files, never symlinks."""
     with os.scandir(input_dir) as entries:
-        return [
-            entry.name
-            for entry in entries
-            if is_raw_name(entry.name) and entry.is_file(follow_symlinks=False)
-        ]
+        return raw_names_among(
+            [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+        )
 
 
 def names_in(folder: str | Path) -> list[str]:
-    with os.scandir(folder) as entries:
-        return [entry.name for entry in entries]
+    return os.listdir(folder)
 
 
 def job_folders(folder: Path, kind: FolderKind) -> list[JobFolderName]:
