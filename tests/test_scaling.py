@@ -92,10 +92,12 @@ async def test_rescans_and_probes_run_off_the_event_loop(
 ) -> None:
     run.add_many(3)
     threads: dict[str, set[bool]] = {"raw_names": set(), "probe_many": set()}
+    serving_now = threading.Event()  # start-up reads the run before the server listens
 
     def recorded(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
-            threads[name].add(threading.current_thread() is threading.main_thread())
+            if serving_now.is_set():
+                threads[name].add(threading.current_thread() is threading.main_thread())
             return original(*args)
 
         return call
@@ -103,6 +105,7 @@ async def test_rescans_and_probes_run_off_the_event_loop(
     for name in threads:
         monkeypatch.setattr(scan, name, recorded(name, getattr(scan, name)))
     async with serving(Manager(run.settings(rescan_interval=0.1))) as client:
+        serving_now.set()
         (run.input_dir / "new.pod5").write_bytes(scan.POD5_SIGNATURE * 2)
         for _ in range(100):
             if (await client.get("/status")).json()["files"]["pending"] == 4:

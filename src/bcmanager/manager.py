@@ -3,8 +3,10 @@
 Each protocol call runs on the event loop from start to end without awaiting: it asks the state
 machine what to do, carries it out on disk (O(batch) filesystem calls, committed by one rename),
 and only then records it in the state machine. So no two calls interleave, and a failure on disk
-leaves memory as it was. Everything that is O(files in the run), the start-up recovery and the
-rescans, runs in worker threads.
+leaves memory as it was. Start-up reads the run back before the server listens, on the event
+loop: there is nothing to serve yet, and a worker thread would only add a hop. Everything that
+is O(files in the run) after that, the rest of the first scan and the rescans, runs in worker
+threads, so that requests are answered meanwhile.
 
 Next to each change it records, the manager tells ``progress.py`` (sizes, rates, per-engine
 tallies) and logs one line for the event (``logs.py``).
@@ -74,7 +76,17 @@ class Manager:
         listening) once jobs are adopted and the oldest pending files can be offered: engines
         that outlived a restart keep their jobs, and the first engine to ask gets work. The
         rest of the raw files are probed after, in the background."""
-        recovered = await asyncio.to_thread(self.folders.recover)
+        recovered, unprobed = self._read_back()
+        self._spawn("initial scan", self._initial_scan(recovered, unprobed))
+        self._spawn("reaper", self._reap_forever())
+        self._spawn("rescan", self._rescan_forever())
+        if not self.settings.force_polling:
+            self._spawn("watcher", self._watch())
+
+    def _read_back(self) -> tuple[Recovered, list[str]]:
+        """Recover the folders, restore the files and jobs they record, and probe the oldest of
+        the other raw files; returns what recovery found and the raw files left to probe."""
+        recovered = self.folders.recover()
         for line in recovered.repaired:
             log.info("recovery: %s", line)
         now = self.clock()
@@ -93,15 +105,9 @@ class Manager:
             job = self.state.adopt(folder.jobid, folder.engine, files, now)
             self.progress.job_adopted(job, now)
             self._event("adopted", job)
-        # Ordered and probed here, before the server starts: done in the background, this
-        # would share the interpreter with the server starting up, and both would be slower.
-        ordered = await asyncio.to_thread(self._unknown_oldest_first, recovered.raw)
-        await self._probe_in_chunks(ordered[:FIRST_CHUNK], announce=False)
-        self._spawn("initial scan", self._initial_scan(recovered, ordered[FIRST_CHUNK:]))
-        self._spawn("reaper", self._reap_forever())
-        self._spawn("rescan", self._rescan_forever())
-        if not self.settings.force_polling:
-            self._spawn("watcher", self._watch())
+        ordered = self._unknown_oldest_first(recovered.raw)
+        self._observe(scan.probe_many(self.paths.input_dir, ordered[:FIRST_CHUNK]), announce=False)
+        return recovered, ordered[FIRST_CHUNK:]
 
     async def stop(self) -> None:
         for task in self._tasks.values():
@@ -316,8 +322,9 @@ class Manager:
             self._log("complete")
 
     def _unknown_oldest_first(self, names: list[str]) -> list[str]:
-        """Runs in a worker thread: dict lookups are safe against the loop's updates, and a
-        name added meanwhile is simply observed twice, which changes nothing."""
+        """Runs in a worker thread once the server listens: dict lookups are safe against the
+        loop's updates, and a name added meanwhile is simply observed twice, which changes
+        nothing."""
         return scan.oldest_first(self.paths.input_dir, self.state.unknown(names))
 
     async def _rescan(self) -> None:
