@@ -74,6 +74,35 @@ async def test_file_written_during_start_up_is_found_by_the_end_of_it(
     assert sorted(batch) == ["during.pod5", "old.pod5"]
 
 
+class FolderGoneAfterRecovery(RunFolders):
+    """Recovery after which INPUT_DIR is moved away, as an unmounted share would be."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(RunPaths(run.input_dir.resolve(), run.output_dir.resolve()))
+        self.away = run.input_dir.with_name("away")
+
+    def recover(self) -> Recovered:
+        found = super().recover()
+        self.paths.input_dir.rename(self.away)
+        return found
+
+
+async def test_input_dir_gone_during_the_first_scan_is_reported_and_survived(
+    run: Run, tmp_path: Path
+) -> None:
+    folders = FolderGoneAfterRecovery(run)
+    manager = Manager(run.settings(rescan_interval=0.2, force_polling=True), folders)
+    async with serving(manager) as client:  # ready: the first scan ended despite the error
+        reply = await client.get("/heartbeat")
+        assert reply.status_code == 503
+        assert any("INPUT_DIR" in problem for problem in reply.json()["problems"])
+        folders.away.rename(run.input_dir)
+        shutil.copy(finished_file(tmp_path, "back.pod5"), run.input_dir / "back.pod5")
+        batch, _ = await offered_within(client, 5)
+        assert (await client.get("/heartbeat")).status_code == 200
+    assert batch == ["back.pod5"]
+
+
 async def test_polling_mode_finds_files_by_rescan(run: Run, tmp_path: Path) -> None:
     source = finished_file(tmp_path, "late.pod5")
     settings = run.settings(force_polling=True, rescan_interval=0.5)

@@ -284,7 +284,7 @@ class Manager:
                 state = self.state.file_state(name)
                 if state is not None:
                     self.progress.file_sized(name, state, size)
-        await self._rescan()
+        await self._rescan_or_log()
         self.ready = True
         self._log("ready")
 
@@ -345,10 +345,15 @@ class Manager:
             await asyncio.sleep(self.settings.rescan_interval)
             for line in self.folders.finish_tails():
                 log.info("finished after a disk fault: %s", line)
-            try:
-                await self._rescan()
-            except OSError as error:
-                log.error("rescan of %s failed: %s", self.paths.input_dir, error)
+            await self._rescan_or_log()
+
+    async def _rescan_or_log(self) -> None:
+        """A rescan; when INPUT_DIR cannot be read it is logged (and /heartbeat says so), and
+        the next rescan tries again."""
+        try:
+            await self._rescan()
+        except OSError as error:
+            log.error("rescan of %s failed: %s", self.paths.input_dir, error)
 
     async def _watch(self) -> None:
         async def changed(names: list[str]) -> None:
