@@ -328,9 +328,9 @@ class Manager:
             self._log("complete")
 
     def _unknown_oldest_first(self, names: list[str]) -> list[str]:
-        """Runs in a worker thread once the server listens: dict lookups are safe against the
-        loop's updates, and a name added meanwhile is simply observed twice, which changes
-        nothing."""
+        """On the loop at start-up, in a worker thread for rescans: there, dict lookups are safe
+        against the loop's updates, and a name added meanwhile is simply observed twice, which
+        changes nothing."""
         return scan.oldest_first(self.paths.input_dir, self.state.unknown(names))
 
     async def _rescan(self) -> None:
