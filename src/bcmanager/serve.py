@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import ipaddress
 import json
 import logging
@@ -74,10 +73,6 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"bcmanager: {error}", file=sys.stderr)
         return 1
     app = create_app(settings, lock=lock)
-    # What is alive now (the imported modules, the app) lives as long as the process. Frozen,
-    # it is left out of every garbage collection: a start-up on a big run, which creates
-    # objects by the million, then does not walk it again and again.
-    gc.freeze()
     # log_config=None: uvicorn's own lines go through the handler configured above.
     uvicorn.run(
         app,
