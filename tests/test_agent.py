@@ -37,7 +37,7 @@ from bcmanager.agent import (
 )
 from bcmanager.cli import build_parser, main
 from bcmanager.paths import PASS, FolderKind, final_fastq_name, parse_job_folder, raw_stem
-from conftest import Run, Server
+from conftest import Run, Server, wait_for
 
 ENGINE = "gpu-test"
 
@@ -90,15 +90,6 @@ for raw in sorted(input_dir.iterdir()):
         fastq = output_dir / "pass" / (raw.name[: -len(".pod5")] + ".fastq")
         fastq.write_text(f"@{raw.name}\\nACGT\\n+\\n!!!!\\n")
 '''
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def is_running(pid: int) -> bool:

@@ -16,7 +16,7 @@ import httpx
 import pod5
 import pytest
 
-from conftest import Run, Server, free_port
+from conftest import Run, Server, free_port, wait_for
 
 BCM = [sys.executable, "-m", "bcmanager"]
 
@@ -36,14 +36,6 @@ def fastq_names(output_dir: Path) -> collections.Counter[str]:
             lines = fastq.read_text().splitlines()
             names.update(line[1:].split()[0] for line in lines[::4])
     return names
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {seconds}s for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
