@@ -21,16 +21,20 @@ import pytest
 from bcmanager.app import create_app
 from bcmanager.manager import Manager
 from bcmanager.settings import Settings
-from bcmanager.simulate import write_pod5
+from bcmanager.simulate import pod5_bytes, write_pod5
+from oracle import Verdict, judge
 
 
 @dataclass
 class Run:
-    """A run's two folders, and the read ids of the raw files the test wrote."""
+    """A run's two folders, and the test's own ledger: the read ids of the raw files it wrote,
+    those it deleted (or moved away), and those that must never be offered."""
 
     input_dir: Path
     output_dir: Path
     reads: dict[str, list[str]] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    never_offered: set[str] = field(default_factory=set)
 
     def add(self, name: str, read_count: int = 2, *, mtime: float | None = None) -> Path:
         path = self.input_dir / name
@@ -46,6 +50,39 @@ class Run:
         for index, name in enumerate(names):
             self.add(name, 1, mtime=start + index)
         return names
+
+    def delete(self, name: str, *, move_to: Path | None = None) -> None:
+        """What an operator does: delete a raw file, or move it out of INPUT_DIR."""
+        path = self.input_dir / name
+        if move_to is None:
+            path.unlink()
+        else:
+            path.rename(move_to / name)
+        self.deleted.add(name)
+
+    def add_undecodable(self, raw_name: bytes, read_count: int = 2) -> str:
+        """A complete POD5 file named with bytes that are not UTF-8 (as Python spells such a name:
+        with surrogate escapes): never to be offered. Written in one rename, as ``add``."""
+        name = os.fsdecode(raw_name)
+        data, self.reads[name] = pod5_bytes("undecodable.pod5", read_count, seed=len(self.reads))
+        folder = os.fsencode(self.input_dir)
+        partial = os.path.join(folder, b"." + raw_name + b".partial")
+        with open(partial, "wb") as raw:
+            raw.write(data)
+        os.rename(partial, os.path.join(folder, raw_name))
+        self.never_offered.add(name)
+        return name
+
+    def judge(self, *, drained: bool = True) -> Verdict:
+        """The independent oracle (tests/oracle.py) on this run's folders and ledger."""
+        return judge(
+            self.input_dir,
+            self.output_dir,
+            self.reads,
+            deleted=self.deleted,
+            never_offered=self.never_offered,
+            drained=drained,
+        )
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {"input_dir": self.input_dir, "output_dir": self.output_dir}
