@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +83,17 @@ class Run:
             never_offered=self.never_offered,
             drained=drained,
         )
+
+    def basecall(self, job_output_dir: str, batch: Iterable[str], sub: str = "pass") -> None:
+        """What a basecaller leaves in a job's output folder: ``<stem>.fastq`` in ``sub`` for
+        each raw file, holding its read ids (a file the test did not write gets one read named
+        after it). A DONE without a reads file does not count as done."""
+        folder = self.output_dir / job_output_dir / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in batch:
+            reads = self.reads.get(name) or [name]
+            body = "".join(f"@{read}\nACGT\n+\n!!!!\n" for read in reads)
+            (folder / name.replace(".pod5", ".fastq")).write_text(body)
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {"input_dir": self.input_dir, "output_dir": self.output_dir}

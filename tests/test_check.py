@@ -33,12 +33,6 @@ class Jobs:
     leased: BCBatch
 
 
-def write_fastq(output: Path, batch: BCBatch, sub: str = "pass") -> None:
-    (output / sub).mkdir(parents=True, exist_ok=True)
-    for name in batch.batch:
-        (output / sub / name.replace(".pod5", ".fastq")).write_text(f"@{name}\nA\n+\n!\n")
-
-
 @pytest.fixture
 def jobs(run: Run) -> Jobs:
     names = run.add_many(6)
@@ -48,7 +42,7 @@ def jobs(run: Run) -> Jobs:
     for name in names:
         manager.state.observe(name, complete=True)
     done = manager.assign("gpu1", 2)
-    write_fastq(run.output_dir / done.job_output_dir, done)
+    run.basecall(done.job_output_dir, done.batch)
     manager.complete(done.jobid, JobState.DONE)
     failed = manager.assign("gpu2", 1)
     manager.complete(failed.jobid, JobState.FAILED)
@@ -153,7 +147,6 @@ def remove_a_leased_output(jobs: Jobs) -> Path:
 
 BREAKAGES: list[tuple[Callable[[Jobs], Path], Severity, str]] = [
     (link_leased_file_into_done, Severity.BROKEN, "in two states"),
-    (remove_a_done_raw_file, Severity.BROKEN, "symlink to nothing"),
     (merge_a_fastq_twice, Severity.BROKEN, "basecalled twice"),
     (commit_done_without_moving_the_output, Severity.REPAIR, "never moved"),
     (make_unknown_input_folder, Severity.BROKEN, "unknown folder"),
@@ -185,6 +178,17 @@ def test_each_broken_invariant_is_one_line_naming_its_path(
     assert problems[0].startswith(f"{severity.value}: {path}")
     assert words in problems[0]
     assert lines[-1].startswith("1 problem: ")
+
+
+def test_a_raw_file_deleted_after_its_job_is_named_as_missing_and_fails_nothing(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = remove_a_done_raw_file(jobs)
+    code, lines = check(jobs.paths, capsys)
+    [note] = [line for line in lines if line.startswith("NOTE: ") and "missing" in line]
+    assert code == 0, lines
+    assert note.startswith(f"NOTE: {path}: missing: ") and "moved or deleted" in note
+    assert "raw files: 7 (1 waiting, 1 pending, 2 leased, 2 done, 1 failed)" in lines
 
 
 REPAIRS = [breakage for breakage, severity, _ in BREAKAGES if severity is Severity.REPAIR]

@@ -17,7 +17,7 @@ from bcmanager.manager import Manager
 from bcmanager.simulate import write_pod5
 from conftest import Run, Server, serving
 
-COUNTS = {"waiting", "pending", "leased", "done", "failed"}
+COUNTS = {"waiting", "pending", "leased", "done", "failed", "missing"}
 
 
 def events(caplog: pytest.LogCaptureFixture) -> dict[str, list[logging.LogRecord]]:
@@ -44,6 +44,7 @@ async def test_every_event_is_one_line_with_job_engine_and_counts(
         for engine in ("gpu1", "gpu2", "gpu3", "gpu4"):
             batch = await call(client, "/assignwork", engineid=engine, batchsize=2)
             jobs[engine] = batch["jobid"]
+            run.basecall(batch["job_output_dir"], batch["batch"])
         for engine, state in (("gpu1", "DONE"), ("gpu2", "FAILED"), ("gpu3", "STOPPED")):
             await call(client, "/completed", job_id=jobs[engine], job_state=state)
         write_pod5(run.input_dir / "fresh.pod5", 1)
@@ -68,7 +69,7 @@ async def test_every_event_is_one_line_with_job_engine_and_counts(
     assert len(found["assigned"]) == 4
     [done] = found["done"]
     assert done.bcm_event["files"] == 2  # type: ignore[attr-defined]
-    assert done.getMessage().endswith("| waiting=0 pending=0 leased=6 done=2 failed=0")
+    assert done.getMessage().endswith("| waiting=0 pending=0 leased=6 done=2 failed=0 missing=0")
     [arrived] = found["arrived"]
     assert arrived.getMessage().startswith("arrived file=fresh.pod5 bytes=")
     [finished] = found["finished"]
@@ -80,6 +81,7 @@ async def test_every_event_is_one_line_with_job_engine_and_counts(
 
 def do_one_job(server: Server) -> str:
     batch = server.get("/assignwork", engineid="gpu7", batchsize=2).json()
+    server.run.basecall(batch["job_output_dir"], batch["batch"])
     assert server.get("/completed", job_id=batch["jobid"], job_state="DONE").json() == {"ok": True}
     jobid: str = batch["jobid"]
     return jobid
@@ -102,7 +104,8 @@ def test_serve_logs_plain_text_lines(run: Run, start_server: Callable[..., Serve
     lines = wait_for_line(server, lambda line: " INFO done " in line)
     [done] = [line for line in lines if " INFO done " in line]
     assert done.endswith(
-        f"done jobid={jobid} engine=gpu7 files=2 | waiting=0 pending=1 leased=0 done=2 failed=0"
+        f"done jobid={jobid} engine=gpu7 files=2 | "
+        "waiting=0 pending=1 leased=0 done=2 failed=0 missing=0"
     )
     assert any("Uvicorn running on" in line for line in lines)
 
@@ -124,5 +127,6 @@ def test_serve_logs_json_lines(run: Run, start_server: Callable[..., Server]) ->
         "leased": 0,
         "done": 2,
         "failed": 0,
+        "missing": 0,
     }
     assert by_event["ready"]["counts"]["pending"] == 3

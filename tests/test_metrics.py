@@ -34,6 +34,7 @@ async def test_metrics_count_files_by_state_and_engine(run: Run) -> None:
         for engine, size in (("gpu1", 3), ("gpu2", 2), ("gpu3", 1), ("gpu4", 2)):
             reply = await client.get("/assignwork", params={"engineid": engine, "batchsize": size})
             jobs[engine] = reply.json()["jobid"]
+            run.basecall(reply.json()["job_output_dir"], reply.json()["batch"])
         for engine, state in (("gpu1", "DONE"), ("gpu2", "FAILED"), ("gpu3", "STOPPED")):
             params = {"job_id": jobs[engine], "job_state": state}
             assert (await client.get("/completed", params=params)).status_code == 200

@@ -56,6 +56,7 @@ def test_page_shows_the_run_and_follows_it_live(
     run.add_many(6)
     server = start_server()
     done = server.get("/assignwork", engineid="gpu1", batchsize=2).json()
+    run.basecall(done["job_output_dir"], done["batch"])
     server.get("/completed", job_id=done["jobid"], job_state="DONE")
     leased = server.get("/assignwork", engineid="gpu2", batchsize=2).json()
 
@@ -81,6 +82,7 @@ def test_page_shows_the_run_and_follows_it_live(
     assert rows("problems") == []
     browser.execute_script("window.stillTheSamePage = true")
 
+    run.basecall(leased["job_output_dir"], leased["batch"])
     server.get("/completed", job_id=leased["jobid"], job_state="DONE")
     failed = server.get("/assignwork", engineid="gpu3", batchsize=1).json()
     server.get("/completed", job_id=failed["jobid"], job_state="FAILED")

@@ -158,6 +158,7 @@ def test_bytes_follow_each_file_through_every_state() -> None:
         FileState.LEASED: 0,
         FileState.DONE: 1000,
         FileState.FAILED: 1001,
+        FileState.MISSING: 0,
     }
     assert counts[FileState.PENDING] == 5
     # Files found at start-up are sized later, in whatever state recovery put them.

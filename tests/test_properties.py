@@ -214,7 +214,8 @@ class RunMachine(RuleBasedStateMachine):
     def complete(self, data: st.DataObject, outcome: JobState) -> None:
         jobid = data.draw(st.sampled_from(list(self.jobs)))
         job = self.jobs[jobid]
-        if job.state == outcome.value:
+        repeat = job.state == outcome.value or (job.state == "EMPTY" and outcome is JobState.DONE)
+        if repeat:
             expected: type[Exception] | None = None  # a retry: ok, nothing changes
         elif job.state == "unknown":
             expected = UnknownJob
@@ -230,8 +231,9 @@ class RunMachine(RuleBasedStateMachine):
         except (UnknownJob, InvalidTransition) as error:
             raised = type(error)
         assert raised is expected
-        if expected is None:
-            job.state = outcome.value
+        if expected is None and not repeat:
+            empty = outcome is JobState.DONE and job.files and not job.output
+            job.state = "EMPTY" if empty else outcome.value
 
     @rule(seconds=st.floats(0, LEASE * 1.2))
     def advance_clock(self, seconds: float) -> None:
@@ -256,7 +258,7 @@ class RunMachine(RuleBasedStateMachine):
         for job in self.jobs.values():
             if job.state == "live":
                 job.deadline = self.now() + LEASE  # adopted with a fresh lease
-            elif job.state in ("STOPPED", "EXPIRED"):
+            elif job.state in ("STOPPED", "EXPIRED", "EMPTY"):
                 job.state = "unknown"  # no folder records them: forgotten
 
     def has_pending(self) -> bool:
@@ -293,8 +295,10 @@ class RunMachine(RuleBasedStateMachine):
                 self.manager.complete(jobid, JobState.DONE)
 
         self.crash_and_restart(at, complete)
-        # Whatever instant it died at, the job is whole: still leased, or done with its output.
-        assert self.jobs[jobid].state in ("live", "DONE")
+        # Whatever instant it died at, the job is whole: still leased, or done with its output,
+        # or (with no output to merge) released, and then forgotten by the restart.
+        job = self.jobs[jobid]
+        assert job.state in ("live", "DONE") or (job.state == "unknown" and not job.output)
 
     @precondition(has_live_jobs)
     @rule(at=st.integers(0, 5))

@@ -203,10 +203,18 @@ async def test_status_counts_every_state_and_lists_leases(run: Run) -> None:
         done = await assign(client, "gpu1", 1)
         failed = await assign(client, "gpu2", 1)
         leased = await assign(client, "gpu3", 2)
+        run.basecall(done["job_output_dir"], done["batch"])
         for job, state in ((done, "DONE"), (failed, "FAILED")):
             await client.get("/completed", params={"job_id": job["jobid"], "job_state": state})
         status = (await client.get("/status")).json()
-    assert status["files"] == {"waiting": 1, "pending": 1, "leased": 2, "done": 1, "failed": 1}
+    assert status["files"] == {
+        "waiting": 1,
+        "pending": 1,
+        "leased": 2,
+        "done": 1,
+        "failed": 1,
+        "missing": 0,
+    }
     assert status["ready"] is True
     [job] = status["jobs"]
     assert job["jobid"] == leased["jobid"] and job["engine"] == "gpu3"

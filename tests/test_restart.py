@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -22,24 +21,18 @@ def assign(server: Server, engine: str, size: int) -> dict:
     return body
 
 
-def write_fastq(output: Path, batch: list[str]) -> None:
-    (output / "pass").mkdir()
-    for name in batch:
-        (output / "pass" / name.replace(".pod5", ".fastq")).write_text(f"@{name}\nA\n+\n!\n")
-
-
 @pytest.mark.parametrize("how", ["clean", "kill -9"])
 def test_restart_keeps_every_state(run: Run, start_server: Callable[..., Server], how: str) -> None:
     names = run.add_many(10)
     server = start_server(BCM_REPORT_BACK_PERIOD="30")
     done = assign(server, "gpu1", 2)
-    write_fastq(run.output_dir / done["job_output_dir"], done["batch"])
+    run.basecall(done["job_output_dir"], done["batch"])
     assert server.get("/completed", job_id=done["jobid"], job_state="DONE").json() == {"ok": True}
     failed = assign(server, "gpu2", 2)
     assert server.get("/completed", job_id=failed["jobid"], job_state="FAILED").status_code == 200
     leased = assign(server, "gpu3", 2)
     half = assign(server, "gpu4", 2)
-    write_fastq(run.output_dir / half["job_output_dir"], half["batch"])
+    run.basecall(half["job_output_dir"], half["batch"])
     building = run.input_dir / ".bcm-tmp-ASSIGNED_77_gpu5"
     building.mkdir()
     (building / names[8]).symlink_to(f"../{names[8]}")
@@ -52,7 +45,14 @@ def test_restart_keeps_every_state(run: Run, start_server: Callable[..., Server]
 
     server.start()
     status = server.get("/status").json()
-    assert status["files"] == {"waiting": 0, "pending": 2, "leased": 2, "done": 4, "failed": 2}
+    assert status["files"] == {
+        "waiting": 0,
+        "pending": 2,
+        "leased": 2,
+        "done": 4,
+        "failed": 2,
+        "missing": 0,
+    }
     assert [job["jobid"] for job in status["jobs"]] == [leased["jobid"]]
     assert 25 < status["jobs"][0]["seconds_left"] <= 30
     keep = server.get("/keepalive", job_id=leased["jobid"], job_state="PROCESSING")
@@ -73,7 +73,7 @@ def test_restart_keeps_every_state(run: Run, start_server: Callable[..., Server]
     assert sorted(os.listdir(run.output_dir / "pass")) == pass_dir
     assert not building.exists()
     # The adopted job completes normally.
-    write_fastq(run.output_dir / leased["job_output_dir"], leased["batch"])
+    run.basecall(leased["job_output_dir"], leased["batch"])
     assert server.get("/completed", job_id=leased["jobid"], job_state="DONE").status_code == 200
     assert len(os.listdir(run.output_dir / "pass")) == 6
 
@@ -141,4 +141,11 @@ async def test_engine_named_like_a_raw_file_keeps_its_lease_over_a_restart(run: 
             "/keepalive", params={"job_id": batch["jobid"], "job_state": "PROCESSING"}
         )
     assert keep.json() == {"late": False}
-    assert status["files"] == {"waiting": 0, "pending": 1, "leased": 2, "done": 0, "failed": 0}
+    assert status["files"] == {
+        "waiting": 0,
+        "pending": 1,
+        "leased": 2,
+        "done": 0,
+        "failed": 0,
+        "missing": 0,
+    }

@@ -168,4 +168,5 @@ def test_counts_follow_every_move() -> None:
         FileState.LEASED: 1,
         FileState.DONE: 2,
         FileState.FAILED: 0,
+        FileState.MISSING: 0,
     }

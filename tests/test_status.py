@@ -53,16 +53,25 @@ async def test_status_pictures_bytes_rates_engines_and_problems(run: Run) -> Non
         done = await assign(client, "gpu1", 3)
         failed = await assign(client, "gpu2", 2)
         leased = await assign(client, "gpu3", 2)
+        run.basecall(done["job_output_dir"], done["batch"])
         await complete(client, done["jobid"], "DONE")
         await complete(client, failed["jobid"], "FAILED")
         status = (await client.get("/status")).json()
-    assert status["files"] == {"waiting": 0, "pending": 1, "leased": 2, "done": 3, "failed": 2}
+    assert status["files"] == {
+        "waiting": 0,
+        "pending": 1,
+        "leased": 2,
+        "done": 3,
+        "failed": 2,
+        "missing": 0,
+    }
     assert status["bytes"] == {
         "waiting": 0,
         "pending": sizes(run, names[7:]),
         "leased": sizes(run, leased["batch"]),
         "done": sizes(run, done["batch"]),
         "failed": sizes(run, failed["batch"]),
+        "missing": 0,
     }
     # The files were written just now: all eight arrived within the last minute.
     short = status["rates"]["last_5_minutes"]
@@ -99,9 +108,11 @@ async def test_the_run_finishes_then_completes(run: Run, caplog: pytest.LogCaptu
         assert status["final_summary"] == str(summary)
         beat = (await client.get("/heartbeat")).json()
         assert beat["phase"] == "finished, basecalling" and beat["status"] == "false"
+        run.basecall(job["job_output_dir"], job["batch"])
         await complete(client, job["jobid"], "DONE")
         assert (await client.get("/status")).json()["phase"] == "finished, basecalling"
         last = await assign(client, "gpu1", 5)
+        run.basecall(last["job_output_dir"], last["batch"])
         await complete(client, last["jobid"], "DONE")
         assert (await client.get("/status")).json()["phase"] == "complete"
         assert (await client.get("/heartbeat")).json()["phase"] == "complete"
@@ -122,6 +133,7 @@ async def test_final_summary_dir_setting_and_a_restart_on_a_finished_run(
     (run.input_dir.parent / "final_summary_ignored.txt").write_text("")
     async with serving(Manager(settings)) as client:
         job = await assign(client, "gpu1", 2)
+        run.basecall(job["job_output_dir"], job["batch"])
         await complete(client, job["jobid"], "DONE")
         await asyncio.sleep(0.3)
         assert (await client.get("/status")).json()["phase"] == "sequencing"
@@ -140,6 +152,7 @@ async def test_a_restart_sizes_the_files_it_recovers(run: Run) -> None:
         done = await assign(client, "gpu1", 2)
         failed = await assign(client, "gpu2", 1)
         leased = await assign(client, "gpu3", 2)
+        run.basecall(done["job_output_dir"], done["batch"])
         await complete(client, done["jobid"], "DONE")
         await complete(client, failed["jobid"], "FAILED")
         before = (await client.get("/status")).json()
@@ -162,7 +175,10 @@ def status_cost(run: Run, size: int) -> int:
     for index in range(size):
         manager.state.restore(f"done_{index}.pod5", FileState.DONE)
         manager.state.observe(f"raw_{index}.pod5", complete=True)
+    for index in range(20):  # the files leased are looked at: those must be there
+        (run.input_dir / f"raw_{index}.pod5").touch()
     finished = manager.assign("gpu1", 10)
+    run.basecall(finished.job_output_dir, finished.batch)
     manager.complete(finished.jobid, JobState.DONE)
     manager.assign("gpu2", 10)
     manager.status()  # first-call costs (imports, caches) are not the run's size

@@ -37,6 +37,7 @@ async def test_render_shows_progress_counts_rates_and_engines(run: Run) -> None:
             batch = (
                 await client.get("/assignwork", params={"engineid": engine, "batchsize": 2})
             ).json()
+            run.basecall(batch["job_output_dir"], batch["batch"])
             if state:
                 await client.get(
                     "/completed", params={"job_id": batch["jobid"], "job_state": state}
@@ -48,7 +49,7 @@ async def test_render_shows_progress_counts_rates_and_engines(run: Run) -> None:
     assert "2 of 8 files basecalled" in text and "25.0%" in text
     assert re.search(r"│ pending\s+│\s+2 │", text) and re.search(r"│ failed\s+│\s+2 │", text)
     assert re.search(r"│ gpu1\s+│ idle\s+│\s+1 │\s+2 │", text)
-    assert "sequencing" in text and "Failed and expired jobs" in text
+    assert "sequencing" in text and "Failed, expired and empty jobs" in text
     assert human_bytes(999) == "999 B" and human_bytes(1_234_567) == "1.2 MB"
     assert human_duration(45) == "45 s" and human_duration(3 * 3600 + 300) == "3 h 05 min"
 
@@ -59,6 +60,7 @@ def test_status_once_against_a_server(
     run.add_many(5)
     server = start_server()
     batch = server.get("/assignwork", engineid="gpu9", batchsize=3).json()
+    run.basecall(batch["job_output_dir"], batch["batch"])
     server.get("/completed", job_id=batch["jobid"], job_state="DONE")
     shown = subprocess.run(
         status_command("--url", server.url),
@@ -94,6 +96,7 @@ def test_status_watch_refreshes_in_place(
     try:
         wait_for(screen, "0 of 4 files basecalled")
         batch = server.get("/assignwork", engineid="gpu2", batchsize=4).json()
+        server.run.basecall(batch["job_output_dir"], batch["batch"])
         server.get("/completed", job_id=batch["jobid"], job_state="DONE")
         wait_for(screen, "4 of 4 files basecalled")
     finally:

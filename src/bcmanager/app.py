@@ -209,7 +209,7 @@ def create_app(
         openapi_extra=TOKEN_OPTIONAL,
     )
     async def completed(job_id: JobId, job_state: CompletionState) -> CompletedReply:
-        manager.complete(job_id, JobState(job_state.value))
+        await manager.complete_async(job_id, JobState(job_state.value))
         return CompletedReply(ok=True)
 
     @app.get(
@@ -222,13 +222,14 @@ def create_app(
     )
     async def heartbeat() -> HeartbeatReply | JSONResponse:
         idle = manager.inactivity()
+        fatal = manager.problems()
         reply = HeartbeatReply(
             status="true" if idle >= settings.shutdown_interval else "false",
             inactivity_interval=round(idle, 3),
-            problems=manager.problems(),
+            problems=fatal + manager.job_problems(),
             phase=manager.phase(),
         )
-        if reply.problems:
+        if fatal:
             return JSONResponse(reply.model_dump(), status_code=503)
         return reply
 

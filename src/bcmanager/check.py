@@ -5,16 +5,17 @@ as their oracle after crashes and faults. It reads only; it changes nothing.
 
 Every finding is one line naming a path, with one of three kinds:
 
-- BROKEN: an invariant does not hold (a raw file in two states, a link to nothing, FASTQ of one
-  raw file from two jobs, a folder bcmanager did not make). A restart does not mend it: an
-  operator must look.
+- BROKEN: an invariant does not hold (a raw file in two states, a link to something that is no
+  raw file, FASTQ of one raw file from two jobs, a folder bcmanager did not make). A restart
+  does not mend it: an operator must look.
 - REPAIR: a change that a crash or a disk fault interrupted (a ``.bcm-tmp-`` folder, a DONE_ job
   whose output was never moved into pass/ and fail/, an output folder no job claims). The next
   start of bcmanager finishes it; a running manager also finishes unfinished commits of its own
   at its next rescan. Until then the run's output is not complete, so it counts as a problem.
-- NOTE: what bcmanager ignores by design (a raw file that is a symlink, not a regular file) or a
-  reason to distrust the answer (a manager is running and may change the folders while they are
-  read). Notes do not fail the check.
+- NOTE: what bcmanager ignores by design (a raw file that is a symlink, not a regular file), what
+  an operator did that bcmanager copes with (a raw file moved or deleted after a job recorded
+  it), or a reason to distrust the answer (a manager is running and may change the folders while
+  they are read). Notes do not fail the check.
 
 Exit 0 when no BROKEN or REPAIR line was printed, 1 otherwise, 2 when a folder is unreadable.
 """
@@ -91,7 +92,13 @@ class Report:
 
     def lines(self) -> list[str]:
         """The problems, one per line, then the summary."""
-        files = ", ".join(f"{count} {state.value}" for state, count in self.files.items())
+        # A raw file that went missing before any job recorded it leaves no trace on disk: only
+        # a running manager counts those (/status), so check does not show the state.
+        files = ", ".join(
+            f"{count} {state.value}"
+            for state, count in self.files.items()
+            if state is not FileState.MISSING
+        )
         folders = ", ".join(
             f"{self.job_folders[kind]} {kind.value}"
             for kind in FolderKind
@@ -196,11 +203,20 @@ def _inspect_links(
                 report.add(Severity.BROKEN, path / entry, "not a symlink")
             elif target != os.path.join(os.pardir, entry):
                 report.add(Severity.BROKEN, path / entry, f"points to {target}, not ../{entry}")
+            elif entry not in raw and not os.path.lexists(report.paths.input_dir / entry):
+                report.add(
+                    Severity.NOTE,
+                    path / entry,
+                    f"missing: {report.paths.input_dir / entry} was moved or deleted after "
+                    f"{name} recorded it",
+                )
+                report.files[FILE_STATE_OF[folder.kind]] += 1
             elif entry not in raw:
                 report.add(
                     Severity.BROKEN,
                     path / entry,
-                    f"symlink to nothing: {report.paths.input_dir / entry} is not a raw file",
+                    f"symlink to something else: {report.paths.input_dir / entry} is not a raw "
+                    "file",
                 )
             else:
                 holders[entry].append(folder)

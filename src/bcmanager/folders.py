@@ -1,22 +1,34 @@
 """Writing the run's folders: each change of a job's state on disk, with one commit point.
 
-Every multi-step change is built so that one atomic rename commits it (DESIGN.md, invariant 5):
+Every multi-step change is built so that one atomic rename commits it, and that rename's folder
+is fsynced before the change is reported done, so an answer an engine got survives power loss:
 
 - assign:   build ``.bcm-tmp-ASSIGNED_x`` with the symlinks and create ``TMPOUTPUT_x``, then rename
             the temp folder to ``ASSIGNED_x``. Before the rename nothing is leased.
-- done:     rename ``ASSIGNED_x`` to ``DONE_x`` (the commit), then move the FASTQ into pass/ and
-            fail/ and rename ``TMPOUTPUT_x`` to ``LOGOUTPUT_x``. Start-up rolls the rest forward.
+- done:     look for reads files in ``TMPOUTPUT_x`` first: with none for a non-empty batch, the
+            job ends EMPTY (as a release that keeps the output as ``EMPTYOUTPUT_x``). Otherwise
+            rename ``ASSIGNED_x`` to ``DONE_x`` (the commit), then move the reads files into
+            pass/ and fail/ and rename ``TMPOUTPUT_x`` to ``LOGOUTPUT_x``. Start-up rolls the rest
+            forward.
 - failed:   rename ``ASSIGNED_x`` to ``FAILED_x``, then ``TMPOUTPUT_x`` to ``FAILEDOUTPUT_x``.
-- stopped and expired: rename ``ASSIGNED_x`` to a temp name (the commit: its files are no longer
-            leased), then discard (stopped) or keep aside as ``EXPIREDOUTPUT_x`` (expired) the
-            output, and remove the temp folder.
+- stopped, expired and empty: rename ``ASSIGNED_x`` to a temp name (the commit: its files are no
+            longer leased), then discard (stopped) or keep aside as ``EXPIREDOUTPUT_x`` or
+            ``EMPTYOUTPUT_x`` the output, and remove the temp folder.
+
+Engines are not trusted. The merge walks the job's own output folder without following a
+symlink, moves only regular files named like reads (``paths.merge_target``) and never replaces a
+file: a name taken in pass/ or fail/ leaves the newcomer with the logs, reported. A folder set
+aside where its name is taken goes under a fresh name (``paths.aside_name``). Nothing an engine
+does can make a raw file or a job folder leave INPUT_DIR. pass/ and fail/ may live on another
+filesystem: a move across devices copies, fsyncs, renames into place, then removes the source.
 
 What follows a commit point (the "tail") may fail too, on a full or failing disk: the change
 stands, the failed tail is remembered and ``finish_tails`` retries it (the manager calls it at
 each rescan). Start-up (``recover``) removes temp folders, rolls committed changes forward, and
 sets aside output folders that no job folder claims, so a tail is finished even if the manager
-died before it retried. Every call that touches the disk goes through ``DiskOps``, so tests can
-inject ENOSPC or EIO at any single step.
+died before it retried. Recovery handles each job on its own: what goes wrong with one job is
+recorded in ``problems`` and the rest of the run is served. Every call that touches the disk
+goes through ``DiskOps``, so tests can inject ENOSPC, EIO or a power cut at any single step.
 """
 
 from __future__ import annotations
@@ -25,20 +37,23 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from itertools import chain
+from itertools import chain, count
 from pathlib import Path
 
 from bcmanager import scan
 from bcmanager.paths import (
-    FAIL,
-    PASS,
+    TEMP_PREFIX,
     FolderKind,
     JobFolderName,
     RunPaths,
+    aside_name,
     final_fastq_name,
+    is_reads_name,
     job_folder,
+    merge_target,
     raw_names_among,
     temp_name,
 )
@@ -67,6 +82,19 @@ class DiskOps:
     def rmtree(self, path: Path) -> None:
         shutil.rmtree(path)
 
+    def copy(self, source: Path, destination: Path) -> None:
+        """A new file ``destination`` with the bytes of the regular file ``source``."""
+        with open(source, "rb") as reader, open(destination, "xb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+
+    def fsync(self, path: Path) -> None:
+        """Make a file's bytes, or a folder's entries, durable."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
 
 def _rename_new(ops: DiskOps, source: Path, destination: Path) -> None:
     """Rename, refusing to replace what is there: an existing target means a fact we must keep."""
@@ -75,13 +103,87 @@ def _rename_new(ops: DiskOps, source: Path, destination: Path) -> None:
     ops.rename(source, destination)
 
 
+def _rename_aside(ops: DiskOps, source: Path, wanted: Path) -> Path:
+    """Rename to ``wanted``, or to the first free ``aside_name`` of it: nothing is replaced and
+    nothing deleted, however often an engine recreates a folder. Returns where it went."""
+    target = wanted
+    for attempt in count(1):
+        if not os.path.lexists(target):
+            break
+        target = wanted.with_name(aside_name(wanted.name, attempt))
+    ops.rename(source, target)
+    return target
+
+
+def _is_real_folder(path: Path) -> bool:
+    """A folder, and not a symlink to one: what an engine made a symlink is never entered."""
+    try:
+        return os.lstat(path).st_mode & 0o170000 == 0o040000
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One file of a job's output and its final place in pass/ or fail/."""
+
+    source: Path
+    target: Path
+
+
+@dataclass(slots=True)
+class OutputPlan:
+    """What the merge of one output folder moves, and what it leaves with the logs."""
+
+    moves: list[Move] = field(default_factory=list)
+    reads: int = 0  # reads files among the moves (index files travel with them)
+    refused: list[str] = field(default_factory=list)  # entries never entered or moved
+
+
+def plan_output(output: Path, jobid: str, paths: RunPaths) -> OutputPlan:
+    """Walk a job's output folder without following a symlink: regular files named like reads
+    go to ``<pass|fail>/[<barcode>/]job_id_<jobid>_<name>``; symlinks and special files are
+    refused (left with the logs, reported); other files are logs."""
+    plan = OutputPlan()
+    if not _is_real_folder(output):
+        if os.path.lexists(output):
+            plan.refused.append(f"{output.name} is not a real folder")
+        return plan
+    stack: list[tuple[Path, tuple[str, ...]]] = [(output, ())]
+    while stack:
+        folder, parts = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                inner = (*parts, entry.name)
+                if entry.is_symlink():
+                    plan.refused.append(f"{'/'.join(inner)} is a symlink")
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append((Path(entry.path), inner))
+                elif not entry.is_file(follow_symlinks=False):
+                    plan.refused.append(f"{'/'.join(inner)} is not a regular file")
+                elif (where := merge_target(inner)) is not None:
+                    verdict, barcode = where
+                    target = paths.output_dir / verdict
+                    if barcode is not None:
+                        target = target / barcode
+                    name = final_fastq_name(jobid, entry.name)
+                    plan.moves.append(Move(Path(entry.path), target / name))
+                    plan.reads += is_reads_name(entry.name)
+    return plan
+
+
 class Tail(str, Enum):
     """What is left to do after a commit point; the value says it in words for the logs."""
 
-    DONE = "move its FASTQ into pass/ and fail/"
+    DONE = "move its reads into pass/ and fail/"
     FAILED = "set its output aside"
     EXPIRED = "set its output aside and remove its retired lease"
+    EMPTY = "set its empty output aside and remove its retired lease"
     DISCARD = "remove its output and its retired or half-built lease"
+
+
+# Where a released job's output is kept, by the tail that releases it (DISCARD keeps nothing).
+KEPT_AS = {Tail.EXPIRED: FolderKind.EXPIREDOUTPUT, Tail.EMPTY: FolderKind.EMPTYOUTPUT}
 
 
 @dataclass(slots=True)
@@ -104,12 +206,20 @@ class Recovered:
 
 
 class RunFolders:
-    """The job folders of one run."""
+    """The job folders of one run.
+
+    ``unfinished`` and ``problems`` are written by the one job's change in flight (a worker
+    thread may carry it out) and read by the event loop: single dict operations, atomic in
+    CPython, and never two changes of the same job at once (the manager sees to that).
+    """
 
     def __init__(self, paths: RunPaths, ops: DiskOps | None = None) -> None:
         self.paths = paths
         self.ops = ops or DiskOps()
         self.unfinished: dict[str, tuple[str, Tail]] = {}  # jobid -> (engine, tail to retry)
+        # What went wrong with one job's folders and is not mended yet, by job id (or by name,
+        # for a leftover of no job): a tail that keeps failing, or what recovery could not do.
+        self.problems: dict[str, str] = {}
 
     def prepare(self) -> None:
         """Create OUTPUT_DIR and its pass/ and fail/ if missing."""
@@ -119,7 +229,7 @@ class RunFolders:
     # -- assign -----------------------------------------------------------------------------
 
     def build_job(self, jobid: str, engine: str, files: tuple[str, ...]) -> None:
-        """Lease ``files`` on disk; on any error nothing stays and the error is raised."""
+        """Lease ``files`` on disk, durably; on any error nothing stays and the error is raised."""
         final = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
         building = final.with_name(temp_name(final.name))
         output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
@@ -127,13 +237,21 @@ class RunFolders:
             self.ops.mkdir(building)
             for name in files:
                 self.ops.symlink(os.path.join(os.pardir, name), building / name)
+            self.ops.fsync(building)
             self.ops.mkdir(output)
+            self.ops.fsync(self.paths.output_dir)
             _rename_new(self.ops, building, final)
+            self.ops.fsync(self.paths.input_dir)
         except OSError:
             self._finish(jobid, engine, Tail.DISCARD)
             raise
 
     # -- end of a job -----------------------------------------------------------------------
+
+    def has_reads(self, jobid: str, engine: str) -> bool:
+        """Whether the job's output folder holds a reads file the merge would move."""
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+        return plan_output(output, jobid, self.paths).reads > 0
 
     def commit_done(self, jobid: str, engine: str) -> None:
         """Commit with the DONE_ rename (raises if that fails), then merge the output.
@@ -142,22 +260,23 @@ class RunFolders:
         either way.
         """
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
-        _rename_new(
-            self.ops, assigned, assigned.with_name(job_folder(FolderKind.DONE, jobid, engine))
-        )
+        self._commit(assigned, assigned.with_name(job_folder(FolderKind.DONE, jobid, engine)))
         self._finish(jobid, engine, Tail.DONE)
 
     def commit_failed(self, jobid: str, engine: str) -> None:
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
-        failed = assigned.with_name(job_folder(FolderKind.FAILED, jobid, engine))
-        _rename_new(self.ops, assigned, failed)
+        self._commit(assigned, assigned.with_name(job_folder(FolderKind.FAILED, jobid, engine)))
         self._finish(jobid, engine, Tail.FAILED)
 
-    def commit_release(self, jobid: str, engine: str, *, keep_output: bool) -> None:
-        """Take the lease back (STOPPED, or EXPIRED with ``keep_output``)."""
+    def commit_release(self, jobid: str, engine: str, tail: Tail) -> None:
+        """Take the lease back: STOPPED (``Tail.DISCARD``), EXPIRED or EMPTY (output kept)."""
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
-        _rename_new(self.ops, assigned, assigned.with_name(temp_name(assigned.name)))
-        self._finish(jobid, engine, Tail.EXPIRED if keep_output else Tail.DISCARD)
+        self._commit(assigned, assigned.with_name(temp_name(assigned.name)))
+        self._finish(jobid, engine, tail)
+
+    def _commit(self, source: Path, destination: Path) -> None:
+        _rename_new(self.ops, source, destination)
+        self.ops.fsync(self.paths.input_dir)
 
     def finish_tails(self) -> list[str]:
         """Retry the tails that failed; one line per job finished now."""
@@ -178,6 +297,9 @@ class RunFolders:
             self._run_tail(jobid, engine, tail)
         except OSError as error:
             self.unfinished[jobid] = (engine, tail)
+            self.problems[jobid] = (
+                f"job {jobid} could not {tail.value} ({error}); retried at each rescan"
+            )
             log.error(
                 "job %s: could not %s (%s); retried at the next rescan or start-up",
                 jobid,
@@ -189,84 +311,122 @@ class RunFolders:
         """Each step checks what is there first, so a tail can be run again after a failure."""
         if tail is Tail.DONE:
             self.roll_forward(jobid, engine, FolderKind.DONE)
-            return
-        if tail is Tail.FAILED:
+        elif tail is Tail.FAILED:
             self.roll_forward(jobid, engine, FolderKind.FAILED)
-            return
-        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
-        if tail is Tail.EXPIRED:
-            self._set_aside(output, jobid, engine)
-        elif output.exists():
-            self.ops.rmtree(output)
-        retired = self.paths.input_dir / temp_name(job_folder(FolderKind.ASSIGNED, jobid, engine))
-        if os.path.lexists(retired):
-            self.ops.rmtree(retired)
-
-    def roll_forward(self, jobid: str, engine: str, kind: FolderKind) -> bool:
-        """Finish a committed DONE or FAILED: returns whether there was anything left to do."""
-        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
-        if not output.is_dir():
-            return False
-        if kind is FolderKind.DONE:
-            for sub, target_dir in ((PASS, self.paths.pass_dir), (FAIL, self.paths.fail_dir)):
-                source_dir = output / sub
-                if not source_dir.is_dir():
-                    continue
-                for name in scan.names_in(source_dir):
-                    if name.startswith("."):
-                        continue  # a basecaller's unfinished temp file: stays with the logs
-                    target = target_dir / final_fastq_name(jobid, name)
-                    _rename_new(self.ops, source_dir / name, target)
-            final = FolderKind.LOGOUTPUT
         else:
-            final = FolderKind.FAILEDOUTPUT
-        _rename_new(self.ops, output, self.paths.output_folder(final, jobid, engine))
-        return True
+            output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+            kept_as = KEPT_AS.get(tail)
+            if kept_as is not None:
+                self._set_aside(output, self.paths.output_folder(kept_as, jobid, engine))
+            elif _is_real_folder(output):
+                self.ops.rmtree(output)
+            elif os.path.lexists(output):
+                self.ops.unlink(output)
+            retired = self.paths.input_dir / temp_name(
+                job_folder(FolderKind.ASSIGNED, jobid, engine)
+            )
+            if os.path.lexists(retired):
+                self.ops.rmtree(retired)
+        self.problems.pop(jobid, None)
 
-    def _set_aside(self, output: Path, jobid: str, engine: str) -> None:
-        if output.is_dir():
-            aside = self.paths.output_folder(FolderKind.EXPIREDOUTPUT, jobid, engine)
-            _rename_new(self.ops, output, aside)
+    def roll_forward(self, jobid: str, engine: str, kind: FolderKind) -> list[str]:
+        """Finish a committed DONE or FAILED. Returns what it did and what it left, one line
+        each (empty when there was nothing left to do)."""
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+        if not os.path.lexists(output):
+            return []
+        notes = self._merge(output, jobid) if kind is FolderKind.DONE else []
+        final = FolderKind.LOGOUTPUT if kind is FolderKind.DONE else FolderKind.FAILEDOUTPUT
+        where = self._set_aside(output, self.paths.output_folder(final, jobid, engine))
+        return [*notes, f"moved {output.name} to {where.name}"]
+
+    def _merge(self, output: Path, jobid: str) -> list[str]:
+        """Move a done job's reads files into pass/ and fail/; returns what was left and why."""
+        plan = plan_output(output, jobid, self.paths)
+        notes = [f"left with the logs: {entry}" for entry in plan.refused]
+        touched: set[Path] = set()
+        for move in plan.moves:
+            if os.path.lexists(move.target):
+                notes.append(
+                    f"left with the logs: {move.source.relative_to(output)}, as "
+                    f"{move.target.relative_to(self.paths.output_dir)} exists already"
+                )
+                continue
+            if move.target.parent not in touched and not move.target.parent.is_dir():
+                self.ops.mkdir(move.target.parent)
+            self._move(move.source, move.target)
+            touched.add(move.target.parent)
+        for folder in touched:
+            self.ops.fsync(folder)
+        for note in notes:
+            log.warning("job %s: %s", jobid, note)
+        return notes
+
+    def _move(self, source: Path, target: Path) -> None:
+        """Rename a file into place; across filesystems copy it under a hidden name, make it
+        durable, rename it into place, then remove the source."""
+        try:
+            _rename_new(self.ops, source, target)
+            return
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+        copying = target.with_name(f"{TEMP_PREFIX}{target.name}")
+        if os.path.lexists(copying):
+            self.ops.unlink(copying)  # a copy a crash interrupted: the source is still there
+        self.ops.copy(source, copying)
+        self.ops.fsync(copying)
+        _rename_new(self.ops, copying, target)
+        self.ops.unlink(source)
+
+    def _set_aside(self, output: Path, wanted: Path) -> Path:
+        """Move an output folder (or whatever an engine left in its place) out of the way,
+        durably, under ``wanted`` or a fresh name beside it."""
+        if not os.path.lexists(output):
+            return wanted
+        where = _rename_aside(self.ops, output, wanted)
+        self.ops.fsync(self.paths.output_dir)
+        return where
 
     # -- start-up ---------------------------------------------------------------------------
 
     def recover(self) -> Recovered:
-        """Read the run back from disk, finishing what a crash interrupted."""
+        """Read the run back from disk, finishing what a crash interrupted. Raises OSError only
+        when INPUT_DIR or OUTPUT_DIR cannot be used at all; a job whose leftovers cannot be
+        handled is logged, kept in ``problems``, and the rest of the run goes on."""
         self.prepare()
         found = Recovered()
         listing = scan.list_input(self.paths.input_dir)
+        output_names = set(scan.names_in(self.paths.output_dir))
         found.raw = listing.raw
         for name in listing.temp:
-            self.ops.rmtree(self.paths.input_dir / name)
-            found.repaired.append(f"removed unfinished {name}")
+            self._recover_step(found, name, name, self._remove_temp, name)
         # Output folders are listed once, up front: a run holds one per job, and a stat of
         # each job's output folder would cost a start-up more than all of its listings.
         running = {
             (folder.jobid, folder.engine)
-            for folder in scan.job_folders(self.paths.output_dir, FolderKind.TMPOUTPUT)
+            for folder in scan.parse_job_folders(output_names, FolderKind.TMPOUTPUT)
         }
         claimed: set[tuple[str, str]] = set()
-        input_root = f"{self.paths.input_dir}{os.sep}"
         for folder in listing.job_folders:
-            name = job_folder(folder.kind, folder.jobid, folder.engine)
-            # Only links named like a raw file stand for one: nothing else is ever offered.
-            files = raw_names_among(scan.names_in(input_root + name))
             job = (folder.jobid, folder.engine)
             claimed.add(job)
-            if folder.kind is FolderKind.ASSIGNED:
-                if job not in running:
-                    output = self.paths.output_folder(FolderKind.TMPOUTPUT, *job)
-                    self.ops.mkdir(output)
-                    found.repaired.append(f"recreated {output.name}")
-                found.assigned.append((folder, scan.oldest_first(self.paths.input_dir, files)))
-            elif folder.kind in (FolderKind.DONE, FolderKind.FAILED):
-                if job in running and self.roll_forward(folder.jobid, folder.engine, folder.kind):
-                    found.repaired.append(f"finished the output of {name}")
-                found.ended.append((folder, files))
+            self._recover_step(
+                found,
+                folder.jobid,
+                folder.name,
+                self._recover_job,
+                found,
+                folder,
+                job in running,
+                output_names,
+            )
         for jobid, engine in sorted(running - claimed):
             output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
-            self._set_aside(output, jobid, engine)
-            found.repaired.append(f"set aside {output.name}: no job folder claims it")
+            wanted = self.paths.output_folder(FolderKind.EXPIREDOUTPUT, jobid, engine)
+            self._recover_step(
+                found, jobid, output.name, self._set_aside_unclaimed, found, output, wanted
+            )
         # Set operations, in C: most of a big run's FASTQ belongs to files that its DONE_
         # folders record already, and then no raw name needs looking up.
         with_fastq = scan.raw_names_with_fastq(self.paths.output_dir)
@@ -274,3 +434,63 @@ class RunFolders:
         if with_fastq:
             found.done_by_fastq = list(with_fastq.intersection(listing.raw))
         return found
+
+    def _recover_step(
+        self,
+        found: Recovered,
+        key: str,
+        name: str,
+        step: Callable[..., None],
+        *args: object,
+    ) -> None:
+        """Run one job's part of recovery; an OSError is that job's problem, not the run's."""
+        try:
+            step(*args)
+        except OSError as error:
+            message = f"could not recover {name} ({error}); the rest of the run goes on"
+            self.problems[key] = message
+            found.repaired.append(message)
+            log.error("recovery: %s", message)
+
+    def _remove_temp(self, name: str) -> None:
+        path = self.paths.input_dir / name
+        if _is_real_folder(path):
+            self.ops.rmtree(path)
+        else:
+            self.ops.unlink(path)
+
+    def _recover_job(
+        self, found: Recovered, folder: JobFolderName, running: bool, output_names: set[str]
+    ) -> None:
+        name = folder.name
+        # Only links named like a raw file stand for one: nothing else is ever offered.
+        files = raw_names_among(scan.names_in(self.paths.input_dir / name))
+        jobid, engine = folder.jobid, folder.engine
+        if folder.kind is FolderKind.ASSIGNED:
+            found.assigned.append((folder, scan.oldest_first(self.paths.input_dir, files)))
+            if not running:
+                output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+                self.ops.mkdir(output)
+                found.repaired.append(f"recreated {output.name}")
+            return
+        found.ended.append((folder, files))
+        if not running:
+            return
+        final = FolderKind.LOGOUTPUT if folder.kind is FolderKind.DONE else FolderKind.FAILEDOUTPUT
+        if job_folder(final, jobid, engine) in output_names:
+            # The tail's last step was done: this output was written after the job ended.
+            output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+            where = self._set_aside(output, self.paths.output_folder(final, jobid, engine))
+            found.repaired.append(f"set aside {output.name} as {where.name}: written after {name}")
+            return
+        try:
+            lines = self.roll_forward(jobid, engine, folder.kind)
+        except OSError:
+            tail = Tail.DONE if folder.kind is FolderKind.DONE else Tail.FAILED
+            self.unfinished[jobid] = (engine, tail)
+            raise
+        found.repaired.extend(f"{name}: {line}" for line in lines)
+
+    def _set_aside_unclaimed(self, found: Recovered, output: Path, wanted: Path) -> None:
+        where = self._set_aside(output, wanted)
+        found.repaired.append(f"set aside {output.name} as {where.name}: no job folder claims it")

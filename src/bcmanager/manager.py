@@ -1,9 +1,13 @@
 """The manager: the state machine of ``state.py`` wired to the disk, the clock and the watcher.
 
-Each protocol call runs on the event loop from start to end without awaiting: it asks the state
-machine what to do, carries it out on disk (O(batch) filesystem calls, committed by one rename),
-and only then records it in the state machine. So no two calls interleave, and a failure on disk
-leaves memory as it was. Start-up reads the run back before the server listens, on the event
+Each protocol call asks the state machine what to do, carries it out on disk (committed by one
+rename), and only then records it in the state machine, so a failure on disk leaves memory as
+it was. An assignment costs O(batch) filesystem calls and runs on the event loop from start to
+end. The end of a job costs O(its output), which an engine decides: that part runs in a worker
+thread while the loop serves other calls, and the job is marked busy meanwhile, so that no other
+change of the same job (a repeated report, the reaper) interleaves with it; they wait for it.
+
+Start-up reads the run back before the server listens, on the event
 loop: there is nothing to serve yet, and a worker thread would only add a hop. Everything that
 is O(files in the run) after that, the rest of the first scan and the rescans, runs in worker
 threads, so that requests are answered meanwhile.
@@ -24,10 +28,10 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bcmanager import scan
-from bcmanager.folders import Recovered, RunFolders
+from bcmanager.folders import Recovered, RunFolders, Tail
 from bcmanager.logs import log_event
 from bcmanager.models import BCBatch, FileBytes, FileCounts, LeasedJob, RunPhase, RunStatus
 from bcmanager.paths import FolderKind, RunPaths, job_folder
@@ -43,6 +47,8 @@ from bcmanager.state import (
     UnknownJob,
 )
 from bcmanager.watcher import watch_raw_files
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,8 @@ class Manager:
         self.ready = False
         self._complete_announced = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Jobs whose end is being carried out in a worker thread, and when that is over.
+        self._busy: dict[str, asyncio.Event] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -130,7 +138,7 @@ class Manager:
         self.progress.contact(engine, now)
         size = batch_size if batch_size > 0 else self.settings.default_batch_size
         size = min(size, self.settings.max_batch_size)
-        job = self.state.lease(str(uuid.uuid4().int), engine, size, now)
+        job = self._lease_present(engine, size, now)
         if job is None:
             return self._batch(engine, "-1", (), "", "")
         try:
@@ -148,6 +156,19 @@ class Manager:
             job_folder(FolderKind.TMPOUTPUT, job.jobid, engine),
         )
 
+    def _lease_present(self, engine: str, size: int, now: float) -> Job | None:
+        """Lease a batch of files that are still there: one that an operator moved or deleted
+        since it was seen is dropped as missing, never leased as a link to nothing."""
+        while True:
+            job = self.state.lease(str(uuid.uuid4().int), engine, size, now)
+            if job is None:
+                return None
+            gone = scan.absent(self.paths.input_dir, job.files)
+            if not gone:
+                return job
+            self.state.abandon(job.jobid)
+            self._vanished(gone)
+
     def keepalive(self, jobid: str, reported: JobState) -> bool:
         self._touch()
         now = self.clock()
@@ -163,28 +184,65 @@ class Manager:
         return late
 
     def complete(self, jobid: str, outcome: JobState) -> None:
-        """Record a job's end; raises StateError (nothing changes) or OSError (nothing changes,
-        the engine may retry)."""
+        """Record a job's end, all on the calling thread (tests, and tools without a loop);
+        raises StateError (nothing changes) or OSError (nothing changes, the engine may retry)."""
+        job = self._completion(jobid, outcome)
+        if job is not None:
+            self._ended(job, self._carry_out(job, outcome))
+
+    async def complete_async(self, jobid: str, outcome: JobState) -> None:
+        """``complete`` for the server: the disk work runs in a worker thread."""
+        await self._settled(jobid)
+        job = self._completion(jobid, outcome)
+        if job is not None:
+            self._ended(job, await self._off_loop(jobid, self._carry_out, job, outcome))
+
+    def _completion(self, jobid: str, outcome: JobState) -> Job | None:
+        """The job to end now, or None for a repeated report (answered ok, nothing changes)."""
         self._touch()
         now = self.clock()
-        if self.state.check_completion(jobid, outcome, now) is Completion.REPEAT:
-            self.progress.contact(self.state.job(jobid).engine, now)
-            return
         job = self.state.job(jobid)
-        if outcome is JobState.DONE:
-            self.folders.commit_done(jobid, job.engine)
-        elif outcome is JobState.FAILED:
-            self.folders.commit_failed(jobid, job.engine)
-        else:
-            self.folders.commit_release(jobid, job.engine, keep_output=False)
-        self.state.finish(jobid, outcome)
         self.progress.contact(job.engine, now)
-        self._ended(job, outcome, now)
+        if self.state.check_completion(jobid, outcome, now) is Completion.REPEAT:
+            return None
+        return job
+
+    def _carry_out(self, job: Job, outcome: JobState) -> JobState:
+        """The disk part of an engine's report, safe in a worker thread: it touches only this
+        job's folders. Returns how the job ended: a DONE with no reads for a non-empty batch
+        ends EMPTY, its files pending again."""
+        if outcome is JobState.DONE:
+            if job.files and not self.folders.has_reads(job.jobid, job.engine):
+                self.folders.commit_release(job.jobid, job.engine, Tail.EMPTY)
+                return JobState.EMPTY
+            self.folders.commit_done(job.jobid, job.engine)
+        elif outcome is JobState.FAILED:
+            self.folders.commit_failed(job.jobid, job.engine)
+        else:
+            self.folders.commit_release(job.jobid, job.engine, Tail.DISCARD)
+        return outcome
+
+    async def _settled(self, jobid: str) -> None:
+        """Wait until no change of ``jobid`` is in flight."""
+        while (busy := self._busy.get(jobid)) is not None:
+            await busy.wait()
+
+    async def _off_loop(self, jobid: str, work: Callable[..., T], *args: Any) -> T:
+        """Run a change of one job in a worker thread, the job marked busy meanwhile."""
+        busy = self._busy[jobid] = asyncio.Event()
+        try:
+            return await asyncio.to_thread(work, *args)
+        finally:
+            del self._busy[jobid]
+            busy.set()
 
     def _touch(self) -> None:
         self.last_activity = self.clock()
 
-    def _ended(self, job: Job, outcome: JobState, now: float) -> None:
+    def _ended(self, job: Job, outcome: JobState) -> None:
+        """The job's end is on disk: record it, and tell progress and the log."""
+        now = self.clock()
+        self.state.finish(job.jobid, outcome)
         self.progress.job_ended(job, outcome, now)
         self._event(_ENDINGS[outcome], job)
         self._announce_complete()
@@ -218,6 +276,11 @@ class Manager:
 
     def inactivity(self) -> float:
         return self.clock() - self.last_activity
+
+    def job_problems(self) -> list[str]:
+        """Jobs whose folders the manager could not put right (a tail that keeps failing, or
+        leftovers recovery could not handle): the rest of the run goes on meanwhile."""
+        return sorted(self.folders.problems.values())
 
     def problems(self) -> list[str]:
         """Why the manager cannot do its job now; empty when healthy."""
@@ -253,6 +316,7 @@ class Manager:
             history=self.progress.history(now),
             engines=self.progress.engines(now),
             recent_problems=self.progress.recent_problems(now),
+            job_problems=self.job_problems(),
             jobs=[
                 LeasedJob(
                     jobid=job.jobid,
@@ -300,7 +364,7 @@ class Manager:
         now, wall = self.clock(), time.time()
         for name, probe in found:
             before = self.state.file_state(name)
-            if before not in (None, FileState.WAITING):
+            if before not in (None, FileState.WAITING, FileState.MISSING):
                 continue
             after = self.state.observe(name, probe.complete) or FileState.WAITING
             written = now - max(0.0, wall - probe.mtime)
@@ -334,16 +398,35 @@ class Manager:
         return scan.oldest_first(self.paths.input_dir, self.state.unknown(names))
 
     async def _rescan(self) -> None:
-        """Find raw files that no event announced, and waiting files that completed."""
+        """Find raw files that no event announced, waiting files that completed, and waiting
+        or pending files that are gone."""
         names = await asyncio.to_thread(scan.raw_names, self.paths.input_dir)
         await self._probe_in_chunks(await asyncio.to_thread(self._unknown_oldest_first, names))
+        self._vanished(await asyncio.to_thread(self._unplaced_not_in, names))
         await self._probe_in_chunks(self.state.waiting())
         await self._look_for_final_summary()
+
+    def _unplaced_not_in(self, names: list[str]) -> list[str]:
+        """Waiting and pending files that a listing of INPUT_DIR did not show (in a worker
+        thread: the copies of the queue and the waiting set are made in C)."""
+        listed = set(names)
+        return [
+            name for name in chain(self.state.pending(), self.state.waiting()) if name not in listed
+        ]
+
+    def _vanished(self, names: Iterable[str]) -> None:
+        """Files an event, a listing or a lease found gone: checked once more, then MISSING."""
+        gone = scan.absent(self.paths.input_dir, names)
+        for name in gone:
+            before = self.state.file_state(name)
+            if before is not None and self.state.vanish(name):
+                self.progress.file_vanished(name, before)
+                self._log("missing", logging.WARNING, file=name)
 
     async def _rescan_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.rescan_interval)
-            for line in self.folders.finish_tails():
+            for line in await asyncio.to_thread(self.folders.finish_tails):
                 log.info("finished after a disk fault: %s", line)
             await self._rescan_or_log()
 
@@ -356,10 +439,12 @@ class Manager:
             log.error("rescan of %s failed: %s", self.paths.input_dir, error)
 
     async def _watch(self) -> None:
-        async def changed(names: list[str]) -> None:
-            fresh = [n for n in names if self.state.file_state(n) in (None, FileState.WAITING)]
+        async def changed(names: list[str], deleted: list[str]) -> None:
+            unplaced = (None, FileState.WAITING, FileState.MISSING)
+            fresh = [n for n in names if self.state.file_state(n) in unplaced]
             if fresh:
                 self._observe(await asyncio.to_thread(scan.probe_many, self.paths.input_dir, fresh))
+            self._vanished(deleted)
 
         await watch_raw_files(self.paths.input_dir, changed)
 
@@ -367,20 +452,32 @@ class Manager:
         tick = min(1.0, self.settings.report_back_period / 4)
         while True:
             await asyncio.sleep(tick)
-            self.reap()
+            for job in self._due():
+                if job.jobid in self._busy or not job.live:
+                    continue  # its engine's report got there while an earlier job was taken
+                if await self._off_loop(job.jobid, self._take_back, job):
+                    self._ended(job, JobState.EXPIRED)
 
     def reap(self) -> None:
-        """Take back every job whose lease ran out."""
-        for job in self.state.due(self.clock()):
-            try:
-                self.folders.commit_release(job.jobid, job.engine, keep_output=True)
-            except FileNotFoundError:
-                log.warning("job %s: its ASSIGNED_ folder was gone already", job.jobid)
-            except OSError as error:
-                log.error("job %s: could not take its lease back (%s); retrying", job.jobid, error)
-                continue
-            self.state.finish(job.jobid, JobState.EXPIRED)
-            self._ended(job, JobState.EXPIRED, self.clock())
+        """Take back every job whose lease ran out, all on the calling thread."""
+        for job in self._due():
+            if self._take_back(job):
+                self._ended(job, JobState.EXPIRED)
+
+    def _due(self) -> list[Job]:
+        """Jobs whose lease ran out, but for those whose end is being carried out."""
+        return [job for job in self.state.due(self.clock()) if job.jobid not in self._busy]
+
+    def _take_back(self, job: Job) -> bool:
+        """The disk part of an expiry; returns whether it is done (else the reaper retries)."""
+        try:
+            self.folders.commit_release(job.jobid, job.engine, Tail.EXPIRED)
+        except FileNotFoundError:
+            log.warning("job %s: its ASSIGNED_ folder was gone already", job.jobid)
+        except OSError as error:
+            log.error("job %s: could not take its lease back (%s); retrying", job.jobid, error)
+            return False
+        return True
 
 
 @contextlib.contextmanager
@@ -405,4 +502,5 @@ _ENDINGS = {
     JobState.FAILED: "failed",
     JobState.STOPPED: "released",
     JobState.EXPIRED: "expired",
+    JobState.EMPTY: "empty",
 }

@@ -79,7 +79,9 @@ class HeartbeatReply(BaseModel):
     )
     inactivity_interval: float = Field(description="Seconds since the last engine call.")
     problems: list[str] = Field(
-        default_factory=list, description="Why the manager cannot work (with a 503 reply)."
+        default_factory=list,
+        description="Why the manager cannot work (with a 503 reply), then jobs whose folders it "
+        "could not put right yet (with a 200 reply: the rest of the run goes on).",
     )
     phase: RunPhase = Field(
         description='"complete" once sequencing finished and everything is basecalled: a '
@@ -99,6 +101,9 @@ class FileCounts(BaseModel):
     leased: int = Field(description="In the batch of a live job.")
     done: int = Field(description="FASTQ final.")
     failed: int = Field(description="Set aside after a failed job.")
+    missing: int = Field(
+        0, description="Gone from INPUT_DIR before an engine got them (moved or deleted)."
+    )
 
 
 class FileBytes(BaseModel):
@@ -110,6 +115,7 @@ class FileBytes(BaseModel):
     leased: int = Field(description="Bytes in the batches of live jobs.")
     done: int = Field(description="Bytes basecalled.")
     failed: int = Field(description="Bytes set aside after failed jobs.")
+    missing: int = Field(0, description="Always 0: a missing file's bytes are not there.")
 
 
 class LeasedJob(BaseModel):
@@ -196,11 +202,13 @@ class EngineStatus(BaseModel):
 
 
 class ProblemJob(BaseModel):
-    """A job that failed or lost its lease."""
+    """A job that failed, lost its lease, or reported DONE with no reads file (EMPTY: its files
+    went back to pending)."""
 
     jobid: str
     engine: str
-    outcome: Literal["FAILED", "EXPIRED"]
+    outcome: Literal["FAILED", "EXPIRED", "EMPTY"]
+    reason: str = Field(description="Why, in words.")
     files: int
     seconds_ago: float | None = Field(description="Null: a FAILED_ folder found at start-up.")
 
@@ -224,7 +232,12 @@ class RunStatus(BaseModel):
     engines: list[EngineStatus] = Field(description="Every engine seen since the start, by name.")
     jobs: list[LeasedJob] = Field(description="Jobs holding a lease now.")
     recent_problems: list[ProblemJob] = Field(
-        description="The last failed or expired jobs, newest first (at most 20)."
+        description="The last failed, expired or empty jobs, newest first (at most 20)."
+    )
+    job_problems: list[str] = Field(
+        default_factory=list,
+        description="Jobs whose folders the manager could not put right yet (a change the "
+        "disk keeps refusing, leftovers start-up could not handle); the rest of the run goes on.",
     )
 
 

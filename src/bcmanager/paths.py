@@ -25,6 +25,14 @@ FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"
 LOCK_NAME = ".bcmanager.lock"
 FASTQ_SUFFIXES = (".fastq", ".fastq.gz", ".fq", ".fq.gz")
+# What a basecaller's output folder may hold that is merged into pass/ and fail/: reads files,
+# and the index files that travel with them. Everything else stays with the job's logs.
+READS_SUFFIXES = (*FASTQ_SUFFIXES, ".bam", ".sam", ".sam.gz", ".cram")
+INDEX_SUFFIXES = (".bai", ".csi", ".crai")
+# Folder names that say pass or fail (Dorado and MinKNOW: fastq_pass, bam_fail, ...).
+PASS_FOLDER = re.compile(r"^(?:.*_)?pass$")
+FAIL_FOLDER = re.compile(r"^(?:.*_)?fail$")
+BARCODE_FOLDER = re.compile(r"^(?:barcode[0-9]+|unclassified|mixed)$")
 FINAL_PREFIX = "job_id_"
 # MinKNOW writes final_summary_<flow cell>_<acquisition>_<hash>.txt when sequencing stops.
 FINAL_SUMMARY_PREFIX = "final_summary_"
@@ -55,6 +63,7 @@ class FolderKind(str, Enum):
     LOGOUTPUT = "LOGOUTPUT_"  # OUTPUT_DIR: what stays of a done job's output (logs)
     FAILEDOUTPUT = "FAILEDOUTPUT_"  # OUTPUT_DIR: a failed job's output
     EXPIREDOUTPUT = "EXPIREDOUTPUT_"  # OUTPUT_DIR: output of a job that lost its lease
+    EMPTYOUTPUT = "EMPTYOUTPUT_"  # OUTPUT_DIR: output of a DONE that held no reads file
 
 
 INPUT_KINDS = (FolderKind.ASSIGNED, FolderKind.DONE, FolderKind.FAILED)
@@ -63,6 +72,7 @@ OUTPUT_KINDS = (
     FolderKind.LOGOUTPUT,
     FolderKind.FAILEDOUTPUT,
     FolderKind.EXPIREDOUTPUT,
+    FolderKind.EMPTYOUTPUT,
 )
 _KINDS = {kind.value: kind for kind in FolderKind}
 _JOB_FOLDER = re.compile(
@@ -126,6 +136,36 @@ def parse_job_folder(name: str) -> JobFolderName | None:
 def temp_name(final_name: str) -> str:
     """The hidden name a folder carries while it is built or torn down."""
     return f"{TEMP_PREFIX}{final_name}"
+
+
+def aside_name(name: str, attempt: int) -> str:
+    """A fresh name for a folder set aside where ``name`` is taken: ``name.~1~``, as numbered
+    backups are spelled. The ``~`` keeps it from ever parsing as a job folder."""
+    return f"{name}.~{attempt}~"
+
+
+def merge_target(parts: tuple[str, ...]) -> tuple[str, str | None] | None:
+    """Where a file of a job's output folder goes, from its path inside that folder: (``pass``
+    or ``fail``, barcode folder or None), or None when it is no reads or index file and stays
+    with the logs. The nearest folder that says pass or fail decides (pass when none does),
+    the nearest barcode folder gives the barcode."""
+    name = parts[-1]
+    if name.startswith(".") or not name.endswith(READS_SUFFIXES + INDEX_SUFFIXES):
+        return None
+    verdict = barcode = None
+    for folder in reversed(parts[:-1]):
+        if verdict is None and PASS_FOLDER.match(folder):
+            verdict = PASS
+        elif verdict is None and FAIL_FOLDER.match(folder):
+            verdict = FAIL
+        if barcode is None and BARCODE_FOLDER.match(folder):
+            barcode = folder
+    return verdict or PASS, barcode
+
+
+def is_reads_name(name: str) -> bool:
+    """A reads file, as opposed to an index that travels with one."""
+    return name.endswith(READS_SUFFIXES)
 
 
 def final_fastq_name(jobid: str, name: str) -> str:

@@ -153,6 +153,8 @@ class EngineStats:
     files_released: int = 0
     jobs_expired: int = 0
     files_expired: int = 0
+    jobs_empty: int = 0
+    files_empty: int = 0
 
     def ended(self, outcome: JobState, files: int) -> None:
         if outcome is JobState.DONE:
@@ -164,15 +166,26 @@ class EngineStats:
         elif outcome is JobState.STOPPED:
             self.jobs_released += 1
             self.files_released += files
+        elif outcome is JobState.EMPTY:
+            self.jobs_empty += 1
+            self.files_empty += files
         else:
             self.jobs_expired += 1
             self.files_expired += files
 
 
+# Why a job that ended badly did, in words, by how it ended.
+REASONS = {
+    JobState.FAILED: "the engine reported FAILED",
+    JobState.EXPIRED: "no keepalive within the lease",
+    JobState.EMPTY: "no output: reported DONE, but its folder held no reads file",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """A job that failed or lost its lease; ``at`` is None for a FAILED_ folder found at
-    start-up."""
+    """A job that failed, lost its lease or left no output; ``at`` is None for a FAILED_
+    folder found at start-up."""
 
     jobid: str
     engine: str
@@ -242,6 +255,11 @@ class Progress:
         self._bytes[state] += size
         if state not in (FileState.DONE, FileState.FAILED):
             self._sizes[name] = size
+
+    def file_vanished(self, name: str, before: FileState) -> None:
+        """A waiting or pending file is gone: its bytes leave the totals (a missing file has
+        none) and its size is forgotten."""
+        self._bytes[before] -= self._sizes.pop(name, 0)
 
     def bytes_by_state(self) -> dict[FileState, int]:
         return dict(self._bytes)
@@ -373,7 +391,8 @@ class Progress:
             ProblemJob(
                 jobid=problem.jobid,
                 engine=problem.engine,
-                outcome="FAILED" if problem.outcome is JobState.FAILED else "EXPIRED",
+                outcome=problem.outcome.value,
+                reason=REASONS[problem.outcome],
                 files=problem.files,
                 seconds_ago=None if problem.at is None else round(now - problem.at, 1),
             )

@@ -93,6 +93,22 @@ def probe_many(input_dir: Path, names: Iterable[str]) -> list[tuple[str, RawProb
     return found
 
 
+def absent(input_dir: Path, names: Iterable[str]) -> list[str]:
+    """The names that are no longer in INPUT_DIR (one lstat each)."""
+    gone: list[str] = []
+    with _opened(input_dir) as folder:
+        if folder is None:
+            return gone
+        for name in names:
+            try:
+                os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                gone.append(name)
+            except OSError:
+                continue  # cannot tell: it stays where it is
+    return gone
+
+
 def sizes(input_dir: Path, names: Iterable[str]) -> list[tuple[str, int]]:
     """The size of each raw file (one lstat each; a vanished file is dropped)."""
     found: list[tuple[str, int]] = []
@@ -169,15 +185,11 @@ def names_in(folder: str | Path) -> list[str]:
     return os.listdir(folder)
 
 
-def job_folders(folder: Path, kind: FolderKind) -> list[JobFolderName]:
-    """The job folders of one kind; other names are not parsed (a run holds one per job)."""
-    with os.scandir(folder) as entries:
-        parsed = (
-            parse_job_folder(entry.name)
-            for entry in entries
-            if entry.name.startswith(kind.value) and entry.is_dir()
-        )
-        return [name for name in parsed if name is not None]
+def parse_job_folders(names: Iterable[str], kind: FolderKind) -> list[JobFolderName]:
+    """The job folders of one kind among ``names``, whatever each entry is (an engine may have
+    made one a symlink); other names are not parsed (a run holds one folder per job)."""
+    parsed = (parse_job_folder(name) for name in names if name.startswith(kind.value))
+    return [name for name in parsed if name is not None]
 
 
 def link_targets(folder: Path) -> list[tuple[str, str | None]]:

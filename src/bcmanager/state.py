@@ -12,12 +12,17 @@ Rules of this module:
   million of them; files are names in one dict, not objects.
 
 Theory of operation: a raw file enters as WAITING (its POD5 end signature is not there yet) or
-PENDING (complete), and PENDING files wait in a FIFO queue, oldest first. ``lease`` takes a batch
+PENDING (complete), and PENDING files wait in a FIFO queue, oldest first. A waiting or pending
+file that disappears from INPUT_DIR (an operator moved or deleted it) becomes MISSING, and comes
+back if it reappears. ``lease`` takes a batch
 off the front and makes a Job that holds those files until ``report_back_period`` seconds after
-its last keepalive. A job ends in exactly one of four ways: DONE (its files are done), FAILED
-(its files are set aside), STOPPED (the engine gave it back) or EXPIRED (its lease ran out). The
-last two put the files back at the *front* of the queue, so returned work goes out before newer
-files. A job past its deadline is late even before the reaper expires it: it gets no more
+its last keepalive. A job ends in exactly one of five ways: DONE (its files are done), FAILED
+(its files are set aside), STOPPED (the engine gave it back), EXPIRED (its lease ran out) or
+EMPTY (the engine said DONE, but its output held no reads). The last three put the files back at
+the *front* of the queue, so returned work goes out before newer files. An ended job keeps no
+file list: memory follows what is live, not the run's history.
+
+A job past its deadline is late even before the reaper expires it: it gets no more
 keepalives and can no longer complete. After a restart, the caller rebuilds all of this from the
 job folders on disk with ``adopt`` and ``restore``.
 """
@@ -39,6 +44,7 @@ class FileState(str, Enum):
     LEASED = "leased"  # in the batch of a live job
     DONE = "done"  # its FASTQ is final
     FAILED = "failed"  # its job failed: set aside for an operator
+    MISSING = "missing"  # gone from INPUT_DIR before it was leased: dropped until it returns
 
 
 class JobState(str, Enum):
@@ -51,21 +57,32 @@ class JobState(str, Enum):
     FAILED = "FAILED"  # the engine reported failure: files set aside
     STOPPED = "STOPPED"  # the engine gave the batch back unfinished: files pending again
     EXPIRED = "EXPIRED"  # no keepalive within the lease: files pending again, output never merged
+    EMPTY = "EMPTY"  # reported DONE with no reads file: files pending again, output kept aside
 
 
 LIVE_JOB_STATES = frozenset({JobState.ASSIGNED, JobState.STARTED, JobState.PROCESSING})
-ENDED_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.STOPPED, JobState.EXPIRED})
+ENDED_JOB_STATES = frozenset(
+    {JobState.DONE, JobState.FAILED, JobState.STOPPED, JobState.EXPIRED, JobState.EMPTY}
+)
 # What an engine may report through /completed.
 COMPLETION_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.STOPPED})
+# How the manager may carry out what an engine reported: a DONE without reads ends EMPTY. A
+# repeated report is answered as the first one was, whichever way that ended.
+ENDS_OF: dict[JobState, frozenset[JobState]] = {
+    JobState.DONE: frozenset({JobState.DONE, JobState.EMPTY}),
+    JobState.FAILED: frozenset({JobState.FAILED}),
+    JobState.STOPPED: frozenset({JobState.STOPPED}),
+}
 
 # None stands for "not known yet": how a file enters the run.
 FILE_TRANSITIONS: dict[FileState | None, frozenset[FileState]] = {
     None: frozenset(FileState),  # a scan finds it, or recovery finds it in a job folder
-    FileState.WAITING: frozenset({FileState.PENDING}),
-    FileState.PENDING: frozenset({FileState.LEASED}),
+    FileState.WAITING: frozenset({FileState.PENDING, FileState.MISSING}),
+    FileState.PENDING: frozenset({FileState.LEASED, FileState.MISSING}),
     FileState.LEASED: frozenset({FileState.PENDING, FileState.DONE, FileState.FAILED}),
     FileState.DONE: frozenset(),
     FileState.FAILED: frozenset(),
+    FileState.MISSING: frozenset({FileState.WAITING, FileState.PENDING}),
 }
 
 # A live job may report any live state (clients differ in what they send) or end.
@@ -77,6 +94,7 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.STOPPED: frozenset(),
     JobState.EXPIRED: frozenset(),
+    JobState.EMPTY: frozenset(),
 }
 
 # How each end of a job leaves its files.
@@ -85,6 +103,7 @@ FILES_AFTER: dict[JobState, FileState] = {
     JobState.FAILED: FileState.FAILED,
     JobState.STOPPED: FileState.PENDING,
     JobState.EXPIRED: FileState.PENDING,
+    JobState.EMPTY: FileState.PENDING,
 }
 
 
@@ -160,15 +179,22 @@ class RunState:
         return list(self._waiting)
 
     def pending_count(self) -> int:
-        return len(self._pending)
+        return self._counts[FileState.PENDING]
+
+    def pending(self) -> list[str]:
+        """The queue as it stands, oldest first (a copy: safe to read from a scanning thread,
+        as the copy is made in C, holding the interpreter lock). It may name files that left
+        the queue since: callers check each name's state."""
+        return list(self._pending)
 
     def observe(self, name: str, complete: bool) -> FileState | None:
         """A scan or a watch event saw raw file ``name``; returns its new state if it changed.
 
-        Known files keep their state, except a WAITING file that is now complete.
+        Known files keep their state, except a WAITING file that is now complete and a MISSING
+        file that is back.
         """
         current = self._files.get(name)
-        if current is None:
+        if current is None or current is FileState.MISSING:
             new = FileState.PENDING if complete else FileState.WAITING
         elif current is FileState.WAITING and complete:
             new = FileState.PENDING
@@ -178,6 +204,16 @@ class RunState:
         if new is FileState.PENDING:
             self._pending.append(name)
         return new
+
+    def vanish(self, name: str) -> bool:
+        """A waiting or pending file is gone from INPUT_DIR: it is MISSING, never leased as a
+        link to nothing. Returns whether that changed anything (leased, done and failed files
+        keep their state: their job folders record them). Its place in the queue is skipped
+        when ``lease`` reaches it."""
+        if self._files.get(name) not in (FileState.WAITING, FileState.PENDING):
+            return False
+        self._move(name, FileState.MISSING)
+        return True
 
     def restore(self, name: str, state: FileState) -> None:
         """Recovery: a file found in a DONE_ or FAILED_ folder, or with FASTQ in pass/fail."""
@@ -225,15 +261,19 @@ class RunState:
 
         The caller builds the job's folders next; if that fails it calls ``abandon``.
         """
-        if not self._pending:
-            return None
         if jobid in self._jobs:
             raise InvalidTransition(f"job {jobid} exists already")
-        count = min(batch_size, len(self._pending))
-        files = tuple(self._pending.popleft() for _ in range(count))
-        for name in files:
-            self._move(name, FileState.LEASED)
-        return self._start(Job(jobid, engine, files, JobState.ASSIGNED, now, now))
+        files: list[str] = []
+        while self._pending and len(files) < batch_size:
+            name = self._pending.popleft()
+            # A name whose file went missing, or that came back and was queued again, has
+            # left this place in the queue: it is PENDING here once at most.
+            if self._files.get(name) is FileState.PENDING:
+                self._move(name, FileState.LEASED)
+                files.append(name)
+        if not files:
+            return None
+        return self._start(Job(jobid, engine, tuple(files), JobState.ASSIGNED, now, now))
 
     def abandon(self, jobid: str) -> None:
         """The job's folders could not be built: forget it, its files back in front."""
@@ -252,7 +292,7 @@ class RunState:
         A file already recorded elsewhere (done, failed, leased to another job) stays where it
         is and is left out of this job, so it can never be merged or handed out twice.
         """
-        owned = tuple(name for name in files if name not in self._files)
+        owned = tuple(dict.fromkeys(name for name in files if name not in self._files))
         for name in owned:
             self._move(name, FileState.LEASED)
         return self._start(Job(jobid, engine, owned, JobState.ASSIGNED, now, now))
@@ -288,7 +328,7 @@ class RunState:
         if outcome not in COMPLETION_STATES:
             raise InvalidTransition(f"a job completes as DONE, FAILED or STOPPED, not {outcome}")
         job = self.job(jobid)
-        if job.state is outcome:
+        if job.state in ENDS_OF[outcome]:
             return Completion.REPEAT
         if job.state is JobState.EXPIRED or (job.live and now >= job.deadline):
             raise LeaseExpired(f"job {jobid} lost its lease; its files went to other engines")
@@ -299,8 +339,9 @@ class RunState:
         return Completion.APPLY
 
     def finish(self, jobid: str, outcome: JobState) -> Job:
-        """The job's end is on disk: record it. DONE, FAILED and STOPPED come from the engine,
-        EXPIRED from the reaper (see ``due``)."""
+        """The job's end is on disk: record it. DONE, FAILED, STOPPED and EMPTY follow the
+        engine's report, EXPIRED the reaper (see ``due``). Returns the job as it was, with its
+        files; the record kept of it from now on has none."""
         job = self.job(jobid)
         self._transition(job, outcome)
         self._end_live(job)
@@ -310,6 +351,7 @@ class RunState:
         else:
             for name in job.files:
                 self._move(name, after)
+        self._jobs[jobid] = Job(jobid, job.engine, (), outcome, job.deadline, job.started)
         return job
 
     def due(self, now: float) -> list[Job]:

@@ -83,6 +83,14 @@ def _frame(client: httpx.Client, url: str) -> RenderableType:
         return Text(f"No status from {url} ({error}); retrying…", style="bold red")
 
 
+# How each bad end of a job is shown, and its colour.
+OUTCOME_WORDS = {
+    "FAILED": ("failed", "red"),
+    "EXPIRED": ("lease expired", "yellow"),
+    "EMPTY": ("no output", "yellow"),
+}
+
+
 def render(status: RunStatus) -> RenderableType:
     """The whole picture, top to bottom, as the page lays it out."""
     parts: list[RenderableType] = [_header(status), _progress(status), _states_and_rates(status)]
@@ -90,6 +98,7 @@ def render(status: RunStatus) -> RenderableType:
     parts.append(_engines(status))
     if status.recent_problems:
         parts.append(_problems(status))
+    parts.extend(Text(f"! {line}", style="red") for line in status.job_problems)
     return Group(*parts)
 
 
@@ -191,14 +200,14 @@ def _engines(status: RunStatus) -> Table:
 
 
 def _problems(status: RunStatus) -> Table:
-    table = Table(title="Failed and expired jobs", title_justify="left")
+    table = Table(title="Failed, expired and empty jobs", title_justify="left")
     table.add_column("Job")
     table.add_column("Engine")
     table.add_column("Outcome")
     table.add_column("Files", justify="right")
     table.add_column("When", justify="right")
     for job in status.recent_problems:
-        failed = job.outcome == "FAILED"
+        word, style = OUTCOME_WORDS[job.outcome]
         when = (
             "before restart"
             if job.seconds_ago is None
@@ -207,7 +216,7 @@ def _problems(status: RunStatus) -> Table:
         table.add_row(
             short_job(job.jobid),
             job.engine,
-            Text("failed" if failed else "lease expired", style="red" if failed else "yellow"),
+            Text(word, style=style),
             str(job.files),
             when,
         )

@@ -27,17 +27,14 @@ DEBOUNCE_MS = 300
 
 
 async def watch_raw_files(
-    input_dir: Path, on_change: Callable[[list[str]], Awaitable[None]]
+    input_dir: Path, on_change: Callable[[list[str], list[str]], Awaitable[None]]
 ) -> None:
-    """Call ``on_change`` with the names of raw files created or written to, until cancelled."""
+    """Call ``on_change`` with the names of raw files created or written to, and of those
+    deleted or moved away, until cancelled."""
     top = str(input_dir)
 
     def is_raw_change(change: Change, path: str) -> bool:
-        return (
-            change is not Change.deleted
-            and os.path.dirname(path) == top
-            and is_raw_name(os.path.basename(path))
-        )
+        return os.path.dirname(path) == top and is_raw_name(os.path.basename(path))
 
     async for changes in awatch(
         input_dir,
@@ -47,4 +44,8 @@ async def watch_raw_files(
         step=STEP_MS,
         force_polling=False,
     ):
-        await on_change(sorted({os.path.basename(path) for _, path in changes}))
+        names = {(change is Change.deleted, os.path.basename(path)) for change, path in changes}
+        await on_change(
+            sorted(name for gone, name in names if not gone),
+            sorted(name for gone, name in names if gone),
+        )

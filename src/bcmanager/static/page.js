@@ -222,6 +222,13 @@ function renderEngines(s) {
   $("no-engines").hidden = s.engines.length > 0;
 }
 
+// How each bad end of a job is shown, and its colour; the reason is the cell's tooltip.
+const OUTCOMES = {
+  FAILED: ["failed", "bad"],
+  EXPIRED: ["lease expired", "warn"],
+  EMPTY: ["no output", "warn"],
+};
+
 function renderProblems(s) {
   const body = $("problems").tBodies[0];
   body.replaceChildren();
@@ -229,12 +236,19 @@ function renderProblems(s) {
     const row = body.insertRow();
     cell(row, shortId(job.jobid), "mono", job.jobid);
     cell(row, job.engine);
-    cell(row, job.outcome === "FAILED" ? "failed" : "lease expired",
-      job.outcome === "FAILED" ? "bad" : "warn");
+    const [word, style] = OUTCOMES[job.outcome] || [job.outcome, "warn"];
+    cell(row, word, style, job.reason);
     cell(row, count(job.files), "num");
     cell(row, ago(job.seconds_ago), "num");
   }
   $("no-problems").hidden = s.recent_problems.length > 0;
+  const stuck = $("job-problems");
+  stuck.replaceChildren(...s.job_problems.map((line) => {
+    const item = document.createElement("li");
+    item.textContent = line;
+    return item;
+  }));
+  stuck.hidden = s.job_problems.length === 0;
 }
 
 function render(s) {
