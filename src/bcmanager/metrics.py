@@ -3,8 +3,8 @@
 Counts, per-engine tallies and job durations are read from the manager when Prometheus scrapes,
 by a collector: ``progress.py`` stays the one place they are kept, and a scrape costs
 O(listed engines), like /status. Only request latency is measured here, by a small ASGI
-middleware. Every label but the method takes its values from a bounded set: file states, phases,
-outcomes, the app's routes, and the engines that /status lists.
+middleware. Every label takes its values from a bounded set: file states, phases, outcomes, the
+app's routes, a few HTTP methods, and the engines that /status lists.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from bcmanager.progress import Tallies
 # The engine label of the series that sums the retired engines (see progress.py); it cannot be
 # an engine id, which has no parentheses.
 RETIRED = "(retired)"
+# Methods counted under their own name; any other is counted as "other", whatever a client sends.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # Files counters by engine: (metric name without _total, help, the tally it shows).
 #
@@ -133,7 +135,8 @@ class Metrics:
 
 class RequestTimer:
     """ASGI middleware: times each HTTP request under its route's template (``/status``), so
-    the label set stays small; a path that matches no route counts as ``unmatched``."""
+    the label set stays small; a path that matches no route counts as ``unmatched``, and a
+    method outside ``METHODS`` as ``other``."""
 
     def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
         self.app = app
@@ -148,4 +151,5 @@ class RequestTimer:
             await self.app(scope, receive, send)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.histogram.labels(scope["method"], route).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.histogram.labels(method, route).observe(time.perf_counter() - start)
