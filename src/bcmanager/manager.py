@@ -298,7 +298,8 @@ class Manager:
         return run_phase(self.progress.final_summary is not None, self.state.counts())
 
     def status(self) -> RunStatus:
-        """The run's picture: O(live jobs + engines), never O(files)."""
+        """The run's picture: O(live jobs + listed engines), never O(files) or O(engines ever
+        seen)."""
         counts = self.state.counts()
         now = self.clock()
         sizes = self.progress.bytes_by_state()
@@ -315,6 +316,7 @@ class Manager:
             drain=self.progress.drain(now, counts),
             history=self.progress.history(now),
             engines=self.progress.engines(now),
+            retired_engines=self.progress.retired_picture(now),
             recent_problems=self.progress.recent_problems(now),
             job_problems=self.job_problems(),
             jobs=[
