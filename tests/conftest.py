@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from bcmanager.app import create_app
 from bcmanager.manager import Manager
@@ -135,11 +136,18 @@ def tree(root: Path) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serving(manager: Manager) -> AsyncIterator[httpx.AsyncClient]:
-    """The app for ``manager``, started (recovery, watcher, reaper) and stopped around a client."""
+async def started(manager: Manager) -> AsyncIterator[FastAPI]:
+    """The app for ``manager``, started (recovery, watcher, reaper) and stopped around the block."""
     app = create_app(manager.settings, manager)
     async with app.router.lifespan_context(app):
         await wait_ready(manager)
+        yield app
+
+
+@asynccontextmanager
+async def serving(manager: Manager) -> AsyncIterator[httpx.AsyncClient]:
+    """The app for ``manager``, started and stopped around a client."""
+    async with started(manager) as app:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bcm") as client:
             yield client

@@ -86,3 +86,16 @@ async def test_each_app_owns_its_registry(run: Run) -> None:
     )
     assert counted[0][requests] == 1
     assert requests not in counted[1]
+
+
+async def test_a_method_no_route_knows_is_counted_as_other(run: Run) -> None:
+    """The method label comes from the client: invented ones must not each add a series."""
+    async with serving(Manager(run.settings())) as client:
+        for index in range(50):
+            reply = await client.request(f"BREW{index}", "/status")
+            assert reply.status_code == 405
+        found = samples((await client.get("/metrics")).text)
+    requests = "bcmanager_request_duration_seconds_count"
+    methods = {dict(labels)["method"] for name, labels in found if name == requests}
+    assert methods == {"other"}
+    assert value(found, requests, method="other", route="/status") == 50

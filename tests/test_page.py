@@ -19,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from bcmanager.progress import IDLE_LISTED
 from conftest import Run, Server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,7 +66,13 @@ def test_page_shows_the_run_and_follows_it_live(
         return text
 
     def rows(table_id: str) -> list[str]:
-        return [row.text for row in browser.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr")]
+        """The rows' texts, read in one script: the page may redraw between two reads."""
+        texts: list[str] = browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0])]"
+            ".map((row) => [...row.cells].map((cell) => cell.textContent).join(' '))",
+            f"#{table_id} tbody tr",
+        )
+        return texts
 
     browser.get(f"{server.url}/")
     wait = WebDriverWait(browser, 10, poll_frequency=0.1)
@@ -92,6 +99,17 @@ def test_page_shows_the_run_and_follows_it_live(
     assert shown("percent") == "66.6%"
     assert "gpu3" in rows("problems")[0] and "failed" in rows("problems")[0]
     assert browser.execute_script("return window.stillTheSamePage") is True
+
+    # More idle engines than are listed: the two idle longest are summed in one row.
+    for index in range(IDLE_LISTED):
+        server.get("/assignwork", engineid=f"pod{index:03d}", batchsize=1)
+    wait.until(lambda _: rows("engines")[-1].startswith("2 retired"))
+    retired = rows("engines")[-1].split()
+    dash = "\N{EN DASH}"
+    assert retired[:5] == ["2", "retired", dash, "2", "4"] and retired[6:] == ["0", "0", "0", dash]
+    assert len(rows("engines")) == 1 + IDLE_LISTED + 1  # pod000 holds the last file
+    assert "gpu1" not in shown("engines") and "gpu3" in shown("engines")
+    assert shown("retired-note").startswith("Retired: engines idle for 15 min, or beyond the 128")
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
     screenshot = tmp_path / "page.png"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+from test_scaling import lines_executed
 
 from bcmanager.models import RunPhase
-from bcmanager.progress import Progress, RateRing, run_phase
+from bcmanager.progress import ENGINE_IDLE_SECONDS, IDLE_LISTED, Progress, RateRing, run_phase
 from bcmanager.state import FileState, Job, JobState, RunState
 
 MB = 1_000_000
@@ -199,6 +200,83 @@ def test_engine_tallies_and_recent_problems() -> None:
     expired = run.progress.durations[JobState.EXPIRED]
     assert expired.count == 1 and expired.total == pytest.approx(95)
     assert dict(expired.cumulative())["60.0"] == 0 and dict(expired.cumulative())["120.0"] == 1
+
+
+def test_an_idle_engine_is_retired_after_the_idle_time_and_a_live_one_is_kept() -> None:
+    run = Run()
+    for index in range(10):
+        run.arrive(f"f{index}.pod5")
+    holding = run.lease("busy", 2)  # and never calls again
+    run.end(run.lease("worker", 3), JobState.DONE)
+    run.progress.contact("asker", run.now)  # a no-work reply
+    run.now += ENGINE_IDLE_SECONDS - 1
+    assert [e.engine for e in run.progress.engines(run.now)] == ["asker", "busy", "worker"]
+    run.now += 1  # idle for ENGINE_IDLE_SECONDS now: retired, with their work
+    [busy] = run.progress.engines(run.now)
+    assert busy.engine == "busy" and busy.current_jobs == [holding.jobid]
+    assert busy.seconds_since_contact == ENGINE_IDLE_SECONDS
+    retired = run.progress.retired_picture(run.now)
+    assert (retired.engines, retired.jobs_assigned, retired.jobs_done) == (2, 1, 1)
+    assert (retired.files_done, retired.bytes_done) == (3, 3 * MB)
+    # An engine whose lease runs out without a word starts to idle then, and is listed until
+    # it has idled for as long.
+    run.end(holding, JobState.EXPIRED)
+    run.now += ENGINE_IDLE_SECONDS - 1
+    [busy] = run.progress.engines(run.now)
+    assert (busy.current_jobs, busy.jobs_expired, busy.files_expired) == ([], 1, 2)
+    # An engine that calls again after it was retired is listed again, counting from zero.
+    run.end(run.lease("worker", 1), JobState.FAILED)
+    run.now += 1
+    [worker] = run.progress.engines(run.now)
+    assert (worker.engine, worker.jobs_assigned, worker.jobs_failed, worker.jobs_done) == (
+        "worker",
+        1,
+        1,
+        0,
+    )
+    retired = run.progress.retired_picture(run.now)
+    assert (retired.engines, retired.jobs_expired, retired.files_expired) == (3, 1, 2)
+    assert (retired.jobs_assigned, retired.files_assigned) == (2, 5)
+
+
+def test_only_the_idle_engines_active_last_are_listed_and_the_totals_stay_exact() -> None:
+    run = Run()
+    count = 3 * IDLE_LISTED
+    for index in range(count + 5):
+        run.arrive(f"f{index}.pod5", size=MB + index)
+    held = [run.lease(f"early{index}", 1) for index in range(5)]
+    for index in range(count):
+        run.now += 1
+        job = run.lease(f"pod{index:04d}", 1)
+        run.end(job, JobState.DONE if index % 3 else JobState.FAILED)
+    listed = run.progress.engines(run.now)
+    idle = [engine.engine for engine in listed if not engine.current_jobs]
+    assert idle == [f"pod{index:04d}" for index in range(count - IDLE_LISTED, count)]
+    assert [engine.current_jobs for engine in listed[:5]] == [[job.jobid] for job in held]
+    retired = run.progress.retired_picture(run.now)
+    assert retired.engines == count - IDLE_LISTED
+    counts, sizes = run.status()
+    assert sum(e.files_done for e in listed) + retired.files_done == counts[FileState.DONE]
+    assert sum(e.bytes_done for e in listed) + retired.bytes_done == sizes[FileState.DONE]
+    assert sum(e.files_failed for e in listed) + retired.files_failed == counts[FileState.FAILED]
+    assigned = sum(e.files_assigned for e in listed) + retired.files_assigned
+    assert assigned == count + 5
+
+
+def test_a_new_engine_costs_the_same_however_many_came_before() -> None:
+    """Retiring is O(1) amortized: no call walks the engines seen before."""
+
+    def cost(seen: int) -> tuple[int, int]:
+        progress = Progress(0.0)
+        for index in range(seen):
+            progress.contact(f"pod{index}", float(index))
+        now = float(seen)
+        return (
+            lines_executed(lambda: progress.contact("newcomer", now)),
+            lines_executed(lambda: progress.engines(now)),
+        )
+
+    assert cost(1_000) == cost(20_000)
 
 
 def test_the_phase_follows_the_final_summary_and_the_backlog() -> None:

@@ -170,3 +170,32 @@ def test_counts_follow_every_move() -> None:
         FileState.FAILED: 0,
         FileState.MISSING: 0,
     }
+
+
+def test_a_missing_file_is_skipped_by_the_queue_and_leased_once_when_back() -> None:
+    state = RunState(LEASE)
+    for name in "abc":
+        state.observe(name, complete=True)
+    assert state.vanish("a") and not state.vanish("a")
+    assert state.counts()[FileState.MISSING] == 1 and state.pending_count() == 2
+    assert state.missing() == ["a"]
+    # Back again: it has two places in the queue now, and is leased once, at the first.
+    assert state.observe("a", complete=True) is FileState.PENDING
+    first = state.lease("1", "gpu", 10, now=0)
+    assert first is not None and first.files == ("a", "b", "c")
+    assert state.lease("2", "gpu", 10, now=0) is None
+    # Leased, done and failed files keep their state: their job folders record them.
+    assert not state.vanish("b")
+    state.finish("1", JobState.DONE)
+    assert not state.vanish("c") and state.file_state("c") is FileState.DONE
+    with pytest.raises(InvalidTransition):
+        state.restore("x", FileState.MISSING)
+
+
+def test_an_ended_job_keeps_no_file_list() -> None:
+    state = RunState(LEASE)
+    state.observe("a", complete=True)
+    state.lease("1", "gpu", 1, now=0)
+    ended = state.finish("1", JobState.DONE)
+    assert ended.files == ("a",) and state.job("1").files == ()
+    assert state.check_completion("1", JobState.DONE, now=1) is Completion.REPEAT

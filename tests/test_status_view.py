@@ -16,8 +16,9 @@ from rich.console import Console
 
 from bcmanager.manager import Manager
 from bcmanager.models import RunStatus
+from bcmanager.progress import ENGINE_IDLE_SECONDS
 from bcmanager.status_view import human_bytes, human_duration, render
-from conftest import Run, Server, serving
+from conftest import Clock, Run, Server, serving
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -52,6 +53,27 @@ async def test_render_shows_progress_counts_rates_and_engines(run: Run) -> None:
     assert "sequencing" in text and "Failed, expired and empty jobs" in text
     assert human_bytes(999) == "999 B" and human_bytes(1_234_567) == "1.2 MB"
     assert human_duration(45) == "45 s" and human_duration(3 * 3600 + 300) == "3 h 05 min"
+
+
+async def test_render_sums_the_retired_engines_in_one_row(run: Run) -> None:
+    run.add_many(6)
+    clock = Clock()
+    async with serving(Manager(run.settings(), clock=clock)) as client:
+        for engine, state in (("gpu1", "DONE"), ("gpu2", "DONE"), ("gpu3", "FAILED")):
+            batch = (
+                await client.get("/assignwork", params={"engineid": engine, "batchsize": 2})
+            ).json()
+            await client.get("/completed", params={"job_id": batch["jobid"], "job_state": state})
+        clock.now += ENGINE_IDLE_SECONDS
+        await client.get("/assignwork", params={"engineid": "gpu4", "batchsize": 2})
+        status = RunStatus.model_validate((await client.get("/status")).json())
+    console = Console(record=True, width=140, file=io.StringIO())
+    console.print(render(status))
+    text = console.export_text()
+    assert re.search(r"│ gpu4\s+│ idle\s+│\s+0 │\s+0 │", text)
+    assert re.search(r"│ 3 retired\s+│ -\s+│\s+2 │\s+4 │ [^│]+│\s+1 │\s+0 │\s+0 │\s+- │", text)
+    assert "gpu1" not in text
+    assert "Retired: engines idle for 15 min, or beyond the 128 idle ones active last" in text
 
 
 def test_status_once_against_a_server(

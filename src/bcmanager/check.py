@@ -37,6 +37,7 @@ from bcmanager.paths import (
     FolderKind,
     JobFolderName,
     RunPaths,
+    is_aside_name,
     is_raw_name,
     parse_fastq_name,
     raw_stem,
@@ -232,6 +233,14 @@ def _inspect_output_folders(report: Report, found: list[JobFolderName]) -> None:
         return
     listing = scan.list_output(paths.output_dir)
     for name in listing.unknown_folders:
+        if is_aside_name(name):
+            report.add(
+                Severity.NOTE,
+                paths.output_dir / name,
+                "set aside by bcmanager (written after its job ended, or its name was taken): "
+                "kept for a person to look at, never merged",
+            )
+            continue
         report.add(
             Severity.BROKEN,
             paths.output_dir / name,

@@ -298,7 +298,8 @@ class Manager:
         return run_phase(self.progress.final_summary is not None, self.state.counts())
 
     def status(self) -> RunStatus:
-        """The run's picture: O(live jobs + engines), never O(files)."""
+        """The run's picture: O(live jobs + listed engines), never O(files) or O(engines ever
+        seen)."""
         counts = self.state.counts()
         now = self.clock()
         sizes = self.progress.bytes_by_state()
@@ -315,6 +316,7 @@ class Manager:
             drain=self.progress.drain(now, counts),
             history=self.progress.history(now),
             engines=self.progress.engines(now),
+            retired_engines=self.progress.retired_picture(now),
             recent_problems=self.progress.recent_problems(now),
             job_problems=self.job_problems(),
             jobs=[
@@ -398,12 +400,12 @@ class Manager:
         return scan.oldest_first(self.paths.input_dir, self.state.unknown(names))
 
     async def _rescan(self) -> None:
-        """Find raw files that no event announced, waiting files that completed, and waiting
-        or pending files that are gone."""
+        """Find raw files that no event announced, waiting files that completed, waiting or
+        pending files that are gone, and missing files that are back."""
         names = await asyncio.to_thread(scan.raw_names, self.paths.input_dir)
         await self._probe_in_chunks(await asyncio.to_thread(self._unknown_oldest_first, names))
         self._vanished(await asyncio.to_thread(self._unplaced_not_in, names))
-        await self._probe_in_chunks(self.state.waiting())
+        await self._probe_in_chunks(self.state.waiting() + self.state.missing())
         await self._look_for_final_summary()
 
     def _unplaced_not_in(self, names: list[str]) -> list[str]:

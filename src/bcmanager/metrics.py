@@ -2,7 +2,9 @@
 
 Counts, per-engine tallies and job durations are read from the manager when Prometheus scrapes,
 by a collector: ``progress.py`` stays the one place they are kept, and a scrape costs
-O(engines), like /status. Only request latency is measured here, by a small ASGI middleware.
+O(listed engines), like /status. Only request latency is measured here, by a small ASGI
+middleware. Every label takes its values from a bounded set: file states, phases, outcomes, the
+app's routes, a few HTTP methods, and the engines that /status lists.
 """
 
 from __future__ import annotations
@@ -21,10 +23,25 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bcmanager.manager import Manager
 from bcmanager.models import RunPhase
-from bcmanager.progress import EngineStats
+from bcmanager.progress import Tallies
+
+# The engine label of the series that sums the retired engines (see progress.py); it cannot be
+# an engine id, which has no parentheses.
+RETIRED = "(retired)"
+# Methods counted under their own name; any other is counted as "other", whatever a client sends.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # Files counters by engine: (metric name without _total, help, the tally it shows).
-FILE_COUNTERS: tuple[tuple[str, str, Callable[[EngineStats], int]], ...] = (
+#
+# Each listed engine has its series, and one more, engine="(retired)", holds the sum of the
+# retired engines. When an engine is retired its series ends and its count moves into that one
+# at once, so the sum over the engine label never drops, but the retired series jumps. For the
+# run's totals use `sum without (engine) (bcmanager_files_done_total)`, and for a run-wide rate
+# take the rate of that sum (a recording rule, or `rate(sum without (engine) (...)[5m:])`), not
+# the sum of per-engine rates, which counts a retired engine's work again when it retires.
+# Per-engine rates (`rate(bcmanager_files_done_total{engine!="(retired)"}[5m])`) are exact; an
+# engine listed again after it was retired starts from 0, which rate() reads as a counter reset.
+FILE_COUNTERS: tuple[tuple[str, str, Callable[[Tallies], int]], ...] = (
     ("bcmanager_files_assigned", "Files leased to the engine.", lambda s: s.files_assigned),
     ("bcmanager_files_done", "Files of the engine's DONE jobs.", lambda s: s.files_done),
     ("bcmanager_files_failed", "Files of the engine's FAILED jobs.", lambda s: s.files_failed),
@@ -71,12 +88,28 @@ class RunCollector:
         for each in RunPhase:
             phase.add_metric([each.value], 1 if each is current else 0)
         yield phase
-        engines = manager.progress.engine_stats()
+        progress = manager.progress
+        engines = progress.engine_stats(manager.clock())
         for name, help_text, tally in FILE_COUNTERS:
             counter = CounterMetricFamily(name, help_text, labels=["engine"])
             for stats in engines:
-                counter.add_metric([stats.engine], tally(stats))
+                counter.add_metric([stats.engine], tally(stats.work))
+            counter.add_metric([RETIRED], tally(progress.retired))
             yield counter
+        listed = GaugeMetricFamily(
+            "bcmanager_engines",
+            "Engines listed: with a live job (busy) or without (idle).",
+            labels=["state"],
+        )
+        idle = progress.idle_engines()
+        listed.add_metric(["busy"], len(engines) - idle)
+        listed.add_metric(["idle"], idle)
+        yield listed
+        yield CounterMetricFamily(
+            "bcmanager_engines_retired",
+            'Engines no longer listed, their tallies summed under engine="(retired)".',
+            value=progress.retired_engines,
+        )
         durations = HistogramMetricFamily(
             "bcmanager_job_duration_seconds",
             "Seconds from assignment to the end of a job, by how it ended.",
@@ -107,7 +140,8 @@ class Metrics:
 
 class RequestTimer:
     """ASGI middleware: times each HTTP request under its route's template (``/status``), so
-    the label set stays small; a path that matches no route counts as ``unmatched``."""
+    the label set stays small; a path that matches no route counts as ``unmatched``, and a
+    method outside ``METHODS`` as ``other``."""
 
     def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
         self.app = app
@@ -122,4 +156,5 @@ class RequestTimer:
             await self.app(scope, receive, send)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.histogram.labels(scope["method"], route).observe(time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.histogram.labels(method, route).observe(time.perf_counter() - start)

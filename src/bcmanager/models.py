@@ -180,25 +180,49 @@ class History(BaseModel):
     last_3_days: RateSeries = Field(description="Half-hour buckets.")
 
 
-class EngineStatus(BaseModel):
-    """One engine's work since the manager started."""
+class EngineTallies(BaseModel):
+    """Jobs and files by how they ended."""
 
-    engine: str
-    current_jobs: list[str] = Field(description="Jobs it holds a lease on now (usually one).")
     jobs_assigned: int
     files_assigned: int
     jobs_done: int
     files_done: int
-    bytes_done: int
+    bytes_done: int = Field(description="Bytes of raw files of the DONE jobs.")
     jobs_failed: int
-    jobs_expired: int = Field(description="Jobs whose lease ran out before it reported.")
-    jobs_released: int = Field(description="Jobs it gave back unfinished (STOPPED).")
+    files_failed: int
+    jobs_expired: int = Field(description="Jobs whose lease ran out before they reported.")
+    files_expired: int
+    jobs_released: int = Field(description="Jobs given back unfinished (STOPPED).")
+    files_released: int
     mean_seconds_per_file: float | None = Field(
-        description="Time from assignment to DONE per file, over its done jobs; null before one."
+        description="Time from assignment to DONE per file, over the done jobs; null before one."
     )
+
+
+class EngineStatus(EngineTallies):
+    """One listed engine's work since the manager started (or since it was last retired)."""
+
+    engine: str
+    current_jobs: list[str] = Field(description="Jobs it holds a lease on now (usually one).")
     seconds_since_contact: float = Field(
         description="Seconds since its last assignwork, keepalive or completed call."
     )
+
+
+class RetiredEngines(EngineTallies):
+    """The engines no longer listed, summed, so that sums over ``engines`` plus this are the
+    run's totals. An idle engine (one without a live job) is retired once it has been idle for
+    ``idle_seconds``, or as soon as more than ``idle_listed`` engines are idle (those idle
+    longest first). One that calls again is listed again, counting from zero."""
+
+    engines: int = Field(
+        description="Engines retired (one that came back and was retired again counts twice)."
+    )
+    idle_seconds: float = Field(
+        description="Seconds after its last call or the end of its last job that an idle "
+        "engine is retired."
+    )
+    idle_listed: int = Field(description="Idle engines listed at most, those active last.")
 
 
 class ProblemJob(BaseModel):
@@ -229,7 +253,13 @@ class RunStatus(BaseModel):
     rates: Rates
     drain: Drain
     history: History
-    engines: list[EngineStatus] = Field(description="Every engine seen since the start, by name.")
+    engines: list[EngineStatus] = Field(
+        description="By name: every engine that holds a lease, and the idle engines active "
+        "lately (see retired_engines for how many and how long)."
+    )
+    retired_engines: RetiredEngines = Field(
+        description="The work of the engines seen since the start that are no longer listed."
+    )
     jobs: list[LeasedJob] = Field(description="Jobs holding a lease now.")
     recent_problems: list[ProblemJob] = Field(
         description="The last failed, expired or empty jobs, newest first (at most 20)."

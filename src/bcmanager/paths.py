@@ -75,6 +75,7 @@ OUTPUT_KINDS = (
     FolderKind.EMPTYOUTPUT,
 )
 _KINDS = {kind.value: kind for kind in FolderKind}
+_ASIDE = re.compile(r".+\.~[0-9]+~")
 _JOB_FOLDER = re.compile(
     r"^(?P<kind>" + "|".join(kind.value for kind in FolderKind) + r")(?P<jobid>[0-9]{1,40})_"
     r"(?P<engine>" + ENGINE_ID_PATTERN[1:-1] + r")$"
@@ -142,6 +143,13 @@ def aside_name(name: str, attempt: int) -> str:
     """A fresh name for a folder set aside where ``name`` is taken: ``name.~1~``, as numbered
     backups are spelled. The ``~`` keeps it from ever parsing as a job folder."""
     return f"{name}.~{attempt}~"
+
+
+def is_aside_name(name: str) -> bool:
+    """A folder that ``aside_name`` named: set aside by the manager, kept for a person."""
+    return (
+        _ASIDE.fullmatch(name) is not None and parse_job_folder(name.rsplit(".~", 1)[0]) is not None
+    )
 
 
 def merge_target(parts: tuple[str, ...]) -> tuple[str, str | None] | None:

@@ -17,13 +17,23 @@ what ``RunState`` spends on the name, its state and the queue; a run whose files
 engine, the worst case, costs about 210 bytes a file all in (tests/test_progress.py holds it under
 the design's 300), and a run that keeps up holds sizes only for its backlog. Parallel arrays
 indexed by file would need a name-to-index dict of the same cost, so they would save nothing.
+
+Engines. An engine keeps its own record while it holds a live job; an idle one keeps it for
+``ENGINE_IDLE_SECONDS`` after it was last active, and only while it is among the ``IDLE_LISTED``
+idle engines active last. The others are retired: their tallies are added into one ``Tallies``
+and their records dropped, so sums over listed and retired engines stay exact. Kubernetes gives
+a rescheduled pod a new engine id: without this, ids that will never call again would pile up
+for the life of the manager, and /status and /metrics with them. Idle engines wait in a queue
+ordered by when they were last active, so a call retires only what has aged out of its front:
+each engine is retired once, O(1) amortized, and no call walks the engines.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from bcmanager.models import (
     Drain,
@@ -33,6 +43,7 @@ from bcmanager.models import (
     Rate,
     Rates,
     RateSeries,
+    RetiredEngines,
     RunPhase,
     WindowRates,
 )
@@ -42,6 +53,17 @@ MINUTE = 60.0
 RECENT_PROBLEMS = 20  # failed and expired jobs kept for the page, newest first
 # Upper bounds (seconds) of the job duration histogram's buckets; the last one is unbounded.
 DURATION_BOUNDS = (30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+# An idle engine is listed for this long after it was last active: its last call, or the end of
+# its last job (a lease that runs out ends one without a call). A running agent without work
+# asks for some every 10 s (the reference agent's poll interval), so a quarter of an hour of
+# silence means it is gone, not waiting; and it is long enough for an operator to see on the
+# page that a node went quiet, and when.
+ENGINE_IDLE_SECONDS = 15 * MINUTE
+# At most this many idle engines are listed, those active last. A large site runs about a hundred
+# GPUs (a PromethION 48 flow cells, a cluster a few nodes of 8 GPUs), so 128 lists every engine of
+# a real site that is merely between jobs, while /status and /metrics stay under 100 kB however
+# many pods a scheduler went through.
+IDLE_LISTED = 128
 
 
 def run_phase(finished: bool, counts: dict[FileState, int]) -> RunPhase:
@@ -134,19 +156,15 @@ class DurationHistogram:
 
 
 @dataclass(slots=True)
-class EngineStats:
-    """One engine's work since the manager started (jobs adopted at start-up count when they
-    end, not when they were assigned)."""
+class Tallies:
+    """Jobs and files by how they ended: one engine's, or the sum of the retired engines'."""
 
-    engine: str
-    last_contact: float
-    current: dict[str, float] = field(default_factory=dict)  # live jobid -> when it started
     jobs_assigned: int = 0
     files_assigned: int = 0
     jobs_done: int = 0
     files_done: int = 0
     bytes_done: int = 0
-    seconds_done: float = 0.0  # summed durations of its done jobs
+    seconds_done: float = 0.0  # summed durations of the done jobs
     jobs_failed: int = 0
     files_failed: int = 0
     jobs_released: int = 0
@@ -172,6 +190,25 @@ class EngineStats:
         else:
             self.jobs_expired += 1
             self.files_expired += files
+
+    def add(self, other: Tallies) -> None:
+        for each in fields(self):
+            setattr(self, each.name, getattr(self, each.name) + getattr(other, each.name))
+
+    def mean_seconds_per_file(self) -> float | None:
+        return round(self.seconds_done / self.files_done, 3) if self.files_done else None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """One listed engine's work since the manager started, or since it was last folded (jobs
+    adopted at start-up count when they end, not when they were assigned)."""
+
+    engine: str
+    last_contact: float
+    last_active: float  # its last call, or the end of its last job: when it started to idle
+    current: dict[str, float] = field(default_factory=dict)  # live jobid -> when it started
+    work: Tallies = field(default_factory=Tallies)
 
 
 # Why a job that ended badly did, in words, by how it ended.
@@ -201,6 +238,7 @@ class Progress:
         "_bytes",
         "_engines",
         "_first_arrival",
+        "_idle",
         "_sizes",
         "arrived",
         "arrived_long",
@@ -209,6 +247,8 @@ class Progress:
         "durations",
         "final_summary",
         "problems",
+        "retired",
+        "retired_engines",
         "started",
     )
 
@@ -221,7 +261,11 @@ class Progress:
         self.arrived_long = RateRing(30 * MINUTE, 144)
         self.basecalled_long = RateRing(30 * MINUTE, 144)
         self._first_arrival: float | None = None
-        self._engines: dict[str, EngineStats] = {}
+        self._engines: dict[str, EngineStats] = {}  # listed engines
+        # Listed engines without a live job, least recently active first.
+        self._idle: OrderedDict[str, None] = OrderedDict()
+        self.retired = Tallies()  # the sum of the folded engines' tallies
+        self.retired_engines = 0  # engine records folded (an id that comes back counts again)
         self.durations: dict[JobState, DurationHistogram] = {}
         self.problems: deque[Problem] = deque(maxlen=RECENT_PROBLEMS)
         self.final_summary: str | None = None  # MinKNOW's final_summary_*.txt, once seen
@@ -281,23 +325,54 @@ class Progress:
     def _engine(self, engine: str, now: float) -> EngineStats:
         stats = self._engines.get(engine)
         if stats is None:
-            stats = self._engines[engine] = EngineStats(engine, now)
+            stats = self._engines[engine] = EngineStats(engine, now, now)
         return stats
 
+    def _settle(self, stats: EngineStats, now: float) -> None:
+        """After a change to ``stats``: an engine with a live job leaves the idle queue, an idle
+        one goes to its back as active ``now``; then what aged out of the front is folded."""
+        if stats.current:
+            self._idle.pop(stats.engine, None)
+        else:
+            stats.last_active = now
+            self._idle[stats.engine] = None
+            self._idle.move_to_end(stats.engine)
+        self._fold(now)
+
+    def _fold(self, now: float) -> None:
+        """Fold the idle engines beyond ``IDLE_LISTED`` or idle past ``ENGINE_IDLE_SECONDS``,
+        oldest first. ``now`` never goes back (a monotonic clock), so the queue is in order of
+        ``last_active`` and the loop stops at the first engine it keeps."""
+        idle = self._idle
+        horizon = now - ENGINE_IDLE_SECONDS
+        while idle:
+            oldest = self._engines[next(iter(idle))]
+            if len(idle) <= IDLE_LISTED and oldest.last_active > horizon:
+                return
+            idle.popitem(last=False)
+            del self._engines[oldest.engine]
+            self.retired.add(oldest.work)
+            self.retired_engines += 1
+
     def contact(self, engine: str, now: float) -> None:
-        self._engine(engine, now).last_contact = now
+        stats = self._engine(engine, now)
+        stats.last_contact = now
+        self._settle(stats, now)
 
     def job_assigned(self, job: Job, now: float) -> None:
         stats = self._engine(job.engine, now)
         stats.last_contact = now
         stats.current[job.jobid] = now
-        stats.jobs_assigned += 1
-        stats.files_assigned += len(job.files)
+        stats.work.jobs_assigned += 1
+        stats.work.files_assigned += len(job.files)
+        self._settle(stats, now)
         self._move_bytes(job.files, FileState.PENDING, FileState.LEASED)
 
     def job_adopted(self, job: Job, now: float) -> None:
         """Start-up: an ASSIGNED_ folder got a fresh lease (its files are sized later)."""
-        self._engine(job.engine, now).current[job.jobid] = job.started
+        stats = self._engine(job.engine, now)
+        stats.current[job.jobid] = job.started
+        self._settle(stats, now)
 
     def job_found_failed(self, jobid: str, engine: str, files: int) -> None:
         """Start-up: a FAILED_ folder waits for an operator."""
@@ -307,20 +382,28 @@ class Progress:
         """``job`` ended as ``outcome`` (DONE, FAILED, STOPPED or EXPIRED) at ``now``."""
         stats = self._engine(job.engine, now)
         stats.current.pop(job.jobid, None)
-        stats.ended(outcome, len(job.files))
+        stats.work.ended(outcome, len(job.files))
         seconds = now - job.started
         self.durations.setdefault(outcome, DurationHistogram()).observe(seconds)
         size = self._move_bytes(job.files, FileState.LEASED, FILES_AFTER[outcome])
         if outcome is JobState.DONE:
-            stats.bytes_done += size
-            stats.seconds_done += seconds
+            stats.work.bytes_done += size
+            stats.work.seconds_done += seconds
             self.basecalled.add(now, len(job.files), size)
             self.basecalled_long.add(now, len(job.files), size)
         elif outcome is not JobState.STOPPED:
             self.problems.appendleft(Problem(job.jobid, job.engine, outcome, len(job.files), now))
+        self._settle(stats, now)
 
-    def engine_stats(self) -> list[EngineStats]:
+    def engine_stats(self, now: float) -> list[EngineStats]:
+        """The listed engines by name, after folding those that aged out by ``now``: the live
+        ones and at most ``IDLE_LISTED`` idle ones."""
+        self._fold(now)
         return [self._engines[name] for name in sorted(self._engines)]
+
+    def idle_engines(self) -> int:
+        """Listed engines that hold no live job."""
+        return len(self._idle)
 
     # -- the picture ------------------------------------------------------------------------
 
@@ -370,21 +453,21 @@ class Progress:
             EngineStatus(
                 engine=stats.engine,
                 current_jobs=list(stats.current),
-                jobs_assigned=stats.jobs_assigned,
-                files_assigned=stats.files_assigned,
-                jobs_done=stats.jobs_done,
-                files_done=stats.files_done,
-                bytes_done=stats.bytes_done,
-                jobs_failed=stats.jobs_failed,
-                jobs_expired=stats.jobs_expired,
-                jobs_released=stats.jobs_released,
-                mean_seconds_per_file=(
-                    round(stats.seconds_done / stats.files_done, 3) if stats.files_done else None
-                ),
                 seconds_since_contact=round(now - stats.last_contact, 1),
+                **_tallies(stats.work),
             )
-            for stats in self.engine_stats()
+            for stats in self.engine_stats(now)
         ]
+
+    def retired_picture(self, now: float) -> RetiredEngines:
+        """The engines folded by ``now``, summed."""
+        self._fold(now)
+        return RetiredEngines(
+            engines=self.retired_engines,
+            idle_seconds=ENGINE_IDLE_SECONDS,
+            idle_listed=IDLE_LISTED,
+            **_tallies(self.retired),
+        )
 
     def recent_problems(self, now: float) -> list[ProblemJob]:
         return [
@@ -398,6 +481,24 @@ class Progress:
             )
             for problem in self.problems
         ]
+
+
+def _tallies(work: Tallies) -> dict[str, Any]:
+    """The fields of ``EngineTallies`` from ``work`` (pydantic checks their types)."""
+    return {
+        "jobs_assigned": work.jobs_assigned,
+        "files_assigned": work.files_assigned,
+        "jobs_done": work.jobs_done,
+        "files_done": work.files_done,
+        "bytes_done": work.bytes_done,
+        "jobs_failed": work.jobs_failed,
+        "files_failed": work.files_failed,
+        "jobs_expired": work.jobs_expired,
+        "files_expired": work.files_expired,
+        "jobs_released": work.jobs_released,
+        "files_released": work.files_released,
+        "mean_seconds_per_file": work.mean_seconds_per_file(),
+    }
 
 
 def _per_minute(totals: tuple[int, int], seconds: float) -> Rate:

@@ -149,7 +149,16 @@ class Completion(str, Enum):
 class RunState:
     """Every raw file and job of one run, and the pending queue."""
 
-    __slots__ = ("_counts", "_files", "_jobs", "_live", "_pending", "_waiting", "lease_seconds")
+    __slots__ = (
+        "_counts",
+        "_files",
+        "_jobs",
+        "_live",
+        "_missing",
+        "_pending",
+        "_waiting",
+        "lease_seconds",
+    )
 
     def __init__(self, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
@@ -157,6 +166,7 @@ class RunState:
         self._counts: dict[FileState, int] = dict.fromkeys(FileState, 0)
         self._pending: deque[str] = deque()
         self._waiting: set[str] = set()
+        self._missing: set[str] = set()
         self._jobs: dict[str, Job] = {}
         # Live jobs ordered by deadline: every lease lasts lease_seconds, so refreshing one moves
         # it to the end and the expired ones are always at the front.
@@ -177,6 +187,10 @@ class RunState:
 
     def waiting(self) -> list[str]:
         return list(self._waiting)
+
+    def missing(self) -> list[str]:
+        """Files that went missing: a scan looks for them again."""
+        return list(self._missing)
 
     def pending_count(self) -> int:
         return self._counts[FileState.PENDING]
@@ -240,10 +254,14 @@ class RunState:
             self._counts[current] -= 1
             if current is FileState.WAITING:
                 self._waiting.discard(name)
+            elif current is FileState.MISSING:
+                self._missing.discard(name)
         self._files[name] = new
         self._counts[new] += 1
         if new is FileState.WAITING:
             self._waiting.add(name)
+        elif new is FileState.MISSING:
+            self._missing.add(name)
 
     # -- jobs -------------------------------------------------------------------------------
 

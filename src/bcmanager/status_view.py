@@ -194,7 +194,26 @@ def _engines(status: RunStatus) -> Table:
             str(engine.jobs_released),
             f"{human_duration(engine.seconds_since_contact)} ago",
         )
-    if not status.engines:
+    retired = status.retired_engines
+    if retired.engines:
+        # One row sums the engines no longer listed, so the columns add up to the run's totals.
+        mean = retired.mean_seconds_per_file
+        table.add_row(
+            Text(f"{retired.engines:,} retired", style="dim"),
+            Text("-", style="dim"),
+            f"{retired.jobs_done:,}",
+            f"{retired.files_done:,}",
+            "-" if mean is None else f"{mean:.1f}",
+            Text(f"{retired.jobs_failed:,}", style="red" if retired.jobs_failed else ""),
+            Text(f"{retired.jobs_expired:,}", style="yellow" if retired.jobs_expired else ""),
+            f"{retired.jobs_released:,}",
+            Text("-", style="dim"),
+        )
+        table.caption = (
+            f"Retired: engines idle for {human_duration(retired.idle_seconds)}, or beyond the "
+            f"{retired.idle_listed:,} idle ones active last; their work is summed in one row."
+        )
+    elif not status.engines:
         table.caption = "No engine has asked for work yet."
     return table
 

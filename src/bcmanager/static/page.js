@@ -219,7 +219,27 @@ function renderEngines(s) {
     const silent = engine.seconds_since_contact;
     cell(row, ago(silent), jobs.length && silent > 60 ? "num warn" : "num");
   }
-  $("no-engines").hidden = s.engines.length > 0;
+  const retired = s.retired_engines;
+  const note = $("retired-note");
+  note.hidden = retired.engines === 0;
+  if (retired.engines) {
+    // One row sums the engines no longer listed, so the columns add up to the run's totals.
+    const row = body.insertRow();
+    row.className = "retired";
+    cell(row, `${count(retired.engines)} retired`, "dim");
+    cell(row, "–", "dim");
+    cell(row, count(retired.jobs_done), "num");
+    cell(row, count(retired.files_done), "num");
+    const mean = retired.mean_seconds_per_file;
+    cell(row, mean === null ? "–" : mean.toFixed(1), "num");
+    cell(row, count(retired.jobs_failed), retired.jobs_failed ? "num bad" : "num");
+    cell(row, count(retired.jobs_expired), retired.jobs_expired ? "num warn" : "num");
+    cell(row, count(retired.jobs_released), "num");
+    cell(row, "–", "num dim");
+    note.textContent = `Retired: engines idle for ${duration(retired.idle_seconds)}, or beyond ` +
+      `the ${count(retired.idle_listed)} idle ones active last; their work is summed in one row.`;
+  }
+  $("no-engines").hidden = s.engines.length > 0 || retired.engines > 0;
 }
 
 // How each bad end of a job is shown, and its colour; the reason is the cell's tooltip.
