@@ -74,7 +74,9 @@ class Run:
         self.never_offered.add(name)
         return name
 
-    def judge(self, *, drained: bool = True) -> Verdict:
+    def judge(
+        self, *, drained: bool = True, done: Iterable[str] = (), undone: Iterable[str] = ()
+    ) -> Verdict:
         """The independent oracle (tests/oracle.py) on this run's folders and ledger."""
         return judge(
             self.input_dir,
@@ -83,6 +85,8 @@ class Run:
             deleted=self.deleted,
             never_offered=self.never_offered,
             drained=drained,
+            done=set(done),
+            undone=set(undone),
         )
 
     def basecall(self, job_output_dir: str, batch: Iterable[str], sub: str = "pass") -> None:

@@ -18,8 +18,8 @@ What it says, as one line per problem:
 - no raw file and no job folder (or its links) ever left INPUT_DIR;
 - a raw file that must never be offered is in no job folder and none of its reads is merged.
 
-Before the run is drained (``drained=False``) only the "never" rules hold, and the reads of the
-files named in ``done`` must be there.
+Before the run is drained (``drained=False``) only the "never" rules hold, the reads of the
+files named in ``done`` must be there, and none of those named in ``undone``.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def judge(
     never_offered: Collection[str] = (),
     drained: bool = True,
     done: Collection[str] = (),
+    undone: Collection[str] = (),
 ) -> Verdict:
     """Judge the run's folders against the ledger ``reads`` (every complete raw file the test
     wrote, deleted or not -> its read ids)."""
@@ -121,7 +122,9 @@ def judge(
             if found:
                 verdict.problems.append(f"{name!r}, never to be offered, has {found} reads merged")
             continue
-        if 0 < found < len(ids):
+        if found and name in undone:
+            verdict.problems.append(f"{name} is not done, yet {found} of its reads are merged")
+        elif 0 < found < len(ids):
             verdict.problems.append(f"{name}: only {found} of its {len(ids)} reads are merged")
         elif name in deleted:
             if found:

@@ -58,8 +58,12 @@ def test_a_deleted_raw_file_may_have_been_basecalled_before(basecalled: Run) -> 
 def test_before_the_run_is_drained_only_the_named_files_must_be_done(basecalled: Run) -> None:
     os.unlink(basecalled.output_dir / "pass" / "barcode01" / "b.fq")
     assert basecalled.judge(drained=False).problems == []
-    assert basecalled.judge().problems == [
-        "b.pod5: none of its 2 reads is in pass/ or fail/, and it is in no FAILED_ folder"
+    missing = "b.pod5: none of its 2 reads is in pass/ or fail/, and it is in no FAILED_ folder"
+    assert basecalled.judge().problems == [missing]
+    assert basecalled.judge(drained=False, done=["b.pod5"]).problems == [missing]
+    assert basecalled.judge(drained=False, undone=["b.pod5", "c.pod5"]).problems == []
+    assert basecalled.judge(drained=False, undone=["a.pod5"]).problems == [
+        "a.pod5 is not done, yet 2 of its reads are merged"
     ]
 
 
