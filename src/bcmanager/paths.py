@@ -20,6 +20,10 @@ from enum import Enum
 from pathlib import Path
 
 RAW_SUFFIX = ".pod5"
+# What the agent writes at the top of a job's output folder when its basecaller has ended: the
+# exit code, signal, run time and the tail of stderr, as JSON (docs/reliability.md). Kept with
+# the logs, so a FAILEDOUTPUT_ folder says why its job failed.
+ATTEMPT_FILE = "bcm-attempt.json"
 PASS = "pass"
 FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"
