@@ -10,13 +10,14 @@ import time
 from dataclasses import replace
 
 import detection
+import loop_lag
 import memory
 import request_cost
 import startup
 import throughput
 from _common import Row, arguments, machine, print_table, progress
 
-FIGURES = (startup, throughput, request_cost, detection, memory)
+FIGURES = (startup, throughput, request_cost, detection, memory, loop_lag)
 
 
 def main() -> None:

@@ -100,15 +100,87 @@ def test_done_is_final_and_a_repeat_is_recognised() -> None:
     assert state.keepalive("1", JobState.PROCESSING, now=2) is True
 
 
-def test_failed_files_are_set_aside_and_stopped_files_return_first() -> None:
+def test_failed_files_are_retried_first_and_stopped_files_return_first() -> None:
     state = run_with("a", "b", "c")
     state.lease("1", "gpu", 1, now=0)
     state.lease("2", "gpu", 1, now=0)
     state.finish("1", JobState.FAILED)
     state.finish("2", JobState.STOPPED)
+    assert state.file_state("a") is FileState.PENDING  # a failed attempt is not a bad file
+    retry = state.lease("3", "gpu2", 10, now=1)
+    assert retry is not None and retry.files == ("a",) and retry.retry
+    nxt = state.lease("4", "gpu", 10, now=1)
+    assert nxt is not None and nxt.files == ("b", "c")
+
+
+def test_a_failed_batch_is_retried_in_halves_until_the_bad_file_is_alone() -> None:
+    names = [f"f{index}" for index in range(10)]
+    state = run_with(*names)
+    bad, jobs = "f6", 0
+    engines = iter(["gpu1", "gpu2"] * 20)
+    while state.pending_count():
+        jobs += 1
+        engine = next(engines)
+        job = state.lease(str(jobs), engine, 10, now=0, steer=True)
+        assert job is not None
+        if bad in job.files:
+            ending = state.judge_failure(job.jobid, attempts=3, others_working=True)
+            state.finish(job.jobid, ending)
+        else:
+            state.finish(job.jobid, JobState.DONE)
+    assert state.file_state(bad) is FileState.FAILED and state.quarantined() == [bad]
+    assert state.counts()[FileState.DONE] == 9
+    assert sorted(set(state.failed_alone(bad))) == ["gpu1", "gpu2"]
+    # Two jobs per halving (10, 5, 3, 2, 1: four), and one on a second engine to confirm.
+    assert jobs - 1 == 2 * 4 + 1
+
+
+def test_a_file_failed_alone_goes_to_another_engine_while_one_works() -> None:
+    state = run_with("a", "b")
+    state.lease("1", "gpu1", 1, now=0)
+    assert state.judge_failure("1", attempts=3, others_working=True) is JobState.FAILED
+    state.finish("1", JobState.FAILED)
+    # gpu1 failed "a" alone: with another engine at work it gets "b", and gpu2 gets "a".
+    mine = state.lease("2", "gpu1", 5, now=0, steer=True)
+    theirs = state.lease("3", "gpu2", 5, now=0, steer=True)
+    assert mine is not None and mine.files == ("b",)
+    assert theirs is not None and theirs.files == ("a",)
+    assert state.judge_failure("3", attempts=3, others_working=True) is JobState.QUARANTINED
+
+
+def test_alone_an_engine_quarantines_a_file_after_n_attempts() -> None:
+    state = run_with("a")
+    for attempt in range(1, 4):
+        job = state.lease(str(attempt), "gpu1", 1, now=0, steer=False)
+        assert job is not None
+        ending = state.judge_failure(job.jobid, attempts=3, others_working=False)
+        assert ending is (JobState.QUARANTINED if attempt == 3 else JobState.FAILED)
+        state.finish(job.jobid, ending)
     assert state.file_state("a") is FileState.FAILED
-    nxt = state.lease("3", "gpu", 1, now=1)
-    assert nxt is not None and nxt.files == ("b",)
+    assert state.check_completion("3", JobState.FAILED, now=1) is Completion.REPEAT
+    assert state.retry(["a", "zzz"]) == ["a"]
+    assert state.file_state("a") is FileState.PENDING and state.failed_alone("a") == []
+
+
+def test_a_benched_engines_failure_is_no_evidence() -> None:
+    state = run_with("a")
+    state.lease("1", "bad", 1, now=0)
+    state.finish("1", JobState.FAILED, counted=False)
+    assert state.failed_alone("a") == []
+
+
+def test_recovery_goes_on_with_the_bisection_where_it_stopped() -> None:
+    state = RunState(LEASE)
+    state.restore("d", FileState.DONE)
+    state.restore_failures(
+        [("gpu1", ("a", "b", "c", "d")), ("gpu2", ("a", "b")), ("gpu2", ("c",))],
+        [("gpu1", "q"), ("gpu2", "q")],
+    )
+    assert state.file_state("q") is FileState.FAILED and state.failed_alone("q") == ["gpu1", "gpu2"]
+    assert state.file_state("d") is FileState.DONE
+    leased = {tuple(job.files) for job in (state.lease(n, "gpu3", 9, now=0) for n in "123") if job}
+    assert leased == {("a",), ("b",), ("c",)}  # the halves of {a, b}, and c alone
+    assert state.failed_alone("c") == ["gpu2"]
 
 
 def test_unknown_job_and_bad_outcome_are_named_errors() -> None:

@@ -63,6 +63,7 @@ async def test_render_sums_the_retired_engines_in_one_row(run: Run) -> None:
             batch = (
                 await client.get("/assignwork", params={"engineid": engine, "batchsize": 2})
             ).json()
+            run.basecall(batch["job_output_dir"], batch["batch"])
             await client.get("/completed", params={"job_id": batch["jobid"], "job_state": state})
         clock.now += ENGINE_IDLE_SECONDS
         await client.get("/assignwork", params={"engineid": "gpu4", "batchsize": 2})

@@ -35,6 +35,8 @@ from bcmanager.models import (
     HeartbeatReply,
     KeepaliveReply,
     ReadyReply,
+    RetryReply,
+    RetryRequest,
     RunStatus,
 )
 from bcmanager.paths import ENGINE_ID_MAX, ENGINE_ID_PATTERN, JOB_ID_PATTERN
@@ -255,6 +257,23 @@ def create_app(
     )
     async def status() -> RunStatus:
         return manager.status()
+
+    @app.post(
+        "/retry",
+        response_model=RetryReply,
+        operation_id="retry_files",
+        summary="Send quarantined files (all, or the named ones) back to pending",
+        description="Each named file's failed attempts stop counting against it (their "
+        "FAILED_ and QUARANTINED_ folders become EXCUSED_), and the quarantined ones are "
+        "pending again, each in a batch of its own. Requires the token when one is set.",
+        tags=["operations"],
+        responses={401: ERRORS[401], 503: ERRORS[503]},
+        dependencies=authorized,
+        openapi_extra=TOKEN_OPTIONAL,
+    )
+    async def retry(request: RetryRequest | None = None) -> RetryReply:
+        files = request.files if request is not None else None
+        return RetryReply(retried=await manager.retry(files))
 
     @app.get(
         "/metrics",

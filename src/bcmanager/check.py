@@ -33,6 +33,7 @@ from pathlib import Path
 from bcmanager import scan
 from bcmanager.lock import RunLock
 from bcmanager.paths import (
+    FAILED_KINDS,
     INPUT_KINDS,
     FolderKind,
     JobFolderName,
@@ -49,8 +50,10 @@ from bcmanager.state import FileState
 FILE_STATE_OF: dict[FolderKind, FileState] = {
     FolderKind.ASSIGNED: FileState.LEASED,
     FolderKind.DONE: FileState.DONE,
-    FolderKind.FAILED: FileState.FAILED,
+    FolderKind.QUARANTINED: FileState.FAILED,
 }
+# FAILED_ and EXCUSED_ folders record attempts, not states: a file only they hold is pending
+# (tried again); the manager's /status tells how far its bisection has gone.
 
 
 class Severity(str, Enum):
@@ -211,7 +214,8 @@ def _inspect_links(
                     f"missing: {report.paths.input_dir / entry} was moved or deleted after "
                     f"{name} recorded it",
                 )
-                report.files[FILE_STATE_OF[folder.kind]] += 1
+                if folder.kind in FILE_STATE_OF:
+                    report.files[FILE_STATE_OF[folder.kind]] += 1
             elif entry not in raw:
                 report.add(
                     Severity.BROKEN,
@@ -267,7 +271,7 @@ def _inspect_output_folders(report: Report, found: list[JobFolderName]) -> None:
                 f"{owner.name} is committed but its output "
                 "was never moved into pass/ and fail/; moved at the next start or rescan",
             )
-        elif owner.kind is FolderKind.FAILED:
+        elif owner.kind in FAILED_KINDS:
             report.add(
                 Severity.REPAIR,
                 path,
@@ -314,7 +318,7 @@ def _count_files(
     input_dir = report.paths.input_dir
     unheld = []
     for name in sorted(raw):
-        held = holders.get(name, [])
+        held = [folder for folder in holders.get(name, []) if folder.kind in FILE_STATE_OF]
         has_fastq = raw_stem(name) in stems
         if len(held) > 1:
             names = sorted(f.name for f in held)

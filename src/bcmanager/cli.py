@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bcmanager import __version__, agent, check, demo, serve, simulate, status_view
+from bcmanager import __version__, agent, check, demo, retry, serve, simulate, status_view
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bcmanager {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, agent, simulate, demo, status_view, check):
+    for module in (serve, agent, simulate, demo, status_view, check, retry):
         module.add_command(subparsers)
     return parser
 

@@ -10,7 +10,11 @@ is fsynced before the change is reported done, so an answer an engine got surviv
             rename ``ASSIGNED_x`` to ``DONE_x`` (the commit), then move the reads files into
             pass/ and fail/ and rename ``TMPOUTPUT_x`` to ``LOGOUTPUT_x``. Start-up rolls the rest
             forward.
-- failed:   rename ``ASSIGNED_x`` to ``FAILED_x``, then ``TMPOUTPUT_x`` to ``FAILEDOUTPUT_x``.
+- failed:   rename ``ASSIGNED_x`` to ``FAILED_x`` (an attempt: its files are retried) or to
+            ``QUARANTINED_x`` (its one file is set aside), then ``TMPOUTPUT_x`` to
+            ``FAILEDOUTPUT_x``. An operator's retry renames a file's one-file ``FAILED_`` and
+            ``QUARANTINED_`` folders to ``EXCUSED_``: kept, out of the count. A benched engine's
+            failure is committed as ``EXCUSED_`` at once.
 - stopped, expired and empty: rename ``ASSIGNED_x`` to a temp name (the commit: its files are no
             longer leased), then discard (stopped) or keep aside as ``EXPIREDOUTPUT_x`` or
             ``EMPTYOUTPUT_x`` the output, and remove the temp folder.
@@ -45,6 +49,7 @@ from pathlib import Path
 
 from bcmanager import scan
 from bcmanager.paths import (
+    ATTEMPT_FILE,
     TEMP_PREFIX,
     FolderKind,
     JobFolderName,
@@ -191,6 +196,7 @@ class Recovered:
     """What start-up found on disk, after cleaning up and rolling forward."""
 
     assigned: list[tuple[JobFolderName, list[str]]] = field(default_factory=list)
+    # DONE_, FAILED_ and QUARANTINED_ folders (EXCUSED_ ones are history: not read back).
     ended: list[tuple[JobFolderName, list[str]]] = field(default_factory=list)
     done_by_fastq: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
@@ -263,10 +269,41 @@ class RunFolders:
         self._commit(assigned, assigned.with_name(job_folder(FolderKind.DONE, jobid, engine)))
         self._finish(jobid, engine, Tail.DONE)
 
-    def commit_failed(self, jobid: str, engine: str) -> None:
+    def commit_failed(self, jobid: str, engine: str, kind: FolderKind) -> None:
+        """Commit a failed attempt as FAILED_ (retried), QUARANTINED_ or EXCUSED_, then set its
+        output aside as FAILEDOUTPUT_, where the agent's record says why."""
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
-        self._commit(assigned, assigned.with_name(job_folder(FolderKind.FAILED, jobid, engine)))
+        self._commit(assigned, assigned.with_name(job_folder(kind, jobid, engine)))
         self._finish(jobid, engine, Tail.FAILED)
+
+    def failed_attempt(self, jobid: str, engine: str) -> scan.AttemptRecord | None:
+        """What the agent recorded of a failed job, from its FAILEDOUTPUT_ folder."""
+        output = self.paths.output_folder(FolderKind.FAILEDOUTPUT, jobid, engine)
+        return scan.attempt_record(output / ATTEMPT_FILE)
+
+    def retry(self, names: set[str] | None) -> list[str]:
+        """Send files back: each FAILED_ or QUARANTINED_ folder that holds one of ``names``
+        alone (None: every quarantined file) becomes EXCUSED_, so its failure no longer
+        counts, and is fsynced. Returns the files whose attempts were excused. Works with or
+        without a manager running (one that runs must then be told: ``Manager.retry``)."""
+        alone: list[tuple[JobFolderName, str]] = []
+        for folder in scan.list_input(self.paths.input_dir).job_folders:
+            if folder.kind in (FolderKind.FAILED, FolderKind.QUARANTINED):
+                files = raw_names_among(scan.names_in(self.paths.input_dir / folder.name))
+                if len(files) == 1:
+                    alone.append((folder, files[0]))
+        if names is None:
+            names = {name for folder, name in alone if folder.kind is FolderKind.QUARANTINED}
+        sent: set[str] = set()
+        for folder, name in alone:
+            if name in names:
+                path = self.paths.input_dir / folder.name
+                excused = job_folder(FolderKind.EXCUSED, folder.jobid, folder.engine)
+                _rename_new(self.ops, path, path.with_name(excused))
+                sent.add(name)
+        if sent:
+            self.ops.fsync(self.paths.input_dir)
+        return sorted(sent)
 
     def commit_release(self, jobid: str, engine: str, tail: Tail) -> None:
         """Take the lease back: STOPPED (``Tail.DISCARD``), EXPIRED or EMPTY (output kept)."""
@@ -473,7 +510,8 @@ class RunFolders:
                 self.ops.mkdir(output)
                 found.repaired.append(f"recreated {output.name}")
             return
-        found.ended.append((folder, files))
+        if folder.kind is not FolderKind.EXCUSED:
+            found.ended.append((folder, files))
         if not running:
             return
         final = FolderKind.LOGOUTPUT if folder.kind is FolderKind.DONE else FolderKind.FAILEDOUTPUT

@@ -26,19 +26,29 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bcmanager import scan
+from bcmanager.benching import Benching
 from bcmanager.folders import Recovered, RunFolders, Tail
 from bcmanager.logs import log_event
-from bcmanager.models import BCBatch, FileBytes, FileCounts, LeasedJob, RunPhase, RunStatus
+from bcmanager.models import (
+    BCBatch,
+    BenchedEngine,
+    FileBytes,
+    FileCounts,
+    LeasedJob,
+    QuarantinedFile,
+    RunPhase,
+    RunStatus,
+)
 from bcmanager.paths import FolderKind, RunPaths, job_folder
 from bcmanager.progress import Progress, run_phase
 from bcmanager.settings import Settings
 from bcmanager.state import (
-    FILES_AFTER,
     Completion,
     FileState,
     Job,
@@ -52,8 +62,22 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+QUARANTINED_SHOWN = 100  # quarantined files listed by name in /status (all are counted)
 FIRST_CHUNK = 64  # files probed before the server starts listening
 CHUNK = 4096  # files probed per step after that
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How the manager carries out the end of one job."""
+
+    job: Job
+    outcome: JobState  # as judged: a DONE may still end EMPTY once its output is looked at
+    counted: bool = True  # a failure held against its files (not a benched engine's)
+
+
+# The folder that records a failed attempt, by how it was judged.
+FAILED_FOLDER = {JobState.FAILED: FolderKind.FAILED, JobState.QUARANTINED: FolderKind.QUARANTINED}
 
 
 class Manager:
@@ -71,12 +95,19 @@ class Manager:
         self.clock = clock
         self.state = RunState(settings.report_back_period)
         self.progress = Progress(clock())
+        self.benching = Benching(
+            settings.bench_after,
+            settings.bench_seconds,
+            settings.bench_longest_seconds,
+            window=2 * settings.report_back_period,
+        )
         self.last_activity = clock()
         self.ready = False
         self._complete_announced = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Jobs whose end is being carried out in a worker thread, and when that is over.
         self._busy: dict[str, asyncio.Event] = {}
+        self._retrying = asyncio.Lock()  # one operator's retry at a time
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -97,25 +128,37 @@ class Manager:
         recovered = self.folders.recover()
         for line in recovered.repaired:
             log.info("recovery: %s", line)
-        now = self.clock()
-        ended: dict[JobState, list[list[str]]] = {JobState.DONE: [], JobState.FAILED: []}
+        self._restore(recovered, self.clock())
+        ordered = self._unknown_oldest_first(recovered.raw)
+        self._observe(scan.probe_many(self.paths.input_dir, ordered[:FIRST_CHUNK]), announce=False)
+        return recovered, ordered[FIRST_CHUNK:]
+
+    def _restore(self, recovered: Recovered, now: float) -> None:
+        """What the folders say of each file, by precedence (the one place it is decided):
+        done (a DONE_ folder, or FASTQ in pass/ or fail/) over leased (an ASSIGNED_ folder,
+        adopted with a fresh lease) over quarantined (a QUARANTINED_ folder) over failed
+        attempts (FAILED_ folders: retried where the bisection stopped). A file none of them
+        records is probed by the scan."""
+        done: list[list[str]] = []
+        attempts: list[tuple[str, tuple[str, ...]]] = []
+        quarantined: list[tuple[str, str]] = []
         for folder, files in recovered.ended:
-            outcome = JobState.DONE if folder.kind is FolderKind.DONE else JobState.FAILED
+            outcome = ENDED_AS[folder.kind]
             self.state.record_ended(folder.jobid, folder.engine, outcome, now)
-            ended[outcome].append(files)
-            if outcome is JobState.FAILED:
+            if outcome is JobState.DONE:
+                done.append(files)
+            elif outcome is JobState.QUARANTINED:
+                quarantined += [(folder.engine, name) for name in files]
                 self.progress.job_found_failed(folder.jobid, folder.engine, len(files))
-        # Done first: a file that a DONE_ and a FAILED_ folder both record is done.
-        for outcome, groups in ended.items():
-            self.state.restore_many(chain.from_iterable(groups), FILES_AFTER[outcome])
+            else:
+                attempts.append((folder.engine, tuple(files)))
+        self.state.restore_many(chain.from_iterable(done), FileState.DONE)
         self.state.restore_many(recovered.done_by_fastq, FileState.DONE)
         for folder, files in recovered.assigned:
             job = self.state.adopt(folder.jobid, folder.engine, files, now)
             self.progress.job_adopted(job, now)
             self._event("adopted", job)
-        ordered = self._unknown_oldest_first(recovered.raw)
-        self._observe(scan.probe_many(self.paths.input_dir, ordered[:FIRST_CHUNK]), announce=False)
-        return recovered, ordered[FIRST_CHUNK:]
+        self.state.restore_failures(attempts, quarantined)
 
     async def stop(self) -> None:
         for task in self._tasks.values():
@@ -135,9 +178,11 @@ class Manager:
         """Lease a batch to ``engine``; raises OSError (nothing leased) if the disk refuses."""
         self._touch()
         now = self.clock()
-        self.progress.contact(engine, now)
+        self._contact(engine, now)
         size = batch_size if batch_size > 0 else self.settings.default_batch_size
         size = min(size, self.settings.max_batch_size)
+        if self.benching.benched(engine, now) is not None:
+            return self._batch(engine, "-1", (), "", "")
         job = self._lease_present(engine, size, now)
         if job is None:
             return self._batch(engine, "-1", (), "", "")
@@ -159,8 +204,9 @@ class Manager:
     def _lease_present(self, engine: str, size: int, now: float) -> Job | None:
         """Lease a batch of files that are still there: one that an operator moved or deleted
         since it was seen is dropped as missing, never leased as a link to nothing."""
+        steer = self.benching.others_working(engine, now)
         while True:
-            job = self.state.lease(str(uuid.uuid4().int), engine, size, now)
+            job = self.state.lease(str(uuid.uuid4().int), engine, size, now, steer)
             if job is None:
                 return None
             gone = scan.absent(self.paths.input_dir, job.files)
@@ -178,7 +224,7 @@ class Manager:
         except UnknownJob:
             job = None
         if job is not None:
-            self.progress.contact(job.engine, now)
+            self._contact(job.engine, now)
         if late:
             self._log("late", jobid=jobid, engine=job.engine if job else None)
         return late
@@ -186,41 +232,70 @@ class Manager:
     def complete(self, jobid: str, outcome: JobState) -> None:
         """Record a job's end, all on the calling thread (tests, and tools without a loop);
         raises StateError (nothing changes) or OSError (nothing changes, the engine may retry)."""
-        job = self._completion(jobid, outcome)
-        if job is not None:
-            self._ended(job, self._carry_out(job, outcome))
+        ending = self._completion(jobid, outcome)
+        if ending is not None:
+            self._ended(ending, *self._carry_out(ending))
 
     async def complete_async(self, jobid: str, outcome: JobState) -> None:
         """``complete`` for the server: the disk work runs in a worker thread."""
         await self._settled(jobid)
-        job = self._completion(jobid, outcome)
-        if job is not None:
-            self._ended(job, await self._off_loop(jobid, self._carry_out, job, outcome))
+        ending = self._completion(jobid, outcome)
+        if ending is not None:
+            self._ended(ending, *await self._off_loop(jobid, self._carry_out, ending))
 
-    def _completion(self, jobid: str, outcome: JobState) -> Job | None:
-        """The job to end now, or None for a repeated report (answered ok, nothing changes)."""
+    def _completion(self, jobid: str, outcome: JobState) -> Ending | None:
+        """How to end the job now, or None for a repeated report (answered ok, nothing
+        changes). A FAILED is judged here: quarantined, retried, or (from a benched engine)
+        not held against its files."""
         self._touch()
         now = self.clock()
         job = self.state.job(jobid)
-        self.progress.contact(job.engine, now)
+        self._contact(job.engine, now)
         if self.state.check_completion(jobid, outcome, now) is Completion.REPEAT:
             return None
-        return job
+        if outcome is not JobState.FAILED:
+            return Ending(job, outcome)
+        if self.benching.benched(job.engine, now) is not None:
+            return Ending(job, JobState.FAILED, counted=False)
+        others = self.benching.others_working(job.engine, now)
+        return Ending(
+            job, self.state.judge_failure(jobid, self.settings.quarantine_attempts, others)
+        )
 
-    def _carry_out(self, job: Job, outcome: JobState) -> JobState:
+    def _carry_out(self, ending: Ending) -> tuple[JobState, scan.AttemptRecord | None]:
         """The disk part of an engine's report, safe in a worker thread: it touches only this
-        job's folders. Returns how the job ended: a DONE with no reads for a non-empty batch
-        ends EMPTY, its files pending again."""
+        job's folders. Returns how the job ended (a DONE with no reads for a non-empty batch
+        ends EMPTY, its files pending again) and, for a failure, what the agent recorded."""
+        job, outcome = ending.job, ending.outcome
         if outcome is JobState.DONE:
             if job.files and not self.folders.has_reads(job.jobid, job.engine):
                 self.folders.commit_release(job.jobid, job.engine, Tail.EMPTY)
-                return JobState.EMPTY
+                return JobState.EMPTY, None
             self.folders.commit_done(job.jobid, job.engine)
-        elif outcome is JobState.FAILED:
-            self.folders.commit_failed(job.jobid, job.engine)
+        elif outcome in (JobState.FAILED, JobState.QUARANTINED):
+            kind = FAILED_FOLDER[outcome] if ending.counted else FolderKind.EXCUSED
+            self.folders.commit_failed(job.jobid, job.engine, kind)
+            return outcome, self.folders.failed_attempt(job.jobid, job.engine)
         else:
             self.folders.commit_release(job.jobid, job.engine, Tail.DISCARD)
-        return outcome
+        return outcome, None
+
+    async def retry(self, names: list[str] | None) -> list[str]:
+        """An operator sends files back: the named ones (None: every quarantined file) have
+        their failed attempts excused on disk, and the quarantined among them are pending
+        again, each alone. Returns those that were quarantined."""
+        async with self._retrying:
+            excused = await asyncio.to_thread(
+                self.folders.retry, None if names is None else set(names)
+            )
+        sent = self.state.retry(excused if names is None else names)
+        self.progress.files_retried(await asyncio.to_thread(scan.sizes, self.paths.input_dir, sent))
+        self._log("retried", files=len(sent))
+        return sent
+
+    def _contact(self, engine: str, now: float) -> None:
+        self.progress.contact(engine, now)
+        self.benching.contact(engine, now)
 
     async def _settled(self, jobid: str) -> None:
         """Wait until no change of ``jobid`` is in flight."""
@@ -239,16 +314,25 @@ class Manager:
     def _touch(self) -> None:
         self.last_activity = self.clock()
 
-    def _ended(self, job: Job, outcome: JobState) -> None:
-        """The job's end is on disk: record it, and tell progress and the log."""
-        now = self.clock()
-        self.state.finish(job.jobid, outcome)
-        self.progress.job_ended(job, outcome, now)
-        self._event(_ENDINGS[outcome], job)
+    def _ended(
+        self, ending: Ending, outcome: JobState, record: scan.AttemptRecord | None = None
+    ) -> None:
+        """The job's end is on disk: record it, and tell progress, benching and the log."""
+        job, now = ending.job, self.clock()
+        self.state.finish(job.jobid, outcome, counted=ending.counted)
+        reason = record.describe() if record is not None else None
+        self.progress.job_ended(job, outcome, now, record)
+        if outcome is JobState.DONE:
+            self.benching.succeeded(job.engine, now)
+        elif outcome in (JobState.FAILED, JobState.QUARANTINED):
+            benched = self.benching.failed(job.engine, now, reason or "no record of why")
+            if benched is not None:
+                self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)
+        self._event(_ENDINGS[outcome], job, reason)
         self._announce_complete()
 
-    def _event(self, event: str, job: Job) -> None:
-        self._log(event, jobid=job.jobid, engine=job.engine, files=len(job.files))
+    def _event(self, event: str, job: Job, reason: str | None = None) -> None:
+        self._log(event, jobid=job.jobid, engine=job.engine, files=len(job.files), reason=reason)
 
     def _log(self, event: str, level: int = logging.INFO, **facts: str | int | None) -> None:
         counts = {state.value: count for state, count in self.state.counts().items()}
@@ -319,6 +403,18 @@ class Manager:
             retired_engines=self.progress.retired_picture(now),
             recent_problems=self.progress.recent_problems(now),
             job_problems=self.job_problems(),
+            quarantined=[
+                QuarantinedFile(file=name, failed_on=self.state.failed_alone(name))
+                for name in self.state.quarantined()[:QUARANTINED_SHOWN]
+            ],
+            benched=[
+                BenchedEngine(
+                    engine=benched.engine,
+                    seconds_left=round(benched.until - now, 1),
+                    reason=benched.reason,
+                )
+                for benched in self.benching.all_benched(now)
+            ],
             jobs=[
                 LeasedJob(
                     jobid=job.jobid,
@@ -458,13 +554,13 @@ class Manager:
                 if job.jobid in self._busy or not job.live:
                     continue  # its engine's report got there while an earlier job was taken
                 if await self._off_loop(job.jobid, self._take_back, job):
-                    self._ended(job, JobState.EXPIRED)
+                    self._ended(Ending(job, JobState.EXPIRED), JobState.EXPIRED)
 
     def reap(self) -> None:
         """Take back every job whose lease ran out, all on the calling thread."""
         for job in self._due():
             if self._take_back(job):
-                self._ended(job, JobState.EXPIRED)
+                self._ended(Ending(job, JobState.EXPIRED), JobState.EXPIRED)
 
     def _due(self) -> list[Job]:
         """Jobs whose lease ran out, but for those whose end is being carried out."""
@@ -498,10 +594,18 @@ def _collection_paused() -> Iterator[None]:
             gc.enable()
 
 
+# How a job folder found at start-up ended.
+ENDED_AS = {
+    FolderKind.DONE: JobState.DONE,
+    FolderKind.FAILED: JobState.FAILED,
+    FolderKind.QUARANTINED: JobState.QUARANTINED,
+}
+
 # The event logged for each end of a job.
 _ENDINGS = {
     JobState.DONE: "done",
     JobState.FAILED: "failed",
+    JobState.QUARANTINED: "quarantined",
     JobState.STOPPED: "released",
     JobState.EXPIRED: "expired",
     JobState.EMPTY: "empty",

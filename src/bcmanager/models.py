@@ -226,15 +226,50 @@ class RetiredEngines(EngineTallies):
 
 
 class ProblemJob(BaseModel):
-    """A job that failed, lost its lease, or reported DONE with no reads file (EMPTY: its files
-    went back to pending)."""
+    """A job that failed (FAILED: its files are tried again; QUARANTINED: its one file is set
+    aside), lost its lease, or reported DONE with no reads file (EMPTY: its files went back to
+    pending)."""
 
     jobid: str
     engine: str
-    outcome: Literal["FAILED", "EXPIRED", "EMPTY"]
+    outcome: Literal["FAILED", "QUARANTINED", "EXPIRED", "EMPTY"]
     reason: str = Field(description="Why, in words.")
+    exit_code: int | None = Field(
+        None, description="The basecaller's exit code, as its agent recorded it (failures)."
+    )
+    signal: str | None = Field(None, description="The signal that ended the basecaller, if one.")
+    last_line: str | None = Field(
+        None, description="The last line the basecaller wrote to stderr (at most 300 chars)."
+    )
     files: int
     seconds_ago: float | None = Field(description="Null: a FAILED_ folder found at start-up.")
+
+
+class QuarantinedFile(BaseModel):
+    """A raw file set aside after failing alone: `bcmanager retry` sends it back."""
+
+    file: str
+    failed_on: list[str] = Field(description="The engines it failed alone on, one per attempt.")
+
+
+class BenchedEngine(BaseModel):
+    """An engine that gets no work for a while: it failed every job while others succeeded."""
+
+    engine: str
+    seconds_left: float = Field(description="Seconds until it is given work again.")
+    reason: str
+
+
+class RetryRequest(BaseModel):
+    files: list[str] | None = Field(
+        None, description="Raw file names to send back; null or absent: every quarantined file."
+    )
+
+
+class RetryReply(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"retried": ["a.pod5"]}]})
+
+    retried: list[str] = Field(description="The quarantined files now pending again.")
 
 
 class RunStatus(BaseModel):
@@ -263,6 +298,13 @@ class RunStatus(BaseModel):
     jobs: list[LeasedJob] = Field(description="Jobs holding a lease now.")
     recent_problems: list[ProblemJob] = Field(
         description="The last failed, expired or empty jobs, newest first (at most 20)."
+    )
+    quarantined: list[QuarantinedFile] = Field(
+        default_factory=list,
+        description="Quarantined files (files.failed counts them all; the first 100 by name).",
+    )
+    benched: list[BenchedEngine] = Field(
+        default_factory=list, description="Engines that get no work for now, and why."
     )
     job_problems: list[str] = Field(
         default_factory=list,

@@ -4,8 +4,11 @@ The filesystem is the database (DESIGN.md): a person reads the run's state with 
 restart rebuilds it from these names alone. So each name is spelled here, once.
 
 INPUT_DIR holds the raw ``*.pod5`` files (never written, moved or deleted by us) and one folder
-per job, named ``<KIND>_<jobid>_<engine>``: ASSIGNED_ (leased now), DONE_ (output final) and
-FAILED_ (set aside). OUTPUT_DIR holds pass/ and fail/ and one folder per job output: TMPOUTPUT_
+per job, named ``<KIND>_<jobid>_<engine>``: ASSIGNED_ (leased now), DONE_ (output final), FAILED_
+(an attempt that failed; its files are retried), QUARANTINED_ (the failed attempt that set its
+one file aside) and EXCUSED_ (a failed attempt not held against its files: an operator sent the
+file back, or a benched engine made it). OUTPUT_DIR holds pass/ and fail/ and one folder per job
+output: TMPOUTPUT_
 (running), LOGOUTPUT_ (done), FAILEDOUTPUT_ (failed) and EXPIREDOUTPUT_ (a job whose lease ran out:
 kept for inspection, never merged). Folders being built or torn down carry the hidden prefix
 ``.bcm-tmp-`` until an atomic rename commits them; start-up removes any that a crash left behind.
@@ -20,6 +23,10 @@ from enum import Enum
 from pathlib import Path
 
 RAW_SUFFIX = ".pod5"
+# What the agent writes at the top of a job's output folder when its basecaller has ended: the
+# exit code, signal, run time and the tail of stderr, as JSON (docs/reliability.md). Kept with
+# the logs, so a FAILEDOUTPUT_ folder says why its job failed.
+ATTEMPT_FILE = "bcm-attempt.json"
 PASS = "pass"
 FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"
@@ -58,7 +65,9 @@ class FolderKind(str, Enum):
 
     ASSIGNED = "ASSIGNED_"  # INPUT_DIR: symlinks of files leased to an engine now
     DONE = "DONE_"  # INPUT_DIR: symlinks of files whose FASTQ is final
-    FAILED = "FAILED_"  # INPUT_DIR: symlinks of a failed job's files, for an operator
+    FAILED = "FAILED_"  # INPUT_DIR: symlinks of a failed attempt's files (retried, in halves)
+    QUARANTINED = "QUARANTINED_"  # INPUT_DIR: the attempt that set its one file aside
+    EXCUSED = "EXCUSED_"  # INPUT_DIR: a failed attempt not held against its files
     TMPOUTPUT = "TMPOUTPUT_"  # OUTPUT_DIR: a running job's output
     LOGOUTPUT = "LOGOUTPUT_"  # OUTPUT_DIR: what stays of a done job's output (logs)
     FAILEDOUTPUT = "FAILEDOUTPUT_"  # OUTPUT_DIR: a failed job's output
@@ -66,7 +75,15 @@ class FolderKind(str, Enum):
     EMPTYOUTPUT = "EMPTYOUTPUT_"  # OUTPUT_DIR: output of a DONE that held no reads file
 
 
-INPUT_KINDS = (FolderKind.ASSIGNED, FolderKind.DONE, FolderKind.FAILED)
+INPUT_KINDS = (
+    FolderKind.ASSIGNED,
+    FolderKind.DONE,
+    FolderKind.FAILED,
+    FolderKind.QUARANTINED,
+    FolderKind.EXCUSED,
+)
+# The job folders that record an attempt that failed: what the output goes to on FAILED.
+FAILED_KINDS = (FolderKind.FAILED, FolderKind.QUARANTINED, FolderKind.EXCUSED)
 OUTPUT_KINDS = (
     FolderKind.TMPOUTPUT,
     FolderKind.LOGOUTPUT,

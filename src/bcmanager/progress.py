@@ -47,6 +47,7 @@ from bcmanager.models import (
     RunPhase,
     WindowRates,
 )
+from bcmanager.scan import AttemptRecord
 from bcmanager.state import FILES_AFTER, FileState, Job, JobState
 
 MINUTE = 60.0
@@ -178,7 +179,7 @@ class Tallies:
         if outcome is JobState.DONE:
             self.jobs_done += 1
             self.files_done += files
-        elif outcome is JobState.FAILED:
+        elif outcome in (JobState.FAILED, JobState.QUARANTINED):
             self.jobs_failed += 1
             self.files_failed += files
         elif outcome is JobState.STOPPED:
@@ -213,7 +214,8 @@ class EngineStats:
 
 # Why a job that ended badly did, in words, by how it ended.
 REASONS = {
-    JobState.FAILED: "the engine reported FAILED",
+    JobState.FAILED: "the engine reported FAILED: its files are tried again",
+    JobState.QUARANTINED: "failed alone often enough: set aside until `bcmanager retry`",
     JobState.EXPIRED: "no keepalive within the lease",
     JobState.EMPTY: "no output: reported DONE, but its folder held no reads file",
 }
@@ -229,6 +231,7 @@ class Problem:
     outcome: JobState
     files: int
     at: float | None
+    record: AttemptRecord | None = None  # what the agent recorded, for a failure
 
 
 class Progress:
@@ -375,11 +378,21 @@ class Progress:
         self._settle(stats, now)
 
     def job_found_failed(self, jobid: str, engine: str, files: int) -> None:
-        """Start-up: a FAILED_ folder waits for an operator."""
-        self.problems.appendleft(Problem(jobid, engine, JobState.FAILED, files, None))
+        """Start-up: a QUARANTINED_ folder waits for an operator."""
+        self.problems.appendleft(Problem(jobid, engine, JobState.QUARANTINED, files, None))
 
-    def job_ended(self, job: Job, outcome: JobState, now: float) -> None:
-        """``job`` ended as ``outcome`` (DONE, FAILED, STOPPED or EXPIRED) at ``now``."""
+    def files_retried(self, sized: Iterable[tuple[str, int]]) -> None:
+        """An operator sent quarantined files back: pending again, with these sizes."""
+        for name, size in sized:
+            self._bytes[FileState.FAILED] -= size
+            self._bytes[FileState.PENDING] += size
+            self._sizes[name] = size
+
+    def job_ended(
+        self, job: Job, outcome: JobState, now: float, record: AttemptRecord | None = None
+    ) -> None:
+        """``job`` ended as ``outcome`` at ``now``; ``record`` is what its agent recorded of a
+        failure."""
         stats = self._engine(job.engine, now)
         stats.current.pop(job.jobid, None)
         stats.work.ended(outcome, len(job.files))
@@ -392,7 +405,9 @@ class Progress:
             self.basecalled.add(now, len(job.files), size)
             self.basecalled_long.add(now, len(job.files), size)
         elif outcome is not JobState.STOPPED:
-            self.problems.appendleft(Problem(job.jobid, job.engine, outcome, len(job.files), now))
+            self.problems.appendleft(
+                Problem(job.jobid, job.engine, outcome, len(job.files), now, record)
+            )
         self._settle(stats, now)
 
     def engine_stats(self, now: float) -> list[EngineStats]:
@@ -476,6 +491,9 @@ class Progress:
                 engine=problem.engine,
                 outcome=problem.outcome.value,
                 reason=REASONS[problem.outcome],
+                exit_code=problem.record.exit_code if problem.record else None,
+                signal=problem.record.signal if problem.record else None,
+                last_line=problem.record.last_line if problem.record else None,
                 files=problem.files,
                 seconds_ago=None if problem.at is None else round(now - problem.at, 1),
             )

@@ -4,6 +4,7 @@ are there. Nothing here writes; these functions run in worker threads, off the e
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -257,6 +258,69 @@ def raw_names_with_fastq(output_dir: Path) -> set[str]:
             if stem is not None:
                 found.add(stem + RAW_SUFFIX)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """What an agent recorded of one run of its basecaller (the agent's ATTEMPT_FILE)."""
+
+    exit_code: int | None
+    signal: str | None
+    last_line: str | None
+
+    def describe(self) -> str:
+        """In words, for a person: "exit 127: sh: dorado: not found"."""
+        how = (
+            f"killed by {self.signal}"
+            if self.signal
+            else f"exit {self.exit_code}"
+            if self.exit_code is not None
+            else "no exit code"
+        )
+        return f"{how}: {self.last_line}" if self.last_line else how
+
+
+ATTEMPT_RECORD_MAX = 64 * 1024  # an engine writes it: read no more than this
+
+
+def attempt_record(path: Path) -> AttemptRecord | None:
+    """The record an agent left, or None when there is none or it is not one (an engine wrote
+    it: any bytes, any size, any JSON; nothing here raises)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, ATTEMPT_RECORD_MAX + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > ATTEMPT_RECORD_MAX:
+        return None
+    try:
+        record = json.loads(data.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    code, signal, line = (
+        record.get("exit_code"),
+        record.get("signal"),
+        record.get("stderr_last_line"),
+    )
+    return AttemptRecord(
+        code if isinstance(code, int) and not isinstance(code, bool) else None,
+        _text(signal[:32]) if isinstance(signal, str) else None,
+        _text(line[:300]) if isinstance(line, str) and line else None,
+    )
+
+
+def _text(value: str) -> str:
+    """``value`` safe to send as JSON: a lone surrogate (JSON can spell one) escaped."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def final_summary(folders: Iterable[Path]) -> Path | None:

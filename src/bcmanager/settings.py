@@ -53,6 +53,20 @@ class Settings(BaseSettings):
         description="Folder where MinKNOW writes final_summary_*.txt when sequencing stops "
         "(default: INPUT_DIR and its parent).",
     )
+    quarantine_attempts: PositiveInt = Field(
+        3,
+        description="Failed attempts of a file alone, on one engine, after which it is "
+        "quarantined when no other engine works (with two engines, one failure on each).",
+    )
+    bench_after: PositiveInt = Field(
+        3, description="Failed jobs in a row, while others succeed, that bench an engine."
+    )
+    bench_seconds: PositiveFloat = Field(
+        60.0, description="Seconds a benched engine gets no work; doubles each time again."
+    )
+    bench_longest_seconds: PositiveFloat = Field(
+        3600.0, description="The longest a benched engine gets no work at a time."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as plain text, or as one JSON object per line."
     )

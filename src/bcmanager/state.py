@@ -16,10 +16,18 @@ PENDING (complete), and PENDING files wait in a FIFO queue, oldest first. A wait
 file that disappears from INPUT_DIR (an operator moved or deleted it) becomes MISSING, and comes
 back if it reappears. ``lease`` takes a batch
 off the front and makes a Job that holds those files until ``report_back_period`` seconds after
-its last keepalive. A job ends in exactly one of five ways: DONE (its files are done), FAILED
-(its files are set aside), STOPPED (the engine gave it back), EXPIRED (its lease ran out) or
-EMPTY (the engine said DONE, but its output held no reads). The last three put the files back at
-the *front* of the queue, so returned work goes out before newer files. An ended job keeps no
+its last keepalive. A job ends in exactly one of six ways: DONE (its files are done), FAILED
+(an attempt failed: its files are retried), QUARANTINED (its one file has failed often enough to
+be set aside), STOPPED (the engine gave it back), EXPIRED (its lease ran out) or EMPTY (the
+engine said DONE, but its output held no reads). The last three put the files back at the
+*front* of the queue, so returned work goes out before newer files.
+
+Failures (docs/reliability.md). A failed attempt is not a bad file. The files of a FAILED job of
+n > 1 files are retried in two halves, each its own job, recursively, so a bad file ends alone;
+retries are leased before any other file and never mixed with others. A file that fails alone
+is quarantined (FileState.FAILED) once it failed alone on two engines, or ``attempts`` times
+while no other engine works; meanwhile a retry of one file goes to an engine that has not failed
+it, if another works. ``retry`` sends quarantined files back. An ended job keeps no
 file list: memory follows what is live, not the run's history.
 
 A job past its deadline is late even before the reaper expires it: it gets no more
@@ -43,7 +51,7 @@ class FileState(str, Enum):
     PENDING = "pending"  # complete, queued for an engine
     LEASED = "leased"  # in the batch of a live job
     DONE = "done"  # its FASTQ is final
-    FAILED = "failed"  # its job failed: set aside for an operator
+    FAILED = "failed"  # quarantined: failed alone on two engines (or N times); see ``retry``
     MISSING = "missing"  # gone from INPUT_DIR before it was leased: dropped until it returns
 
 
@@ -54,7 +62,8 @@ class JobState(str, Enum):
     STARTED = "STARTED"  # the engine reports its basecaller started
     PROCESSING = "PROCESSING"  # the engine reports it is working
     DONE = "DONE"  # output merged into pass/ and fail/: files done
-    FAILED = "FAILED"  # the engine reported failure: files set aside
+    FAILED = "FAILED"  # the engine reported failure: files retried, in halves when several
+    QUARANTINED = "QUARANTINED"  # reported FAILED, and its one file has failed enough: set aside
     STOPPED = "STOPPED"  # the engine gave the batch back unfinished: files pending again
     EXPIRED = "EXPIRED"  # no keepalive within the lease: files pending again, output never merged
     EMPTY = "EMPTY"  # reported DONE with no reads file: files pending again, output kept aside
@@ -62,15 +71,22 @@ class JobState(str, Enum):
 
 LIVE_JOB_STATES = frozenset({JobState.ASSIGNED, JobState.STARTED, JobState.PROCESSING})
 ENDED_JOB_STATES = frozenset(
-    {JobState.DONE, JobState.FAILED, JobState.STOPPED, JobState.EXPIRED, JobState.EMPTY}
+    {
+        JobState.DONE,
+        JobState.FAILED,
+        JobState.QUARANTINED,
+        JobState.STOPPED,
+        JobState.EXPIRED,
+        JobState.EMPTY,
+    }
 )
 # What an engine may report through /completed.
 COMPLETION_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.STOPPED})
-# How the manager may carry out what an engine reported: a DONE without reads ends EMPTY. A
-# repeated report is answered as the first one was, whichever way that ended.
+# How the manager may carry out what an engine reported: a DONE without reads ends EMPTY, a
+# FAILED may quarantine. A repeated report is answered as the first one was, whichever way.
 ENDS_OF: dict[JobState, frozenset[JobState]] = {
     JobState.DONE: frozenset({JobState.DONE, JobState.EMPTY}),
-    JobState.FAILED: frozenset({JobState.FAILED}),
+    JobState.FAILED: frozenset({JobState.FAILED, JobState.QUARANTINED}),
     JobState.STOPPED: frozenset({JobState.STOPPED}),
 }
 
@@ -81,7 +97,7 @@ FILE_TRANSITIONS: dict[FileState | None, frozenset[FileState]] = {
     FileState.PENDING: frozenset({FileState.LEASED, FileState.MISSING}),
     FileState.LEASED: frozenset({FileState.PENDING, FileState.DONE, FileState.FAILED}),
     FileState.DONE: frozenset(),
-    FileState.FAILED: frozenset(),
+    FileState.FAILED: frozenset({FileState.PENDING}),  # an operator's retry
     FileState.MISSING: frozenset({FileState.WAITING, FileState.PENDING}),
 }
 
@@ -95,12 +111,14 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.STOPPED: frozenset(),
     JobState.EXPIRED: frozenset(),
     JobState.EMPTY: frozenset(),
+    JobState.QUARANTINED: frozenset(),
 }
 
 # How each end of a job leaves its files.
 FILES_AFTER: dict[JobState, FileState] = {
     JobState.DONE: FileState.DONE,
-    JobState.FAILED: FileState.FAILED,
+    JobState.FAILED: FileState.PENDING,
+    JobState.QUARANTINED: FileState.FAILED,
     JobState.STOPPED: FileState.PENDING,
     JobState.EXPIRED: FileState.PENDING,
     JobState.EMPTY: FileState.PENDING,
@@ -133,6 +151,7 @@ class Job:
     state: JobState
     deadline: float  # monotonic second at which the lease runs out; meaningless once ended
     started: float  # monotonic second the job was assigned (or adopted)
+    retry: bool = False  # a retry of failed files: given back, it stays a batch of its own
 
     @property
     def live(self) -> bool:
@@ -151,11 +170,14 @@ class RunState:
 
     __slots__ = (
         "_counts",
+        "_failed_alone",
         "_files",
         "_jobs",
         "_live",
         "_missing",
         "_pending",
+        "_quarantined",
+        "_retries",
         "_waiting",
         "lease_seconds",
     )
@@ -167,6 +189,11 @@ class RunState:
         self._pending: deque[str] = deque()
         self._waiting: set[str] = set()
         self._missing: set[str] = set()
+        self._quarantined: set[str] = set()
+        # Failed files to try again, each group a batch of its own, leased before anything
+        # else; and the engines each file failed alone on. Both hold only failing files.
+        self._retries: deque[tuple[str, ...]] = deque()
+        self._failed_alone: dict[str, list[str]] = {}
         self._jobs: dict[str, Job] = {}
         # Live jobs ordered by deadline: every lease lasts lease_seconds, so refreshing one moves
         # it to the end and the expired ones are always at the front.
@@ -187,6 +214,10 @@ class RunState:
 
     def waiting(self) -> list[str]:
         return list(self._waiting)
+
+    def quarantined(self) -> list[str]:
+        """Quarantined files, by name (they wait for an operator: few)."""
+        return sorted(self._quarantined)
 
     def missing(self) -> list[str]:
         """Files that went missing: a scan looks for them again."""
@@ -256,12 +287,16 @@ class RunState:
                 self._waiting.discard(name)
             elif current is FileState.MISSING:
                 self._missing.discard(name)
+            elif current is FileState.FAILED:
+                self._quarantined.discard(name)
         self._files[name] = new
         self._counts[new] += 1
         if new is FileState.WAITING:
             self._waiting.add(name)
         elif new is FileState.MISSING:
             self._missing.add(name)
+        elif new is FileState.FAILED:
+            self._quarantined.add(name)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -274,13 +309,23 @@ class RunState:
     def live_jobs(self) -> list[Job]:
         return list(self._live.values())
 
-    def lease(self, jobid: str, engine: str, batch_size: int, now: float) -> Job | None:
-        """Take up to ``batch_size`` pending files, oldest first, into a new job; None if none.
+    def lease(
+        self, jobid: str, engine: str, batch_size: int, now: float, steer: bool = False
+    ) -> Job | None:
+        """Take up to ``batch_size`` pending files into a new job; None if none. A retry of
+        failed files goes first, alone; else the oldest pending files. With ``steer`` (another
+        engine works now), a file that failed alone on ``engine`` is left for another one.
 
         The caller builds the job's folders next; if that fails it calls ``abandon``.
         """
         if jobid in self._jobs:
             raise InvalidTransition(f"job {jobid} exists already")
+        retry = self._take_retry(engine, batch_size, steer)
+        if retry:
+            for name in retry:
+                self._move(name, FileState.LEASED)
+            job = Job(jobid, engine, retry, JobState.ASSIGNED, now, now, retry=True)
+            return self._start(job)
         files: list[str] = []
         while self._pending and len(files) < batch_size:
             name = self._pending.popleft()
@@ -302,7 +347,86 @@ class RunState:
             )
         self._end_live(job)
         del self._jobs[jobid]
-        self._return_to_front(job.files)
+        self._return_to_front(job)
+
+    def _take_retry(self, engine: str, batch_size: int, steer: bool) -> tuple[str, ...]:
+        """The first group of failed files that ``engine`` may have (at most ``batch_size`` of
+        it; the rest stays a group). Costs O(groups): only failing files are in groups."""
+        chosen: tuple[str, ...] = ()
+        kept: deque[tuple[str, ...]] = deque()
+        while self._retries:
+            group = self._retries.popleft()
+            files = tuple(name for name in group if self._files.get(name) is FileState.PENDING)
+            if not files:
+                continue  # gone missing since, or taken back by an operator
+            alone_on = self._failed_alone.get(files[0], ()) if len(files) == 1 else ()
+            if chosen or (steer and engine in alone_on):
+                kept.append(files)
+                continue
+            chosen, rest = files[:batch_size], files[batch_size:]
+            if rest:
+                kept.append(rest)
+        self._retries = kept
+        return chosen
+
+    def judge_failure(self, jobid: str, attempts: int, others_working: bool) -> JobState:
+        """How an engine's FAILED report of a live job ends: QUARANTINED when its one file has
+        now failed alone on two engines, or ``attempts`` times while ``others_working`` is
+        false; FAILED (its files retried) otherwise."""
+        job = self.job(jobid)
+        if len(job.files) != 1:
+            return JobState.FAILED
+        engines = [*self._failed_alone.get(job.files[0], ()), job.engine]
+        if len(set(engines)) >= 2 or (not others_working and len(engines) >= attempts):
+            return JobState.QUARANTINED
+        return JobState.FAILED
+
+    def failed_alone(self, name: str) -> list[str]:
+        """The engines ``name`` failed alone on, one entry per attempt."""
+        return list(self._failed_alone.get(name, ()))
+
+    def retry(self, names: Iterable[str]) -> list[str]:
+        """An operator sends files back: their failed attempts forgotten, and the quarantined
+        ones pending again, each alone. Returns those that were quarantined."""
+        names = list(names)
+        for name in names:
+            self._failed_alone.pop(name, None)
+        sent = [name for name in names if self._files.get(name) is FileState.FAILED]
+        for name in sent:
+            self._move(name, FileState.PENDING)
+            self._retries.append((name,))
+        return sent
+
+    def restore_failures(
+        self,
+        attempts: Iterable[tuple[str, tuple[str, ...]]],
+        quarantined: Iterable[tuple[str, str]],
+    ) -> None:
+        """Recovery: the failed attempts found on disk, (engine, files) of each, and the
+        quarantined files, (engine, file). Files recorded elsewhere keep their state. The
+        others are quarantined, or pending as retries: the half of the smallest failed batch
+        that holds each (bisection goes on where it stopped), or alone."""
+        smallest: dict[str, tuple[str, ...]] = {}
+        for engine, files in attempts:
+            for name in files:
+                if len(files) == 1:
+                    self._failed_alone.setdefault(name, []).append(engine)
+                if name not in smallest or len(files) < len(smallest[name]):
+                    smallest[name] = files
+        for engine, name in quarantined:
+            self._failed_alone.setdefault(name, []).append(engine)
+            if name not in self._files:
+                self._move(name, FileState.FAILED)
+        groups: dict[tuple[str, ...], None] = {}
+        for name, files in smallest.items():
+            if name in self._files:
+                continue
+            groups[_half_with(files, name)] = None
+        for group in groups:
+            for name in group:
+                if name not in self._files:
+                    self._move(name, FileState.PENDING)
+            self._retries.append(group)
 
     def adopt(self, jobid: str, engine: str, files: Iterable[str], now: float) -> Job:
         """Recovery: an ASSIGNED_ folder found on disk gets a fresh lease.
@@ -318,9 +442,9 @@ class RunState:
     def record_ended(self, jobid: str, engine: str, state: JobState, now: float) -> Job:
         """Recovery: a DONE_ or FAILED_ folder found on disk, so that a retried completion of
         that job is answered ok. Its files are restored separately."""
-        if state not in (JobState.DONE, JobState.FAILED):
+        if state not in (JobState.DONE, JobState.FAILED, JobState.QUARANTINED):
             raise InvalidTransition(
-                f"only DONE or FAILED jobs are found on disk, not {state.value}"
+                f"only DONE, FAILED or QUARANTINED jobs are found on disk, not {state.value}"
             )
         job = Job(jobid, engine, (), state, now, now)
         self._jobs[jobid] = job
@@ -356,16 +480,23 @@ class RunState:
             )
         return Completion.APPLY
 
-    def finish(self, jobid: str, outcome: JobState) -> Job:
+    def finish(self, jobid: str, outcome: JobState, *, counted: bool = True) -> Job:
         """The job's end is on disk: record it. DONE, FAILED, STOPPED and EMPTY follow the
         engine's report, EXPIRED the reaper (see ``due``). Returns the job as it was, with its
-        files; the record kept of it from now on has none."""
+        files; the record kept of it from now on has none. A failure that is not ``counted``
+        (a benched engine's) is no evidence against its file."""
         job = self.job(jobid)
         self._transition(job, outcome)
         self._end_live(job)
         after = FILES_AFTER[outcome]
-        if after is FileState.PENDING:
-            self._return_to_front(job.files)
+        if counted and len(job.files) == 1 and outcome in (JobState.FAILED, JobState.QUARANTINED):
+            self._failed_alone.setdefault(job.files[0], []).append(job.engine)
+        if outcome is JobState.FAILED:
+            for name in job.files:
+                self._move(name, FileState.PENDING)
+            self._retries.extendleft(reversed(_halves(job.files)))
+        elif after is FileState.PENDING:
+            self._return_to_front(job)
         else:
             for name in job.files:
                 self._move(name, after)
@@ -396,7 +527,30 @@ class RunState:
     def _end_live(self, job: Job) -> None:
         self._live.pop(job.jobid, None)
 
-    def _return_to_front(self, files: tuple[str, ...]) -> None:
-        for name in files:
+    def _return_to_front(self, job: Job) -> None:
+        """A job's files back in front of the queue; a retry's as the group it was."""
+        for name in job.files:
             self._move(name, FileState.PENDING)
+        if job.retry:
+            self._retries.appendleft(job.files)
+            return
+        files = job.files
         self._pending.extendleft(reversed(files))
+
+
+def _halves(files: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """A failed batch split for its retry: two halves, or the one file alone. By name, so that
+    a restart, which reads the batch from a folder in no particular order, splits it the same."""
+    ordered = tuple(sorted(files))
+    if len(ordered) == 1:
+        return [ordered]
+    middle = (len(ordered) + 1) // 2
+    return [ordered[:middle], ordered[middle:]]
+
+
+def _half_with(files: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """The half of a failed batch that holds ``name``, as ``_halves`` splits it."""
+    for half in _halves(files):
+        if name in half:
+            return half
+    raise ValueError(f"{name} is not in the batch")

@@ -1,0 +1,123 @@
+"""Which engines get no work for a while: those that fail every job while others succeed.
+
+A node whose basecaller cannot run (a missing model, a broken driver, a full scratch disk)
+fails every batch it takes, in milliseconds, and would otherwise take the whole run's work and
+turn it into failed attempts. Rules:
+
+- An engine whose last ``after`` jobs all failed, while another engine finished a job since the
+  first of those failures, is benched: /assignwork gives it the no-work reply for ``seconds``.
+  Each time it is benched again before a success, the time doubles, up to ``longest``.
+- One DONE ends its streak and its bench history.
+- Alone (no other engine succeeded), an engine is never benched: then the files may be bad,
+  and the failure policy of ``state.py`` judges them.
+
+It also knows which engines work now (called within ``window`` seconds), which the failure
+policy asks before it judges a file on one engine's word.
+
+Like ``state.py`` this module does no I/O and reads no clock. Its memory is bounded by the
+engines seen within ``window`` and those failing now; an engine that succeeds, or whose last
+failure is older than ``longest``, is forgotten.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Streak:
+    """One engine's failures since its last success."""
+
+    since: float  # when the first of them was reported
+    last: float  # when the latest was
+    failures: int = 0
+    benched: int = 0  # times benched during this streak
+    until: float = 0.0  # no work before this monotonic second
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Benched:
+    """An engine that gets no work now, and why."""
+
+    engine: str
+    until: float
+    reason: str
+
+
+class Benching:
+    """The streaks of failing engines and the last successes of the others."""
+
+    __slots__ = ("_contacts", "_last_success", "_streaks", "after", "longest", "seconds", "window")
+
+    def __init__(self, after: int, seconds: float, longest: float, window: float) -> None:
+        self.after = after
+        self.seconds = seconds
+        self.longest = longest
+        self.window = window
+        # Both ordered by time, oldest first, so that what is too old is dropped from the front.
+        self._streaks: OrderedDict[str, Streak] = OrderedDict()
+        self._contacts: OrderedDict[str, float] = OrderedDict()
+        # The two latest successes by distinct engines: enough to tell whether anyone other
+        # than a given engine succeeded since a given time.
+        self._last_success: list[tuple[str, float]] = []
+
+    def succeeded(self, engine: str, now: float) -> None:
+        self._streaks.pop(engine, None)
+        others = [entry for entry in self._last_success if entry[0] != engine]
+        self._last_success = [(engine, now), *others[:1]]
+
+    def failed(self, engine: str, now: float, reason: str) -> Benched | None:
+        """A job of ``engine`` failed; returns the bench when this failure earns one."""
+        streak = self._streaks.pop(engine, None) or Streak(since=now, last=now)
+        self._streaks[engine] = streak
+        streak.last = now
+        streak.failures += 1
+        while self._streaks:
+            oldest = next(iter(self._streaks.values()))
+            if oldest.last > now - self.longest or oldest.until > now:
+                break
+            self._streaks.popitem(last=False)
+        if streak.failures < self.after or not self._others_succeeded(engine, streak.since):
+            return None
+        seconds = min(self.longest, self.seconds * 2**streak.benched)
+        streak.benched += 1
+        streak.failures = 0
+        streak.until = now + seconds
+        streak.reason = (
+            f"{self.after} jobs in a row failed while other engines succeeded "
+            f"(last: {reason}); no work for {seconds:.0f} s"
+        )
+        return Benched(engine, streak.until, streak.reason)
+
+    def contact(self, engine: str, now: float) -> None:
+        """``engine`` called the manager."""
+        self._contacts.pop(engine, None)
+        self._contacts[engine] = now
+        while next(iter(self._contacts.values())) < now - self.window:
+            self._contacts.popitem(last=False)
+
+    def others_working(self, engine: str, now: float) -> bool:
+        """Whether an engine other than ``engine``, not benched, called within the window."""
+        return any(
+            other != engine and at >= now - self.window and self.benched(other, now) is None
+            for other, at in reversed(self._contacts.items())
+        )
+
+    def benched(self, engine: str, now: float) -> Benched | None:
+        streak = self._streaks.get(engine)
+        if streak is None or streak.until <= now:
+            return None
+        return Benched(engine, streak.until, streak.reason)
+
+    def all_benched(self, now: float) -> list[Benched]:
+        """Engines benched now (O(failing engines))."""
+        return [
+            Benched(engine, streak.until, streak.reason)
+            for engine, streak in sorted(self._streaks.items())
+            if streak.until > now
+        ]
+
+    def _others_succeeded(self, engine: str, since: float) -> bool:
+        return any(other != engine and at >= since for other, at in self._last_success)

@@ -1,0 +1,77 @@
+"""``bcmanager retry``: send quarantined files back, without a restart.
+
+With a manager running on the run (it holds the run's lock), the command asks it through its
+authenticated ``POST /retry`` route, so memory and disk change together. With none, it renames
+the folders itself (a failed attempt's ``FAILED_`` or ``QUARANTINED_`` folder becomes
+``EXCUSED_``), and the next start reads the files back as pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import httpx
+
+from bcmanager.folders import RunFolders
+from bcmanager.lock import RunLock
+from bcmanager.paths import RunPaths
+from bcmanager.serve import load_settings
+
+
+def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "retry",
+        help="send quarantined files back to pending (all, or the files named)",
+        description="Send quarantined raw files back to pending, each in a batch of its own, "
+        "their failed attempts no longer counted. Through the running manager when there is "
+        "one (BCM_API_TOKEN is sent when set), else on the folders directly.",
+    )
+    parser.add_argument("files", nargs="*", help="raw file names (default: every quarantined)")
+    parser.add_argument("--input-dir", help="the run's INPUT_DIR (default: BCM_INPUT_DIR)")
+    parser.add_argument("--output-dir", help="the run's OUTPUT_DIR (default: BCM_OUTPUT_DIR)")
+    parser.add_argument(
+        "--url",
+        help="the running manager (default: http://127.0.0.1:BCM_PORT, or BCM_HOST when it is "
+        "not a wildcard address)",
+    )
+    parser.set_defaults(func=run_retry)
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    settings = load_settings({"input_dir": args.input_dir, "output_dir": args.output_dir})
+    if settings is None:
+        return 2
+    paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
+    names = list(args.files) or None
+    if RunLock.holder(paths.lock_file) is None:
+        try:
+            sent = RunFolders(paths).retry(None if names is None else set(names))
+        except OSError as error:
+            print(f"bcmanager retry: cannot change the run's folders: {error}", file=sys.stderr)
+            return 2
+        print(f"{len(sent)} file(s) sent back; the next start of the manager offers them")
+        for name in sent:
+            print(name)
+        return 0
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = (args.url or f"http://{host}:{settings.port}").rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        reply = httpx.post(f"{url}/retry", json={"files": names}, headers=headers, timeout=60)
+    except httpx.HTTPError as error:
+        print(f"bcmanager retry: cannot reach the manager at {url}: {error}", file=sys.stderr)
+        return 2
+    if reply.status_code != 200:
+        print(
+            f"bcmanager retry: the manager said {reply.status_code}: {reply.text}", file=sys.stderr
+        )
+        return 1
+    sent = reply.json()["retried"]
+    print(f"{len(sent)} quarantined file(s) pending again")
+    for name in sent:
+        print(name)
+    return 0
