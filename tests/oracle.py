@@ -3,14 +3,15 @@
 It knows what exists from the test's own ledger: the read ids the test wrote into each raw file
 (``conftest.Run.reads``), the raw files the test deleted or moved away, and the raw files that
 must never be offered (names that are not UTF-8). It reads every FASTQ under OUTPUT_DIR/pass and
-/fail with its own few-line parser, the FAILED_ folders' links with ``os.readlink``, and walks
-both folders itself. It imports nothing from bcmanager: a bug in the manager's own parsers
+/fail with its own few-line parser, the QUARANTINED_ folders' links with ``os.readlink``, and
+walks both folders itself. It imports nothing from bcmanager: a bug in the manager's own parsers
 (``paths``, ``scan``) or in ``bcmanager check`` cannot hide from it.
 
 What it says, as one line per problem:
 
 - every read of every complete raw file that the test did not delete is in pass/ or fail/
-  exactly once, or its raw file sits in a FAILED_ folder (and then none of its reads is there);
+  exactly once, or its raw file sits in a QUARANTINED_ folder, set aside after failing (and then
+  none of its reads is there; a FAILED_ folder records an attempt only: its files are retried);
   a raw file is basecalled wholly or not at all;
 - no read id appears twice, and none that no raw file holds;
 - pass/ and fail/ hold nothing but regular FASTQ files (in folders, for barcodes);
@@ -37,7 +38,7 @@ POD5_SIGNATURE = b"\x8bPOD\r\n\x1a\n"  # the first and last 8 bytes of a complet
 FASTQ_SUFFIXES = (".fastq", ".fq", ".fastq.gz", ".fq.gz")
 READS_FOLDERS = ("pass", "fail")
 # A folder of INPUT_DIR that holds raw files' links, or such a folder (or its name) moved away.
-_JOB_FOLDER = re.compile(r"(?:^|[_.-])(?:ASSIGNED|DONE|FAILED)_[0-9]+_")
+_JOB_FOLDER = re.compile(r"(?:^|[_.-])(?:ASSIGNED|DONE|FAILED|QUARANTINED|EXCUSED)_[0-9]+_")
 _SHOWN = 5  # places listed for one read id found more than once
 
 
@@ -79,15 +80,15 @@ def fastq_read_ids(path: Path) -> list[str]:
 class Verdict:
     problems: list[str] = field(default_factory=list)
     done: int = 0  # raw files whose reads are all in pass/ or fail/, once
-    failed: int = 0  # raw files in a FAILED_ folder
+    quarantined: int = 0  # raw files set aside in a QUARANTINED_ folder
     deleted_done: int = 0  # raw files the test deleted whose reads were merged before
     fastq_files: int = 0
     reads: int = 0  # FASTQ records read
 
     def summary(self) -> str:
         return (
-            f"{self.done} raw files done, {self.failed} failed, {self.deleted_done} deleted "
-            f"after they were done; {self.reads} reads in {self.fastq_files} FASTQ files"
+            f"{self.done} raw files done, {self.quarantined} quarantined, {self.deleted_done} "
+            f"deleted after they were done; {self.reads} reads in {self.fastq_files} FASTQ files"
         )
 
 
@@ -106,7 +107,7 @@ def judge(
     wrote, deleted or not -> its read ids)."""
     verdict = Verdict()
     owner = {read: name for name, ids in reads.items() for read in ids}
-    held, failed = _job_folders(input_dir)
+    held, quarantined = _job_folders(input_dir)
     _raw_files(verdict, input_dir, reads, deleted, never_offered, held, drained)
     _nothing_left_input(verdict, output_dir)
     places = _merged_reads(verdict, output_dir, owner)
@@ -129,25 +130,25 @@ def judge(
         elif name in deleted:
             if found:
                 verdict.deleted_done += 1
-        elif found and name in failed:
-            verdict.problems.append(f"{name} is done and in {failed[name]} at once")
+        elif found and name in quarantined:
+            verdict.problems.append(f"{name} is done and in {quarantined[name]} at once")
         elif found:
             verdict.done += 1
-        elif name in failed:
-            verdict.failed += 1
+        elif name in quarantined:
+            verdict.quarantined += 1
         elif drained or name in done:
             verdict.problems.append(
                 f"{name}: none of its {len(ids)} reads is in pass/ or fail/, "
-                "and it is in no FAILED_ folder"
+                "and it is in no QUARANTINED_ folder"
             )
     return verdict
 
 
 def _job_folders(input_dir: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Which folders of INPUT_DIR hold an entry of each name, and the raw files that a FAILED_
-    folder links to (an entry ``<name>`` that is a symlink to ``../<name>``)."""
+    """Which folders of INPUT_DIR hold an entry of each name, and the raw files that a
+    QUARANTINED_ folder links to (an entry ``<name>`` that is a symlink to ``../<name>``)."""
     held: dict[str, list[str]] = defaultdict(list)
-    failed: dict[str, str] = {}
+    quarantined: dict[str, str] = {}
     with os.scandir(input_dir) as entries:
         folders = [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
     for folder in folders:
@@ -155,12 +156,12 @@ def _job_folders(input_dir: Path) -> tuple[dict[str, list[str]], dict[str, str]]
             for entry in entries:
                 held[entry.name].append(folder.name)
                 if (
-                    folder.name.startswith("FAILED_")
+                    folder.name.startswith("QUARANTINED_")
                     and entry.is_symlink()
                     and os.readlink(entry.path) == os.path.join(os.pardir, entry.name)
                 ):
-                    failed[entry.name] = folder.name
-    return held, failed
+                    quarantined[entry.name] = folder.name
+    return held, quarantined
 
 
 def _raw_files(

@@ -1,6 +1,6 @@
 """The independent oracle of the crash and property tests (``oracle.py``) fails where it must:
 each kind of damage to a basecalled run is one problem line naming it, and a sound run, with
-FASTQ in pass/ and fail/, gzipped or not, failed and deleted raw files, passes."""
+FASTQ in pass/ and fail/, gzipped or not, quarantined and deleted raw files, passes."""
 
 from __future__ import annotations
 
@@ -22,12 +22,18 @@ def fastq(read_ids: list[str]) -> str:
 
 @pytest.fixture
 def basecalled(run: Run) -> Run:
-    """Four raw files: a and b done (a's FASTQ gzipped, in fail/), c failed, d deleted."""
+    """Four raw files: a and b done (a's FASTQ gzipped, in fail/; b after a failed attempt), c
+    quarantined, d deleted."""
     for name in ("a.pod5", "b.pod5", "c.pod5", "d.pod5"):
         run.add(name, read_count=2)
     done = run.input_dir / "DONE_1_gpu1"
-    failed = run.input_dir / "FAILED_2_gpu1"
-    for folder, names in ((done, ["a.pod5", "b.pod5"]), (failed, ["c.pod5"])):
+    failed = run.input_dir / "FAILED_3_gpu2"
+    quarantined = run.input_dir / "QUARANTINED_2_gpu1"
+    for folder, names in (
+        (done, ["a.pod5", "b.pod5"]),
+        (failed, ["b.pod5", "c.pod5"]),
+        (quarantined, ["c.pod5"]),
+    ):
         folder.mkdir()
         for name in names:
             os.symlink(f"../{name}", folder / name)
@@ -45,7 +51,7 @@ def basecalled(run: Run) -> Run:
 def test_a_sound_run_passes_and_is_counted(basecalled: Run) -> None:
     verdict = basecalled.judge()
     assert verdict.problems == []
-    assert (verdict.done, verdict.failed, verdict.deleted_done) == (2, 1, 0)
+    assert (verdict.done, verdict.quarantined, verdict.deleted_done) == (2, 1, 0)
     assert (verdict.fastq_files, verdict.reads) == (2, 4)
 
 
@@ -58,7 +64,9 @@ def test_a_deleted_raw_file_may_have_been_basecalled_before(basecalled: Run) -> 
 def test_before_the_run_is_drained_only_the_named_files_must_be_done(basecalled: Run) -> None:
     os.unlink(basecalled.output_dir / "pass" / "barcode01" / "b.fq")
     assert basecalled.judge(drained=False).problems == []
-    missing = "b.pod5: none of its 2 reads is in pass/ or fail/, and it is in no FAILED_ folder"
+    missing = (
+        "b.pod5: none of its 2 reads is in pass/ or fail/, and it is in no QUARANTINED_ folder"
+    )
     assert basecalled.judge().problems == [missing]
     assert basecalled.judge(drained=False, done=["b.pod5"]).problems == [missing]
     assert basecalled.judge(drained=False, undone=["b.pod5", "c.pod5"]).problems == []
@@ -85,8 +93,8 @@ def remove(path: str) -> Callable[[Run], None]:
 
 
 def relink(run: Run) -> None:
-    """The FAILED_ folder's entry for c points elsewhere: c counts as failed no more."""
-    link = run.input_dir / "FAILED_2_gpu1" / "c.pod5"
+    """The QUARANTINED_ folder's entry for c points elsewhere: c counts as set aside no more."""
+    link = run.input_dir / "QUARANTINED_2_gpu1" / "c.pod5"
     os.unlink(link)
     os.symlink(run.input_dir / "c.pod5", link)
 
@@ -146,10 +154,11 @@ def no_longer_complete(run: Run) -> None:
 GONE_B = "b.pod5: none of its 2 reads is in"
 DAMAGE: dict[str, tuple[Callable[[Run], None], list[str]]] = {
     "missing": (remove("output/pass/barcode01/b.fq"), [GONE_B]),
-    "failed, by a link elsewhere": (relink, ["c.pod5: none of its 2 reads is in"]),
+    "quarantined, by a link elsewhere": (relink, ["c.pod5: none of its 2 reads is in"]),
+    "only a failed attempt": (remove("input/QUARANTINED_2_gpu1/c.pod5"), ["c.pod5: none of its"]),
     "merged twice": (add_fastq("again.fastq", "b.pod5"), ["is merged 2 times"] * 2),
     "partly merged": (add_fastq("c.fastq", "c.pod5", 1), ["c.pod5: only 1 of its 2 reads"]),
-    "done and failed": (add_fastq("c.fastq", "c.pod5"), ["c.pod5 is done and in FAILED_2_gpu1"]),
+    "done and quarantined": (add_fastq("c.fastq", "c.pod5"), ["c.pod5 is done and in QUARANT"]),
     "read of nothing": (add_fastq("x.fastq"), ["pass/x.fastq: 1 reads of no raw file"]),
     "not FASTQ": (truncated, ["pass/barcode01/b.fq: not FASTQ (3 lines", GONE_B]),
     "not named FASTQ": (not_named_fastq, ["b.fq.~1~: not named as a FASTQ file", GONE_B]),
