@@ -53,7 +53,14 @@ from bcmanager.manager import Manager
 from bcmanager.paths import FolderKind, RunPaths, raw_stem
 from bcmanager.settings import Settings
 from bcmanager.simulate import pod5_bytes
-from bcmanager.state import FileState, InvalidTransition, JobState, LeaseExpired, UnknownJob
+from bcmanager.state import (
+    ENDS_OF,
+    FileState,
+    InvalidTransition,
+    JobState,
+    LeaseExpired,
+    UnknownJob,
+)
 from conftest import Clock
 from oracle import judge
 
@@ -204,6 +211,7 @@ class RunMachine(RuleBasedStateMachine):
         self.jobs: dict[str, JobModel] = {}
         self.planted: set[Path] = set()  # output written after its job ended: for the next start
         self.decoys: dict[Path, str] = {}  # FASTQ outside the run that must stay where it is
+        self.failures = False  # a job failed: its files are retried first, in halves
         self.ops = FaultyOps()
         self.manager = self.boot()
 
@@ -281,10 +289,14 @@ class RunMachine(RuleBasedStateMachine):
         for found in sorted(self.manager.state.live_jobs(), key=lambda job: job.files):
             if found.jobid not in self.jobs:
                 self.jobs[found.jobid] = JobModel(found.engine, found.files, "live", found.deadline)
+        self.failures |= any(job.state in ("FAILED", "QUARANTINED") for job in self.jobs.values())
 
     def snapshot(self) -> tuple[object, ...]:
+        """Each file's state and the leases, but for deleted files (any request may find one
+        gone and drop it)."""
         state = self.manager.state
-        return state.counts(), {job.jobid: job.files for job in state.live_jobs()}
+        files = {name: state.file_state(name) for name in self.files if name not in self.deleted}
+        return files, {job.jobid: job.files for job in state.live_jobs()}
 
     def now(self) -> float:
         return self.clock.now
@@ -372,8 +384,10 @@ class RunMachine(RuleBasedStateMachine):
         present = pending - self.deleted  # a deleted file that came back from a job is dropped
         batch = self.manager.assign(engine, size)
         wanted = min(size if size > 0 else 2, 4)
-        assert batch.batch_size == len(batch.batch) == min(wanted, len(present))
+        assert batch.batch_size == len(batch.batch) <= wanted
         assert set(batch.batch) <= present  # never anything done, failed, leased, waiting, gone
+        if not self.failures:  # else retries go first, alone, and engines may be benched
+            assert batch.batch_size == min(wanted, len(present))
         if batch.batch_size:
             self.jobs[batch.jobid] = JobModel(
                 engine, tuple(batch.batch), "live", self.now() + LEASE
@@ -414,7 +428,7 @@ class RunMachine(RuleBasedStateMachine):
     def complete(self, data: st.DataObject, outcome: JobState) -> None:
         jobid = data.draw(st.sampled_from(list(self.jobs)))
         job = self.jobs[jobid]
-        repeat = job.state == outcome.value or (job.state == "EMPTY" and outcome is JobState.DONE)
+        repeat = job.state in {end.value for end in ENDS_OF[outcome]}
         if repeat:
             expected: type[Exception] | None = None  # a retry: ok, nothing changes
         elif job.state == "unknown":
@@ -432,9 +446,18 @@ class RunMachine(RuleBasedStateMachine):
             raised = type(error)
         assert raised is expected
         if expected is None and not repeat:
-            empty = outcome is JobState.DONE and job.files and not job.output
-            job.state = "EMPTY" if empty else outcome.value
-            STATS["hostile: DONE with nothing written"] += bool(empty)
+            self.ended_as(jobid, outcome)
+
+    def ended_as(self, jobid: str, outcome: JobState) -> None:
+        """The job ended as the engine reported: a DONE with nothing written EMPTY, a FAILED
+        FAILED (its files retried) or QUARANTINED (its one file set aside)."""
+        job = self.jobs[jobid]
+        ended = self.manager.state.job(jobid).state
+        empty = outcome is JobState.DONE and bool(job.files) and not job.output
+        assert ended in ({JobState.EMPTY} if empty else ENDS_OF[outcome] - {JobState.EMPTY})
+        job.state = ended.value
+        self.failures |= outcome is JobState.FAILED
+        STATS["hostile: DONE with nothing written"] += empty
 
     @rule(seconds=st.floats(0, LEASE * 1.2))
     def advance_clock(self, seconds: float) -> None:
@@ -600,10 +623,8 @@ class RunMachine(RuleBasedStateMachine):
         except OSError:
             assert self.snapshot() == before
         STATS["disk errors in a request or expiry"] += self.ops.fired
-        self.resync()
-        job = self.jobs[jobid]
-        empty = outcome is JobState.DONE and not job.output
-        assert job.state in ("live", "EMPTY" if empty else outcome.value)
+        if not self.manager.state.job(jobid).live:
+            self.ended_as(jobid, outcome)
         self.settle()
 
     @precondition(has_live_jobs)
@@ -656,7 +677,7 @@ class RunMachine(RuleBasedStateMachine):
         self.rescan()
         self.clock.now += LEASE
         self.manager.reap()
-        for _ in range(MAX_FILES + 1):
+        for _ in range(2 * MAX_FILES):
             batch = self.manager.assign("polite", 4)
             if not batch.batch:
                 break
