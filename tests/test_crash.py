@@ -6,19 +6,21 @@ A real ``bcmanager serve`` process is killed with SIGKILL at random instants and
 the same port until it has been killed ``BCM_SOAK_KILLS`` times (5 in ``make test``, 100 in
 ``make soak``). Meanwhile engines (threads with httpx) cycle assign, keepalive, basecall (they
 read each raw file of the batch with ``pod5`` through the job folder's link), complete; they
-retry through the outages, some die mid-job, and some jobs are hostile (``Hostile``): late
-writes into a recreated output folder, stragglers after DONE, pass/ a symlink into INPUT_DIR or
-to a scratch FASTQ, DONE with nothing written, a FASTQ named like another job's, DONE twice, DONE
-after being told late. Each kind happens at least once per run, then at random. An operator
-deletes or moves away complete raw files and drops a POD5 file whose name is not UTF-8 (never to
-be offered). The test's own sequencer writes POD5 files in place, in chunks.
+retry through the outages, some die mid-job, some fail half-way and report FAILED (the manager
+retries the files in halves, and sets aside one that fails alone on two engines), and some jobs
+are hostile (``Hostile``): late writes into a recreated output folder, stragglers after DONE,
+pass/ a symlink into INPUT_DIR or to a scratch FASTQ, DONE with nothing written, a FASTQ named
+like another job's, DONE twice, DONE after being told late. Each kind happens at least once per
+run, then at random. An operator deletes or moves away complete raw files and drops a POD5 file
+whose name is not UTF-8 (never to be offered). The test's own sequencer writes POD5 files in
+place, in chunks.
 
 When the run is drained, the manager is restarted once more (recovery meets the hostile
 leftovers) and stopped. Then the independent oracle (``oracle.py``: the test's own ledger of
 read ids against every FASTQ record in pass/ and fail/) must find every read of every raw file
-the operator kept exactly once (or its raw file in a FAILED_ folder), and ``bcmanager check``
-must pass. The seed (``BCM_SOAK_SEED``, random if unset) is printed, and decides the kill
-instants, the operator's deeds and each engine's choices.
+the operator kept exactly once (or its raw file set aside in a QUARANTINED_ folder), and
+``bcmanager check`` must pass. The seed (``BCM_SOAK_SEED``, random if unset) is printed, and
+decides the kill instants, the operator's deeds and each engine's choices.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ SEED = int(os.environ.get("BCM_SOAK_SEED") or random.randrange(2**32))
 LEASE = 2  # seconds: a dead engine's work comes back quickly
 ENGINES = 4
 DEATH_RATE = 0.05  # share of jobs whose engine dies mid-job
+FAIL_RATE = 0.05  # share of jobs whose basecaller fails half-way: reported FAILED
 HOSTILE_RATE = 0.15  # share of jobs that do one hostile thing, once each kind has been done
 FILES_AT_START = 30
 FILES_PER_KILL = 4  # written by the sequencer while the kills go on
@@ -212,10 +215,13 @@ class Engine(threading.Thread):
         reply = self.call(client, "/keepalive", job_id=jobid, job_state=state)
         return reply is None or reply.json()["late"]
 
-    def complete(self, client: httpx.Client, jobid: str) -> httpx.Response | None:
-        reply = self.call(client, "/completed", job_id=jobid, job_state="DONE")
+    def complete(
+        self, client: httpx.Client, jobid: str, state: str = "DONE"
+    ) -> httpx.Response | None:
+        reply = self.call(client, "/completed", job_id=jobid, job_state=state)
         if reply is not None:
-            self.tally.add(f"completed {reply.status_code}")
+            done = "completed" if state == "DONE" else f"reported {state}"
+            self.tally.add(f"{done} {reply.status_code}")
         return reply
 
     def read_batch(self, job_input: Path, names: list[str]) -> dict[str, list[str]] | None:
@@ -273,15 +279,21 @@ class Engine(threading.Thread):
     def polite(
         self, client: httpx.Client, jobid: str, output: Path, reads: dict[str, list[str]]
     ) -> None:
+        """Basecalls and reports DONE; or dies mid-job; or its basecaller fails half-way and it
+        reports FAILED (the files are retried, in halves, and set aside if they fail alone)."""
+        fate = self.rng.random()
+        failed = DEATH_RATE <= fate < DEATH_RATE + FAIL_RATE
+        if failed:
+            reads = dict(list(reads.items())[: len(reads) // 2])
         if not self.basecall(output, reads):
             self.tally.add("job folder gone")
-        elif self.rng.random() < DEATH_RATE:
+        elif fate < DEATH_RATE:
             self.tally.add("died mid-job")
             self.incarnation += 1  # the node comes back under a new name
         elif self.late(client, jobid, "PROCESSING"):
             self.tally.add("told late")
         else:
-            self.complete(client, jobid)
+            self.complete(client, jobid, "FAILED" if failed else "DONE")
 
     def misbehave(
         self,
