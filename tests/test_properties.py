@@ -176,7 +176,9 @@ class RunMachine(RuleBasedStateMachine):
         pending = {name for name in self.files if state.file_state(name) is FileState.PENDING}
         batch = self.manager.assign(engine, size)
         wanted = min(size if size > 0 else 2, 4)
-        assert batch.batch_size == len(batch.batch) == min(wanted, len(pending))
+        # Failed files come back as batches of their own (halves), and a retry may be kept
+        # for another engine: a batch may be smaller than asked.
+        assert batch.batch_size == len(batch.batch) <= min(wanted, len(pending))
         assert set(batch.batch) <= pending  # never anything done, failed, leased or waiting
         if batch.batch_size:
             self.jobs[batch.jobid] = JobModel(
@@ -214,7 +216,10 @@ class RunMachine(RuleBasedStateMachine):
     def complete(self, data: st.DataObject, outcome: JobState) -> None:
         jobid = data.draw(st.sampled_from(list(self.jobs)))
         job = self.jobs[jobid]
-        repeat = job.state == outcome.value or (job.state == "EMPTY" and outcome is JobState.DONE)
+        repeat = job.state == outcome.value or (job.state, outcome) in (
+            ("EMPTY", JobState.DONE),
+            ("QUARANTINED", JobState.FAILED),
+        )
         if repeat:
             expected: type[Exception] | None = None  # a retry: ok, nothing changes
         elif job.state == "unknown":
@@ -232,8 +237,14 @@ class RunMachine(RuleBasedStateMachine):
             raised = type(error)
         assert raised is expected
         if expected is None and not repeat:
+            ended = self.manager.state.job(jobid).state
             empty = outcome is JobState.DONE and job.files and not job.output
-            job.state = "EMPTY" if empty else outcome.value
+            if outcome is JobState.FAILED:  # retried, or quarantined when it failed alone
+                assert ended in (JobState.FAILED, JobState.QUARANTINED)
+                assert ended is JobState.FAILED or len(job.files) == 1
+            else:
+                assert ended is (JobState.EMPTY if empty else outcome)
+            job.state = ended.value
 
     @rule(seconds=st.floats(0, LEASE * 1.2))
     def advance_clock(self, seconds: float) -> None:
