@@ -3,7 +3,8 @@
 Each test starts ``bcmanager serve`` on 127.0.0.1 over real POD5 files in tmp_path and runs the
 agent as a process (``bcmanager agent``) or in-process (``Agent``). The basecaller is a small
 Python script that is a real process tree: a child and a grandchild that ignores SIGTERM, so the
-tests can see that the agent stops a whole process group.
+tests can see that the agent stops a whole process group; or a one-line ``sh -c`` where the test
+needs an exit code, a signal or stderr of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -18,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +28,28 @@ import httpx
 import pytest
 
 from bcmanager.agent import (
+    STDERR_TAIL_BYTES,
     Agent,
     AgentSettings,
     Backoff,
     BatchReply,
     ConfigurationError,
+    StderrTee,
     render_command,
     resolve_job,
     settings_from_args,
     split_template,
 )
 from bcmanager.cli import build_parser, main
-from bcmanager.paths import PASS, FolderKind, final_fastq_name, parse_job_folder, raw_stem
+from bcmanager.paths import (
+    ATTEMPT_FILE,
+    PASS,
+    FolderKind,
+    final_fastq_name,
+    job_folder,
+    parse_job_folder,
+    raw_stem,
+)
 from conftest import Run, Server, wait_for
 
 ENGINE = "gpu-test"
@@ -121,6 +134,16 @@ def final_fastq(root: Path) -> set[str]:
     return {path.name for path in pass_dir.iterdir()} if pass_dir.is_dir() else set()
 
 
+def attempt_record(folder: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((folder / ATTEMPT_FILE).read_text())
+    return record
+
+
+def jobids(log: str) -> list[str]:
+    """The jobs an agent got, in order, from its log."""
+    return re.findall(r"job=([0-9]+) got batch", log)
+
+
 @dataclass
 class AgentProcess:
     """``bcmanager agent`` as a process; its log lines go to a file the test reads."""
@@ -166,8 +189,12 @@ class Bench:
         return f"{shlex.join(script)} {{input_dir}} {{output_dir}} {{jobid}} {self.work}"
 
     def agent(self, manager: Server, mode: str, *flags: str) -> AgentProcess:
+        return self.agent_running(manager, self.command(mode), *flags)
+
+    def agent_running(self, manager: Server, command: str, *flags: str) -> AgentProcess:
+        """An agent whose command template is ``command``."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("BCM_")}
-        env["BCM_AGENT_COMMAND"] = self.command(mode)
+        env["BCM_AGENT_COMMAND"] = command
         log = self.root / f"agent{len(self.agents)}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
@@ -235,6 +262,10 @@ def test_until_empty_basecalls_every_file_and_exits_0(bench: Bench) -> None:
     log = agent.text()
     for jobid in done:
         assert f"job={jobid} completed DONE" in log
+        record = attempt_record(
+            bench.run.output_dir / job_folder(FolderKind.LOGOUTPUT, jobid, ENGINE)
+        )
+        assert (record["outcome"], record["exit_code"], record["signal"]) == ("DONE", 0, None)
     assert "no work left, exiting" in log
 
 
@@ -384,6 +415,118 @@ def test_a_wrong_mount_gives_the_batch_back_and_exits_2(bench: Bench) -> None:
     assert "--input-dir" in agent.text()
     assert file_counts(manager)["pending"] == 1
     assert not list(bench.work.glob("*.argv"))
+
+
+def failed_attempt(bench: Bench, script: str) -> tuple[str, dict[str, Any], AgentProcess]:
+    """Run ``sh -c script sh {output_dir}`` on one file; return its job, the record of its
+    attempt in the FAILEDOUTPUT_ folder, and the agent."""
+    manager = bench.manager(files=1, lease=30)
+    command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
+    agent = bench.agent_running(manager, command)
+    assert agent.wait(30) == 0, agent.text()
+    [jobid] = jobids(agent.text())
+    failed = bench.run.output_dir / job_folder(FolderKind.FAILEDOUTPUT, jobid, ENGINE)
+    record = attempt_record(failed)
+    output_dir = bench.run.output_dir / job_folder(FolderKind.TMPOUTPUT, jobid, ENGINE)
+    assert record["command"] == ["sh", "-c", script, "sh", str(output_dir)]
+    assert (record["jobid"], record["engine"], record["outcome"]) == (jobid, ENGINE, "FAILED")
+    started = datetime.fromisoformat(record["started"])
+    ended = datetime.fromisoformat(record["ended"])
+    assert started.utcoffset() == ended.utcoffset() == timedelta(0)
+    assert 0 < record["seconds"] < 30
+    assert (ended - started).total_seconds() == pytest.approx(record["seconds"], abs=0.1)
+    return jobid, record, agent
+
+
+def test_the_record_of_a_failed_attempt_keeps_the_exit_code_and_the_end_of_stderr(
+    bench: Bench,
+) -> None:
+    line = 'echo "progress line $i of a chatty basecaller" >&2'
+    chatty = f"i=0; while [ $i -lt 200 ]; do {line}; i=$((i+1)); done"
+    script = f'{chatty}; printf "\\nCUDA error: out of memory\\n\\n" >&2; exit 3'
+    _, record, agent = failed_attempt(bench, script)
+
+    assert (record["exit_code"], record["signal"]) == (3, None)
+    tail = record["stderr_tail"]
+    assert record["stderr_bytes"] > STDERR_TAIL_BYTES
+    assert len(tail.encode()) <= STDERR_TAIL_BYTES
+    assert tail.endswith(
+        "progress line 199 of a chatty basecaller\n\nCUDA error: out of memory\n\n"
+    )
+    assert "progress line 0 " not in tail
+    assert record["stderr_last_line"] == "CUDA error: out of memory"
+    # All of stderr reached the agent's own, as before.
+    log = agent.text()
+    assert "progress line 0 of a chatty basecaller" in log
+    assert "progress line 199 of a chatty basecaller" in log
+    assert "stderr_last_line='CUDA error: out of memory'" in log
+
+
+def test_the_record_of_a_killed_basecaller_names_the_signal(bench: Bench) -> None:
+    _, record, agent = failed_attempt(bench, 'echo "about to die" >&2; kill -9 $$')
+
+    assert (record["exit_code"], record["signal"]) == (None, "SIGKILL")
+    assert record["stderr_last_line"] == "about to die"
+    assert "signal=SIGKILL" in agent.text()
+
+
+def test_an_output_folder_that_cannot_take_the_record_is_warned_about_and_the_job_reported(
+    bench: Bench,
+) -> None:
+    manager = bench.manager(files=1, lease=30)
+    # A folder where the record should go: the rename onto it fails.
+    script = f'mkdir "$1/{ATTEMPT_FILE}"; exit 1'
+    command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
+    agent = bench.agent_running(manager, command)
+
+    assert agent.wait(30) == 0, agent.text()
+    log = agent.text()
+    [jobid] = jobids(log)
+    assert f"job={jobid} could not write {ATTEMPT_FILE}" in log
+    assert f"job={jobid} completed FAILED" in log
+
+
+def test_a_process_left_holding_stderr_does_not_hold_up_the_job(bench: Bench) -> None:
+    manager = bench.manager(files=1, lease=30)
+    # A helper left running with the basecaller's stderr (its pid recorded to be killed after).
+    script = (
+        f"sleep 60 & echo $! > {shlex.quote(str(bench.work))}/helper.pid; "
+        'mkdir -p "$1/pass" && printf "@r\\nACGT\\n+\\n!!!!\\n" > "$1/pass/r.fastq"; '
+        'echo "basecalled" >&2'
+    )
+    command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
+    agent = bench.agent_running(manager, command)
+
+    assert agent.wait(30) == 0, agent.text()
+    log = agent.text()
+    [jobid] = jobids(log)
+    assert f"job={jobid} completed DONE" in log
+    assert "left a process holding its stderr" in log
+    record = attempt_record(bench.run.output_dir / job_folder(FolderKind.LOGOUTPUT, jobid, ENGINE))
+    assert record["stderr_last_line"] == "basecalled"
+    run_time = datetime.fromisoformat(record["ended"]) - datetime.fromisoformat(record["started"])
+    assert run_time.total_seconds() < 1  # the end of the run, not of the wait for stderr
+
+
+async def test_the_tee_passes_everything_on_and_keeps_only_the_tail(tmp_path: Path) -> None:
+    sink = tmp_path / "sink"
+    with sink.open("wb") as out:
+        tee, pipe, write_end = await StderrTee.open(out.fileno())
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "sh", "-c", "head -c 5000000 /dev/urandom >&2; echo end >&2", stderr=write_end
+            )
+        finally:
+            os.close(write_end)
+        try:
+            assert await process.wait() == 0
+            assert await tee.drained(10)
+        finally:
+            pipe.close()
+    written = sink.read_bytes()
+    assert len(written) == tee.total == 5_000_004
+    assert tee.tail == written[-STDERR_TAIL_BYTES:]
+    assert tee.tail.endswith(b"end\n")
 
 
 def test_the_template_is_split_before_its_placeholders_are_filled() -> None:
