@@ -28,6 +28,8 @@ import httpx
 import pytest
 
 from bcmanager.agent import (
+    EXIT_CANNOT_RUN,
+    EXIT_FAILURES_IN_A_ROW,
     STDERR_TAIL_BYTES,
     Agent,
     AgentSettings,
@@ -60,6 +62,7 @@ FAKE_BASECALLER = '''\
 ok: one FASTQ per raw file into OUTPUT_DIR/pass, exit 0. fail: exit 1 and write nothing.
 hang: start a grandchild that ignores SIGTERM, record both pids in WORKDIR, wait for WORKDIR/go,
 then do as ok. stubborn: as hang, and ignore SIGTERM too. Every wait ends after 60 s.
+sequence: the nth job of the test does as the nth letter of WORKDIR/sequence says: F fail, O ok.
 """
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
@@ -87,6 +90,9 @@ if mode == "grandchild":
     wait_for_go()
     sys.exit(0)
 record(work / f"{jobid}.argv", json.dumps(sys.argv[1:]))
+if mode == "sequence":
+    nth = len(list(work.glob("*.argv"))) - 1
+    mode = "fail" if (work / "sequence").read_text()[nth] == "F" else "ok"
 if mode == "fail":
     sys.exit(1)
 if mode in ("hang", "stubborn"):
@@ -417,13 +423,119 @@ def test_a_wrong_mount_gives_the_batch_back_and_exits_2(bench: Bench) -> None:
     assert not list(bench.work.glob("*.argv"))
 
 
+def assert_given_back(bench: Bench, manager: Server, agent: AgentProcess, files: int) -> str:
+    """The agent got one batch and gave it back: all files pending, none failed or leased, no
+    FAILED_ or FAILEDOUTPUT_ folder. Returns the job id."""
+    log = agent.text()
+    [jobid] = jobids(log)
+    assert f"job={jobid} completed STOPPED" in log
+    counts = file_counts(manager)
+    assert (counts["pending"], counts["leased"], counts["failed"]) == (files, 0, 0)
+    assert not job_folders(bench.run.input_dir, FolderKind.FAILED)
+    assert not job_folders(bench.run.output_dir, FolderKind.FAILEDOUTPUT)
+    return jobid
+
+
+def rendered(bench: Bench, jobid: str, *words: str) -> str:
+    """The command a job ran, as the agent logs it: ``words`` then the job's two folders."""
+    input_dir = bench.run.input_dir / job_folder(FolderKind.ASSIGNED, jobid, ENGINE)
+    output_dir = bench.run.output_dir / job_folder(FolderKind.TMPOUTPUT, jobid, ENGINE)
+    return shlex.join([*words, str(input_dir), str(output_dir)])
+
+
+@pytest.mark.parametrize("problem", ["missing", "not executable"])
+def test_a_command_that_cannot_start_gives_the_batch_back_and_exits_3(
+    bench: Bench, problem: str
+) -> None:
+    manager = bench.manager(files=2, lease=30)
+    basecaller = bench.root / "dorado-wrapper.sh"
+    if problem == "not executable":
+        basecaller.write_text("#!/bin/sh\nexit 0\n")
+        basecaller.chmod(0o644)
+    agent = bench.agent_running(manager, f"{basecaller} {{input_dir}} {{output_dir}}")
+
+    assert agent.wait(30) == EXIT_CANNOT_RUN, agent.text()
+
+    jobid = assert_given_back(bench, manager, agent, files=2)
+    error = next(line for line in agent.text().splitlines() if " ERROR " in line)
+    assert "this node cannot run the basecaller: cannot start" in error
+    assert f"`{rendered(bench, jobid, str(basecaller))}`" in error
+    reason = "No such file or directory" if problem == "missing" else "Permission denied"
+    assert reason in error
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        ("exit 127", 127),
+        ("exit 126", 126),
+        ('no-such-dorado-bcm-test basecaller "$1"', 127),  # the shell's own "not found"
+    ],
+)
+def test_a_shell_that_cannot_run_the_command_gives_the_batch_back_and_exits_3(
+    bench: Bench, script: str, code: int
+) -> None:
+    manager = bench.manager(files=2, lease=30)
+    agent = bench.agent_running(
+        manager, shlex.join(["sh", "-c", script, "sh"]) + " {input_dir} {output_dir}"
+    )
+
+    assert agent.wait(30) == EXIT_CANNOT_RUN, agent.text()
+
+    jobid = assert_given_back(bench, manager, agent, files=2)
+    error = next(line for line in agent.text().splitlines() if " ERROR " in line)
+    assert "this node cannot run the basecaller" in error
+    assert f"`{rendered(bench, jobid, 'sh', '-c', script, 'sh')}` exited {code}" in error
+    if "no-such-dorado" in script:
+        assert "no-such-dorado-bcm-test: not found" in error  # the shell's stderr says which
+
+
+@pytest.mark.parametrize(
+    ("flags", "sequence", "jobs"),
+    [
+        ((), "FFFFFF", 3),
+        (("--max-failures-in-a-row", "2"), "FFFFFF", 2),
+        (("--max-failures-in-a-row", "2"), "FOFFFF", 4),  # a DONE starts the count again
+    ],
+)
+def test_failing_job_after_job_stops_the_agent(
+    bench: Bench, flags: tuple[str, ...], sequence: str, jobs: int
+) -> None:
+    manager = bench.manager(files=6, lease=30)
+    (bench.work / "sequence").write_text(sequence)
+    agent = bench.agent(manager, "sequence", "--batch-size", "1", *flags)
+
+    assert agent.wait(30) == EXIT_FAILURES_IN_A_ROW, agent.text()
+
+    log = agent.text()
+    assert len(jobids(log)) == jobs
+    assert log.count(" completed FAILED") == sequence[:jobs].count("F")
+    assert log.count(" completed DONE") == sequence[:jobs].count("O")
+    in_a_row = 3 if not flags else 2
+    assert log.splitlines()[-1].endswith(
+        f"giving up: {in_a_row} jobs in a row failed on this node: last exit code 1, stopping"
+    )
+    assert log.count("asking for work") == jobs  # stopped asking
+    counts = file_counts(manager)
+    assert (counts["pending"], counts["leased"]) == (6 - jobs, 0)
+
+
+def test_0_failures_in_a_row_never_stops(bench: Bench) -> None:
+    manager = bench.manager(files=4, lease=30)
+    agent = bench.agent(manager, "fail", "--batch-size", "1", "--max-failures-in-a-row", "0")
+
+    assert agent.wait(30) == 0, agent.text()
+    assert agent.text().count(" completed FAILED") >= 4
+    assert "in a row" not in agent.text()
+
+
 def failed_attempt(bench: Bench, script: str) -> tuple[str, dict[str, Any], AgentProcess]:
     """Run ``sh -c script sh {output_dir}`` on one file; return its job, the record of its
-    attempt in the FAILEDOUTPUT_ folder, and the agent."""
+    attempt in the FAILEDOUTPUT_ folder, and the agent (stopped after that one failure)."""
     manager = bench.manager(files=1, lease=30)
     command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
-    agent = bench.agent_running(manager, command)
-    assert agent.wait(30) == 0, agent.text()
+    agent = bench.agent_running(manager, command, "--max-failures-in-a-row", "1")
+    assert agent.wait(30) == EXIT_FAILURES_IN_A_ROW, agent.text()
     [jobid] = jobids(agent.text())
     failed = bench.run.output_dir / job_folder(FolderKind.FAILEDOUTPUT, jobid, ENGINE)
     record = attempt_record(failed)
@@ -467,7 +579,10 @@ def test_the_record_of_a_killed_basecaller_names_the_signal(bench: Bench) -> Non
 
     assert (record["exit_code"], record["signal"]) == (None, "SIGKILL")
     assert record["stderr_last_line"] == "about to die"
-    assert "signal=SIGKILL" in agent.text()
+    assert (
+        "1 job in a row failed on this node: last SIGKILL ('about to die'), stopping"
+        in agent.text()
+    )
 
 
 def test_an_output_folder_that_cannot_take_the_record_is_warned_about_and_the_job_reported(
@@ -477,9 +592,9 @@ def test_an_output_folder_that_cannot_take_the_record_is_warned_about_and_the_jo
     # A folder where the record should go: the rename onto it fails.
     script = f'mkdir "$1/{ATTEMPT_FILE}"; exit 1'
     command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
-    agent = bench.agent_running(manager, command)
+    agent = bench.agent_running(manager, command, "--max-failures-in-a-row", "1")
 
-    assert agent.wait(30) == 0, agent.text()
+    assert agent.wait(30) == EXIT_FAILURES_IN_A_ROW, agent.text()
     log = agent.text()
     [jobid] = jobids(log)
     assert f"job={jobid} could not write {ATTEMPT_FILE}" in log
@@ -506,6 +621,18 @@ def test_a_process_left_holding_stderr_does_not_hold_up_the_job(bench: Bench) ->
     assert record["stderr_last_line"] == "basecalled"
     run_time = datetime.fromisoformat(record["ended"]) - datetime.fromisoformat(record["started"])
     assert run_time.total_seconds() < 1  # the end of the run, not of the wait for stderr
+
+
+def test_a_basecaller_failing_as_the_agent_stops_gives_the_batch_back(bench: Bench) -> None:
+    """Slurm signals every process of the step: the basecaller may die of it before the agent
+    stops it, and that death says nothing about the batch."""
+    manager = bench.manager(files=2, lease=30)
+    agent = bench.agent_running(manager, "sh -c 'kill -TERM $PPID; exit 1'")
+
+    assert agent.wait(30) == 0, agent.text()
+
+    assert_given_back(bench, manager, agent, files=2)
+    assert "completed FAILED" not in agent.text()
 
 
 async def test_the_tee_passes_everything_on_and_keeps_only_the_tail(tmp_path: Path) -> None:

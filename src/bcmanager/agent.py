@@ -18,7 +18,12 @@ when things go wrong:
   without /completed;
 - a 409 on /completed means the same, found out later: logged, and the agent moves on;
 - SIGTERM or SIGINT (Slurm preemption) stops the basecaller, gives the batch back with
-  /completed STOPPED and exits 0; a second signal exits at once.
+  /completed STOPPED and exits 0; a second signal exits at once;
+- a command this node cannot run (it cannot start, or exits 126 or 127, the shell's "cannot
+  execute" and "not found") says nothing about the batch: it is given back with STOPPED and the
+  agent exits 3, so that a misconfigured node fails no file;
+- ``max_failures_in_a_row`` FAILED jobs in a row (a DONE resets the count) make the agent stop
+  asking for work and exit 4: a node that fails everything should not fail the whole run.
 
 The basecaller is a command template split like a POSIX shell would (shlex) and run without a
 shell; see ``TEMPLATE_HELP``.
@@ -77,6 +82,22 @@ running may hold the pipe open for ever (that one's stderr is still passed on af
 RECORD_WRITE_TIMEOUT = 5.0
 """Seconds writing the record of an attempt may take (a hung network mount must not keep the
 batch from being reported)."""
+CANNOT_EXECUTE = {126: "found but cannot be executed", 127: "command not found"}
+"""Exit codes by which a POSIX shell says it could not run a command at all."""
+
+EXIT_CONFIGURATION = 2
+EXIT_CANNOT_RUN = 3
+EXIT_FAILURES_IN_A_ROW = 4
+EXIT_HELP = """\
+Exit codes:
+  0      stopped by SIGTERM or SIGINT (the batch given back), or no work left (--until-empty)
+  1      the manager unreachable for --give-up-after seconds, or answering outside the protocol
+  2      a bad setting, or the job folders are not where this node looks (--input-dir)
+  3      this node cannot run the basecaller: the command cannot start (not found, not
+         executable) or exits 126 or 127; the batch is given back, nothing is marked failed
+  4      --max-failures-in-a-row jobs failed in a row on this node
+  128+N  a second signal N: exited at once
+"""
 
 TEMPLATE_HELP = """\
 The command template is split into words like a POSIX shell would (shlex), then these
@@ -87,8 +108,10 @@ placeholders are replaced inside each word; any other text, braces included, sta
   {jobid}       the job id
   {engine_id}   this agent's engine id
 The command runs without a shell, in a process group of its own (the agent stops the whole
-group). Exit code 0 reports the job DONE, anything else FAILED. The command's stderr passes
-through to the agent's; its last 4 KiB, the exit code, signal and run time are written
+group). Exit code 0 reports the job DONE, anything else FAILED, except 126 and 127 (a shell's
+"cannot execute" and "not found"): those, and a command that cannot start, mean this node cannot
+run the basecaller, so the batch is given back and the agent exits 3. The command's stderr
+passes through to the agent's; its last 4 KiB, the exit code, signal and run time are written
 to bcm-attempt.json at the top of the job's output folder before the job is reported.
 
 The original BCProcessor's convention `script INPUT OUTPUT MODEL`:
@@ -127,6 +150,12 @@ class AgentSettings(BaseSettings):
     retry_max_delay: PositiveFloat = Field(10.0, description="Longest wait between two retries.")
     give_up_after: PositiveFloat = Field(
         600.0, description="Seconds to keep retrying /assignwork or /completed before giving up."
+    )
+    max_failures_in_a_row: int = Field(
+        3,
+        ge=0,
+        description="Stop asking for work (exit 4) after this many FAILED jobs in a row; "
+        "a DONE resets the count; 0: never stop.",
     )
     api_token: SecretStr | None = Field(
         None, description="The manager's BCM_API_TOKEN, sent as a bearer token."
@@ -201,7 +230,19 @@ class AgentError(Exception):
 class ConfigurationError(AgentError):
     """This node is set up wrongly (paths, command): asking again would fail the same way."""
 
-    exit_code = 2
+    exit_code = EXIT_CONFIGURATION
+
+
+class BasecallerCannotRun(ConfigurationError):
+    """The command cannot start here, or a shell says it cannot run it (exit 126 or 127)."""
+
+    exit_code = EXIT_CANNOT_RUN
+
+
+class TooManyFailures(AgentError):
+    """Job after job failed on this node: the node, not the batches, is the likely cause."""
+
+    exit_code = EXIT_FAILURES_IN_A_ROW
 
 
 class ManagerUnreachable(AgentError):
@@ -470,6 +511,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._child: asyncio.subprocess.Process | None = None
         self._jobid = "-"
+        self._failures_in_a_row = 0
         self._stderr = stderr
 
     @property
@@ -558,7 +600,7 @@ class Agent:
         self, job: Job, lease: Lease, attempt: Attempt, error: Exception
     ) -> NoReturn:
         """The command did not even start: record why, give the batch back, stop the agent."""
-        reason = f"cannot start the basecaller {attempt.command[0]!r}: {error}"
+        reason = f"cannot start `{shlex.join(attempt.command)}`: {error}"
         record = attempt.record(
             outcome=JobState.STOPPED,
             returncode=None,
@@ -568,7 +610,7 @@ class Agent:
         )
         await self._record(job, lease, record)
         await self._give_back(job.jobid, lease)
-        raise ConfigurationError(reason) from error
+        raise BasecallerCannotRun(self._cannot_run(reason)) from error
 
     async def _end_attempt(
         self,
@@ -579,8 +621,11 @@ class Agent:
         tee: StderrTee,
         stopped: bool,
     ) -> None:
-        """Record the attempt of a basecaller that has ended, then report the job: STOPPED
-        (the batch given back) when the agent stopped it, else DONE or FAILED by its exit code.
+        """Record the attempt of a basecaller that has ended, then report the job.
+
+        STOPPED (the batch given back) when the agent stopped it, when it failed while the agent
+        is stopping (Slurm signals the basecaller too: its death says nothing about the batch),
+        or when a shell says it cannot run the command; else DONE or FAILED by its exit code.
         """
         ended_at, ended = self._clock(), _utc_now()
         if not await tee.drained(self._budget(lease, STDERR_DRAIN_TIMEOUT)):
@@ -591,8 +636,15 @@ class Agent:
             )
         exit_code, signal_name = exit_status(returncode)
         last_line = stderr_summary(tee.tail)[1]
-        if stopped:
+        cannot_run = None
+        if stopped or (self.stopping and returncode != 0):
             state = JobState.STOPPED
+        elif exit_code in CANNOT_EXECUTE:
+            state = JobState.STOPPED
+            command = shlex.join(attempt.command)
+            cannot_run = f"`{command}` exited {exit_code} (a shell's {CANNOT_EXECUTE[exit_code]!r})"
+            if last_line:
+                cannot_run += f": {last_line}"
         else:
             state = JobState.DONE if exit_code == 0 else JobState.FAILED
         self._event(
@@ -610,17 +662,34 @@ class Agent:
             ended=ended,
             tail=tee.tail,
             stderr_bytes=tee.total,
+            error=cannot_run,
         )
         await self._record(job, lease, record)
         if state is JobState.STOPPED:
             await self._give_back(job.jobid, lease)
-        else:
-            await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
+            if cannot_run is not None:
+                raise BasecallerCannotRun(self._cannot_run(cannot_run))
+            return
+        await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
+        if state is JobState.DONE:
+            self._failures_in_a_row = 0
+            return
+        self._failures_in_a_row += 1
+        limit = self._settings.max_failures_in_a_row
+        if limit and self._failures_in_a_row >= limit:
+            last = f"last exit code {exit_code}" if signal_name is None else f"last {signal_name}"
+            if last_line:
+                last += f" ({last_line!r})"
+            jobs = f"{self._failures_in_a_row} job{'s' if self._failures_in_a_row > 1 else ''}"
+            raise TooManyFailures(f"{jobs} in a row failed on this node: {last}, stopping")
 
     def _budget(self, lease: Lease, most: float) -> float:
         """Seconds a step between the basecaller's end and the job's report may take (no
         keepalive is sent meanwhile): ``most``, or a quarter of what is left of the lease."""
         return max(0.2, min(most, (lease.deadline - self._clock()) / 4))
+
+    def _cannot_run(self, reason: str) -> str:
+        return f"this node cannot run the basecaller: {reason}; its batch was given back"
 
     async def _record(self, job: Job, lease: Lease, record: Mapping[str, object]) -> None:
         """Write the record of an attempt; if the folder cannot take it, say so and go on."""
@@ -867,7 +936,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run a GPU-node agent: basecall the batches the manager hands out",
         description="Ask the manager for batches and run the basecaller command on each. "
         f"Every flag can also be set in the environment as {ENV_PREFIX}<FLAG>; flags win.",
-        epilog=TEMPLATE_HELP,
+        epilog=TEMPLATE_HELP + "\n" + EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for name, field in AgentSettings.model_fields.items():
@@ -900,7 +969,7 @@ def run_command(args: argparse.Namespace) -> int:
     except ValidationError as error:
         for line in describe_error(error):
             print(f"bcmanager agent: {line}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIGURATION
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
