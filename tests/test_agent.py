@@ -743,3 +743,13 @@ def test_backoff_doubles_up_to_its_cap_and_jitters_down_to_half() -> None:
     assert [backoff.delay(attempt, 0.0) for attempt in range(6)] == [0.25, 0.5, 1, 2, 2, 2]
     assert backoff.delay(3, 0.999) == pytest.approx(4.0, rel=1e-3)
     assert backoff.delay(10_000, 0.5) == 3.0
+
+
+def test_systemd_does_not_restart_an_agent_that_needs_a_person() -> None:
+    unit = Path(__file__).resolve().parent.parent / "deploy/systemd/bcmanager-agent@.service"
+    [codes] = [
+        line.removeprefix("RestartPreventExitStatus=").split()
+        for line in unit.read_text().splitlines()
+        if line.startswith("RestartPreventExitStatus=")
+    ]
+    assert {int(code) for code in codes} == {2, EXIT_CANNOT_RUN, EXIT_FAILURES_IN_A_ROW}
