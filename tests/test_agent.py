@@ -276,6 +276,8 @@ def test_until_empty_basecalls_every_file_and_exits_0(bench: Bench) -> None:
 
 
 async def test_a_basecaller_exiting_1_fails_its_job(bench: Bench) -> None:
+    """Alone, an engine whose basecaller fails every file: the batch, then each half alone,
+    until each file failed BCM_QUARANTINE_ATTEMPTS (3) times and is quarantined."""
     manager = bench.manager(files=2, lease=5)
     settings = AgentSettings(
         manager=manager.url,  # type: ignore[arg-type]
@@ -283,13 +285,19 @@ async def test_a_basecaller_exiting_1_fails_its_job(bench: Bench) -> None:
         command=bench.command("fail"),
         until_empty=True,
         poll_interval=0.2,
+        max_failures_in_a_row=0,
     )
 
     async with httpx.AsyncClient(base_url=manager.url, timeout=5) as client:
         await asyncio.wait_for(Agent(client, settings).run(), 30)
 
-    failed = job_folders(bench.run.input_dir, FolderKind.FAILED)
-    assert list(failed.values()) == [bench.raw_names]
+    failed = sorted(
+        sorted(files) for files in job_folders(bench.run.input_dir, FolderKind.FAILED).values()
+    )
+    expected = [bench.raw_names] + [[name] for name in bench.raw_names for _ in range(2)]
+    assert failed == sorted(expected)
+    quarantined = job_folders(bench.run.input_dir, FolderKind.QUARANTINED)
+    assert sorted(quarantined.values()) == [[name] for name in bench.raw_names]
     assert not job_folders(bench.run.input_dir, FolderKind.DONE)
     assert not final_fastq(bench.run.output_dir)
     assert file_counts(manager)["failed"] == 2
