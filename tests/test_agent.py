@@ -3,7 +3,8 @@
 Each test starts ``bcmanager serve`` on 127.0.0.1 over real POD5 files in tmp_path and runs the
 agent as a process (``bcmanager agent``) or in-process (``Agent``). The basecaller is a small
 Python script that is a real process tree: a child and a grandchild that ignores SIGTERM, so the
-tests can see that the agent stops a whole process group.
+tests can see that the agent stops a whole process group; or a one-line ``sh -c`` where the test
+needs an exit code, a signal or stderr of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -18,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +28,30 @@ import httpx
 import pytest
 
 from bcmanager.agent import (
+    EXIT_CANNOT_RUN,
+    EXIT_FAILURES_IN_A_ROW,
+    STDERR_TAIL_BYTES,
     Agent,
     AgentSettings,
     Backoff,
     BatchReply,
     ConfigurationError,
+    StderrTee,
     render_command,
     resolve_job,
     settings_from_args,
     split_template,
 )
 from bcmanager.cli import build_parser, main
-from bcmanager.paths import PASS, FolderKind, final_fastq_name, parse_job_folder, raw_stem
+from bcmanager.paths import (
+    ATTEMPT_FILE,
+    PASS,
+    FolderKind,
+    final_fastq_name,
+    job_folder,
+    parse_job_folder,
+    raw_stem,
+)
 from conftest import Run, Server, wait_for
 
 ENGINE = "gpu-test"
@@ -47,6 +62,7 @@ FAKE_BASECALLER = '''\
 ok: one FASTQ per raw file into OUTPUT_DIR/pass, exit 0. fail: exit 1 and write nothing.
 hang: start a grandchild that ignores SIGTERM, record both pids in WORKDIR, wait for WORKDIR/go,
 then do as ok. stubborn: as hang, and ignore SIGTERM too. Every wait ends after 60 s.
+sequence: the nth job of the test does as the nth letter of WORKDIR/sequence says: F fail, O ok.
 """
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
@@ -74,6 +90,9 @@ if mode == "grandchild":
     wait_for_go()
     sys.exit(0)
 record(work / f"{jobid}.argv", json.dumps(sys.argv[1:]))
+if mode == "sequence":
+    nth = len(list(work.glob("*.argv"))) - 1
+    mode = "fail" if (work / "sequence").read_text()[nth] == "F" else "ok"
 if mode == "fail":
     sys.exit(1)
 if mode in ("hang", "stubborn"):
@@ -121,6 +140,16 @@ def final_fastq(root: Path) -> set[str]:
     return {path.name for path in pass_dir.iterdir()} if pass_dir.is_dir() else set()
 
 
+def attempt_record(folder: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((folder / ATTEMPT_FILE).read_text())
+    return record
+
+
+def jobids(log: str) -> list[str]:
+    """The jobs an agent got, in order, from its log."""
+    return re.findall(r"job=([0-9]+) got batch", log)
+
+
 @dataclass
 class AgentProcess:
     """``bcmanager agent`` as a process; its log lines go to a file the test reads."""
@@ -166,8 +195,12 @@ class Bench:
         return f"{shlex.join(script)} {{input_dir}} {{output_dir}} {{jobid}} {self.work}"
 
     def agent(self, manager: Server, mode: str, *flags: str) -> AgentProcess:
+        return self.agent_running(manager, self.command(mode), *flags)
+
+    def agent_running(self, manager: Server, command: str, *flags: str) -> AgentProcess:
+        """An agent whose command template is ``command``."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("BCM_")}
-        env["BCM_AGENT_COMMAND"] = self.command(mode)
+        env["BCM_AGENT_COMMAND"] = command
         log = self.root / f"agent{len(self.agents)}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
@@ -235,10 +268,16 @@ def test_until_empty_basecalls_every_file_and_exits_0(bench: Bench) -> None:
     log = agent.text()
     for jobid in done:
         assert f"job={jobid} completed DONE" in log
+        record = attempt_record(
+            bench.run.output_dir / job_folder(FolderKind.LOGOUTPUT, jobid, ENGINE)
+        )
+        assert (record["outcome"], record["exit_code"], record["signal"]) == ("DONE", 0, None)
     assert "no work left, exiting" in log
 
 
 async def test_a_basecaller_exiting_1_fails_its_job(bench: Bench) -> None:
+    """Alone, an engine whose basecaller fails every file: the batch, then each half alone,
+    until each file failed BCM_QUARANTINE_ATTEMPTS (3) times and is quarantined."""
     manager = bench.manager(files=2, lease=5)
     settings = AgentSettings(
         manager=manager.url,  # type: ignore[arg-type]
@@ -246,13 +285,19 @@ async def test_a_basecaller_exiting_1_fails_its_job(bench: Bench) -> None:
         command=bench.command("fail"),
         until_empty=True,
         poll_interval=0.2,
+        max_failures_in_a_row=0,
     )
 
     async with httpx.AsyncClient(base_url=manager.url, timeout=5) as client:
         await asyncio.wait_for(Agent(client, settings).run(), 30)
 
-    failed = job_folders(bench.run.input_dir, FolderKind.FAILED)
-    assert list(failed.values()) == [bench.raw_names]
+    failed = sorted(
+        sorted(files) for files in job_folders(bench.run.input_dir, FolderKind.FAILED).values()
+    )
+    expected = [bench.raw_names] + [[name] for name in bench.raw_names for _ in range(2)]
+    assert failed == sorted(expected)
+    quarantined = job_folders(bench.run.input_dir, FolderKind.QUARANTINED)
+    assert sorted(quarantined.values()) == [[name] for name in bench.raw_names]
     assert not job_folders(bench.run.input_dir, FolderKind.DONE)
     assert not final_fastq(bench.run.output_dir)
     assert file_counts(manager)["failed"] == 2
@@ -386,6 +431,239 @@ def test_a_wrong_mount_gives_the_batch_back_and_exits_2(bench: Bench) -> None:
     assert not list(bench.work.glob("*.argv"))
 
 
+def assert_given_back(bench: Bench, manager: Server, agent: AgentProcess, files: int) -> str:
+    """The agent got one batch and gave it back: all files pending, none failed or leased, no
+    FAILED_ or FAILEDOUTPUT_ folder. Returns the job id."""
+    log = agent.text()
+    [jobid] = jobids(log)
+    assert f"job={jobid} completed STOPPED" in log
+    counts = file_counts(manager)
+    assert (counts["pending"], counts["leased"], counts["failed"]) == (files, 0, 0)
+    assert not job_folders(bench.run.input_dir, FolderKind.FAILED)
+    assert not job_folders(bench.run.output_dir, FolderKind.FAILEDOUTPUT)
+    return jobid
+
+
+def rendered(bench: Bench, jobid: str, *words: str) -> str:
+    """The command a job ran, as the agent logs it: ``words`` then the job's two folders."""
+    input_dir = bench.run.input_dir / job_folder(FolderKind.ASSIGNED, jobid, ENGINE)
+    output_dir = bench.run.output_dir / job_folder(FolderKind.TMPOUTPUT, jobid, ENGINE)
+    return shlex.join([*words, str(input_dir), str(output_dir)])
+
+
+@pytest.mark.parametrize("problem", ["missing", "not executable"])
+def test_a_command_that_cannot_start_gives_the_batch_back_and_exits_3(
+    bench: Bench, problem: str
+) -> None:
+    manager = bench.manager(files=2, lease=30)
+    basecaller = bench.root / "dorado-wrapper.sh"
+    if problem == "not executable":
+        basecaller.write_text("#!/bin/sh\nexit 0\n")
+        basecaller.chmod(0o644)
+    agent = bench.agent_running(manager, f"{basecaller} {{input_dir}} {{output_dir}}")
+
+    assert agent.wait(30) == EXIT_CANNOT_RUN, agent.text()
+
+    jobid = assert_given_back(bench, manager, agent, files=2)
+    error = next(line for line in agent.text().splitlines() if " ERROR " in line)
+    assert "this node cannot run the basecaller: cannot start" in error
+    assert f"`{rendered(bench, jobid, str(basecaller))}`" in error
+    reason = "No such file or directory" if problem == "missing" else "Permission denied"
+    assert reason in error
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        ("exit 127", 127),
+        ("exit 126", 126),
+        ('no-such-dorado-bcm-test basecaller "$1"', 127),  # the shell's own "not found"
+    ],
+)
+def test_a_shell_that_cannot_run_the_command_gives_the_batch_back_and_exits_3(
+    bench: Bench, script: str, code: int
+) -> None:
+    manager = bench.manager(files=2, lease=30)
+    agent = bench.agent_running(
+        manager, shlex.join(["sh", "-c", script, "sh"]) + " {input_dir} {output_dir}"
+    )
+
+    assert agent.wait(30) == EXIT_CANNOT_RUN, agent.text()
+
+    jobid = assert_given_back(bench, manager, agent, files=2)
+    error = next(line for line in agent.text().splitlines() if " ERROR " in line)
+    assert "this node cannot run the basecaller" in error
+    assert f"`{rendered(bench, jobid, 'sh', '-c', script, 'sh')}` exited {code}" in error
+    if "no-such-dorado" in script:
+        assert "no-such-dorado-bcm-test: not found" in error  # the shell's stderr says which
+
+
+@pytest.mark.parametrize(
+    ("flags", "sequence", "jobs"),
+    [
+        ((), "FFFFFF", 3),
+        (("--max-failures-in-a-row", "2"), "FFFFFF", 2),
+        (("--max-failures-in-a-row", "2"), "FOFFFF", 4),  # a DONE starts the count again
+    ],
+)
+def test_failing_job_after_job_stops_the_agent(
+    bench: Bench, flags: tuple[str, ...], sequence: str, jobs: int
+) -> None:
+    manager = bench.manager(files=6, lease=30)
+    (bench.work / "sequence").write_text(sequence)
+    agent = bench.agent(manager, "sequence", "--batch-size", "1", *flags)
+
+    assert agent.wait(30) == EXIT_FAILURES_IN_A_ROW, agent.text()
+
+    log = agent.text()
+    assert len(jobids(log)) == jobs
+    assert log.count(" completed FAILED") == sequence[:jobs].count("F")
+    assert log.count(" completed DONE") == sequence[:jobs].count("O")
+    in_a_row = 3 if not flags else 2
+    assert log.splitlines()[-1].endswith(
+        f"giving up: {in_a_row} jobs in a row failed on this node: last exit code 1, stopping"
+    )
+    assert log.count("asking for work") == jobs  # stopped asking
+    counts = file_counts(manager)
+    assert (counts["pending"], counts["leased"]) == (6 - jobs, 0)
+
+
+def test_0_failures_in_a_row_never_stops(bench: Bench) -> None:
+    manager = bench.manager(files=4, lease=30)
+    agent = bench.agent(manager, "fail", "--batch-size", "1", "--max-failures-in-a-row", "0")
+
+    assert agent.wait(30) == 0, agent.text()
+    assert agent.text().count(" completed FAILED") >= 4
+    assert "in a row" not in agent.text()
+
+
+def failed_attempt(bench: Bench, script: str) -> tuple[str, dict[str, Any], AgentProcess]:
+    """Run ``sh -c script sh {output_dir}`` on one file; return its job, the record of its
+    attempt in the FAILEDOUTPUT_ folder, and the agent (stopped after that one failure)."""
+    manager = bench.manager(files=1, lease=30)
+    command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
+    agent = bench.agent_running(manager, command, "--max-failures-in-a-row", "1")
+    assert agent.wait(30) == EXIT_FAILURES_IN_A_ROW, agent.text()
+    [jobid] = jobids(agent.text())
+    failed = bench.run.output_dir / job_folder(FolderKind.FAILEDOUTPUT, jobid, ENGINE)
+    record = attempt_record(failed)
+    output_dir = bench.run.output_dir / job_folder(FolderKind.TMPOUTPUT, jobid, ENGINE)
+    assert record["command"] == ["sh", "-c", script, "sh", str(output_dir)]
+    assert (record["jobid"], record["engine"], record["outcome"]) == (jobid, ENGINE, "FAILED")
+    started = datetime.fromisoformat(record["started"])
+    ended = datetime.fromisoformat(record["ended"])
+    assert started.utcoffset() == ended.utcoffset() == timedelta(0)
+    assert 0 < record["seconds"] < 30
+    assert (ended - started).total_seconds() == pytest.approx(record["seconds"], abs=0.1)
+    return jobid, record, agent
+
+
+def test_the_record_of_a_failed_attempt_keeps_the_exit_code_and_the_end_of_stderr(
+    bench: Bench,
+) -> None:
+    line = 'echo "progress line $i of a chatty basecaller" >&2'
+    chatty = f"i=0; while [ $i -lt 200 ]; do {line}; i=$((i+1)); done"
+    script = f'{chatty}; printf "\\nCUDA error: out of memory\\n\\n" >&2; exit 3'
+    _, record, agent = failed_attempt(bench, script)
+
+    assert (record["exit_code"], record["signal"]) == (3, None)
+    tail = record["stderr_tail"]
+    assert record["stderr_bytes"] > STDERR_TAIL_BYTES
+    assert len(tail.encode()) <= STDERR_TAIL_BYTES
+    assert tail.endswith(
+        "progress line 199 of a chatty basecaller\n\nCUDA error: out of memory\n\n"
+    )
+    assert "progress line 0 " not in tail
+    assert record["stderr_last_line"] == "CUDA error: out of memory"
+    # All of stderr reached the agent's own, as before.
+    log = agent.text()
+    assert "progress line 0 of a chatty basecaller" in log
+    assert "progress line 199 of a chatty basecaller" in log
+    assert "stderr_last_line='CUDA error: out of memory'" in log
+
+
+def test_the_record_of_a_killed_basecaller_names_the_signal(bench: Bench) -> None:
+    _, record, agent = failed_attempt(bench, 'echo "about to die" >&2; kill -9 $$')
+
+    assert (record["exit_code"], record["signal"]) == (None, "SIGKILL")
+    assert record["stderr_last_line"] == "about to die"
+    assert (
+        "1 job in a row failed on this node: last SIGKILL ('about to die'), stopping"
+        in agent.text()
+    )
+
+
+def test_an_output_folder_that_cannot_take_the_record_is_warned_about_and_the_job_reported(
+    bench: Bench,
+) -> None:
+    manager = bench.manager(files=1, lease=30)
+    # A folder where the record should go: the rename onto it fails.
+    script = f'mkdir "$1/{ATTEMPT_FILE}"; exit 1'
+    command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
+    agent = bench.agent_running(manager, command, "--max-failures-in-a-row", "1")
+
+    assert agent.wait(30) == EXIT_FAILURES_IN_A_ROW, agent.text()
+    log = agent.text()
+    [jobid] = jobids(log)
+    assert f"job={jobid} could not write {ATTEMPT_FILE}" in log
+    assert f"job={jobid} completed FAILED" in log
+
+
+def test_a_process_left_holding_stderr_does_not_hold_up_the_job(bench: Bench) -> None:
+    manager = bench.manager(files=1, lease=30)
+    # A helper left running with the basecaller's stderr (its pid recorded to be killed after).
+    script = (
+        f"sleep 60 & echo $! > {shlex.quote(str(bench.work))}/helper.pid; "
+        'mkdir -p "$1/pass" && printf "@r\\nACGT\\n+\\n!!!!\\n" > "$1/pass/r.fastq"; '
+        'echo "basecalled" >&2'
+    )
+    command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
+    agent = bench.agent_running(manager, command)
+
+    assert agent.wait(30) == 0, agent.text()
+    log = agent.text()
+    [jobid] = jobids(log)
+    assert f"job={jobid} completed DONE" in log
+    assert "left a process holding its stderr" in log
+    record = attempt_record(bench.run.output_dir / job_folder(FolderKind.LOGOUTPUT, jobid, ENGINE))
+    assert record["stderr_last_line"] == "basecalled"
+    run_time = datetime.fromisoformat(record["ended"]) - datetime.fromisoformat(record["started"])
+    assert run_time.total_seconds() < 1  # the end of the run, not of the wait for stderr
+
+
+def test_a_basecaller_failing_as_the_agent_stops_gives_the_batch_back(bench: Bench) -> None:
+    """Slurm signals every process of the step: the basecaller may die of it before the agent
+    stops it, and that death says nothing about the batch."""
+    manager = bench.manager(files=2, lease=30)
+    agent = bench.agent_running(manager, "sh -c 'kill -TERM $PPID; exit 1'")
+
+    assert agent.wait(30) == 0, agent.text()
+
+    assert_given_back(bench, manager, agent, files=2)
+    assert "completed FAILED" not in agent.text()
+
+
+async def test_the_tee_passes_everything_on_and_keeps_only_the_tail(tmp_path: Path) -> None:
+    sink = tmp_path / "sink"
+    with sink.open("wb") as out:
+        tee, pipe, write_end = await StderrTee.open(out.fileno())
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "sh", "-c", "head -c 5000000 /dev/urandom >&2; echo end >&2", stderr=write_end
+            )
+        finally:
+            os.close(write_end)
+        try:
+            assert await process.wait() == 0
+            assert await tee.drained(10)
+        finally:
+            pipe.close()
+    written = sink.read_bytes()
+    assert len(written) == tee.total == 5_000_004
+    assert tee.tail == written[-STDERR_TAIL_BYTES:]
+    assert tee.tail.endswith(b"end\n")
+
+
 def test_the_template_is_split_before_its_placeholders_are_filled() -> None:
     words = split_template("run_dorado.sh {input_dir} {output_dir} sup --tag={jobid}@{engine_id}")
     values = {
@@ -473,3 +751,13 @@ def test_backoff_doubles_up_to_its_cap_and_jitters_down_to_half() -> None:
     assert [backoff.delay(attempt, 0.0) for attempt in range(6)] == [0.25, 0.5, 1, 2, 2, 2]
     assert backoff.delay(3, 0.999) == pytest.approx(4.0, rel=1e-3)
     assert backoff.delay(10_000, 0.5) == 3.0
+
+
+def test_systemd_does_not_restart_an_agent_that_needs_a_person() -> None:
+    unit = Path(__file__).resolve().parent.parent / "deploy/systemd/bcmanager-agent@.service"
+    [codes] = [
+        line.removeprefix("RestartPreventExitStatus=").split()
+        for line in unit.read_text().splitlines()
+        if line.startswith("RestartPreventExitStatus=")
+    ]
+    assert {int(code) for code in codes} == {2, EXIT_CANNOT_RUN, EXIT_FAILURES_IN_A_ROW}

@@ -46,6 +46,9 @@ def jobs(run: Run) -> Jobs:
     manager.complete(done.jobid, JobState.DONE)
     failed = manager.assign("gpu2", 1)
     manager.complete(failed.jobid, JobState.FAILED)
+    # Failed alone on a second engine: quarantined.
+    assert manager.assign("gpu4", 1).batch == failed.batch
+    manager.complete(manager.state.live_jobs()[0].jobid, JobState.FAILED)
     leased = manager.assign("gpu3", 2)
     return Jobs(manager.paths, done, failed, leased)
 
@@ -62,8 +65,8 @@ def test_a_healthy_run_passes_with_files_by_state(
     assert code == 0, lines
     assert "raw files: 7 (1 waiting, 1 pending, 2 leased, 2 done, 1 failed)" in lines
     assert (
-        "job folders: 1 ASSIGNED_, 1 DONE_, 1 FAILED_, 1 TMPOUTPUT_, 1 LOGOUTPUT_, "
-        "1 FAILEDOUTPUT_" in lines
+        "job folders: 1 ASSIGNED_, 1 DONE_, 1 FAILED_, 1 QUARANTINED_, 1 TMPOUTPUT_, "
+        "1 LOGOUTPUT_, 2 FAILEDOUTPUT_" in lines
     )
     assert "FASTQ files: 2 in pass/" in lines
     assert lines[-1] == "all invariants hold"

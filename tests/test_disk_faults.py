@@ -27,24 +27,34 @@ ERRNOS = [errno.ENOSPC, errno.EIO, errno.EACCES]
 
 
 class FaultyOps(DiskOps):
-    """Raises OSError(code) at the nth call of one method after ``arm``, once."""
+    """Raises OSError(code) at the nth call of one method after ``arm``; with ``stick``, again
+    at every call on the same path until ``release`` (a fault that repeats)."""
 
     def __init__(self) -> None:
         self.armed: tuple[str, int, int] | None = None
         self.calls: Counter[str] = Counter()
         self.fired = False
+        self.stuck: tuple[str, int, Path] | None = None
+        self.stick = False
 
-    def arm(self, method: str, code: int, nth: int) -> None:
-        self.armed, self.fired = (method, code, nth), False
+    def arm(self, method: str, code: int, nth: int, *, stick: bool = False) -> None:
+        self.armed, self.fired, self.stick = (method, code, nth), False, stick
         self.calls.clear()
 
+    def release(self) -> None:
+        self.stuck = None
+
     def _step(self, method: str, path: Path) -> None:
+        if self.stuck is not None and self.stuck[0] == method and self.stuck[2] == path:
+            raise OSError(self.stuck[1], os.strerror(self.stuck[1]), str(path))
         if self.armed is None or self.armed[0] != method:
             return
         self.calls[method] += 1
         _, code, nth = self.armed
         if self.calls[method] == nth:
             self.armed, self.fired = None, True
+            if self.stick:
+                self.stuck = (method, code, path)
             raise OSError(code, os.strerror(code), str(path))
 
     def mkdir(self, path: Path) -> None:
@@ -146,7 +156,8 @@ COMPLETION_STEPS = [
     ("STOPPED", "rmtree", 1),  # the output, discarded
     ("STOPPED", "rmtree", 2),  # the retired lease
 ]
-FILES_AFTER = {"DONE": "done", "FAILED": "failed", "STOPPED": "pending"}
+# A failed attempt is not a bad file: its files are pending again, to be retried.
+FILES_AFTER = {"DONE": "done", "FAILED": "pending", "STOPPED": "pending"}
 
 
 @pytest.mark.parametrize("code", ERRNOS, ids=errno.errorcode.get)
@@ -161,12 +172,17 @@ async def test_completion_refused_by_the_disk_before_or_after_its_commit(
         batch = (await get(client, "/assignwork", engineid="gpu1", batchsize=2)).json()
         write_output(run, batch)
         before = await snapshot(run, client)
-        ops.arm(method, code, nth)
+        ops.arm(method, code, nth, stick=committed)
         first = await get(client, "/completed", job_id=batch["jobid"], job_state=ending)
         after_first = await snapshot(run, client)
         alive = await get(client, "/keepalive", job_id=batch["jobid"], job_state="PROCESSING")
         if committed:
+            # The tail keeps failing: check, /status and /heartbeat all say so.
+            await asyncio.sleep(0.2)  # rescans retry it, and fail again
             problems = inspect(manager.paths).failures
+            shown = (await get(client, "/status")).json()["job_problems"]
+            beat = await get(client, "/heartbeat")
+            ops.release()
             await clean_soon(manager.paths)
         retry = await get(client, "/completed", job_id=batch["jobid"], job_state=ending)
         status = (await get(client, "/status")).json()
@@ -175,6 +191,8 @@ async def test_completion_refused_by_the_disk_before_or_after_its_commit(
         assert first.json() == {"ok": True}
         assert alive.json() == {"late": True}
         assert {p.severity for p in problems} == {Severity.REPAIR}
+        assert len(shown) == 1 and batch["jobid"] in shown[0] and os.strerror(code) in shown[0]
+        assert beat.status_code == 200 and beat.json()["problems"] == shown
     else:
         assert_refused(first, code)
         assert after_first == before

@@ -86,7 +86,8 @@ async def test_20000_engine_ids_leave_status_and_metrics_small_and_their_totals_
 
     files, sizes = status["files"], status["bytes"]
     assert total("files_done") == files["done"] and total("bytes_done") == sizes["done"]
-    assert total("files_failed") == files["failed"] and total("jobs_assigned") == jobs
+    # files_failed counts failed attempts; files["failed"] the files quarantined after them.
+    assert total("files_failed") >= files["failed"] and total("jobs_assigned") == jobs
     assert files["leased"] == HOLDERS - GIVE_BACK and files["pending"] == 0
     assert retired["files_done"] > 0 and total("files_done") > retired["files_done"]
 
@@ -97,7 +98,7 @@ async def test_20000_engine_ids_leave_status_and_metrics_small_and_their_totals_
     done = sum(v for (sample, _), v in found.items() if sample == "bcmanager_files_done_total")
     assert done == files["done"]
     failed = sum(v for (sample, _), v in found.items() if sample == "bcmanager_files_failed_total")
-    assert failed == files["failed"]
+    assert failed == total("files_failed")
     assert value(found, "bcmanager_engines", state="busy") == HOLDERS - GIVE_BACK
     assert value(found, "bcmanager_engines", state="idle") == IDLE_LISTED
     assert value(found, "bcmanager_engines_retired_total") == retired["engines"]

@@ -82,8 +82,15 @@ def test_call_sequences_along_the_schema_links_stay_valid(tmp_path: Path) -> Non
         files = live.get("/status").json()["files"]
     finally:
         live.stop()
-    print(f"job ends reached by following the links: {files}")
-    assert files["done"] + files["failed"] > 0  # real jobs were completed, not only refused
+    # The fuzzer writes no reads, so a DONE ends EMPTY and a FAILED is retried: real ends show
+    # as folders kept for a person (EMPTYOUTPUT_, FAILEDOUTPUT_), not as done files.
+    ended = [
+        path.name
+        for path in live.run.output_dir.iterdir()
+        if path.name.startswith(("EMPTYOUTPUT_", "FAILEDOUTPUT_"))
+    ]
+    print(f"job ends reached by following the links: {len(ended)}; files {files}")
+    assert ended  # real jobs were completed, not only refused
     assert inspect(RunPaths(live.run.input_dir, live.run.output_dir)).ok
 
 

@@ -25,7 +25,7 @@ SCHEMA = REPO / "openapi" / "openapi.json"
 PACKAGE = "bcmanager_client"
 OPERATIONS = {
     "protocol": {"assign_work", "keep_alive", "complete_job", "heartbeat"},
-    "operations": {"ready", "run_status", "metrics"},
+    "operations": {"ready", "run_status", "metrics", "retry_files"},
 }
 
 

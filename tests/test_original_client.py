@@ -49,8 +49,13 @@ def test_original_client_drives_one_job_to_done_and_one_to_failed(
         assert done.json() == failed.json() == {"ok": True}
 
         heartbeat = http.get(f"{base}/heartbeat").json()
+        # The failed batch comes back in halves, each a batch of its own, as plain batches.
+        halves = [http.get(f"{base}/assignwork?engineid=gpu004&batchsize=2").json()]
+        halves.append(http.get(f"{base}/assignwork?engineid=gpu004&batchsize=2").json())
         nothing = http.get(f"{base}/assignwork?engineid=gpu004&batchsize=2").json()
     assert heartbeat["status"] == "false" and isinstance(heartbeat["inactivity_interval"], float)
+    assert [half["batch"] for half in halves] == [[names[2]], [names[3]]]
+    assert all(set(half) >= ORIGINAL_BATCH_KEYS for half in halves)
     assert nothing["batch_size"] == 0 and nothing["jobid"] == "-1" and nothing["batch"] == []
     reads = sorted(
         line[1:].split()[0]

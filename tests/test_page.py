@@ -93,22 +93,29 @@ def test_page_shows_the_run_and_follows_it_live(
     server.get("/completed", job_id=leased["jobid"], job_state="DONE")
     failed = server.get("/assignwork", engineid="gpu3", batchsize=1).json()
     server.get("/completed", job_id=failed["jobid"], job_state="FAILED")
+    # Failed alone on a second engine: quarantined, and the page says so.
+    again = server.get("/assignwork", engineid="gpu9", batchsize=1).json()
+    assert again["batch"] == failed["batch"]
+    server.get("/completed", job_id=again["jobid"], job_state="FAILED")
     wait.until(lambda _: shown("count-done") == "4")
-    wait.until(lambda _: len(rows("problems")) == 1)
+    wait.until(lambda _: len(rows("problems")) == 2)
     assert shown("count-failed") == "1" and shown("count-leased") == "0"
     assert shown("percent") == "66.6%"
-    assert "gpu3" in rows("problems")[0] and "failed" in rows("problems")[0]
+    assert "gpu9" in rows("problems")[0] and "quarantined" in rows("problems")[0]
+    assert "gpu3" in rows("problems")[1] and "failed, retried" in rows("problems")[1]
+    held = browser.find_element(By.ID, "held-back").text
+    assert "quarantined (1)" in held and failed["batch"][0] in held
     assert browser.execute_script("return window.stillTheSamePage") is True
 
-    # More idle engines than are listed: the two idle longest are summed in one row.
+    # More idle engines than are listed: the three idle longest are summed in one row.
     for index in range(IDLE_LISTED):
         server.get("/assignwork", engineid=f"pod{index:03d}", batchsize=1)
-    wait.until(lambda _: rows("engines")[-1].startswith("2 retired"))
+    wait.until(lambda _: rows("engines")[-1].startswith("3 retired"))
     retired = rows("engines")[-1].split()
     dash = "\N{EN DASH}"
-    assert retired[:5] == ["2", "retired", dash, "2", "4"] and retired[6:] == ["0", "0", "0", dash]
+    assert retired[:5] == ["3", "retired", dash, "2", "4"] and retired[6:] == ["1", "0", "0", dash]
     assert len(rows("engines")) == 1 + IDLE_LISTED + 1  # pod000 holds the last file
-    assert "gpu1" not in shown("engines") and "gpu3" in shown("engines")
+    assert "gpu3" not in shown("engines") and "gpu9" in shown("engines")
     assert shown("retired-note").startswith("Retired: engines idle for 15 min, or beyond the 128")
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []

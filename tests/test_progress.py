@@ -40,8 +40,9 @@ class Run:
     def end(self, job: Job, outcome: JobState) -> None:
         if outcome is JobState.EXPIRED:
             self.state.finish(job.jobid, outcome)
-        else:
-            self.state.check_completion(job.jobid, outcome, self.now)
+        else:  # the engine reported FAILED, which the policy judged QUARANTINED
+            reported = JobState.FAILED if outcome is JobState.QUARANTINED else outcome
+            self.state.check_completion(job.jobid, reported, self.now)
             self.state.finish(job.jobid, outcome)
         self.progress.job_ended(job, outcome, self.now)
 
@@ -146,7 +147,7 @@ def test_bytes_follow_each_file_through_every_state() -> None:
     done, failed, stopped, expired = (run.lease(f"gpu{i}", 1) for i in range(4))
     assert run.status()[1][FileState.LEASED] == 1000 + 1001 + 1002 + 1003
     run.end(done, JobState.DONE)
-    run.end(failed, JobState.FAILED)
+    run.end(failed, JobState.QUARANTINED)
     run.end(stopped, JobState.STOPPED)
     run.end(expired, JobState.EXPIRED)
     # The growing file completes at last.
@@ -178,7 +179,7 @@ def test_engine_tallies_and_recent_problems() -> None:
     run.now += 20
     run.end(second, JobState.DONE)
     failed = run.lease("gpu2", 5)
-    run.end(failed, JobState.FAILED)
+    run.end(failed, JobState.QUARANTINED)
     lost = run.lease("gpu2", 5)
     run.now += 95
     run.end(lost, JobState.EXPIRED)
@@ -195,7 +196,7 @@ def test_engine_tallies_and_recent_problems() -> None:
     assert (gpu3.jobs_released, gpu3.current_jobs, gpu3.files_assigned) == (1, [holding.jobid], 5)
     assert [(p.jobid, p.outcome, p.files) for p in run.progress.recent_problems(run.now)] == [
         (lost.jobid, "EXPIRED", 5),
-        (failed.jobid, "FAILED", 5),
+        (failed.jobid, "QUARANTINED", 5),
     ]
     expired = run.progress.durations[JobState.EXPIRED]
     assert expired.count == 1 and expired.total == pytest.approx(95)
@@ -248,7 +249,7 @@ def test_only_the_idle_engines_active_last_are_listed_and_the_totals_stay_exact(
     for index in range(count):
         run.now += 1
         job = run.lease(f"pod{index:04d}", 1)
-        run.end(job, JobState.DONE if index % 3 else JobState.FAILED)
+        run.end(job, JobState.DONE if index % 3 else JobState.QUARANTINED)
     listed = run.progress.engines(run.now)
     idle = [engine.engine for engine in listed if not engine.current_jobs]
     assert idle == [f"pod{index:04d}" for index in range(count - IDLE_LISTED, count)]

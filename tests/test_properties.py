@@ -455,6 +455,7 @@ class RunMachine(RuleBasedStateMachine):
         ended = self.manager.state.job(jobid).state
         empty = outcome is JobState.DONE and bool(job.files) and not job.output
         assert ended in ({JobState.EMPTY} if empty else ENDS_OF[outcome] - {JobState.EMPTY})
+        assert ended is not JobState.QUARANTINED or len(job.files) == 1  # a file failing alone
         job.state = ended.value
         self.failures |= outcome is JobState.FAILED
         STATS["hostile: DONE with nothing written"] += empty

@@ -108,8 +108,10 @@ async def test_completed_done_merges_output_once(run: Run) -> None:
     assert status["files"]["done"] == 2 and status["jobs"] == []
 
 
-async def test_completed_failed_sets_files_aside(run: Run) -> None:
-    run.add_many(2)
+async def test_completed_failed_keeps_the_attempt_and_retries_its_files_in_halves(
+    run: Run,
+) -> None:
+    names = run.add_many(2)
     async with serving(Manager(run.settings())) as client:
         batch = await assign(client)
         jobid = batch["jobid"]
@@ -118,13 +120,13 @@ async def test_completed_failed_sets_files_aside(run: Run) -> None:
         assert (await client.get("/completed", params=params)).json() == {"ok": True}
         assert (await client.get("/completed", params=params)).json() == {"ok": True}
         status = (await client.get("/status")).json()
-        again = await assign(client)
+        halves = [await assign(client, "gpu005", 10) for _ in range(2)]
     assert (run.input_dir / f"FAILED_{jobid}_gpu004").is_dir()
     kept = run.output_dir / f"FAILEDOUTPUT_{jobid}_gpu004" / "pass" / "partial.fastq"
     assert kept.is_file()
     assert os.listdir(run.output_dir / "pass") == []
-    assert status["files"]["failed"] == 2
-    assert again["batch_size"] == 0
+    assert status["files"]["failed"] == 0 and status["files"]["pending"] == 2
+    assert [half["batch"] for half in halves] == [[names[0]], [names[1]]]
 
 
 async def test_stopped_gives_the_batch_back_at_once(run: Run) -> None:
@@ -206,6 +208,10 @@ async def test_status_counts_every_state_and_lists_leases(run: Run) -> None:
         run.basecall(done["job_output_dir"], done["batch"])
         for job, state in ((done, "DONE"), (failed, "FAILED")):
             await client.get("/completed", params={"job_id": job["jobid"], "job_state": state})
+        # The failed file, alone, fails on a second engine too: quarantined.
+        retry = await assign(client, "gpu4", 1)
+        assert retry["batch"] == failed["batch"]
+        await client.get("/completed", params={"job_id": retry["jobid"], "job_state": "FAILED"})
         status = (await client.get("/status")).json()
     assert status["files"] == {
         "waiting": 1,

@@ -29,9 +29,9 @@ def test_restart_keeps_every_state(run: Run, start_server: Callable[..., Server]
     run.basecall(done["job_output_dir"], done["batch"])
     assert server.get("/completed", job_id=done["jobid"], job_state="DONE").json() == {"ok": True}
     failed = assign(server, "gpu2", 2)
-    assert server.get("/completed", job_id=failed["jobid"], job_state="FAILED").status_code == 200
     leased = assign(server, "gpu3", 2)
     half = assign(server, "gpu4", 2)
+    assert server.get("/completed", job_id=failed["jobid"], job_state="FAILED").status_code == 200
     run.basecall(half["job_output_dir"], half["batch"])
     building = run.input_dir / ".bcm-tmp-ASSIGNED_77_gpu5"
     building.mkdir()
@@ -45,19 +45,23 @@ def test_restart_keeps_every_state(run: Run, start_server: Callable[..., Server]
 
     server.start()
     status = server.get("/status").json()
+    # The failed attempt's two files are pending, to be retried in halves.
     assert status["files"] == {
         "waiting": 0,
-        "pending": 2,
+        "pending": 4,
         "leased": 2,
         "done": 4,
-        "failed": 2,
+        "failed": 0,
         "missing": 0,
     }
     assert [job["jobid"] for job in status["jobs"]] == [leased["jobid"]]
     assert 25 < status["jobs"][0]["seconds_left"] <= 30
     keep = server.get("/keepalive", job_id=leased["jobid"], job_state="PROCESSING")
     assert keep.json() == {"late": False}
-    # Only never-leased files are offered: nothing done, failed or leased comes back.
+    # The failed batch's halves go first, each alone; then only never-leased files are
+    # offered: nothing done or leased comes back.
+    retries = [assign(server, "gpu6", 10)["batch"] for _ in range(2)]
+    assert retries == [[name] for name in failed["batch"]]
     offered = assign(server, "gpu6", 10)
     assert offered["batch"] == names[8:]
     # The interrupted completion was rolled forward, and a retry of it changes nothing.

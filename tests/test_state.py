@@ -119,10 +119,11 @@ def test_a_failed_batch_is_retried_in_halves_until_the_bad_file_is_alone() -> No
     bad, jobs = "f6", 0
     engines = iter(["gpu1", "gpu2"] * 20)
     while state.pending_count():
-        jobs += 1
         engine = next(engines)
-        job = state.lease(str(jobs), engine, 10, now=0, steer=True)
-        assert job is not None
+        job = state.lease(str(jobs + 1), engine, 10, now=0, steer=True)
+        if job is None:
+            continue  # what is left was failed by this engine: it waits for the other
+        jobs += 1
         if bad in job.files:
             ending = state.judge_failure(job.jobid, attempts=3, others_working=True)
             state.finish(job.jobid, ending)

@@ -30,6 +30,17 @@ async def complete(client: httpx.AsyncClient, jobid: str, state: str) -> None:
     assert reply.json() == {"ok": True}
 
 
+async def quarantine(client: httpx.AsyncClient, job: dict[str, Any], other: str) -> str:
+    """Fail ``job`` (of one file), then its retry on engine ``other``: the file is quarantined
+    on two engines' word. Returns the retry's job id."""
+    await complete(client, job["jobid"], "FAILED")
+    retry = await assign(client, other, 1)
+    assert retry["batch"] == job["batch"]
+    await complete(client, retry["jobid"], "FAILED")
+    jobid: str = retry["jobid"]
+    return jobid
+
+
 async def status_when(
     client: httpx.AsyncClient, ready: Any, timeout: float = 5.0
 ) -> dict[str, Any]:
@@ -57,20 +68,21 @@ async def test_status_pictures_bytes_rates_engines_and_problems(run: Run) -> Non
         await complete(client, done["jobid"], "DONE")
         await complete(client, failed["jobid"], "FAILED")
         status = (await client.get("/status")).json()
+    # A failed attempt is not a bad file: its two files are pending again, to be retried.
     assert status["files"] == {
         "waiting": 0,
-        "pending": 1,
+        "pending": 3,
         "leased": 2,
         "done": 3,
-        "failed": 2,
+        "failed": 0,
         "missing": 0,
     }
     assert status["bytes"] == {
         "waiting": 0,
-        "pending": sizes(run, names[7:]),
+        "pending": sizes(run, names[7:]) + sizes(run, failed["batch"]),
         "leased": sizes(run, leased["batch"]),
         "done": sizes(run, done["batch"]),
-        "failed": sizes(run, failed["batch"]),
+        "failed": 0,
         "missing": 0,
     }
     # The files were written just now: all eight arrived within the last minute.
@@ -79,8 +91,8 @@ async def test_status_pictures_bytes_rates_engines_and_problems(run: Run) -> Non
     assert short["basecalled"]["files_per_minute"] == pytest.approx(3)
     assert short["basecalled"]["bytes_per_minute"] == pytest.approx(sizes(run, done["batch"]))
     assert status["history"]["last_hour"]["arrived"][-1] == 8
-    assert status["drain"]["backlog_files"] == 3
-    assert status["drain"]["eta_seconds"] == pytest.approx(60.0)
+    assert status["drain"]["backlog_files"] == 5
+    assert status["drain"]["eta_seconds"] == pytest.approx(100.0)
     engines = {engine["engine"]: engine for engine in status["engines"]}
     assert set(engines) == {"gpu1", "gpu2", "gpu3"}
     assert engines["gpu1"]["jobs_done"] == 1 and engines["gpu1"]["files_done"] == 3
@@ -154,7 +166,7 @@ async def test_a_restart_sizes_the_files_it_recovers(run: Run) -> None:
         leased = await assign(client, "gpu3", 2)
         run.basecall(done["job_output_dir"], done["batch"])
         await complete(client, done["jobid"], "DONE")
-        await complete(client, failed["jobid"], "FAILED")
+        quarantined = await quarantine(client, failed, "gpu4")
         before = (await client.get("/status")).json()
     async with serving(Manager(run.settings())) as client:
         after = (await client.get("/status")).json()
@@ -164,7 +176,8 @@ async def test_a_restart_sizes_the_files_it_recovers(run: Run) -> None:
     engines = {engine["engine"]: engine for engine in after["engines"]}
     assert engines["gpu3"]["current_jobs"] == [leased["jobid"]]
     [problem] = after["recent_problems"]
-    assert problem["jobid"] == failed["jobid"] and problem["seconds_ago"] is None
+    assert problem["jobid"] == quarantined and problem["seconds_ago"] is None
+    assert after["files"]["failed"] == 1
 
 
 def status_cost(run: Run, size: int) -> int:

@@ -5,8 +5,10 @@ works against the original manager, which does not tell where its folders are: g
 ``--input-dir`` and ``--output-dir`` then.
 
 One job at a time: ask /assignwork, run the command template on the batch, keep the lease alive
-with /keepalive every half ``report_back_interval`` while the basecaller runs, report /completed
-DONE or FAILED by its exit code, ask again. What it does when things go wrong:
+with /keepalive every half ``report_back_interval`` while the basecaller runs, write the record of
+the attempt (``paths.ATTEMPT_FILE``: exit code, signal, run time, the tail of stderr) at the top of
+the job's output folder, report /completed DONE or FAILED by its exit code, ask again. What it does
+when things go wrong:
 
 - a failed call (connection error, timeout, 5xx) is retried with capped, jittered exponential
   backoff, so a manager restart or a network blip shorter than the lease costs nothing; the
@@ -16,7 +18,12 @@ DONE or FAILED by its exit code, ask again. What it does when things go wrong:
   without /completed;
 - a 409 on /completed means the same, found out later: logged, and the agent moves on;
 - SIGTERM or SIGINT (Slurm preemption) stops the basecaller, gives the batch back with
-  /completed STOPPED and exits 0; a second signal exits at once.
+  /completed STOPPED and exits 0; a second signal exits at once;
+- a command this node cannot run (it cannot start, or exits 126 or 127, the shell's "cannot
+  execute" and "not found") says nothing about the batch: it is given back with STOPPED and the
+  agent exits 3, so that a misconfigured node fails no file;
+- ``max_failures_in_a_row`` FAILED jobs in a row (a DONE resets the count) make the agent stop
+  asking for work and exit 4: a node that fails everything should not fail the whole run.
 
 The basecaller is a command template split like a POSIX shell would (shlex) and run without a
 shell; see ``TEMPLATE_HELP``.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import enum
+import json
 import logging
 import os
 import random
@@ -38,8 +46,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 from pydantic import (
@@ -64,6 +73,31 @@ ENV_ONLY = frozenset({"api_token"})  # secrets: a command-line flag would show i
 PLACEHOLDERS = ("input_dir", "output_dir", "jobid", "engine_id")
 FOLDER_VISIBILITY_TIMEOUT = 5.0
 """Seconds to wait for a new job folder to show up on this node (NFS caches directory lookups)."""
+STDERR_TAIL_BYTES = 4096
+"""The end of the basecaller's stderr kept for the record of an attempt; the rest only passes."""
+STDERR_LAST_LINE_CHARS = 300
+STDERR_DRAIN_TIMEOUT = 2.0
+"""Seconds to wait, once the basecaller has exited, for the rest of its stderr: a process it left
+running may hold the pipe open for ever (that one's stderr is still passed on afterwards)."""
+RECORD_WRITE_TIMEOUT = 5.0
+"""Seconds writing the record of an attempt may take (a hung network mount must not keep the
+batch from being reported)."""
+CANNOT_EXECUTE = {126: "found but cannot be executed", 127: "command not found"}
+"""Exit codes by which a POSIX shell says it could not run a command at all."""
+
+EXIT_CONFIGURATION = 2
+EXIT_CANNOT_RUN = 3
+EXIT_FAILURES_IN_A_ROW = 4
+EXIT_HELP = """\
+Exit codes:
+  0      stopped by SIGTERM or SIGINT (the batch given back), or no work left (--until-empty)
+  1      the manager unreachable for --give-up-after seconds, or answering outside the protocol
+  2      a bad setting, or the job folders are not where this node looks (--input-dir)
+  3      this node cannot run the basecaller: the command cannot start (not found, not
+         executable) or exits 126 or 127; the batch is given back, nothing is marked failed
+  4      --max-failures-in-a-row jobs failed in a row on this node
+  128+N  a second signal N: exited at once
+"""
 
 TEMPLATE_HELP = """\
 The command template is split into words like a POSIX shell would (shlex), then these
@@ -74,7 +108,11 @@ placeholders are replaced inside each word; any other text, braces included, sta
   {jobid}       the job id
   {engine_id}   this agent's engine id
 The command runs without a shell, in a process group of its own (the agent stops the whole
-group). Exit code 0 reports the job DONE, anything else FAILED.
+group). Exit code 0 reports the job DONE, anything else FAILED, except 126 and 127 (a shell's
+"cannot execute" and "not found"): those, and a command that cannot start, mean this node cannot
+run the basecaller, so the batch is given back and the agent exits 3. The command's stderr
+passes through to the agent's; its last 4 KiB, the exit code, signal and run time are written
+to bcm-attempt.json at the top of the job's output folder before the job is reported.
 
 The original BCProcessor's convention `script INPUT OUTPUT MODEL`:
   --command 'run_dorado.sh {input_dir} {output_dir} sup'
@@ -112,6 +150,12 @@ class AgentSettings(BaseSettings):
     retry_max_delay: PositiveFloat = Field(10.0, description="Longest wait between two retries.")
     give_up_after: PositiveFloat = Field(
         600.0, description="Seconds to keep retrying /assignwork or /completed before giving up."
+    )
+    max_failures_in_a_row: int = Field(
+        3,
+        ge=0,
+        description="Stop asking for work (exit 4) after this many FAILED jobs in a row; "
+        "a DONE resets the count; 0: never stop.",
     )
     api_token: SecretStr | None = Field(
         None, description="The manager's BCM_API_TOKEN, sent as a bearer token."
@@ -186,7 +230,19 @@ class AgentError(Exception):
 class ConfigurationError(AgentError):
     """This node is set up wrongly (paths, command): asking again would fail the same way."""
 
-    exit_code = 2
+    exit_code = EXIT_CONFIGURATION
+
+
+class BasecallerCannotRun(ConfigurationError):
+    """The command cannot start here, or a shell says it cannot run it (exit 126 or 127)."""
+
+    exit_code = EXIT_CANNOT_RUN
+
+
+class TooManyFailures(AgentError):
+    """Job after job failed on this node: the node, not the batches, is the likely cause."""
+
+    exit_code = EXIT_FAILURES_IN_A_ROW
 
 
 class ManagerUnreachable(AgentError):
@@ -278,6 +334,161 @@ class LeaseEnd(enum.Enum):
     UNREACHABLE = "the lease ran out with no keepalive getting through"
 
 
+class StderrTee(asyncio.Protocol):
+    """The reading end of the basecaller's stderr: each chunk goes on to the agent's own stderr
+    as it comes, and only the last ``limit`` bytes are kept, however much the basecaller prints.
+
+    A pipe of our own rather than asyncio's ``stderr=PIPE``: with that, ``Process.wait()`` would
+    wait until every process holding the pipe is gone, and a helper the basecaller left running
+    would keep the job (and its lease) open for ever.
+    """
+
+    def __init__(self, sink: int, limit: int = STDERR_TAIL_BYTES) -> None:
+        self._sink: int | None = sink
+        self._limit = limit
+        self._tail = bytearray()
+        self.total = 0
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(cls, sink: int) -> tuple[StderrTee, asyncio.BaseTransport, int]:
+        """A tee reading a new pipe, its transport, and the pipe's writing end for the child
+        (the caller closes that once the child has it)."""
+        read_end, write_end = os.pipe()
+        try:
+            pipe = os.fdopen(read_end, "rb", buffering=0)
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            raise
+        try:
+            transport, tee = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: cls(sink), pipe
+            )
+        except BaseException:
+            pipe.close()
+            os.close(write_end)
+            raise
+        return tee, transport, write_end
+
+    def data_received(self, data: bytes) -> None:
+        self.total += len(data)
+        self._echo(data)
+        self._tail += data[-self._limit :]
+        del self._tail[: -self._limit]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the end of the stream; True if it came."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        return self.closed.done()
+
+    @property
+    def tail(self) -> bytes:
+        return bytes(self._tail)
+
+    def _echo(self, data: bytes) -> None:
+        """Write all of ``data`` to the sink, as the basecaller would have; a sink that fails
+        is dropped (the tail is still kept, and the pipe still drained)."""
+        view = memoryview(data)
+        while view and self._sink is not None:
+            try:
+                written = os.write(self._sink, view)
+            except InterruptedError:
+                continue
+            except OSError:
+                self._sink = None
+                return
+            view = view[written:]
+
+
+def stderr_summary(tail: bytes) -> tuple[str, str]:
+    """The tail of stderr as text, and its last non-empty line (bounded)."""
+    text = tail.decode("utf-8", errors="replace")
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+    if len(last) > STDERR_LAST_LINE_CHARS:
+        last = last[: STDERR_LAST_LINE_CHARS - 1] + "\u2026"
+    return text, last
+
+
+def exit_status(returncode: int | None) -> tuple[int | None, str | None]:
+    """(exit code, signal name) of a return code as asyncio gives it: -N for signal N."""
+    if returncode is None:
+        return None, None
+    if returncode >= 0:
+        return returncode, None
+    try:
+        return None, signal.Signals(-returncode).name
+    except ValueError:
+        return None, f"SIG{-returncode}"
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One run of the basecaller on a job, from just before it was started."""
+
+    jobid: str
+    engine: str
+    command: list[str]
+    started: str
+    started_at: float
+
+    def record(
+        self,
+        *,
+        outcome: JobState,
+        returncode: int | None,
+        ended_at: float,
+        ended: str,
+        tail: bytes = b"",
+        stderr_bytes: int = 0,
+        error: str | None = None,
+    ) -> dict[str, object]:
+        """The JSON object of ``paths.ATTEMPT_FILE`` (documented in docs/reliability.md)."""
+        exit_code, signal_name = exit_status(returncode)
+        stderr_tail, last_line = stderr_summary(tail)
+        return {
+            "jobid": self.jobid,
+            "engine": self.engine,
+            "command": self.command,
+            "outcome": outcome.value,
+            "exit_code": exit_code,
+            "signal": signal_name,
+            "seconds": max(0.0, ended_at - self.started_at),
+            "started": self.started,
+            "ended": ended,
+            "stderr_tail": stderr_tail,
+            "stderr_last_line": last_line,
+            "stderr_bytes": stderr_bytes,
+            "error": error,
+        }
+
+
+def write_attempt(folder: Path, record: Mapping[str, object]) -> None:
+    """Write the record at the top of ``folder``: complete or not at all (a temporary name,
+    fsynced, renamed into place). Never creates ``folder``: if it is gone (the lease ran out and
+    the manager set it aside), it is no longer this agent's to write in."""
+    data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
+    partial = folder / f".{paths.ATTEMPT_FILE}.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, folder / paths.ATTEMPT_FILE)
+
+
 class Agent:
     """One GPU node's worker loop, with its HTTP client, clock and randomness injectable."""
 
@@ -288,7 +499,9 @@ class Agent:
         *,
         clock: Callable[[], float] = time.monotonic,
         draw: Callable[[], float] = random.random,
+        stderr: int = 2,
     ) -> None:
+        """``stderr``: the file descriptor the basecaller's stderr is passed on to."""
         self._client = client
         self._settings = settings
         self._words = split_template(settings.command)
@@ -298,6 +511,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._child: asyncio.subprocess.Process | None = None
         self._jobid = "-"
+        self._failures_in_a_row = 0
+        self._stderr = stderr
 
     @property
     def stopping(self) -> bool:
@@ -342,36 +557,158 @@ class Agent:
         self._event("stopped")
 
     async def _work_on(self, job: Job, lease: Lease) -> None:
-        """Run the basecaller on one job and report how it ended, unless the lease was lost."""
+        """Run the basecaller on one job, record the attempt and report how it ended, unless
+        the lease was lost."""
         if self.stopping:
             await self._give_back(job.jobid, lease)
             return
         argv = render_command(self._words, job.placeholders(self._settings.engine_id))
+        command = shlex.join(argv)
+        attempt = Attempt(job.jobid, self._settings.engine_id, argv, _utc_now(), self._clock())
+        tee, pipe, write_end = await StderrTee.open(self._stderr)
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
-            )
-        except OSError as error:
-            await self._give_back(job.jobid, lease)
-            raise ConfigurationError(f"cannot start the basecaller {argv[0]!r}: {error}") from error
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stderr=write_end,
+                    start_new_session=True,
+                )
+            finally:
+                os.close(write_end)  # the child has its copy: the pipe ends when the child's does
+        except (OSError, ValueError) as error:  # ValueError: a NUL byte in a word
+            pipe.close()
+            await self._cannot_start(job, lease, attempt, error)
         self._child = process
-        self._event("started basecaller", job.jobid, pid=process.pid, command=shlex.join(argv))
+        self._event("started basecaller", job.jobid, pid=process.pid, command=command)
         try:
             ending = await self._watch(job, process, lease)
             if isinstance(ending, LeaseEnd):
+                # No record and no report: the output folder is the manager's now.
                 self._event(f"dropping job: {ending.value}", job.jobid, level=logging.WARNING)
                 await self._stop_child(job, process)
-            elif ending is None:
+                return
+            if ending is None:
                 await self._stop_child(job, process)
-                await self._give_back(job.jobid, lease)
-            else:
-                state = JobState.DONE if ending == 0 else JobState.FAILED
-                self._event("basecaller exited", job.jobid, code=ending)
-                await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
         finally:
             if process.returncode is None:
                 await self._stop_child(job, process)
             self._child = None
+        await self._end_attempt(job, lease, attempt, process.returncode, tee, ending is None)
+
+    async def _cannot_start(
+        self, job: Job, lease: Lease, attempt: Attempt, error: Exception
+    ) -> NoReturn:
+        """The command did not even start: record why, give the batch back, stop the agent."""
+        reason = f"cannot start `{shlex.join(attempt.command)}`: {error}"
+        record = attempt.record(
+            outcome=JobState.STOPPED,
+            returncode=None,
+            ended_at=self._clock(),
+            ended=_utc_now(),
+            error=reason,
+        )
+        await self._record(job, lease, record)
+        await self._give_back(job.jobid, lease)
+        raise BasecallerCannotRun(self._cannot_run(reason)) from error
+
+    async def _end_attempt(
+        self,
+        job: Job,
+        lease: Lease,
+        attempt: Attempt,
+        returncode: int | None,
+        tee: StderrTee,
+        stopped: bool,
+    ) -> None:
+        """Record the attempt of a basecaller that has ended, then report the job.
+
+        STOPPED (the batch given back) when the agent stopped it, when it failed while the agent
+        is stopping (Slurm signals the basecaller too: its death says nothing about the batch),
+        or when a shell says it cannot run the command; else DONE or FAILED by its exit code.
+        """
+        ended_at, ended = self._clock(), _utc_now()
+        if not await tee.drained(self._budget(lease, STDERR_DRAIN_TIMEOUT)):
+            self._event(
+                "the basecaller left a process holding its stderr; recording the tail so far",
+                job.jobid,
+                level=logging.WARNING,
+            )
+        exit_code, signal_name = exit_status(returncode)
+        last_line = stderr_summary(tee.tail)[1]
+        cannot_run = None
+        if stopped or (self.stopping and returncode != 0):
+            state = JobState.STOPPED
+        elif exit_code in CANNOT_EXECUTE:
+            state = JobState.STOPPED
+            command = shlex.join(attempt.command)
+            cannot_run = f"`{command}` exited {exit_code} (a shell's {CANNOT_EXECUTE[exit_code]!r})"
+            if last_line:
+                cannot_run += f": {last_line}"
+        else:
+            state = JobState.DONE if exit_code == 0 else JobState.FAILED
+        self._event(
+            "basecaller exited",
+            job.jobid,
+            code=exit_code,
+            signal=signal_name,
+            seconds=f"{ended_at - attempt.started_at:.1f}",
+            stderr_last_line=repr(last_line) if last_line and exit_code != 0 else None,
+        )
+        record = attempt.record(
+            outcome=state,
+            returncode=returncode,
+            ended_at=ended_at,
+            ended=ended,
+            tail=tee.tail,
+            stderr_bytes=tee.total,
+            error=cannot_run,
+        )
+        await self._record(job, lease, record)
+        if state is JobState.STOPPED:
+            await self._give_back(job.jobid, lease)
+            if cannot_run is not None:
+                raise BasecallerCannotRun(self._cannot_run(cannot_run))
+            return
+        await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
+        if state is JobState.DONE:
+            self._failures_in_a_row = 0
+            return
+        self._failures_in_a_row += 1
+        limit = self._settings.max_failures_in_a_row
+        if limit and self._failures_in_a_row >= limit:
+            last = f"last exit code {exit_code}" if signal_name is None else f"last {signal_name}"
+            if last_line:
+                last += f" ({last_line!r})"
+            jobs = f"{self._failures_in_a_row} job{'s' if self._failures_in_a_row > 1 else ''}"
+            raise TooManyFailures(f"{jobs} in a row failed on this node: {last}, stopping")
+
+    def _budget(self, lease: Lease, most: float) -> float:
+        """Seconds a step between the basecaller's end and the job's report may take (no
+        keepalive is sent meanwhile): ``most``, or a quarter of what is left of the lease."""
+        return max(0.2, min(most, (lease.deadline - self._clock()) / 4))
+
+    def _cannot_run(self, reason: str) -> str:
+        return f"this node cannot run the basecaller: {reason}; its batch was given back"
+
+    async def _record(self, job: Job, lease: Lease, record: Mapping[str, object]) -> None:
+        """Write the record of an attempt; if the folder cannot take it, say so and go on."""
+        timeout = self._budget(lease, RECORD_WRITE_TIMEOUT)
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(write_attempt, job.output_dir, record), timeout
+            )
+        except TimeoutError:
+            problem = f"no answer from the disk in {timeout:.1f} s"
+        except OSError as error:
+            problem = str(error)
+        else:
+            return
+        self._event(
+            f"could not write {paths.ATTEMPT_FILE} in {job.output_dir}: {problem}",
+            job.jobid,
+            level=logging.WARNING,
+        )
 
     async def _watch(
         self, job: Job, process: asyncio.subprocess.Process, lease: Lease
@@ -548,8 +885,8 @@ class Agent:
     def _event(
         self, event: str, jobid: str = "-", *, level: int = logging.INFO, **details: object
     ) -> None:
-        """One log line per event, always naming the engine and the job."""
-        extra = "".join(f" {key}={value}" for key, value in details.items())
+        """One log line per event, always naming the engine and the job; None details left out."""
+        extra = "".join(f" {key}={value}" for key, value in details.items() if value is not None)
         log.log(level, "engine=%s job=%s %s%s", self._settings.engine_id, jobid, event, extra)
 
 
@@ -599,7 +936,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run a GPU-node agent: basecall the batches the manager hands out",
         description="Ask the manager for batches and run the basecaller command on each. "
         f"Every flag can also be set in the environment as {ENV_PREFIX}<FLAG>; flags win.",
-        epilog=TEMPLATE_HELP,
+        epilog=TEMPLATE_HELP + "\n" + EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for name, field in AgentSettings.model_fields.items():
@@ -632,7 +969,7 @@ def run_command(args: argparse.Namespace) -> int:
     except ValidationError as error:
         for line in describe_error(error):
             print(f"bcmanager agent: {line}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIGURATION
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )

@@ -267,7 +267,11 @@ def create_app(
         "FAILED_ and QUARANTINED_ folders become EXCUSED_), and the quarantined ones are "
         "pending again, each in a batch of its own. Requires the token when one is set.",
         tags=["operations"],
-        responses={401: ERRORS[401], 503: ERRORS[503]},
+        responses={
+            400: {"model": ErrorReply, "description": "The body is not JSON"},
+            401: ERRORS[401],
+            503: ERRORS[503],
+        },
         dependencies=authorized,
         openapi_extra=TOKEN_OPTIONAL,
     )

@@ -324,7 +324,8 @@ class Manager:
         self.progress.job_ended(job, outcome, now, record)
         if outcome is JobState.DONE:
             self.benching.succeeded(job.engine, now)
-        elif outcome in (JobState.FAILED, JobState.QUARANTINED):
+        elif outcome in (JobState.FAILED, JobState.QUARANTINED) and not job.retry:
+            # A retry that fails is the bisection at work, no sign of a bad engine.
             benched = self.benching.failed(job.engine, now, reason or "no record of why")
             if benched is not None:
                 self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)

@@ -158,6 +158,14 @@ class Job:
         return self.state in LIVE_JOB_STATES
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Failed files to lease together, as a batch of their own, before any other file."""
+
+    files: tuple[str, ...]
+    avoid: str | None = None  # the engine whose failure made this group: others go first
+
+
 class Completion(str, Enum):
     """What a completion request asks of the caller."""
 
@@ -192,7 +200,7 @@ class RunState:
         self._quarantined: set[str] = set()
         # Failed files to try again, each group a batch of its own, leased before anything
         # else; and the engines each file failed alone on. Both hold only failing files.
-        self._retries: deque[tuple[str, ...]] = deque()
+        self._retries: deque[Retry] = deque()
         self._failed_alone: dict[str, list[str]] = {}
         self._jobs: dict[str, Job] = {}
         # Live jobs ordered by deadline: every lease lasts lease_seconds, so refreshing one moves
@@ -314,7 +322,8 @@ class RunState:
     ) -> Job | None:
         """Take up to ``batch_size`` pending files into a new job; None if none. A retry of
         failed files goes first, alone; else the oldest pending files. With ``steer`` (another
-        engine works now), a file that failed alone on ``engine`` is left for another one.
+        engine works now), a retry that ``engine`` made by failing, or a file that failed
+        alone on it, is left for another one.
 
         The caller builds the job's folders next; if that fails it calls ``abandon``.
         """
@@ -353,19 +362,19 @@ class RunState:
         """The first group of failed files that ``engine`` may have (at most ``batch_size`` of
         it; the rest stays a group). Costs O(groups): only failing files are in groups."""
         chosen: tuple[str, ...] = ()
-        kept: deque[tuple[str, ...]] = deque()
+        kept: deque[Retry] = deque()
         while self._retries:
             group = self._retries.popleft()
-            files = tuple(name for name in group if self._files.get(name) is FileState.PENDING)
+            files = tuple(n for n in group.files if self._files.get(n) is FileState.PENDING)
             if not files:
                 continue  # gone missing since, or taken back by an operator
             alone_on = self._failed_alone.get(files[0], ()) if len(files) == 1 else ()
-            if chosen or (steer and engine in alone_on):
-                kept.append(files)
+            if chosen or (steer and (engine == group.avoid or engine in alone_on)):
+                kept.append(Retry(files, group.avoid))
                 continue
             chosen, rest = files[:batch_size], files[batch_size:]
             if rest:
-                kept.append(rest)
+                kept.append(Retry(rest, group.avoid))
         self._retries = kept
         return chosen
 
@@ -394,7 +403,7 @@ class RunState:
         sent = [name for name in names if self._files.get(name) is FileState.FAILED]
         for name in sent:
             self._move(name, FileState.PENDING)
-            self._retries.append((name,))
+            self._retries.append(Retry((name,)))
         return sent
 
     def restore_failures(
@@ -426,7 +435,7 @@ class RunState:
             for name in group:
                 if name not in self._files:
                     self._move(name, FileState.PENDING)
-            self._retries.append(group)
+            self._retries.append(Retry(group))
 
     def adopt(self, jobid: str, engine: str, files: Iterable[str], now: float) -> Job:
         """Recovery: an ASSIGNED_ folder found on disk gets a fresh lease.
@@ -494,7 +503,8 @@ class RunState:
         if outcome is JobState.FAILED:
             for name in job.files:
                 self._move(name, FileState.PENDING)
-            self._retries.extendleft(reversed(_halves(job.files)))
+            halves = _halves(job.files)
+            self._retries.extendleft(Retry(half, job.engine) for half in reversed(halves))
         elif after is FileState.PENDING:
             self._return_to_front(job)
         else:
@@ -532,7 +542,7 @@ class RunState:
         for name in job.files:
             self._move(name, FileState.PENDING)
         if job.retry:
-            self._retries.appendleft(job.files)
+            self._retries.appendleft(Retry(job.files))
             return
         files = job.files
         self._pending.extendleft(reversed(files))

@@ -85,7 +85,8 @@ def _frame(client: httpx.Client, url: str) -> RenderableType:
 
 # How each bad end of a job is shown, and its colour.
 OUTCOME_WORDS = {
-    "FAILED": ("failed", "red"),
+    "FAILED": ("failed, retried", "yellow"),
+    "QUARANTINED": ("quarantined", "red"),
     "EXPIRED": ("lease expired", "yellow"),
     "EMPTY": ("no output", "yellow"),
 }
@@ -98,6 +99,15 @@ def render(status: RunStatus) -> RenderableType:
     parts.append(_engines(status))
     if status.recent_problems:
         parts.append(_problems(status))
+    parts.extend(
+        Text(f"benched: {engine.engine}: {engine.reason}", style="yellow")
+        for engine in status.benched
+    )
+    if status.quarantined:
+        shown = ", ".join(item.file for item in status.quarantined)
+        parts.append(
+            Text(f"quarantined ({status.files.failed}): {shown}; `bcmanager retry` sends them back")
+        )
     parts.extend(Text(f"! {line}", style="red") for line in status.job_problems)
     return Group(*parts)
 
@@ -225,6 +235,7 @@ def _problems(status: RunStatus) -> Table:
     table.add_column("Outcome")
     table.add_column("Files", justify="right")
     table.add_column("When", justify="right")
+    table.add_column("Why")
     for job in status.recent_problems:
         word, style = OUTCOME_WORDS[job.outcome]
         when = (
@@ -238,8 +249,15 @@ def _problems(status: RunStatus) -> Table:
             Text(word, style=style),
             str(job.files),
             when,
+            _why(job.exit_code, job.signal, job.last_line),
         )
     return table
+
+
+def _why(exit_code: int | None, signal: str | None, last_line: str | None) -> str:
+    """What the agent recorded of a failure, in a few words."""
+    how = f"killed by {signal}" if signal else f"exit {exit_code}" if exit_code is not None else ""
+    return ": ".join(part for part in (how, last_line) if part)
 
 
 def plural_files(count: int) -> str:

@@ -244,7 +244,8 @@ function renderEngines(s) {
 
 // How each bad end of a job is shown, and its colour; the reason is the cell's tooltip.
 const OUTCOMES = {
-  FAILED: ["failed", "bad"],
+  FAILED: ["failed, retried", "warn"],
+  QUARANTINED: ["quarantined", "bad"],
   EXPIRED: ["lease expired", "warn"],
   EMPTY: ["no output", "warn"],
 };
@@ -260,6 +261,9 @@ function renderProblems(s) {
     cell(row, word, style, job.reason);
     cell(row, count(job.files), "num");
     cell(row, ago(job.seconds_ago), "num");
+    const how = job.signal ? `killed by ${job.signal}`
+      : job.exit_code !== null && job.exit_code !== undefined ? `exit ${job.exit_code}` : "";
+    cell(row, [how, job.last_line].filter(Boolean).join(": "), "why", job.last_line || "");
   }
   $("no-problems").hidden = s.recent_problems.length > 0;
   const stuck = $("job-problems");
@@ -269,6 +273,18 @@ function renderProblems(s) {
     return item;
   }));
   stuck.hidden = s.job_problems.length === 0;
+  const notes = [
+    ...s.benched.map((e) => `benched: ${e.engine}: ${e.reason}`),
+    ...(s.quarantined.length ? [`quarantined (${s.files.failed}): `
+      + s.quarantined.map((q) => q.file).join(", ") + " — `bcmanager retry` sends them back"] : []),
+  ];
+  const held = $("held-back");
+  held.replaceChildren(...notes.map((line) => {
+    const item = document.createElement("li");
+    item.textContent = line;
+    return item;
+  }));
+  held.hidden = notes.length === 0;
 }
 
 function render(s) {
