@@ -128,8 +128,8 @@ def fastq_record(read_id: str) -> str:
 
 
 def write_fastq(folder: Path, name: str, read_ids: list[str]) -> None:
-    """One FASTQ file, written under a hidden name and renamed into place, as Dorado's
-    writers do. ``folder`` is made if missing, but never its parents."""
+    """One FASTQ file, written under a hidden name and renamed into place (so no merge meets
+    it half-written). ``folder`` is made if missing, but never its parents."""
     folder.mkdir(exist_ok=True)
     partial = folder / f".{name}.partial"
     partial.write_text("".join(map(fastq_record, read_ids)))
