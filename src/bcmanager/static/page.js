@@ -299,6 +299,11 @@ function render(s) {
 async function poll() {
   try {
     const reply = await fetch("status", { cache: "no-store" });
+    // The login cookie is gone or the read token changed: log in again.
+    if (reply.status === 401) {
+      window.location.href = "login";
+      return;
+    }
     if (!reply.ok) throw new Error(`status ${reply.status}`);
     latest = await reply.json();
     render(latest);
