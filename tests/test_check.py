@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,11 +234,20 @@ def test_what_bcmanager_ignores_by_design_is_a_note(
     assert "ignored in INPUT_DIR: 2 (not raw files, or raw files not regular)" in lines
 
 
-def test_a_running_manager_is_named(jobs: Jobs, capsys: pytest.CaptureFixture[str]) -> None:
-    with RunLock.acquire(jobs.paths.lock_file, "http://127.0.0.1:1"):
+@pytest.mark.parametrize("held", ["input", "output"])
+def test_a_running_manager_is_named(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str], held: str
+) -> None:
+    """Either lock tells: a manager of another run may hold only OUTPUT_DIR."""
+    folder = jobs.paths.input_dir if held == "input" else jobs.paths.output_dir
+    with RunLock.acquire(folder / ".bcmanager.lock", "http://127.0.0.1:1"):
         code, lines = check(jobs.paths, capsys)
     assert code == 0
-    assert lines[0].startswith(f"NOTE: {jobs.paths.input_dir}: managed now by pid {os.getpid()}")
+    [note] = [line for line in lines if line.startswith("NOTE: ")]
+    assert note.startswith(
+        f"NOTE: {folder}: managed now by pid {os.getpid()} on {socket.gethostname()} "
+        "(serving http://127.0.0.1:1, since "
+    )
     assert check(jobs.paths, capsys)[1][0].startswith("INPUT_DIR")
 
 

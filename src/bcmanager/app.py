@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bcmanager import __version__, audit
 from bcmanager.access import BEARERS, COOKIE, COOKIE_MAX_AGE, READ_COOKIE, Access, Caller, Kind
-from bcmanager.lock import RunLock
+from bcmanager.lock import RunLocks, hold_run
 from bcmanager.manager import Manager
 from bcmanager.metrics import Metrics, RequestTimer
 from bcmanager.models import (
@@ -145,16 +145,17 @@ LOGIN_PAGE = """<!doctype html>
 
 
 def create_app(
-    settings: Settings, manager: Manager | None = None, lock: RunLock | None = None
+    settings: Settings, manager: Manager | None = None, lock: RunLocks | None = None
 ) -> FastAPI:
-    """The service for one run. Holds the run's lock while it runs: ``lock`` if the caller took
-    it already (to report a second manager before the server starts), else its own."""
+    """The service for one run. Holds the run's locks while it runs: ``lock`` if the caller
+    took them already (to report an unusable folder or a second manager before the server
+    starts), else its own."""
     manager = manager or Manager(settings)
     address = f"http://{settings.host}:{settings.port}"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with lock or RunLock.acquire(manager.paths.lock_file, address):
+        with lock or hold_run(manager.paths, address):
             await manager.start()
             try:
                 yield

@@ -135,14 +135,18 @@ def inspect(paths: RunPaths) -> Report:
     """Read both folders once and report every broken invariant. Raises OSError if INPUT_DIR
     cannot be read."""
     report = Report(paths)
-    holder = RunLock.holder(paths.lock_file)
-    if holder is not None:
-        report.add(
-            Severity.NOTE,
-            paths.input_dir,
-            f"managed now by {holder}: folders may change while they are read, and a change in "
-            "flight can show as a problem; run check again, or with the manager stopped",
-        )
+    for folder, lock_file in (
+        (paths.input_dir, paths.lock_file),
+        (paths.output_dir, paths.output_lock_file),
+    ):
+        holder = RunLock.holder(lock_file)
+        if holder is not None:
+            report.add(
+                Severity.NOTE,
+                folder,
+                f"managed now by {holder}: folders may change while they are read, and a change "
+                "in flight can show as a problem; run check again, or with the manager stopped",
+            )
     listing = scan.list_input(paths.input_dir)
     raw = set(listing.raw)
     for name in listing.temp:

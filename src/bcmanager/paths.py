@@ -12,6 +12,7 @@ output: TMPOUTPUT_
 (running), LOGOUTPUT_ (done), FAILEDOUTPUT_ (failed) and EXPIREDOUTPUT_ (a job whose lease ran out:
 kept for inspection, never merged). Folders being built or torn down carry the hidden prefix
 ``.bcm-tmp-`` until an atomic rename commits them; start-up removes any that a crash left behind.
+Both folders hold the hidden ``.bcmanager.lock`` of the manager that runs them (``lock.py``).
 """
 
 from __future__ import annotations
@@ -291,6 +292,10 @@ class RunPaths:
     @property
     def lock_file(self) -> Path:
         return self.input_dir / LOCK_NAME
+
+    @property
+    def output_lock_file(self) -> Path:
+        return self.output_dir / LOCK_NAME
 
     def input_folder(self, kind: FolderKind, jobid: str, engine: str) -> Path:
         return self.input_dir / job_folder(kind, jobid, engine)

@@ -15,9 +15,10 @@ import uvicorn
 from pydantic import ValidationError
 
 from bcmanager.app import create_app
-from bcmanager.lock import AlreadyManaged, RunLock
+from bcmanager.lock import AlreadyManaged, hold_run
 from bcmanager.logs import configure_logging
 from bcmanager.paths import RunPaths
+from bcmanager.roots import UnusableRoot
 from bcmanager.settings import Settings, describe_error
 
 log = logging.getLogger(__name__)
@@ -62,21 +63,19 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
-    if not paths.input_dir.is_dir():
-        print(f"bcmanager: BCM_INPUT_DIR {paths.input_dir} is not a folder", file=sys.stderr)
-        return 2
     if (refusal := exposure_refusal(settings) or tls_problem(settings)) is not None:
         print(f"bcmanager: {refusal}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
     try:
-        lock = RunLock.acquire(
-            paths.lock_file, f"{settings.scheme}://{settings.host}:{settings.port}"
-        )
+        locks = hold_run(paths, f"{settings.scheme}://{settings.host}:{settings.port}")
+    except UnusableRoot as error:
+        print(f"bcmanager: {error}", file=sys.stderr)
+        return 2
     except AlreadyManaged as error:
         print(f"bcmanager: {error}", file=sys.stderr)
         return 1
-    app = create_app(settings, lock=lock)
+    configure_logging(settings.log_format)
+    app = create_app(settings, lock=locks)
     # log_config=None: uvicorn's own lines go through the handler configured above.
     uvicorn.run(
         app,
