@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bcmanager.check import Severity, inspect
+from bcmanager.check import UNDECODABLE, Severity, inspect
 from bcmanager.cli import main
 from bcmanager.folders import RunFolders
 from bcmanager.lock import RunLock
@@ -232,6 +232,32 @@ def test_what_bcmanager_ignores_by_design_is_a_note(
     note = f"NOTE: {jobs.paths.input_dir / 'linked.pod5'}: a symlink: never offered to an engine"
     assert note in lines
     assert "ignored in INPUT_DIR: 2 (not raw files, or raw files not regular)" in lines
+
+
+def test_each_name_that_is_not_utf8_is_a_note_shown_escaped(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 "é" (byte 0xe9) anywhere bcmanager looks: noted, never printed raw."""
+    input_dir, output_dir = jobs.paths.input_dir, jobs.paths.output_dir
+    before = check(jobs.paths, capsys)[1]
+    odd = os.fsdecode(b"caf\xe9")
+    (input_dir / f"{odd}.pod5").write_bytes(POD5_SIGNATURE * 2)
+    (input_dir / odd).mkdir()
+    done = input_dir / f"DONE_{jobs.done.jobid}_gpu1"
+    (done / f"{odd}.pod5").symlink_to(f"../{odd}.pod5")
+    (output_dir / "pass" / f"{odd}.fastq").write_text("@r\nA\n+\n!\n")
+    (output_dir / odd).mkdir()
+    code, lines = check(jobs.paths, capsys)
+    assert code == 0, lines
+    assert sorted(line for line in lines if line.startswith("NOTE: ")) == [
+        f"NOTE: {done}/caf\\xe9.pod5: {UNDECODABLE}: not a file of this job",
+        f"NOTE: {input_dir}/caf\\xe9.pod5: {UNDECODABLE}: never offered to an engine",
+        f"NOTE: {input_dir}/caf\\xe9: {UNDECODABLE}: never offered to an engine",
+        f"NOTE: {output_dir}/caf\\xe9: {UNDECODABLE}: not ours",
+        f"NOTE: {output_dir}/pass/caf\\xe9.fastq: {UNDECODABLE}: stands for no raw file",
+    ]
+    counted = [line for line in lines if line.startswith("raw files: ")]
+    assert counted == [line for line in before if line.startswith("raw files: ")]
 
 
 @pytest.mark.parametrize("held", ["input", "output"])
