@@ -144,6 +144,11 @@ LOGIN_PAGE = """<!doctype html>
 """
 
 
+def error_reply(detail: str, status_code: int) -> JSONResponse:
+    """An error as JSON; ``detail`` may name a path whose bytes are not UTF-8."""
+    return JSONResponse(ErrorReply(detail=detail).model_dump(), status_code=status_code)
+
+
 def create_app(
     settings: Settings, manager: Manager | None = None, lock: RunLocks | None = None
 ) -> FastAPI:
@@ -183,16 +188,16 @@ def create_app(
 
     @app.exception_handler(UnknownJob)
     async def unknown_job(request: Request, error: UnknownJob) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=404)
+        return error_reply(str(error), 404)
 
     @app.exception_handler(InvalidTransition)
     async def conflict(request: Request, error: InvalidTransition) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=409)
+        return error_reply(str(error), 409)
 
     @app.exception_handler(OSError)
     async def disk_refused(request: Request, error: OSError) -> JSONResponse:
         reason = f"the run's folders refused a change ({error}); nothing changed, retry later"
-        return JSONResponse({"detail": reason}, status_code=503)
+        return error_reply(reason, 503)
 
     @app.get(
         "/assignwork",
