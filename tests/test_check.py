@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bcmanager.check import Severity, inspect
+from bcmanager.check import UNDECODABLE, Severity, inspect
 from bcmanager.cli import main
 from bcmanager.folders import RunFolders
 from bcmanager.lock import RunLock
@@ -233,11 +234,46 @@ def test_what_bcmanager_ignores_by_design_is_a_note(
     assert "ignored in INPUT_DIR: 2 (not raw files, or raw files not regular)" in lines
 
 
-def test_a_running_manager_is_named(jobs: Jobs, capsys: pytest.CaptureFixture[str]) -> None:
-    with RunLock.acquire(jobs.paths.lock_file, "http://127.0.0.1:1"):
+def test_each_name_that_is_not_utf8_is_a_note_shown_escaped(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 "é" (byte 0xe9) anywhere bcmanager looks: noted, never printed raw."""
+    input_dir, output_dir = jobs.paths.input_dir, jobs.paths.output_dir
+    before = check(jobs.paths, capsys)[1]
+    odd = os.fsdecode(b"caf\xe9")
+    (input_dir / f"{odd}.pod5").write_bytes(POD5_SIGNATURE * 2)
+    (input_dir / odd).mkdir()
+    done = input_dir / f"DONE_{jobs.done.jobid}_gpu1"
+    (done / f"{odd}.pod5").symlink_to(f"../{odd}.pod5")
+    (output_dir / "pass" / f"{odd}.fastq").write_text("@r\nA\n+\n!\n")
+    (output_dir / odd).mkdir()
+    code, lines = check(jobs.paths, capsys)
+    assert code == 0, lines
+    assert sorted(line for line in lines if line.startswith("NOTE: ")) == [
+        f"NOTE: {done}/caf\\xe9.pod5: {UNDECODABLE}: not a file of this job",
+        f"NOTE: {input_dir}/caf\\xe9.pod5: {UNDECODABLE}: never offered to an engine",
+        f"NOTE: {input_dir}/caf\\xe9: {UNDECODABLE}: never offered to an engine",
+        f"NOTE: {output_dir}/caf\\xe9: {UNDECODABLE}: not ours",
+        f"NOTE: {output_dir}/pass/caf\\xe9.fastq: {UNDECODABLE}: stands for no raw file",
+    ]
+    counted = [line for line in lines if line.startswith("raw files: ")]
+    assert counted == [line for line in before if line.startswith("raw files: ")]
+
+
+@pytest.mark.parametrize("held", ["input", "output"])
+def test_a_running_manager_is_named(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str], held: str
+) -> None:
+    """Either lock tells: a manager of another run may hold only OUTPUT_DIR."""
+    folder = jobs.paths.input_dir if held == "input" else jobs.paths.output_dir
+    with RunLock.acquire(folder / ".bcmanager.lock", "http://127.0.0.1:1"):
         code, lines = check(jobs.paths, capsys)
     assert code == 0
-    assert lines[0].startswith(f"NOTE: {jobs.paths.input_dir}: managed now by pid {os.getpid()}")
+    [note] = [line for line in lines if line.startswith("NOTE: ")]
+    assert note.startswith(
+        f"NOTE: {folder}: managed now by pid {os.getpid()} on {socket.gethostname()} "
+        "(serving http://127.0.0.1:1, since "
+    )
     assert check(jobs.paths, capsys)[1][0].startswith("INPUT_DIR")
 
 

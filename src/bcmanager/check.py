@@ -12,10 +12,11 @@ Every finding is one line naming a path, with one of three kinds:
   whose output was never moved into pass/ and fail/, an output folder no job claims). The next
   start of bcmanager finishes it; a running manager also finishes unfinished commits of its own
   at its next rescan. Until then the run's output is not complete, so it counts as a problem.
-- NOTE: what bcmanager ignores by design (a raw file that is a symlink, not a regular file), what
-  an operator did that bcmanager copes with (a raw file moved or deleted after a job recorded
-  it), or a reason to distrust the answer (a manager is running and may change the folders while
-  they are read). Notes do not fail the check.
+- NOTE: what bcmanager ignores by design (a raw file that is a symlink, not a regular file; an
+  entry named in bytes that are not UTF-8, shown as ``\\xNN``), what an operator did that
+  bcmanager copes with (a raw file moved or deleted after a job recorded it), or a reason to
+  distrust the answer (a manager is running and may change the folders while they are read).
+  Notes do not fail the check.
 
 Exit 0 when no BROKEN or REPAIR line was printed, 1 otherwise, 2 when a folder is unreadable.
 """
@@ -40,12 +41,15 @@ from bcmanager.paths import (
     RunPaths,
     is_aside_name,
     is_raw_name,
+    is_utf8,
     parse_fastq_name,
     raw_stem,
+    shown,
 )
 from bcmanager.serve import load_settings
 from bcmanager.state import FileState
 
+UNDECODABLE = "named in bytes that are not UTF-8"
 # The state a job folder in INPUT_DIR gives the raw files it links to.
 FILE_STATE_OF: dict[FolderKind, FileState] = {
     FolderKind.ASSIGNED: FileState.LEASED,
@@ -69,7 +73,7 @@ class Problem:
     what: str
 
     def __str__(self) -> str:
-        return f"{self.severity.value}: {self.path}: {self.what}"
+        return shown(f"{self.severity.value}: {self.path}: {self.what}")
 
 
 @dataclass(slots=True)
@@ -111,8 +115,8 @@ class Report:
         fastq = ", ".join(f"{count} in {sub}/" for sub, count in sorted(self.fastq.items()))
         out = [str(problem) for problem in self.problems]
         out += [
-            f"INPUT_DIR  {self.paths.input_dir}",
-            f"OUTPUT_DIR {self.paths.output_dir}",
+            f"INPUT_DIR  {shown(str(self.paths.input_dir))}",
+            f"OUTPUT_DIR {shown(str(self.paths.output_dir))}",
             f"raw files: {sum(self.files.values())} ({files})",
             f"job folders: {folders or 'none'}",
             f"FASTQ files: {fastq or 'none'}",
@@ -135,14 +139,18 @@ def inspect(paths: RunPaths) -> Report:
     """Read both folders once and report every broken invariant. Raises OSError if INPUT_DIR
     cannot be read."""
     report = Report(paths)
-    holder = RunLock.holder(paths.lock_file)
-    if holder is not None:
-        report.add(
-            Severity.NOTE,
-            paths.input_dir,
-            f"managed now by {holder}: folders may change while they are read, and a change in "
-            "flight can show as a problem; run check again, or with the manager stopped",
-        )
+    for folder, lock_file in (
+        (paths.input_dir, paths.lock_file),
+        (paths.output_dir, paths.output_lock_file),
+    ):
+        holder = RunLock.holder(lock_file)
+        if holder is not None:
+            report.add(
+                Severity.NOTE,
+                folder,
+                f"managed now by {holder}: folders may change while they are read, and a change "
+                "in flight can show as a problem; run check again, or with the manager stopped",
+            )
     listing = scan.list_input(paths.input_dir)
     raw = set(listing.raw)
     for name in listing.temp:
@@ -164,7 +172,9 @@ def _inspect_ignored(report: Report, ignored: list[str]) -> None:
     input_dir = report.paths.input_dir
     for name in ignored:
         path = input_dir / name
-        if is_raw_name(name):
+        if not is_utf8(name):
+            report.add(Severity.NOTE, path, f"{UNDECODABLE}: never offered to an engine")
+        elif is_raw_name(name):
             kind = "a symlink" if path.is_symlink() else "not a regular file"
             report.add(Severity.NOTE, path, f"{kind}: never offered to an engine")
         elif path.is_dir() and not path.is_symlink():
@@ -201,7 +211,9 @@ def _inspect_links(
         name = folder.name
         path = report.paths.input_dir / name
         for entry, target in scan.link_targets(path):
-            if not is_raw_name(entry):
+            if not is_utf8(entry):
+                report.add(Severity.NOTE, path / entry, f"{UNDECODABLE}: not a file of this job")
+            elif not is_raw_name(entry):
                 report.add(Severity.BROKEN, path / entry, "not the link of a raw file")
             elif target is None:
                 report.add(Severity.BROKEN, path / entry, "not a symlink")
@@ -237,6 +249,9 @@ def _inspect_output_folders(report: Report, found: list[JobFolderName]) -> None:
         return
     listing = scan.list_output(paths.output_dir)
     for name in listing.unknown_folders:
+        if not is_utf8(name):
+            report.add(Severity.NOTE, paths.output_dir / name, f"{UNDECODABLE}: not ours")
+            continue
         if is_aside_name(name):
             report.add(
                 Severity.NOTE,
@@ -294,6 +309,10 @@ def _inspect_fastq(report: Report, raw_stems: set[str]) -> set[str]:
     by_stem: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
     for sub, name in scan.fastq_files(report.paths.output_dir):
         report.fastq[sub] = report.fastq.get(sub, 0) + 1
+        if not is_utf8(name):
+            path = report.paths.output_dir / sub / name
+            report.add(Severity.NOTE, path, f"{UNDECODABLE}: stands for no raw file")
+            continue
         parsed = parse_fastq_name(name)
         if parsed is not None:
             by_stem[parsed.stem].append((sub, name, parsed.jobid))

@@ -1,9 +1,10 @@
-"""One manager per INPUT_DIR (DESIGN.md, invariant 6).
+"""One manager per INPUT_DIR and one per OUTPUT_DIR (DESIGN.md, invariant 6).
 
-An exclusive ``flock`` on ``INPUT_DIR/.bcmanager.lock``. The kernel drops it when the holder
-dies, even by kill -9, so a restart never has to clean up. The file records who holds it, so the
-second manager can say so. On NFS, flock is carried by the server's lock manager; Lustre needs
-the ``flock`` mount option.
+An exclusive ``flock`` on ``.bcmanager.lock`` in each of the two folders. The kernel drops it
+when the holder dies, even by kill -9, so a restart never has to clean up. The file records who
+holds it, so the second manager can say so. Two managers of two runs must not share OUTPUT_DIR
+either: the second one's start-up would set the first one's running output aside as unclaimed.
+On NFS, flock is carried by the server's lock manager; Lustre needs the ``flock`` mount option.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from bcmanager.paths import RunPaths, shown
+from bcmanager.roots import check_roots, make_output_dir
+
 
 class AlreadyManaged(RuntimeError):
-    """Another manager holds this INPUT_DIR."""
+    """Another manager holds this INPUT_DIR or OUTPUT_DIR."""
 
 
 class RunLock:
@@ -36,9 +40,7 @@ class RunLock:
         except BlockingIOError:
             holder = _describe_holder(fd)
             os.close(fd)
-            raise AlreadyManaged(
-                f"{path.parent} is already managed by {holder}; stop that manager first"
-            ) from None
+            raise _refusal(path, holder) from None
         except BaseException:
             os.close(fd)
             raise
@@ -54,10 +56,11 @@ class RunLock:
 
     @staticmethod
     def holder(path: Path) -> str | None:
-        """Who holds the lock now, or None when no manager does. Creates nothing."""
+        """Who holds the lock now, or None when no manager does (nor can: the folder is not
+        there). Creates nothing."""
         try:
             fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -82,6 +85,59 @@ class RunLock:
         trace: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class RunLocks:
+    """The locks of INPUT_DIR and OUTPUT_DIR, held together and released together."""
+
+    def __init__(self, input_lock: RunLock, output_lock: RunLock) -> None:
+        self.input_lock = input_lock
+        self.output_lock = output_lock
+
+    def release(self) -> None:
+        self.output_lock.release()
+        self.input_lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def hold_run(paths: RunPaths, address: str) -> RunLocks:
+    """Take the run for this manager: its roots checked (``roots.py``), OUTPUT_DIR made if
+    missing, then INPUT_DIR's lock and OUTPUT_DIR's, always in that order. Raises UnusableRoot
+    or AlreadyManaged, having released whatever it took.
+
+    A manager that is refused changes nothing on disk: both locks are looked at before a folder
+    is made or a lock taken (taking one writes the taker's record). Only when another manager
+    takes a lock in the instant between the look and the lock does the lock itself refuse, and
+    OUTPUT_DIR or the record of INPUT_DIR's lock file may then stay behind."""
+    check_roots(paths)
+    for lock_file in (paths.lock_file, paths.output_lock_file):
+        holder = RunLock.holder(lock_file)
+        if holder is not None:
+            raise _refusal(lock_file, holder)
+    make_output_dir(paths)
+    input_lock = RunLock.acquire(paths.lock_file, address)
+    try:
+        output_lock = RunLock.acquire(paths.output_lock_file, address)
+    except BaseException:
+        input_lock.release()
+        raise
+    return RunLocks(input_lock, output_lock)
+
+
+def _refusal(path: Path, holder: str) -> AlreadyManaged:
+    return AlreadyManaged(
+        f"{shown(str(path.parent))} is already managed by {holder}; stop that manager first"
+    )
 
 
 def _describe_holder(fd: int) -> str:

@@ -56,7 +56,8 @@ from bcmanager.state import (
     RunState,
     UnknownJob,
 )
-from bcmanager.watcher import watch_raw_files
+from bcmanager.undecodable import UndecodableNames
+from bcmanager.watcher import can_watch, watch_raw_files
 
 T = TypeVar("T")
 
@@ -108,6 +109,7 @@ class Manager:
         # Jobs whose end is being carried out in a worker thread, and when that is over.
         self._busy: dict[str, asyncio.Event] = {}
         self._retrying = asyncio.Lock()  # one operator's retry at a time
+        self.undecodable = UndecodableNames(self.paths.input_dir)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -437,7 +439,7 @@ class Manager:
         await self._probe_in_chunks(unprobed[:CHUNK], announce=False)
         # The watcher starts now, not before the server: at a million files the kernel takes
         # 0.1 s to set up the watch (inotify marks every entry), and the event loop waits.
-        if not self.settings.force_polling:
+        if not self.settings.force_polling and can_watch(self.paths.input_dir):
             self._spawn("watcher", self._watch())
         await self._probe_in_chunks(unprobed[CHUNK:], announce=False)
         placed = await asyncio.to_thread(recovered.placed)
@@ -498,10 +500,14 @@ class Manager:
 
     async def _rescan(self) -> None:
         """Find raw files that no event announced, waiting files that completed, waiting or
-        pending files that are gone, and missing files that are back."""
-        names = await asyncio.to_thread(scan.raw_names, self.paths.input_dir)
-        await self._probe_in_chunks(await asyncio.to_thread(self._unknown_oldest_first, names))
-        self._vanished(await asyncio.to_thread(self._unplaced_not_in, names))
+        pending files that are gone, and missing files that are back; name the files that no
+        name in UTF-8 lets us offer."""
+        listing = await asyncio.to_thread(scan.raw_names, self.paths.input_dir)
+        self.undecodable.report(listing.undecodable)
+        await self._probe_in_chunks(
+            await asyncio.to_thread(self._unknown_oldest_first, listing.names)
+        )
+        self._vanished(await asyncio.to_thread(self._unplaced_not_in, listing.names))
         await self._probe_in_chunks(self.state.waiting() + self.state.missing())
         await self._look_for_final_summary()
 

@@ -1,14 +1,28 @@
 """The JSON the service sends, as Pydantic models, so /docs and openapi/openapi.json describe it.
 
 The first four are the wire contract of PROTOCOL.md: their keys and value types are fixed.
+Fields that carry a name or a path read from disk are ``Shown``/``ShownNames``: bytes that are
+not UTF-8, which JSON cannot carry, reach the reply as ``\\xNN`` (``paths.shown``) instead of
+failing it with a 500.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from bcmanager.paths import is_utf8, shown
+
+
+def _shown_names(names: list[str]) -> list[str]:
+    """One test of all the names joined covers an ordinary batch; only an odd one costs more."""
+    return names if is_utf8("".join(names)) else [shown(name) for name in names]
+
+
+Shown = Annotated[str, AfterValidator(shown)]
+ShownNames = Annotated[list[str], AfterValidator(_shown_names)]
 
 
 class RunPhase(str, Enum):
@@ -50,9 +64,9 @@ class BCBatch(BaseModel):
     job_output_dir: str = Field(description="Folder for the job's FASTQ, relative to output_dir.")
     bc_engine_id: str = Field(description="The engine the batch is leased to.")
     batch_size: int = Field(description="Number of files in batch; 0 means nothing to do now.")
-    batch: list[str] = Field(description="Raw file names, oldest first.")
-    input_dir: str = Field(description="The manager's INPUT_DIR, absolute.")
-    output_dir: str = Field(description="The manager's OUTPUT_DIR, absolute.")
+    batch: ShownNames = Field(description="Raw file names, oldest first.")
+    input_dir: Shown = Field(description="The manager's INPUT_DIR, absolute.")
+    output_dir: Shown = Field(description="The manager's OUTPUT_DIR, absolute.")
 
 
 class KeepaliveReply(BaseModel):
@@ -78,7 +92,7 @@ class HeartbeatReply(BaseModel):
         description='The string "true" once no engine called for BCM_SHUTDOWN_INTERVAL seconds.'
     )
     inactivity_interval: float = Field(description="Seconds since the last engine call.")
-    problems: list[str] = Field(
+    problems: ShownNames = Field(
         default_factory=list,
         description="Why the manager cannot work (with a 503 reply), then jobs whose folders it "
         "could not put right yet (with a 200 reply: the rest of the run goes on).",
@@ -122,7 +136,7 @@ class LeasedJob(BaseModel):
     jobid: str
     engine: str
     state: str = Field(description="ASSIGNED, STARTED or PROCESSING, as last reported.")
-    files: list[str]
+    files: ShownNames
     seconds_left: float = Field(description="Seconds until the lease runs out.")
 
 
@@ -248,7 +262,7 @@ class ProblemJob(BaseModel):
 class QuarantinedFile(BaseModel):
     """A raw file set aside after failing alone: `bcmanager retry` sends it back."""
 
-    file: str
+    file: Shown
     failed_on: list[str] = Field(description="The engines it failed alone on, one per attempt.")
 
 
@@ -275,11 +289,11 @@ class RetryReply(BaseModel):
 class RunStatus(BaseModel):
     """The run's picture. Costs the same to compute in a run of any size."""
 
-    input_dir: str
-    output_dir: str
+    input_dir: Shown
+    output_dir: Shown
     ready: bool = Field(description="False while the first scan of INPUT_DIR is running.")
     phase: RunPhase
-    final_summary: str | None = Field(
+    final_summary: Shown | None = Field(
         description="MinKNOW's final_summary_*.txt, once sequencing finished."
     )
     uptime_seconds: float = Field(description="Seconds since the manager started.")
@@ -306,7 +320,7 @@ class RunStatus(BaseModel):
     benched: list[BenchedEngine] = Field(
         default_factory=list, description="Engines that get no work for now, and why."
     )
-    job_problems: list[str] = Field(
+    job_problems: ShownNames = Field(
         default_factory=list,
         description="Jobs whose folders the manager could not put right yet (a change the "
         "disk keeps refusing, leftovers start-up could not handle); the rest of the run goes on.",
@@ -314,4 +328,4 @@ class RunStatus(BaseModel):
 
 
 class ErrorReply(BaseModel):
-    detail: str = Field(description="What is wrong; nothing was changed.")
+    detail: Shown = Field(description="What is wrong; nothing was changed.")

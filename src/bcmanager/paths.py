@@ -12,6 +12,7 @@ output: TMPOUTPUT_
 (running), LOGOUTPUT_ (done), FAILEDOUTPUT_ (failed) and EXPIREDOUTPUT_ (a job whose lease ran out:
 kept for inspection, never merged). Folders being built or torn down carry the hidden prefix
 ``.bcm-tmp-`` until an atomic rename commits them; start-up removes any that a crash left behind.
+Both folders hold the hidden ``.bcmanager.lock`` of the manager that runs them (``lock.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ FINAL_PREFIX = "job_id_"
 # MinKNOW writes final_summary_<flow cell>_<acquisition>_<hash>.txt when sequencing stops.
 FINAL_SUMMARY_PREFIX = "final_summary_"
 FINAL_SUMMARY_SUFFIX = ".txt"
+
+_UTF8_CHUNK = 4096  # names joined for one test that they are all UTF-8
 
 ENGINE_ID_MAX = 100
 # At least one character that is not a dot, so that it is never "." or "..".
@@ -109,19 +112,67 @@ def is_job_id(value: str) -> bool:
     return _JOB_ID.fullmatch(value) is not None
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a name read from disk was valid UTF-8. Python lists other bytes (a file copied
+    from a Latin-1 share: ``caf\\xe9.pod5``) as surrogate escapes, which no JSON reply, metrics
+    label or engine can carry."""
+    if name.isascii():
+        return True
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(text: str) -> str:
+    """``text`` (a name or a path) fit for a reply, a log line or a terminal: bytes that are not
+    UTF-8 written as ``\\xNN``, everything else as it is."""
+    if is_utf8(text):
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: not from a file name
+        return text.encode("utf-8", "backslashreplace").decode()
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def is_raw_name(name: str) -> bool:
-    """A raw file the sequencer wrote: ``*.pod5`` at the top of INPUT_DIR, not hidden."""
-    return name.endswith(RAW_SUFFIX) and not name.startswith(".") and "/" not in name
+    """A raw file the sequencer wrote: ``*.pod5`` at the top of INPUT_DIR, not hidden, and
+    named in UTF-8 (an engine is told each name in JSON)."""
+    return (
+        name.endswith(RAW_SUFFIX) and not name.startswith(".") and "/" not in name and is_utf8(name)
+    )
 
 
 def raw_names_among(names: Iterable[str]) -> list[str]:
     """The names ``is_raw_name`` accepts, in their order. The same rule without a call per
     name: a start-up filters every name of a run that may hold a million."""
+    return split_undecodable(raw_shaped_among(names))[0]
+
+
+def raw_shaped_among(names: Iterable[str]) -> list[str]:
+    """The names shaped like raw files, in UTF-8 or not, in their order: what a listing warns
+    about is among them."""
     return [
         name
         for name in names
         if name.endswith(RAW_SUFFIX) and not name.startswith(".") and "/" not in name
     ]
+
+
+def split_undecodable(names: list[str]) -> tuple[list[str], list[str]]:
+    """(the names that are UTF-8, those that are not), each in order. One test of a chunk's
+    names joined is all that ordinary names cost; names are checked one by one only from the
+    first chunk that holds an odd one."""
+    for start in range(0, len(names), _UTF8_CHUNK):
+        if not is_utf8("".join(names[start : start + _UTF8_CHUNK])):
+            good: list[str] = names[:start]
+            odd: list[str] = []
+            for name in names[start:]:
+                (good if is_utf8(name) else odd).append(name)
+            return good, odd
+    return names, []
 
 
 def is_final_summary_name(name: str) -> bool:
@@ -241,6 +292,10 @@ class RunPaths:
     @property
     def lock_file(self) -> Path:
         return self.input_dir / LOCK_NAME
+
+    @property
+    def output_lock_file(self) -> Path:
+        return self.output_dir / LOCK_NAME
 
     def input_folder(self, kind: FolderKind, jobid: str, engine: str) -> Path:
         return self.input_dir / job_folder(kind, jobid, engine)

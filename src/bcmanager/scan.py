@@ -26,6 +26,8 @@ from bcmanager.paths import (
     is_final_summary_name,
     parse_job_folder,
     raw_names_among,
+    raw_shaped_among,
+    split_undecodable,
 )
 
 # The POD5 specification places this signature at the start and at the end of every file,
@@ -174,12 +176,17 @@ def list_input(input_dir: Path) -> InputListing:
     return listing
 
 
-def raw_names(input_dir: Path) -> list[str]:
-    """The raw files of INPUT_DIR: regular ``*.pod5`` files, never symlinks."""
+class RawNames(NamedTuple):
+    names: list[str]  # the raw files
+    undecodable: list[str]  # files named like raw files in bytes that are not UTF-8: never offered
+
+
+def raw_names(input_dir: Path) -> RawNames:
+    """The raw files of INPUT_DIR: regular ``*.pod5`` files, never symlinks, named in UTF-8;
+    and those that would be raw files but for their names, to tell an operator."""
     with os.scandir(input_dir) as entries:
-        return raw_names_among(
-            [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
-        )
+        files = [entry.name for entry in entries if entry.is_file(follow_symlinks=False)]
+    return RawNames(*split_undecodable(raw_shaped_among(files)))
 
 
 def names_in(folder: str | Path) -> list[str]:

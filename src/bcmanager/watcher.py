@@ -8,13 +8,16 @@ events for writes made on other hosts; the manager's periodic rescan covers them
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from bcmanager.paths import is_raw_name
+from bcmanager.paths import is_raw_name, is_utf8, shown
+
+log = logging.getLogger(__name__)
 
 # watchfiles runs on anyio, which imports its asyncio backend when first used: some 10 ms that
 # would stall the event loop just as the server starts to answer. Imported with this module.
@@ -24,6 +27,19 @@ importlib.import_module("anyio._backends._asyncio")
 # writing without pause must still have its finished files seen well within a second.
 STEP_MS = 50
 DEBOUNCE_MS = 300
+
+
+def can_watch(input_dir: Path) -> bool:
+    """Whether watchfiles can watch ``input_dir``: it takes only paths in UTF-8. A folder named
+    otherwise is left to the rescan, and the log says so."""
+    if is_utf8(str(input_dir)):
+        return True
+    log.warning(
+        "INPUT_DIR %s is named in bytes that are not UTF-8, which the watcher cannot watch: new "
+        "files are found by the rescan, every BCM_RESCAN_INTERVAL seconds",
+        shown(str(input_dir)),
+    )
+    return False
 
 
 async def watch_raw_files(
