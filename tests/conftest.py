@@ -27,6 +27,11 @@ from bcmanager.simulate import pod5_bytes, write_pod5
 from oracle import Verdict, judge
 
 
+def fastq(read_ids: Iterable[str]) -> str:
+    """FASTQ records for ``read_ids``, as the tests' basecallers write them."""
+    return "".join(f"@{read}\nACGT\n+\n!!!!\n" for read in read_ids)
+
+
 @dataclass
 class Run:
     """A run's two folders, and the test's own ledger: the read ids of the raw files it wrote,
@@ -98,8 +103,7 @@ class Run:
         folder.mkdir(parents=True, exist_ok=True)
         for name in batch:
             reads = self.reads.get(name) or [name]
-            body = "".join(f"@{read}\nACGT\n+\n!!!!\n" for read in reads)
-            (folder / name.replace(".pod5", ".fastq")).write_text(body)
+            (folder / name.replace(".pod5", ".fastq")).write_text(fastq(reads))
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {"input_dir": self.input_dir, "output_dir": self.output_dir}

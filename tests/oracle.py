@@ -107,7 +107,7 @@ def judge(
     wrote, deleted or not -> its read ids)."""
     verdict = Verdict()
     owner = {read: name for name, ids in reads.items() for read in ids}
-    held, quarantined = _job_folders(input_dir)
+    held, quarantined = job_folders(input_dir)
     _raw_files(verdict, input_dir, reads, deleted, never_offered, held, drained)
     _nothing_left_input(verdict, output_dir)
     places = _merged_reads(verdict, output_dir, owner)
@@ -144,23 +144,27 @@ def judge(
     return verdict
 
 
-def _job_folders(input_dir: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+def job_folders(input_dir: Path) -> tuple[defaultdict[str, list[str]], dict[str, str]]:
     """Which folders of INPUT_DIR hold an entry of each name, and the raw files that a
-    QUARANTINED_ folder links to (an entry ``<name>`` that is a symlink to ``../<name>``)."""
-    held: dict[str, list[str]] = defaultdict(list)
+    QUARANTINED_ folder links to (an entry ``<name>`` that is a symlink to ``../<name>``). A
+    folder renamed while it is read is left out (a running manager may rename them)."""
+    held: defaultdict[str, list[str]] = defaultdict(list)
     quarantined: dict[str, str] = {}
     with os.scandir(input_dir) as entries:
         folders = [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
     for folder in folders:
-        with os.scandir(folder.path) as entries:
-            for entry in entries:
-                held[entry.name].append(folder.name)
-                if (
-                    folder.name.startswith("QUARANTINED_")
-                    and entry.is_symlink()
-                    and os.readlink(entry.path) == os.path.join(os.pardir, entry.name)
-                ):
-                    quarantined[entry.name] = folder.name
+        try:
+            with os.scandir(folder.path) as entries:
+                for entry in entries:
+                    held[entry.name].append(folder.name)
+                    if (
+                        folder.name.startswith("QUARANTINED_")
+                        and entry.is_symlink()
+                        and os.readlink(entry.path) == os.path.join(os.pardir, entry.name)
+                    ):
+                        quarantined[entry.name] = folder.name
+        except FileNotFoundError:
+            continue
     return held, quarantined
 
 

@@ -42,7 +42,8 @@ import httpx
 import pod5  # type: ignore[import-untyped]
 
 from bcmanager.simulate import pod5_bytes
-from conftest import Run, Server
+from conftest import Run, Server, fastq
+from oracle import job_folders
 
 KILLS = int(os.environ.get("BCM_SOAK_KILLS") or 5)
 SEED = int(os.environ.get("BCM_SOAK_SEED") or random.randrange(2**32))
@@ -123,16 +124,12 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def fastq_record(read_id: str) -> str:
-    return f"@{read_id} simulator=test\nACGTACGT\n+\nIIIIIIII\n"
-
-
 def write_fastq(folder: Path, name: str, read_ids: list[str]) -> None:
     """One FASTQ file, written under a hidden name and renamed into place (so no merge meets
     it half-written). ``folder`` is made if missing, but never its parents."""
     folder.mkdir(exist_ok=True)
     partial = folder / f".{name}.partial"
-    partial.write_text("".join(map(fastq_record, read_ids)))
+    partial.write_text(fastq(read_ids))
     os.replace(partial, folder / name)
 
 
@@ -429,7 +426,7 @@ def operate(
     deeds = ["delete", "move away"] * (DELETIONS // 2) + ["delete"] * (DELETIONS % 2)
     deeds += ["undecodable"] * UNDECODABLE
     rng.shuffle(deeds)
-    aims = itertools.cycle(["ASSIGNED_", "DONE_", None])
+    aims = itertools.cycle(["ASSIGNED_", "DONE_", None])  # None: in no job folder
     started = time.monotonic()
     instants = sorted(rng.uniform(0, seconds) for _ in deeds)
     for number, (instant, deed) in enumerate(zip(instants, deeds, strict=True)):
@@ -440,29 +437,19 @@ def operate(
                 tally.add(deed)
                 continue
             kept = sorted(set(run.reads) - run.deleted - run.never_offered)
-            held, aim = job_folder_kinds(run.input_dir), next(aims)
-            name = rng.choice([n for n in kept if held.get(n) == aim] or kept)
+            held, aim = job_folders(run.input_dir)[0], next(aims)
+            aimed = [
+                name
+                for name in kept
+                if (any(f.startswith(aim) for f in held[name]) if aim else not held[name])
+            ]
+            name = rng.choice(aimed or kept)
             try:
                 run.delete(name, move_to=scratch if deed == "move away" else None)
             except FileNotFoundError:  # not the operator's doing: the oracle will say
                 tally.error(f"the operator found {name} gone from INPUT_DIR")
                 continue
-        tally.add(f"{deed} ({held.get(name, 'in no job folder')})")
-
-
-def job_folder_kinds(input_dir: Path) -> dict[str, str]:
-    """What ``ls`` shows an operator: the prefix (ASSIGNED_, DONE_, FAILED_) of the job folder
-    that holds each raw file's link."""
-    held = {}
-    with os.scandir(input_dir) as entries:
-        folders = [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
-    for folder in folders:
-        kind = next((k for k in ("ASSIGNED_", "DONE_", "FAILED_") if folder.name.startswith(k)), "")
-        try:
-            held.update(dict.fromkeys(os.listdir(folder.path), kind))
-        except FileNotFoundError:
-            continue  # renamed meanwhile
-    return held
+        tally.add(f"{deed} ({(aim or 'in no job folder') if aimed else 'any'})")
 
 
 def wait_drained(
@@ -508,6 +495,15 @@ def check_failures(run: Run) -> tuple[list[str], list[str]]:
     if check.returncode != (1 if failures else 0):
         failures.append(f"check exited {check.returncode}: {check.stderr}")
     return failures, lines
+
+
+def repair(line: str) -> str:
+    """What one recovery line of the log did, in a word or two ("set aside", "recreated",
+    "moved" for a step of a DONE_ rolled forward, ...)."""
+    words = line.split("recovery: ", 1)[1].split()
+    if words[0].endswith(":"):  # "<job folder>: what rolling it forward did"
+        words = words[1:]
+    return " ".join(words[:2] if words[0] in ("set", "left", "could", "removed") else words[:1])
 
 
 def test_kill_9_at_random_instants_loses_nothing_and_basecalls_nothing_twice(
@@ -573,9 +569,7 @@ def test_kill_9_at_random_instants_loses_nothing_and_basecalls_nothing_twice(
     verdict = run.judge()
     failures, lines = check_failures(run)
     log = server.log.read_text().splitlines()
-    repairs = Counter(
-        line.split("recovery: ")[1].split()[0] for line in log if "recovery: " in line
-    )
+    repairs = Counter(repair(line) for line in log if "recovery: " in line)
     repairs["adopted"] = sum("adopted job" in line for line in log)
     print(
         f"crash test: {KILLS} kills in {took:.1f} s, seed {SEED}; {len(run.reads)} raw files "

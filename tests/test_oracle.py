@@ -12,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Run
+from conftest import Run, fastq
 from oracle import POD5_SIGNATURE, NotFastq, fastq_read_ids
-
-
-def fastq(read_ids: list[str]) -> str:
-    return "".join(f"@{read} ch=1\nACGT\n+\nIIII\n" for read in read_ids)
 
 
 @pytest.fixture

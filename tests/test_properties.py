@@ -61,7 +61,7 @@ from bcmanager.state import (
     LeaseExpired,
     UnknownJob,
 )
-from conftest import Clock
+from conftest import Clock, fastq
 from oracle import judge
 
 LEASE = 10
@@ -77,10 +77,6 @@ STATS: Counter[str] = Counter()  # what the random runs met, printed at the end
 def raw_file(index: int) -> tuple[bytes, list[str]]:
     """A real POD5 file with one read, and its read id: distinct for each index."""
     return pod5_bytes(f"raw_{index:04d}.pod5", 1, seed=index)
-
-
-def fastq(read_ids: list[str]) -> str:
-    return "".join(f"@{read} basecaller=test\nACGT\n+\nIIII\n" for read in read_ids)
 
 
 class Crash(BaseException):
