@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from bcmanager import audit
 from bcmanager.folders import RunFolders
 from bcmanager.lock import RunLock
-from bcmanager.paths import RunPaths
+from bcmanager.paths import RunPaths, shown
 from bcmanager.serve import load_settings
 from bcmanager.settings import ClientSettings
 
@@ -56,7 +56,7 @@ def run_retry(args: argparse.Namespace) -> int:
         return 2
     paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
     names = list(args.files) or None
-    if RunLock.holder(paths.lock_file) is None:
+    if all(RunLock.holder(lock) is None for lock in (paths.lock_file, paths.output_lock_file)):
         try:
             sent = RunFolders(paths).retry(None if names is None else set(names))
         except OSError as error:
@@ -76,7 +76,7 @@ def run_retry(args: argparse.Namespace) -> int:
             return 2
         print(f"{len(sent)} file(s) sent back; the next start of the manager offers them")
         for name in sent:
-            print(name)
+            print(shown(name))
         return 0
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url = (args.url or f"{settings.scheme}://{host}:{settings.port}").rstrip("/")
@@ -104,5 +104,5 @@ def run_retry(args: argparse.Namespace) -> int:
     sent = reply.json()["retried"]
     print(f"{len(sent)} quarantined file(s) pending again")
     for name in sent:
-        print(name)
+        print(shown(name))
     return 0
