@@ -34,17 +34,36 @@ CHROMIUM_ARGS = (
     "--disable-sync",
     "--window-size=1440,1100",
 )
+# No network but loopback: every name but 127.0.0.1 fails to resolve, and every request that is
+# not to loopback goes to a proxy on the discard port, where nothing listens.
+OFFLINE_ARGS = (
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--proxy-server=http://127.0.0.1:9",
+)
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def chromium(*extra: str) -> WebDriver:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("Debian's chromium and chromium-driver are not installed (`make browser`)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in CHROMIUM_ARGS:
+    for argument in (*CHROMIUM_ARGS, *extra):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def offline_browser() -> Iterator[WebDriver]:
+    driver = chromium(*OFFLINE_ARGS)
     try:
         yield driver
     finally:
@@ -122,3 +141,45 @@ def test_page_shows_the_run_and_follows_it_live(
     screenshot = tmp_path / "page.png"
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_api_docs_work_with_no_network(
+    run: Run, start_server: Callable[..., Server], offline_browser: WebDriver
+) -> None:
+    """GPU clusters are often offline: /docs must list the operations from the package's own
+    copy of Swagger UI, loading nothing from elsewhere."""
+    server = start_server()
+    browser = offline_browser
+    browser.set_script_timeout(10)
+    browser.get(f"{server.url}/docs")
+
+    def paths() -> list[str]:
+        texts: list[str] = browser.execute_script(
+            "return [...document.querySelectorAll('.opblock-summary-path')]"
+            ".map((element) => element.textContent)"
+        )
+        return texts
+
+    WebDriverWait(browser, 10, poll_frequency=0.1).until(lambda _: len(paths()) >= 8)
+    assert set(paths()) >= {
+        "/assignwork",
+        "/keepalive",
+        "/completed",
+        "/heartbeat",
+        "/ready",
+        "/status",
+        "/retry",
+        "/metrics",
+    }
+    loaded: list[str] = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((entry) => entry.name)"
+    )
+    assert loaded and all(name.startswith(server.url) for name in loaded), loaded
+    # The network is really off: a CDN is out of reach from this browser.
+    outside: str = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch('https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css')"
+        ".then(() => done('reached'), () => done('unreachable'));"
+    )
+    assert outside == "unreachable"
+    assert server.get("/redoc").status_code == 404  # no ReDoc page that would load a CDN

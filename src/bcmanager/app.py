@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -148,6 +149,10 @@ def create_app(
         version=__version__,
         summary="Coordinates GPU basecalling of a nanopore run while it is still sequencing.",
         lifespan=lifespan,
+        # /docs is served below from the package's own copy of Swagger UI: GPU clusters are
+        # often offline, and FastAPI's default loads it from a CDN. ReDoc has no copy: off.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.manager = manager
     metrics = Metrics(manager)
@@ -291,6 +296,18 @@ def create_app(
     )
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="bcmanager API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+            # No badge that asks validator.swagger.io about the schema.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def status_page() -> HTMLResponse:
