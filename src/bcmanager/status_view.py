@@ -114,7 +114,12 @@ def render(status: RunStatus) -> RenderableType:
 
 def _header(status: RunStatus) -> Text:
     title = Text.assemble(("bcmanager ", "bold"), (status.input_dir, "dim"), "  ")
-    title.append(f" {status.phase.value} ", style=PHASE_STYLES[status.phase])
+    if status.phase is RunPhase.COMPLETE and status.files.failed:
+        # Not green: files were set aside and need an operator.
+        label = f" complete, {status.files.failed} quarantined "
+        title.append(label, style="bold black on yellow")
+    else:
+        title.append(f" {status.phase.value} ", style=PHASE_STYLES[status.phase])
     if not status.ready:
         title.append("  scanning…", style="yellow")
     elif status.phase is not RunPhase.COMPLETE:
@@ -170,6 +175,12 @@ def _states_and_rates(status: RunStatus) -> Table:
 
 def _outlook(status: RunStatus) -> Text:
     drain = status.drain
+    if status.phase is RunPhase.COMPLETE and status.files.failed:
+        return Text(
+            f"Basecalling complete; {plural_files(status.files.failed)} quarantined: "
+            "`bcmanager retry` sends them back.",
+            style="bold yellow",
+        )
     if status.phase is RunPhase.COMPLETE:
         return Text("Basecalling complete.", style="bold green")
     label = (
@@ -178,7 +189,7 @@ def _outlook(status: RunStatus) -> Text:
     eta = "-" if drain.eta_seconds is None else human_duration(drain.eta_seconds)
     text = Text.assemble(f"{label} ", (eta, "bold"))
     text.append(f"  ({plural_files(drain.backlog_files)}, {human_bytes(drain.backlog_bytes)} to go")
-    if status.phase is RunPhase.SEQUENCING and drain.growth_files_per_minute > 0:
+    if not drain.keeping_up and drain.growth_files_per_minute > 0:
         text.append(f"; growing by {_rate(drain.growth_files_per_minute)} files/min")
     text.append(")")
     return text
