@@ -1,6 +1,6 @@
 """The reference GPU-node agent: asks the manager for batches and runs the site's basecaller.
 
-The successor of the original BCProcessor. It speaks the four routes of PROTOCOL.md, so it also
+The successor of the original BCProcessor. It speaks the four routes of docs/protocol.md, so it also
 works against the original manager, which does not tell where its folders are: give
 ``--input-dir`` and ``--output-dir`` then.
 
@@ -250,7 +250,7 @@ class ManagerUnreachable(AgentError):
 
 
 class ProtocolViolation(AgentError):
-    """The manager answered outside the contract of PROTOCOL.md."""
+    """The manager answered outside the contract of docs/protocol.md."""
 
 
 @dataclass(frozen=True, slots=True)

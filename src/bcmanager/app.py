@@ -1,4 +1,4 @@
-"""The HTTP face of the manager: the four routes of PROTOCOL.md and a few read-only ones.
+"""The HTTP face of the manager: the four routes of docs/protocol.md and a few read-only ones.
 
 Routes only translate: query parameters in, a Manager call, a model out. Errors of the state
 machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``

@@ -1,6 +1,6 @@
 """The JSON the service sends, as Pydantic models, so /docs and openapi/openapi.json describe it.
 
-The first four are the wire contract of PROTOCOL.md: their keys and value types are fixed.
+The first four are the wire contract of docs/protocol.md: their keys and value types are fixed.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Simulated sequencer and basecaller, so the whole flow runs without a flow cell or a GPU.
 
 Everything here writes and reads real POD5 files with the ``pod5`` package, because the
-manager's completeness rule (DESIGN.md, invariant 3) and the agents' basecaller command must meet
-the same bytes a sequencer writes.
+manager's completeness rule (docs/design.md, invariant 3) and the agents' basecaller command
+must meet the same bytes a sequencer writes.
 
 ``pod5.Writer`` creates its destination at once, empty, with hidden scratch files beside it, and
 fills it only on ``close()``. So files are built in a private scratch folder and their bytes are
