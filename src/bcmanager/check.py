@@ -359,13 +359,18 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         description="Read INPUT_DIR and OUTPUT_DIR, print one line per broken invariant or "
         "interrupted change, then files by state. Exit 1 if any. Changes nothing.",
     )
-    parser.add_argument("--input", help="the run's INPUT_DIR (default: BCM_INPUT_DIR)")
-    parser.add_argument("--output", help="the run's OUTPUT_DIR (default: BCM_OUTPUT_DIR)")
+    # --input and --output are the first spellings, still accepted.
+    parser.add_argument(
+        "--input-dir", "--input", help="the run's INPUT_DIR (default: env BCM_INPUT_DIR)"
+    )
+    parser.add_argument(
+        "--output-dir", "--output", help="the run's OUTPUT_DIR (default: env BCM_OUTPUT_DIR)"
+    )
     parser.set_defaults(func=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    settings = load_settings({"input_dir": args.input, "output_dir": args.output})
+    settings = load_settings({"input_dir": args.input_dir, "output_dir": args.output_dir})
     if settings is None:
         return 2
     paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())

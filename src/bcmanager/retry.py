@@ -17,6 +17,7 @@ from bcmanager.folders import RunFolders
 from bcmanager.lock import RunLock
 from bcmanager.paths import RunPaths
 from bcmanager.serve import load_settings
+from bcmanager.urls import base_url
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,12 +29,17 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "one (BCM_API_TOKEN is sent when set), else on the folders directly.",
     )
     parser.add_argument("files", nargs="*", help="raw file names (default: every quarantined)")
-    parser.add_argument("--input-dir", help="the run's INPUT_DIR (default: BCM_INPUT_DIR)")
-    parser.add_argument("--output-dir", help="the run's OUTPUT_DIR (default: BCM_OUTPUT_DIR)")
+    parser.add_argument(
+        "--input-dir", "--input", help="the run's INPUT_DIR (default: env BCM_INPUT_DIR)"
+    )
+    parser.add_argument(
+        "--output-dir", "--output", help="the run's OUTPUT_DIR (default: env BCM_OUTPUT_DIR)"
+    )
     parser.add_argument(
         "--url",
-        help="the running manager (default: http://127.0.0.1:BCM_PORT, or BCM_HOST when it is "
-        "not a wildcard address)",
+        "--manager",
+        help="the running manager: HOST:PORT or a URL (default: http://127.0.0.1:BCM_PORT, or "
+        "BCM_HOST when it is not a wildcard address; env BCM_PORT 40765 when unset)",
     )
     parser.set_defaults(func=run_retry)
 
@@ -55,9 +61,7 @@ def run_retry(args: argparse.Namespace) -> int:
             print(name)
         return 0
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    url = (args.url or f"http://{host}:{settings.port}").rstrip("/")
-    if "://" not in url:
-        url = f"http://{url}"
+    url = base_url(args.url or f"{host}:{settings.port}")
     token = settings.api_token.get_secret_value() if settings.api_token else None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bcmanager.models import RunPhase, RunStatus
+from bcmanager.urls import base_url
 
 DEFAULT_URL = "http://127.0.0.1:40765"
 STATE_STYLES = {
@@ -41,9 +42,15 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         description="Show the run's picture from a running manager's /status.",
     )
     parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"the manager's address (default {DEFAULT_URL})"
+        "--url",
+        "--manager",
+        default=DEFAULT_URL,
+        help="the manager's address: HOST:PORT, or a URL, even one ending in /status "
+        f"(default {DEFAULT_URL})",
     )
-    parser.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    parser.add_argument(
+        "--watch", action="store_true", help="refresh in place until Ctrl-C (default: once)"
+    )
     parser.add_argument(
         "--interval", type=float, default=2.0, help="seconds between refreshes (default 2)"
     )
@@ -52,7 +59,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def run_status(args: argparse.Namespace) -> int:
     console = Console()
-    url = args.url.rstrip("/")
+    url = base_url(args.url)
     with httpx.Client(timeout=10) as client:
         if not args.watch:
             try:
