@@ -183,3 +183,33 @@ def test_api_docs_work_with_no_network(
     )
     assert outside == "unreachable"
     assert server.get("/redoc").status_code == 404  # no ReDoc page that would load a CDN
+
+
+@pytest.mark.parametrize("width", [360, 1280, 2560])
+def test_page_fits_every_width_from_a_phone_to_a_wall(
+    run: Run,
+    start_server: Callable[..., Server],
+    browser: WebDriver,
+    tmp_path: Path,
+    width: int,
+) -> None:
+    """No sideways scrolling at any width, with long ids in the tables and the problems."""
+    run.add_many(4, prefix="PAO12345_pass_barcode01_0123456789abcdef_long_run_name")
+    server = start_server()
+    engine = "gpu-node-with-a-long-hostname-0123456789.cluster.example.org"
+    failed = server.get("/assignwork", engineid=engine, batchsize=1).json()
+    server.get("/completed", job_id=failed["jobid"], job_state="FAILED")
+    server.get("/assignwork", engineid=engine + "-b", batchsize=2)
+    browser.set_window_size(width, 1000)
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 10, poll_frequency=0.1)
+    leased = str(server.get("/status").json()["files"]["leased"])
+    wait.until(lambda _: browser.find_element(By.ID, "count-leased").text == leased)
+    wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#problems tbody tr")) == 1)
+    inner, scrolled = browser.execute_script(
+        "return [window.innerWidth, document.scrollingElement.scrollWidth]"
+    )
+    screenshot = tmp_path / f"page-{width}.png"
+    assert browser.save_screenshot(str(screenshot))
+    assert abs(inner - width) <= 20  # the window is the width asked for (less a scrollbar)
+    assert scrolled <= inner, f"{scrolled - inner} px of sideways scroll at {width} px"
