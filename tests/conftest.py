@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -141,12 +142,18 @@ def free_port() -> int:
 
 
 class Server:
-    """``bcmanager serve`` as a real process on 127.0.0.1."""
+    """``bcmanager serve`` as a real process on 127.0.0.1; over https, verified against its own
+    certificate, when ``BCM_TLS_CERTFILE`` is among ``env``."""
 
     def __init__(self, run: Run, log: Path, **env: str) -> None:
         self.run = run
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        certificate = env.get("BCM_TLS_CERTFILE")
+        scheme = "https" if certificate else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=certificate) if certificate else True
+        )
         self.log = log
         self.env = {
             **os.environ,
@@ -170,7 +177,8 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                ready = httpx.get(f"{self.url}/ready", timeout=1, verify=self.verify)
+                if ready.status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -178,7 +186,7 @@ class Server:
         raise TimeoutError(f"serve did not become ready: {self.log.read_text()[-2000:]}")
 
     def get(self, route: str, **params: Any) -> httpx.Response:
-        return httpx.get(f"{self.url}{route}", params=params, timeout=10)
+        return httpx.get(f"{self.url}{route}", params=params, timeout=10, verify=self.verify)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

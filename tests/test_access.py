@@ -1,5 +1,6 @@
 """Who may drive the run, and what may be offered: the bearer token of the engine routes, the
-warning of a manager open beyond loopback, and raw files that are symlinks or odd entries."""
+refusal to serve beyond loopback unprotected, and raw files that are symlinks or odd entries.
+The three kinds of access, TLS and the record of operator actions: test_access_kinds.py."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bcmanager import app as app_module
+from bcmanager import access as access_module
 from bcmanager.manager import Manager
-from bcmanager.serve import exposure_warning
+from bcmanager.serve import exposure_refusal
 from conftest import Run, Server, serving, tree
 
 TOKEN = "s3cret-token-of-the-site"
@@ -93,13 +94,13 @@ async def test_the_token_is_compared_in_constant_time(
     run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compared: list[tuple[bytes, bytes]] = []
-    real = app_module.secrets.compare_digest
+    real = access_module.secrets.compare_digest
 
     def spy(given: bytes, expected: bytes) -> bool:
         compared.append((given, expected))
         return real(given, expected)
 
-    monkeypatch.setattr(app_module.secrets, "compare_digest", spy)
+    monkeypatch.setattr(access_module.secrets, "compare_digest", spy)
     async with serving(Manager(run.settings(api_token=TOKEN))) as client:
         await client.get(
             "/keepalive",
@@ -110,35 +111,60 @@ async def test_the_token_is_compared_in_constant_time(
 
 
 @pytest.mark.parametrize(
-    ("host", "token", "warned"),
+    ("host", "token", "tls", "trusted", "refused"),
     [
-        ("127.0.0.1", None, False),
-        ("::1", None, False),
-        ("localhost", None, False),
-        ("0.0.0.0", None, True),
-        ("::", None, True),
-        ("10.1.2.3", None, True),
-        ("gpu-head.cluster", None, True),
-        ("0.0.0.0", TOKEN, False),
-        ("0.0.0.0", "", True),  # BCM_API_TOKEN= (empty, as in .env.example) sets no token
+        ("127.0.0.1", None, False, False, False),
+        ("::1", None, False, False, False),
+        ("localhost", None, False, False, False),
+        ("0.0.0.0", None, False, False, True),
+        ("::", None, False, False, True),
+        ("10.1.2.3", None, False, False, True),
+        ("gpu-head.cluster", None, False, False, True),
+        ("0.0.0.0", TOKEN, False, False, True),  # a token in clear text is anyone's token
+        ("0.0.0.0", None, True, False, True),  # TLS alone: anyone can still lease work
+        ("0.0.0.0", TOKEN, True, False, False),
+        ("0.0.0.0", "", True, False, True),  # BCM_API_TOKEN= (empty, as in .env.example)
+        ("0.0.0.0", None, False, True, False),  # the operator says the network is trusted
     ],
 )
-def test_serving_beyond_loopback_without_a_token_is_warned(
-    run: Run, host: str, token: str | None, warned: bool
+def test_serving_beyond_loopback_needs_tls_and_a_token_or_a_trusted_network(
+    run: Run, host: str, token: str | None, tls: bool, trusted: bool, refused: bool
 ) -> None:
-    settings = run.settings(host=host, api_token=token)
-    warning = exposure_warning(settings)
-    assert (warning is not None) == warned
-    if warning:
-        assert host in warning and "BCM_API_TOKEN" in warning
+    files = {"tls_certfile": "cert.pem", "tls_keyfile": "key.pem"} if tls else {}
+    settings = run.settings(host=host, api_token=token, trusted_network=trusted, **files)
+    refusal = exposure_refusal(settings)
+    assert (refusal is not None) == refused
+    if refusal:
+        assert host in refusal and "BCM_TRUSTED_NETWORK" in refusal
+        assert ("BCM_API_TOKEN" in refusal) == (not token)
+        assert ("BCM_TLS_CERTFILE" in refusal) == (not tls)
 
 
-def test_a_real_server_on_loopback_starts_without_the_warning(
+def test_a_real_server_beyond_loopback_without_tls_refuses_to_start_in_one_line(
+    run: Run, tmp_path: Path
+) -> None:
+    run.add_many(1)
+    before = tree(run.input_dir)
+    server = Server(run, tmp_path / "serve.log", BCM_HOST="0.0.0.0", BCM_API_TOKEN=TOKEN)
+    refused = subprocess.run(
+        [sys.executable, "-m", "bcmanager", "serve"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 2
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1 and "refusing to listen on 0.0.0.0 without TLS" in lines[0]
+    assert TOKEN not in refused.stdout + refused.stderr
+    assert tree(run.input_dir) == before
+
+
+def test_a_real_server_on_a_trusted_network_starts_without_tls(
     run: Run, start_server: Callable[..., Server]
 ) -> None:
-    server = start_server()
-    server.stop()
-    assert "BCM_API_TOKEN" not in server.log.read_text()
+    server = start_server(BCM_HOST="0.0.0.0", BCM_TRUSTED_NETWORK="true")
+    assert server.get("/heartbeat").status_code == 200
 
 
 async def test_a_real_server_with_a_token_needs_it(

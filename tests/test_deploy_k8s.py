@@ -9,7 +9,7 @@ settings model and the agent's options, claims and the Service against the other
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from bcmanager import __version__
 from bcmanager.agent import ENV_PREFIX, AgentSettings
 from bcmanager.app import create_app
+from bcmanager.serve import exposure_refusal
 from bcmanager.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,6 +104,9 @@ def test_the_manager_is_one_replica_that_is_never_rolled_alongside_another() -> 
     spec = manifest("Deployment", "bcmanager")["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
+
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 
 
 def test_the_manager_probes_ask_the_routes_that_say_alive_and_ready() -> None:
@@ -239,3 +243,53 @@ def test_the_dockerfile_builds_the_image_the_manifests_name() -> None:
             for source in sources:
                 assert (REPO / source).exists(), f"Dockerfile copies {source}, which is missing"
                 assert source.rstrip("/") in let_in, f".dockerignore keeps {source} out"
+
+
+def secret_mounts(deployment: Manifest) -> dict[str, tuple[str, dict[str, str] | None]]:
+    """Mount path -> (secret name, the keys it shows and their file names, None for all)."""
+    pod = deployment["spec"]["template"]["spec"]
+    secrets = {
+        volume["name"]: (
+            volume["secret"]["secretName"],
+            {item["key"]: item["path"] for item in volume["secret"]["items"]}
+            if "items" in volume["secret"]
+            else None,
+        )
+        for volume in pod["volumes"]
+        if "secret" in volume
+    }
+    return {
+        mount["mountPath"]: secrets[mount["name"]]
+        for mount in only_container(deployment)["volumeMounts"]
+        if mount["name"] in secrets
+    }
+
+
+def test_the_manager_serves_tls_from_a_secret_that_agents_and_probes_verify_or_use() -> None:
+    manager = manifest("Deployment", "bcmanager")
+    agent = manifest("Deployment", "bcmanager-agent")
+    container = only_container(manager)
+    settings = manifest("ConfigMap", "bcmanager-settings")["data"]
+    parsed = Settings.model_validate(
+        {name.removeprefix("BCM_").lower(): value for name, value in settings.items()}
+        | {"api_token": "from-the-secret"}
+    )
+    manager_secrets = secret_mounts(manager)
+    (agent_ca_folder, (agent_secret, agent_items)) = next(iter(secret_mounts(agent).items()))
+    ca_file = PurePosixPath(env_values(agent)["BCM_AGENT_CA_FILE"])
+
+    assert exposure_refusal(parsed) is None  # it starts: TLS and an engine token
+    for path in (settings["BCM_TLS_CERTFILE"], settings["BCM_TLS_KEYFILE"]):
+        assert manager_secrets[str(PurePosixPath(path).parent)] == ("bcmanager-tls", None)
+    assert {container[kind]["httpGet"]["scheme"] for kind in PROBES} == {"HTTPS"}
+    assert urlsplit(env_values(agent)["BCM_AGENT_MANAGER"]).scheme == "https"
+    # Agents see the certificate as their CA, and not the key.
+    assert agent_secret == "bcmanager-tls" and agent_items == {"tls.crt": ca_file.name}
+    assert str(ca_file.parent) == agent_ca_folder
+    engine_tokens = [
+        variable["valueFrom"]["secretKeyRef"]
+        for deployment, name in ((manager, "BCM_API_TOKEN"), (agent, "BCM_AGENT_API_TOKEN"))
+        for variable in only_container(deployment)["env"]
+        if variable["name"] == name
+    ]
+    assert engine_tokens == [{"name": "bcmanager-token", "key": "token"}] * 2

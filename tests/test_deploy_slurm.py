@@ -404,6 +404,9 @@ def test_the_template_basecalls_a_run_once_per_read_and_ends_by_itself(
     log = (tmp_path / f"bcmanager-{job_id}.log").read_text()
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), log
     assert "run complete: sequencing finished" in log
+    # The manager served HTTPS with a certificate made for the job, which the job removed.
+    assert re.search(r"manager on \S+ at https://", log), log
+    assert not list(tmp_path.glob(".bcmanager-tls-*"))
     expected = read_ids_of_run(input_dir)
     basecalled = read_ids_of_fastq(output_dir / "pass") + read_ids_of_fastq(output_dir / "fail")
     assert len(expected) == 6 * 3

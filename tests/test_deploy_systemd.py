@@ -7,6 +7,7 @@ bcmanager installed here; the environment files may only name settings the progr
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bcmanager.agent import ENV_PREFIX, AgentSettings
+from bcmanager.serve import exposure_refusal
 from bcmanager.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,3 +144,28 @@ def test_dorado_batch_fails_the_job_when_dorado_fails(tmp_path: Path) -> None:
 
     assert done.returncode == 3
     assert "no GPU" in done.stderr
+
+
+def test_the_commented_tls_and_token_lines_let_the_manager_listen_beyond_loopback() -> None:
+    """Uncommented, the lines bcmanager.env offers make a manager that starts on 0.0.0.0, and
+    agent.env offers the matching token and CA file."""
+    offered = [
+        line.removeprefix("# ")
+        for line in (SYSTEMD / "bcmanager.env").read_text().splitlines()
+        if re.match(r"# BCM_[A-Z_]+=", line)
+    ]
+    settings = {**env_file(SYSTEMD / "bcmanager.env"), "BCM_HOST": "0.0.0.0"}
+    settings.update(line.split("=", 1) for line in offered)
+    agent_lines = (SYSTEMD / "agent.env").read_text()
+
+    assert (
+        exposure_refusal(
+            Settings.model_validate(
+                {name.removeprefix("BCM_").lower(): value for name, value in settings.items()}
+            )
+        )
+        is None
+    )
+    assert {"BCM_OPERATOR_TOKEN", "BCM_READ_TOKEN"} <= set(settings)
+    assert f"# BCM_AGENT_CA_FILE={settings['BCM_TLS_CERTFILE']}" in agent_lines
+    assert "# BCM_AGENT_API_TOKEN=" in agent_lines

@@ -213,3 +213,28 @@ def test_page_fits_every_width_from_a_phone_to_a_wall(
     assert browser.save_screenshot(str(screenshot))
     assert abs(inner - width) <= 20  # the window is the width asked for (less a scrollbar)
     assert scrolled <= inner, f"{scrolled - inner} px of sideways scroll at {width} px"
+
+
+def test_with_a_read_token_the_browser_logs_in_once_and_the_token_stays_out_of_the_url(
+    run: Run, start_server: Callable[..., Server], browser: WebDriver
+) -> None:
+    token = "page-read-token"
+    run.add_many(3)
+    server = start_server(BCM_READ_TOKEN=token, BCM_API_TOKEN="engine-only")
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 10, poll_frequency=0.1)
+    wait.until(lambda _: browser.current_url == f"{server.url}/login")
+    browser.find_element(By.ID, "token").send_keys("engine-only")
+    browser.find_element(By.ID, "login").click()
+    wait.until(lambda _: "not this manager's" in browser.find_element(By.ID, "refused").text)
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "login").click()
+    wait.until(lambda _: browser.find_element(By.ID, "count-pending").text == "3")
+    assert browser.current_url == f"{server.url}/"
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
+    [cookie] = browser.get_cookies()
+    assert cookie["httpOnly"] is True and token not in cookie["value"]
+    # A new page load in the same browser needs no second login.
+    browser.get(f"{server.url}/")
+    wait.until(lambda _: browser.find_element(By.ID, "count-pending").text == "3")
+    assert all(token not in url for url in (browser.current_url, server.log.read_text()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bcmanager.manager import Manager
-from bcmanager.models import RunPhase, RunStatus
+from bcmanager.models import BenchedEngine, RunPhase, RunStatus
 from bcmanager.progress import ENGINE_IDLE_SECONDS
 from bcmanager.status_view import human_bytes, human_duration, render
 from conftest import Clock, Run, Server, serving
@@ -166,3 +167,27 @@ async def test_a_run_complete_with_quarantined_files_is_amber_not_green(run: Run
     console = Console(record=True, width=140, file=io.StringIO(), color_system="standard")
     console.print(render(clean.model_copy(update={"phase": RunPhase.COMPLETE})))
     assert re.search(r"\x1b\[[0-9;]*42m complete ", console.export_text(styles=True))
+
+
+async def test_render_says_why_jobs_failed_which_files_wait_and_which_engines_rest(
+    run: Run,
+) -> None:
+    """What the agent recorded of a failure, the quarantined files and the benched engines."""
+    names = run.add_many(2)
+    async with serving(Manager(run.settings())) as client:
+        for engine in ("gpu1", "gpu2"):  # the same file fails alone on two engines
+            batch = (
+                await client.get("/assignwork", params={"engineid": engine, "batchsize": 1})
+            ).json()
+            output = run.output_dir / batch["job_output_dir"]
+            record = {"exit_code": 127, "signal": None, "stderr_last_line": "sh: dorado: not found"}
+            (output / "bcm-attempt.json").write_text(json.dumps(record))
+            await client.get("/completed", params={"job_id": batch["jobid"], "job_state": "FAILED"})
+        status = RunStatus.model_validate((await client.get("/status")).json())
+    status.benched = [BenchedEngine(engine="gpu7", seconds_left=42, reason="3 jobs in a row")]
+    console = Console(record=True, width=160, file=io.StringIO())
+    console.print(render(status))
+    text = console.export_text()
+    assert text.count("exit 127: sh: dorado: not found") == 2
+    assert "quarantined" in text and f"quarantined (1): {names[0]}" in text
+    assert "benched: gpu7: 3 jobs in a row" in text

@@ -41,6 +41,7 @@ import random
 import re
 import shlex
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -163,6 +164,11 @@ class AgentSettings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="The manager's BCM_API_TOKEN, sent as a bearer token."
     )
+    ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA (or self-signed certificate) that an https manager's "
+        "certificate must verify against; unset: the system's CAs. Never unchecked.",
+    )
 
     @field_validator("manager", mode="before")
     @classmethod
@@ -182,7 +188,7 @@ class AgentSettings(BaseSettings):
         split_template(value)
         return value
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "ca_file", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -829,6 +835,11 @@ class Agent:
             try:
                 response = await self._client.get(route, params=dict(params))
             except httpx.TransportError as error:
+                if (refused := _certificate_refused(error)) is not None:
+                    raise ConfigurationError(
+                        f"the manager's certificate does not verify ({refused.verify_message}): "
+                        f"give the CA that signed it as {ENV_PREFIX}CA_FILE"
+                    ) from error
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             else:
                 if response.status_code < httpx.codes.INTERNAL_SERVER_ERROR:
@@ -910,6 +921,17 @@ def _parse(model: type[_M], response: httpx.Response) -> _M:
         raise ProtocolViolation(
             f"{response.request.url.path} answered {response.text[:200]!r}: {error}"
         ) from error
+
+
+def _certificate_refused(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check behind a failed connection, if that is what failed: retrying
+    cannot mend it, and it must not pass for a manager that is merely down."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _expect_ok(response: httpx.Response, route: str) -> httpx.Response:
@@ -996,8 +1018,13 @@ async def _serve(settings: AgentSettings) -> int:
     timeout = httpx.Timeout(settings.request_timeout)
     token = settings.api_token
     headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    try:
+        verify = ssl.create_default_context(cafile=settings.ca_file)
+    except (OSError, ssl.SSLError) as error:
+        log.error("engine=%s cannot read %sCA_FILE: %s", settings.engine_id, ENV_PREFIX, error)
+        return EXIT_CONFIGURATION
     async with httpx.AsyncClient(
-        base_url=str(settings.manager), timeout=timeout, headers=headers
+        base_url=str(settings.manager), timeout=timeout, headers=headers, verify=verify
     ) as client:
         agent = Agent(client, settings)
         _install_signal_handlers(agent)

@@ -3,29 +3,31 @@
 Routes only translate: query parameters in, a Manager call, a model out. Errors of the state
 machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``
 and nothing changed. For people: the run's picture as JSON (/status), as Prometheus metrics
-(/metrics) and as a page (/, with its files under /static). With ``BCM_API_TOKEN`` set, the
-three engine routes that change the run require it as a bearer token (401 otherwise); probes,
-status, metrics, the page and the docs stay open.
+(/metrics) and as a page (/, with its files under /static). Each route belongs to one kind of
+access (engine, operator, read; ``access.py``) whose token it requires when the manager sets
+one; the probes (/heartbeat, /ready), the login form and the page's static files stay open.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import html
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import Enum
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.params import Depends as DependsParam
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import SecretStr
 
-from bcmanager import __version__
+from bcmanager import __version__, audit
+from bcmanager.access import BEARERS, COOKIE, COOKIE_MAX_AGE, READ_COOKIE, Access, Caller, Kind
 from bcmanager.lock import RunLock
 from bcmanager.manager import Manager
 from bcmanager.metrics import Metrics, RequestTimer
@@ -78,7 +80,7 @@ JobId = Annotated[
     Query(pattern=JOB_ID_PATTERN, description="The decimal job id from /assignwork."),
 ]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorReply, "description": "BCM_API_TOKEN is set and no valid token was sent"},
+    401: {"model": ErrorReply, "description": "The route's token is set and no valid one was sent"},
     404: {"model": ErrorReply, "description": "No such job"},
     409: {"model": ErrorReply, "description": "The job can no longer complete"},
     503: {"model": ErrorReply, "description": "The disk refused the change; nothing changed"},
@@ -98,33 +100,48 @@ JOB_LINKS: dict[str, Any] = {
         ("complete_job", "Report the batch DONE, FAILED or STOPPED."),
     )
 }
-BEARER = HTTPBearer(
-    scheme_name="engine_token",
-    description="The manager's BCM_API_TOKEN; required only when the manager sets one.",
-    auto_error=False,
-)
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
-# FastAPI adds the bearer scheme to each guarded route; an empty requirement beside it tells
-# clients the token is optional, as it is on a manager without BCM_API_TOKEN.
+# FastAPI adds a route's security schemes to it; an empty requirement beside them tells clients
+# the token is optional, as it is on a manager that sets none for the route's kind.
 TOKEN_OPTIONAL: dict[str, Any] = {"security": [{}]}
 
 
-def engine_auth(token: SecretStr | None) -> Callable[[Credentials], Awaitable[None]]:
-    """A dependency that lets a request through when it carries ``token`` (or none is set)."""
-    expected = token.get_secret_value().encode() if token is not None else None
+def guard(kind: Kind) -> list[DependsParam]:
+    """The dependencies of a route of ``kind``: its security schemes, for the schema (they only
+    parse), and the check itself."""
+    schemes = [Depends(BEARERS[kind])]
+    if kind is Kind.READ:
+        schemes.append(Depends(READ_COOKIE))
+    return [*schemes, Depends(CHECKS[kind])]
 
-    async def authorize(credentials: Credentials) -> None:
-        if expected is None:
-            return
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if not secrets.compare_digest(given, expected):
-            raise HTTPException(
-                status_code=401,
-                detail="this manager requires 'Authorization: Bearer <BCM_API_TOKEN>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
 
-    return authorize
+async def _engine(request: Request) -> Caller:
+    access: Access = request.app.state.access
+    return access.require(Kind.ENGINE, request)
+
+
+async def _operator(request: Request) -> Caller:
+    access: Access = request.app.state.access
+    return access.require(Kind.OPERATOR, request)
+
+
+async def _read(request: Request) -> Caller:
+    access: Access = request.app.state.access
+    return access.require(Kind.READ, request)
+
+
+CHECKS = {Kind.ENGINE: _engine, Kind.OPERATOR: _operator, Kind.READ: _read}
+Operator = Annotated[Caller, Depends(_operator)]
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>bcmanager: log in</title>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="static/page.css"></head>
+<body><main class="login"><h1>bcmanager</h1>
+<form method="post" action="login">
+<label for="token">Read token (BCM_READ_TOKEN)</label>
+<input id="token" name="token" type="password" autocomplete="current-password" autofocus>
+<button id="login" type="submit">Show the run</button>
+<p id="refused" class="dim">{refused}</p>
+</form></main></body></html>
+"""
 
 
 def create_app(
@@ -144,6 +161,8 @@ def create_app(
             finally:
                 await manager.stop()
 
+    # The docs and the schema are read routes like the others: FastAPI's own are off and
+    # served below behind the read guard.
     app = FastAPI(
         title="bcmanager",
         version=__version__,
@@ -153,13 +172,15 @@ def create_app(
         # often offline, and FastAPI's default loads it from a CDN. ReDoc has no copy: off.
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,
     )
     app.state.manager = manager
+    app.state.access = access = Access(settings)
     metrics = Metrics(manager)
     app.add_middleware(RequestTimer, histogram=metrics.requests)
     page = (resources.files("bcmanager") / "static" / "index.html").read_text(encoding="utf-8")
     app.mount("/static", StaticFiles(packages=[("bcmanager", "static")]), name="static")
-    authorized = [Depends(engine_auth(settings.api_token))]
+    engine, operator, read = guard(Kind.ENGINE), guard(Kind.OPERATOR), guard(Kind.READ)
 
     @app.exception_handler(UnknownJob)
     async def unknown_job(request: Request, error: UnknownJob) -> JSONResponse:
@@ -181,7 +202,7 @@ def create_app(
         summary="Lease a batch of raw files to an engine",
         tags=["protocol"],
         responses={200: {"links": JOB_LINKS}, 401: ERRORS[401], 503: ERRORS[503]},
-        dependencies=authorized,
+        dependencies=engine,
         openapi_extra=TOKEN_OPTIONAL,
     )
     async def assignwork(
@@ -199,7 +220,7 @@ def create_app(
         summary="Renew a job's lease; late=true means stop the job",
         tags=["protocol"],
         responses={401: ERRORS[401]},
-        dependencies=authorized,
+        dependencies=engine,
         openapi_extra=TOKEN_OPTIONAL,
     )
     async def keepalive(job_id: JobId, job_state: ReportedState) -> KeepaliveReply:
@@ -212,7 +233,7 @@ def create_app(
         summary="Report a job DONE, FAILED or STOPPED",
         tags=["protocol"],
         responses=ERRORS,
-        dependencies=authorized,
+        dependencies=engine,
         openapi_extra=TOKEN_OPTIONAL,
     )
     async def completed(job_id: JobId, job_state: CompletionState) -> CompletedReply:
@@ -259,6 +280,9 @@ def create_app(
         operation_id="run_status",
         summary="The run's picture: files and bytes by state, rates, ETA, engines, leases",
         tags=["operations"],
+        responses={401: ERRORS[401]},
+        dependencies=read,
+        openapi_extra=TOKEN_OPTIONAL,
     )
     async def status() -> RunStatus:
         return manager.status()
@@ -270,19 +294,31 @@ def create_app(
         summary="Send quarantined files (all, or the named ones) back to pending",
         description="Each named file's failed attempts stop counting against it (their "
         "FAILED_ and QUARANTINED_ folders become EXCUSED_), and the quarantined ones are "
-        "pending again, each in a batch of its own. Requires the token when one is set.",
+        "pending again, each in a batch of its own. Requires the operator token when one is "
+        "set (else the engine token, when that is set); the action is appended to "
+        "OPERATOR.log in INPUT_DIR.",
         tags=["operations"],
         responses={
             400: {"model": ErrorReply, "description": "The body is not JSON"},
             401: ERRORS[401],
             503: ERRORS[503],
         },
-        dependencies=authorized,
+        dependencies=operator,
         openapi_extra=TOKEN_OPTIONAL,
     )
-    async def retry(request: RetryRequest | None = None) -> RetryReply:
+    async def retry(caller: Operator, request: RetryRequest | None = None) -> RetryReply:
         files = request.files if request is not None else None
-        return RetryReply(retried=await manager.retry(files))
+        sent = await manager.retry(files)
+        await asyncio.to_thread(
+            audit.record,
+            manager.paths.input_dir,
+            action="retry",
+            token=caller.token,
+            client=caller.client,
+            asked=files,
+            files=sent,
+        )
+        return RetryReply(retried=sent)
 
     @app.get(
         "/metrics",
@@ -292,25 +328,60 @@ def create_app(
         tags=["operations"],
         # The exact media type carries prometheus-client's format version; the schema names
         # only its kind, so it does not change with that library.
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+            401: ERRORS[401],
+        },
+        dependencies=read,
+        openapi_extra=TOKEN_OPTIONAL,
     )
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    async def api_docs() -> HTMLResponse:
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def status_page(request: Request) -> Response:
+        if access.caller(Kind.READ, request) is None:
+            return RedirectResponse("login", status_code=303)
+        return HTMLResponse(page)
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    async def login_form() -> HTMLResponse:
+        return HTMLResponse(LOGIN_PAGE.format(refused=""))
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        """Trade the read token, typed into the form, for the cookie: the token never goes
+        into a URL, a browser's history or a proxy's log."""
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        cookie = access.login(form.get("token", [""])[0].encode())
+        if cookie is None:
+            refused = html.escape("That is not this manager's read or operator token.")
+            return HTMLResponse(LOGIN_PAGE.format(refused=refused), status_code=401)
+        reply = RedirectResponse("./", status_code=303)
+        reply.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=COOKIE_MAX_AGE,
+            httponly=True,
+            samesite="strict",
+            secure=settings.tls_certfile is not None,
+        )
+        return reply
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=read)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=read)
+    async def swagger() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="bcmanager API",
-            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
-            swagger_css_url="/static/swagger-ui/swagger-ui.css",
-            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+            openapi_url="openapi.json",
+            title="bcmanager",
+            swagger_js_url="static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="static/swagger-ui/favicon-32x32.png",
             # No badge that asks validator.swagger.io about the schema.
             swagger_ui_parameters={"validatorUrl": None},
         )
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def status_page() -> HTMLResponse:
-        return HTMLResponse(page)
 
     return app

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import logging
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if not paths.input_dir.is_dir():
         print(f"bcmanager: BCM_INPUT_DIR {paths.input_dir} is not a folder", file=sys.stderr)
         return 2
+    if (refusal := exposure_refusal(settings) or tls_problem(settings)) is not None:
+        print(f"bcmanager: {refusal}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_format)
-    if (warning := exposure_warning(settings)) is not None:
-        log.warning(warning)
     try:
-        lock = RunLock.acquire(paths.lock_file, f"http://{settings.host}:{settings.port}")
+        lock = RunLock.acquire(
+            paths.lock_file, f"{settings.scheme}://{settings.host}:{settings.port}"
+        )
     except AlreadyManaged as error:
         print(f"bcmanager: {error}", file=sys.stderr)
         return 1
@@ -105,19 +109,50 @@ def run_serve(args: argparse.Namespace) -> int:
         log_config=None,
         log_level="info",
         access_log=False,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
     return 0
 
 
-def exposure_warning(settings: Settings) -> str | None:
-    """Why the service as configured lets any host that reaches it drive the run; None if not."""
-    if settings.api_token is not None or _is_loopback(settings.host):
+def exposure_refusal(settings: Settings) -> str | None:
+    """Why the service as configured would let other hosts read its tokens off the wire or
+    drive the run without one; None if it may start. Beyond loopback it needs TLS and an engine
+    token, unless BCM_TRUSTED_NETWORK says every host that reaches the port may drive the run."""
+    if settings.trusted_network or _is_loopback(settings.host):
+        return None
+    missing = [
+        what
+        for what, absent in (
+            ("TLS (BCM_TLS_CERTFILE, BCM_TLS_KEYFILE)", settings.tls_certfile is None),
+            ("an engine token (BCM_API_TOKEN)", settings.api_token is None),
+        )
+        if absent
+    ]
+    if not missing:
         return None
     return (
-        f"listening on {settings.host} without BCM_API_TOKEN: any host that reaches port "
-        f"{settings.port} can lease, complete and release this run's work; set BCM_API_TOKEN "
-        "here and in every agent"
+        f"refusing to listen on {settings.host} without {' and '.join(missing)}: any host "
+        f"that reaches port {settings.port} could read tokens and run names off the wire or "
+        "drive the run; set them, or BCM_TRUSTED_NETWORK=true on a network you trust"
     )
+
+
+def tls_problem(settings: Settings) -> str | None:
+    """Why the certificate and key cannot serve TLS, found before the server starts, so that a
+    wrong path is one line and exit 2 rather than uvicorn's traceback."""
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        return None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_certfile, settings.tls_keyfile
+        )
+    except (OSError, ssl.SSLError) as error:
+        return (
+            f"cannot serve TLS with BCM_TLS_CERTFILE {settings.tls_certfile} and "
+            f"BCM_TLS_KEYFILE {settings.tls_keyfile}: {error}"
+        )
+    return None
 
 
 def _is_loopback(host: str) -> bool:

@@ -6,6 +6,7 @@ directory; ``.env.example`` documents each one. The CLI turns a validation error
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Literal, Self
 
@@ -72,11 +73,38 @@ class Settings(BaseSettings):
     )
     api_token: SecretStr | None = Field(
         None,
-        description="When set, engines must send 'Authorization: Bearer <token>' to assignwork, "
-        "keepalive and completed.",
+        description="The engine token: when set, engines must send 'Authorization: Bearer "
+        "<token>' to assignwork, keepalive and completed.",
+    )
+    operator_token: SecretStr | None = Field(
+        None,
+        description="The operator token: when set, the routes that change a run (POST /retry) "
+        "require it; it also opens the read routes. Unset: they require BCM_API_TOKEN, if set.",
+    )
+    read_token: SecretStr | None = Field(
+        None,
+        description="The read token: when set, /status, /metrics, the page and the docs "
+        "require it (or the operator token); browsers log in at /login.",
+    )
+    tls_certfile: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; needs BCM_TLS_KEYFILE."
+    )
+    tls_keyfile: Path | None = Field(None, description="PEM private key of BCM_TLS_CERTFILE.")
+    trusted_network: bool = Field(
+        False,
+        description="true: listen beyond loopback without TLS or without BCM_API_TOKEN (only "
+        "on a network where every host that reaches the port may drive the run).",
     )
 
-    @field_validator("final_summary_dir", "api_token", mode="before")
+    @field_validator(
+        "final_summary_dir",
+        "api_token",
+        "operator_token",
+        "read_token",
+        "tls_certfile",
+        "tls_keyfile",
+        mode="before",
+    )
     @classmethod
     def _empty_means_default(cls, value: object) -> object:
         """An empty variable (as in .env.example) means the default, not an empty value."""
@@ -90,6 +118,52 @@ class Settings(BaseSettings):
                 f"max_batch_size ({self.max_batch_size})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _certificate_and_key_together(self) -> Self:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("BCM_TLS_CERTFILE and BCM_TLS_KEYFILE are set together or not at all")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_certfile is not None else "http"
+
+
+class ClientSettings(BaseSettings):
+    """What the commands that call a manager (``status``, ``retry``) need besides its address:
+    the CA that signed its certificate and the tokens to send, from the same ``BCM_`` variables
+    and ``.env`` as the manager's, so that one set-up serves both on the manager's host."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BCM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA (or the self-signed certificate) to verify an https "
+        "manager with; unset: the system's CAs.",
+    )
+    api_token: SecretStr | None = None
+    operator_token: SecretStr | None = None
+    read_token: SecretStr | None = None
+
+    @field_validator("ca_file", "api_token", "operator_token", "read_token", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def verify(self) -> ssl.SSLContext:
+        """The TLS check of every client: the system's CAs, or only ``ca_file``; never off."""
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    def bearer(self, *names: str) -> dict[str, str]:
+        """The Authorization header with the first of the tokens ``names`` that is set."""
+        for name in names:
+            token: SecretStr | None = getattr(self, name)
+            if token is not None:
+                return {"Authorization": f"Bearer {token.get_secret_value()}"}
+        return {}
 
 
 def describe_error(error: ValidationError) -> str:

@@ -2,15 +2,19 @@
 
 It reads GET /status of a running manager, the same picture the page at / shows: progress,
 files and bytes by state, the sequencer's rate beside the basecalling rate, ETA, engines, and
-the jobs that failed or lost their lease.
+the jobs that failed or lost their lease. It sends ``BCM_READ_TOKEN`` (else
+``BCM_OPERATOR_TOKEN``) when set, and verifies an https manager against ``BCM_CA_FILE`` (else
+the system's CAs).
 """
 
 from __future__ import annotations
 
 import argparse
+import ssl
 import time
 
 import httpx
+from pydantic import ValidationError
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -18,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bcmanager.models import RunPhase, RunStatus
+from bcmanager.settings import ClientSettings
 from bcmanager.urls import base_url
 
 DEFAULT_URL = "http://127.0.0.1:40765"
@@ -52,6 +57,11 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "--watch", action="store_true", help="refresh in place until Ctrl-C (default: once)"
     )
     parser.add_argument(
+        "--ca-file",
+        help="the CA that signed an https manager's certificate (default: BCM_CA_FILE, else "
+        "the system's CAs)",
+    )
+    parser.add_argument(
         "--interval", type=float, default=2.0, help="seconds between refreshes (default 2)"
     )
     parser.set_defaults(func=run_status)
@@ -60,7 +70,14 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 def run_status(args: argparse.Namespace) -> int:
     console = Console()
     url = base_url(args.url)
-    with httpx.Client(timeout=10) as client:
+    try:
+        settings = ClientSettings(**({"ca_file": args.ca_file} if args.ca_file else {}))
+        verify = settings.verify()
+    except (ValidationError, OSError, ssl.SSLError) as error:
+        console.print(f"bcmanager status: cannot use the CA file: {error}", style="red")
+        return 2
+    headers = settings.bearer("read_token", "operator_token")
+    with httpx.Client(timeout=10, verify=verify, headers=headers) as client:
         if not args.watch:
             try:
                 console.print(render(fetch(client, url)))

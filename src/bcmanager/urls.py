@@ -9,16 +9,16 @@ from urllib.parse import urlsplit, urlunsplit
 # The manager's own routes: a copied URL that ends in one of them means the manager above it.
 ROUTES = frozenset(
     {"", "status", "heartbeat", "ready", "metrics", "docs", "openapi.json", "retry"}
-    | {"assignwork", "keepalive", "completed"}
+    | {"assignwork", "keepalive", "completed", "login"}
 )
 
 
-def base_url(text: str) -> str:
-    """The manager's base URL: http:// added when no scheme is given, a trailing route and
+def base_url(text: str, scheme: str = "http") -> str:
+    """The manager's base URL: ``scheme`` added when none is given, a trailing route and
     slash removed. A path above the route stays (a manager behind a proxy at /bcm/)."""
     text = text.strip()
     if "://" not in text:
-        text = f"http://{text}"
+        text = f"{scheme}://{text}"
     parts = urlsplit(text)
     path = parts.path.rstrip("/")
     head, _, last = path.rpartition("/")

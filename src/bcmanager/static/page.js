@@ -270,25 +270,22 @@ function renderProblems(s) {
     cell(row, [how, job.last_line].filter(Boolean).join(": "), "why", job.last_line || "");
   }
   $("no-problems").hidden = s.recent_problems.length > 0;
-  const stuck = $("job-problems");
-  stuck.replaceChildren(...s.job_problems.map((line) => {
-    const item = document.createElement("li");
-    item.textContent = line;
-    return item;
-  }));
-  stuck.hidden = s.job_problems.length === 0;
-  const notes = [
+  renderLines($("held-back"), [
     ...s.benched.map((e) => `benched: ${e.engine}: ${e.reason}`),
     ...(s.quarantined.length ? [`quarantined (${s.files.failed}): `
       + s.quarantined.map((q) => q.file).join(", ") + " — `bcmanager retry` sends them back"] : []),
-  ];
-  const held = $("held-back");
-  held.replaceChildren(...notes.map((line) => {
+  ]);
+  renderLines($("job-problems"), s.job_problems);
+}
+
+// A list of plain lines, hidden when there are none.
+function renderLines(list, lines) {
+  list.replaceChildren(...lines.map((line) => {
     const item = document.createElement("li");
     item.textContent = line;
     return item;
   }));
-  held.hidden = notes.length === 0;
+  list.hidden = lines.length === 0;
 }
 
 function render(s) {
@@ -303,6 +300,11 @@ function render(s) {
 async function poll() {
   try {
     const reply = await fetch("status", { cache: "no-store" });
+    // The login cookie is gone or the read token changed: log in again.
+    if (reply.status === 401) {
+      window.location.href = "login";
+      return;
+    }
     if (!reply.ok) throw new Error(`status ${reply.status}`);
     latest = await reply.json();
     render(latest);
