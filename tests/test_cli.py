@@ -19,8 +19,9 @@ from conftest import Run, Server
 READS = {
     "serve": ["BCM_INPUT_DIR", "BCM_OUTPUT_DIR", "BCM_HOST", "BCM_PORT", "BCM_API_TOKEN"],
     "agent": ["BCM_AGENT_MANAGER", "BCM_AGENT_ENGINE_ID", "BCM_AGENT_API_TOKEN"],
+    "status": ["BCM_READ_TOKEN", "BCM_OPERATOR_TOKEN", "BCM_CA_FILE"],
     "check": ["BCM_INPUT_DIR", "BCM_OUTPUT_DIR"],
-    "retry": ["BCM_INPUT_DIR", "BCM_OUTPUT_DIR", "BCM_PORT", "BCM_HOST", "BCM_API_TOKEN"],
+    "retry": ["BCM_INPUT_DIR", "BCM_OUTPUT_DIR", "BCM_PORT", "BCM_HOST", "BCM_OPERATOR_TOKEN"],
 }
 # The same thing has the same flag in every command that takes it (old spellings may follow).
 SAME_FLAGS = {

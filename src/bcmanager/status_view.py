@@ -44,7 +44,9 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser = subparsers.add_parser(
         "status",
         help="show a running manager's progress, rates, ETA and engines",
-        description="Show the run's picture from a running manager's /status.",
+        description="Show the run's picture from a running manager's /status. Sends "
+        "BCM_READ_TOKEN (else BCM_OPERATOR_TOKEN) when set; BCM_CA_FILE verifies an https "
+        "manager.",
     )
     parser.add_argument(
         "--url",
