@@ -238,3 +238,26 @@ def test_with_a_read_token_the_browser_logs_in_once_and_the_token_stays_out_of_t
     browser.get(f"{server.url}/")
     wait.until(lambda _: browser.find_element(By.ID, "count-pending").text == "3")
     assert all(token not in url for url in (browser.current_url, server.log.read_text()))
+
+
+def test_a_run_complete_with_quarantined_files_is_amber_on_the_page(
+    run: Run, start_server: Callable[..., Server], browser: WebDriver
+) -> None:
+    run.add_many(2)
+    # Sequencing has stopped: MinKNOW's summary is there from the start.
+    (run.input_dir / "final_summary_PAO12345_abc.txt").write_text("sequencing stopped\n")
+    server = start_server()
+    done = server.get("/assignwork", engineid="gpu1", batchsize=1).json()
+    run.basecall(done["job_output_dir"], done["batch"])
+    server.get("/completed", job_id=done["jobid"], job_state="DONE")
+    for engine in ("gpu2", "gpu3"):  # failed alone on two engines: quarantined
+        bad = server.get("/assignwork", engineid=engine, batchsize=1).json()
+        server.get("/completed", job_id=bad["jobid"], job_state="FAILED")
+    browser.get(f"{server.url}/")
+    phase = browser.find_element(By.ID, "phase")
+    WebDriverWait(browser, 10, poll_frequency=0.1).until(
+        lambda _: phase.get_attribute("data-phase") == "complete"
+    )
+    assert phase.text == "Complete, 1 quarantined"
+    assert "partial" in (phase.get_attribute("class") or "").split()
+    assert phase.value_of_css_property("background-color") == "rgba(138, 90, 0, 1)"  # amber
