@@ -1,5 +1,5 @@
 """kill -9 at random instants, again and again, while engines work and the sequencer writes:
-every raw file is still basecalled exactly once (DESIGN.md, invariants 1, 2, 4 and 5).
+every raw file is still basecalled exactly once (docs/design.md, invariants 1, 2, 4 and 5).
 
 A real ``bcmanager serve`` process is killed with SIGKILL at random instants and restarted on
 the same port until it has been killed ``BCM_SOAK_KILLS`` times (5 in ``make test``, 100 in
