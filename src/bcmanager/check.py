@@ -169,12 +169,13 @@ def inspect(paths: RunPaths) -> Report:
     return report
 
 
-def _named(names: list[str], shown: int = 5) -> str:
-    """A count and the first few names, so an operator knows which entries are meant."""
+def _named(names: list[str], most: int = 5) -> str:
+    """A count and the first few names (odd bytes as \\xNN), so an operator knows which
+    entries are meant."""
     if not names:
         return "0"
-    listed = ", ".join(sorted(names)[:shown])
-    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    listed = ", ".join(shown(name) for name in sorted(names)[:most])
+    more = f", and {len(names) - most} more" if len(names) > most else ""
     return f"{len(names)}: {listed}{more}"
 
 
