@@ -201,7 +201,6 @@ ROUTES = {
         ("GET", "/metrics"),
         ("GET", "/"),
         ("GET", "/docs"),
-        ("GET", "/redoc"),
         ("GET", "/openapi.json"),
     ],
     "probe": [("GET", "/heartbeat"), ("GET", "/ready")],

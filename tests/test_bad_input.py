@@ -1,4 +1,4 @@
-"""A bad request gets a 4xx JSON error and changes nothing (DESIGN.md, invariant 7)."""
+"""A bad request gets a 4xx JSON error and changes nothing (docs/design.md, invariant 7)."""
 
 from __future__ import annotations
 

@@ -231,7 +231,10 @@ def test_what_bcmanager_ignores_by_design_is_a_note(
     assert code == 0
     note = f"NOTE: {jobs.paths.input_dir / 'linked.pod5'}: a symlink: never offered to an engine"
     assert note in lines
-    assert "ignored in INPUT_DIR: 2 (not raw files, or raw files not regular)" in lines
+    assert (
+        "ignored in INPUT_DIR: 2: final_summary_PAO12345.txt, linked.pod5 "
+        "(not raw files, or raw files not regular)"
+    ) in lines
 
 
 def test_each_name_that_is_not_utf8_is_a_note_shown_escaped(

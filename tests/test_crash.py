@@ -1,5 +1,5 @@
 """kill -9 at random instants, again and again, while hostile engines work, an operator meddles
-and the sequencer writes: every raw file is still basecalled exactly once (DESIGN.md,
+and the sequencer writes: every raw file is still basecalled exactly once (docs/design.md,
 invariants 1 to 5, and "Engines and operators are not polite").
 
 A real ``bcmanager serve`` process is killed with SIGKILL at random instants and restarted on

@@ -1,4 +1,4 @@
-"""Disk faults injected where the manager touches the disk (DESIGN.md, invariants 5 and 7).
+"""Disk faults injected where the manager touches the disk (docs/design.md, invariants 5 and 7).
 
 ENOSPC, EIO and EACCES are raised at each step of assignment and of each end of a job. Before a
 commit point the request answers 503 with a JSON reason, and nothing is left behind; after it,

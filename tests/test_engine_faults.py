@@ -1,4 +1,4 @@
-"""Engines that misbehave (DESIGN.md, invariants 2 and 4): one dies mid-job, one comes back
+"""Engines that misbehave (docs/design.md, invariants 2 and 4): one dies mid-job, one comes back
 after its lease ran out, one loses the reply to its completion, and 500 send keepalives at once.
 In every case each raw file is basecalled into pass/ exactly once."""
 

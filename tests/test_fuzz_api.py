@@ -1,4 +1,4 @@
-"""Hostile input from the schema itself (DESIGN.md, invariant 7): schemathesis generates valid
+"""Hostile input from the schema itself (docs/design.md, invariant 7): schemathesis generates valid
 and invalid requests from the committed openapi/openapi.json and sends them to a live
 ``bcmanager serve``. No reply may be a 5xx, and every reply must match the schema (status code,
 content type, headers, body). Then the run's folders must still pass ``bcmanager check``.
@@ -67,7 +67,7 @@ def test_call_sequences_along_the_schema_links_stay_valid(tmp_path: Path) -> Non
     schema = schemathesis.openapi.from_path(SCHEMA_PATH)
     schema.config.update(base_url=live.url, headers={"Authorization": f"Bearer {TOKEN}"})
     # The links also carry the "-1" of a no-work reply, which the job_id pattern rejects with a
-    # 422 on purpose (PROTOCOL.md: clients do nothing with it). That a schema-valid request is
+    # 422 on purpose (docs/protocol.md: clients do nothing with it). That a schema-valid request is
     # accepted is checked by the test above; here it would only flag that 422.
     schema.config.checks.positive_data_acceptance.enabled = False
     try:

@@ -130,3 +130,25 @@ def test_serve_logs_json_lines(run: Run, start_server: Callable[..., Server]) ->
         "missing": 0,
     }
     assert by_event["ready"]["counts"]["pending"] == 3
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_library_chatter_stays_out_of_the_log(
+    run: Run, start_server: Callable[..., Server], log_format: str
+) -> None:
+    """Files written while the manager watches make watchfiles report changes at INFO; those
+    lines, and one per request, would bury the events."""
+    server = start_server(BCM_LOG_FORMAT=log_format)
+    for index in range(3):  # written in place in steps, as MinKNOW does
+        path = run.add(f"late_{index}.pod5")
+        body = path.read_bytes()
+        path.write_bytes(body[:100])
+        time.sleep(0.3)
+        path.write_bytes(body)
+    lines = wait_for_line(server, lambda line: "late_2.pod5" in line and "arrived" in line)
+    do_one_job(server)
+    lines = wait_for_line(server, lambda line: " done jobid=" in line or '"event": "done"' in line)
+    assert not [line for line in lines if "change" in line and "detected" in line]
+    assert not [line for line in lines if "GET /" in line]
+    arrived = [line for line in lines if "late_1.pod5" in line]
+    assert len(arrived) == 1 and "INFO" in arrived[0]

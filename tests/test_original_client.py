@@ -1,4 +1,4 @@
-"""An engine that speaks only PROTOCOL.md, as the original BCProcessor does: plain GET requests
+"""An engine that speaks only docs/protocol.md, as the original BCProcessor does: plain GET requests
 with the original parameter names, reading only the original keys, against a real server."""
 
 from __future__ import annotations

@@ -34,17 +34,36 @@ CHROMIUM_ARGS = (
     "--disable-sync",
     "--window-size=1440,1100",
 )
+# No network but loopback: every name but 127.0.0.1 fails to resolve, and every request that is
+# not to loopback goes to a proxy on the discard port, where nothing listens.
+OFFLINE_ARGS = (
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    "--proxy-server=http://127.0.0.1:9",
+)
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def chromium(*extra: str) -> WebDriver:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("Debian's chromium and chromium-driver are not installed (`make browser`)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in CHROMIUM_ARGS:
+    for argument in (*CHROMIUM_ARGS, *extra):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def offline_browser() -> Iterator[WebDriver]:
+    driver = chromium(*OFFLINE_ARGS)
     try:
         yield driver
     finally:
@@ -124,6 +143,78 @@ def test_page_shows_the_run_and_follows_it_live(
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_api_docs_work_with_no_network(
+    run: Run, start_server: Callable[..., Server], offline_browser: WebDriver
+) -> None:
+    """GPU clusters are often offline: /docs must list the operations from the package's own
+    copy of Swagger UI, loading nothing from elsewhere."""
+    server = start_server()
+    browser = offline_browser
+    browser.set_script_timeout(10)
+    browser.get(f"{server.url}/docs")
+
+    def paths() -> list[str]:
+        texts: list[str] = browser.execute_script(
+            "return [...document.querySelectorAll('.opblock-summary-path')]"
+            ".map((element) => element.textContent)"
+        )
+        return texts
+
+    WebDriverWait(browser, 10, poll_frequency=0.1).until(lambda _: len(paths()) >= 8)
+    assert set(paths()) >= {
+        "/assignwork",
+        "/keepalive",
+        "/completed",
+        "/heartbeat",
+        "/ready",
+        "/status",
+        "/retry",
+        "/metrics",
+    }
+    loaded: list[str] = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((entry) => entry.name)"
+    )
+    assert loaded and all(name.startswith(server.url) for name in loaded), loaded
+    # The network is really off: a CDN is out of reach from this browser.
+    outside: str = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch('https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css')"
+        ".then(() => done('reached'), () => done('unreachable'));"
+    )
+    assert outside == "unreachable"
+    assert server.get("/redoc").status_code == 404  # no ReDoc page that would load a CDN
+
+
+@pytest.mark.parametrize("width", [360, 1280, 2560])
+def test_page_fits_every_width_from_a_phone_to_a_wall(
+    run: Run,
+    start_server: Callable[..., Server],
+    browser: WebDriver,
+    tmp_path: Path,
+    width: int,
+) -> None:
+    """No sideways scrolling at any width, with long ids in the tables and the problems."""
+    run.add_many(4, prefix="PAO12345_pass_barcode01_0123456789abcdef_long_run_name")
+    server = start_server()
+    engine = "gpu-node-with-a-long-hostname-0123456789.cluster.example.org"
+    failed = server.get("/assignwork", engineid=engine, batchsize=1).json()
+    server.get("/completed", job_id=failed["jobid"], job_state="FAILED")
+    server.get("/assignwork", engineid=engine + "-b", batchsize=2)
+    browser.set_window_size(width, 1000)
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 10, poll_frequency=0.1)
+    leased = str(server.get("/status").json()["files"]["leased"])
+    wait.until(lambda _: browser.find_element(By.ID, "count-leased").text == leased)
+    wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#problems tbody tr")) == 1)
+    inner, scrolled = browser.execute_script(
+        "return [window.innerWidth, document.scrollingElement.scrollWidth]"
+    )
+    screenshot = tmp_path / f"page-{width}.png"
+    assert browser.save_screenshot(str(screenshot))
+    assert abs(inner - width) <= 20  # the window is the width asked for (less a scrollbar)
+    assert scrolled <= inner, f"{scrolled - inner} px of sideways scroll at {width} px"
+
+
 def test_with_a_read_token_the_browser_logs_in_once_and_the_token_stays_out_of_the_url(
     run: Run, start_server: Callable[..., Server], browser: WebDriver
 ) -> None:
@@ -147,3 +238,26 @@ def test_with_a_read_token_the_browser_logs_in_once_and_the_token_stays_out_of_t
     browser.get(f"{server.url}/")
     wait.until(lambda _: browser.find_element(By.ID, "count-pending").text == "3")
     assert all(token not in url for url in (browser.current_url, server.log.read_text()))
+
+
+def test_a_run_complete_with_quarantined_files_is_amber_on_the_page(
+    run: Run, start_server: Callable[..., Server], browser: WebDriver
+) -> None:
+    run.add_many(2)
+    # Sequencing has stopped: MinKNOW's summary is there from the start.
+    (run.input_dir / "final_summary_PAO12345_abc.txt").write_text("sequencing stopped\n")
+    server = start_server()
+    done = server.get("/assignwork", engineid="gpu1", batchsize=1).json()
+    run.basecall(done["job_output_dir"], done["batch"])
+    server.get("/completed", job_id=done["jobid"], job_state="DONE")
+    for engine in ("gpu2", "gpu3"):  # failed alone on two engines: quarantined
+        bad = server.get("/assignwork", engineid=engine, batchsize=1).json()
+        server.get("/completed", job_id=bad["jobid"], job_state="FAILED")
+    browser.get(f"{server.url}/")
+    phase = browser.find_element(By.ID, "phase")
+    WebDriverWait(browser, 10, poll_frequency=0.1).until(
+        lambda _: phase.get_attribute("data-phase") == "complete"
+    )
+    assert phase.text == "Complete, 1 quarantined"
+    assert "partial" in (phase.get_attribute("class") or "").split()
+    assert phase.value_of_css_property("background-color") == "rgba(138, 90, 0, 1)"  # amber

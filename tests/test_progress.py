@@ -9,7 +9,14 @@ import pytest
 from test_scaling import lines_executed
 
 from bcmanager.models import RunPhase
-from bcmanager.progress import ENGINE_IDLE_SECONDS, IDLE_LISTED, Progress, RateRing, run_phase
+from bcmanager.progress import (
+    DRAIN_HORIZON,
+    ENGINE_IDLE_SECONDS,
+    IDLE_LISTED,
+    Progress,
+    RateRing,
+    run_phase,
+)
 from bcmanager.state import FileState, Job, JobState, RunState
 
 MB = 1_000_000
@@ -309,3 +316,82 @@ def test_a_pending_file_costs_under_300_bytes_all_in() -> None:
         tracemalloc.stop()
     assert run.state.pending_count() == count
     assert used / count < 300, f"{used / count:.0f} bytes a file"
+
+
+def test_a_young_run_is_measured_over_the_time_it_has_lasted() -> None:
+    """The demo once printed 51 files/min at 34 s, when 90 a minute arrived."""
+    run = Run(now=0.0)
+    for index in range(51):
+        run.now = index * 34 / 51
+        run.arrive(f"f{index}.pod5")
+        if index >= 10:  # basecalled 10 behind: ten files in flight
+            run.end(run.lease("gpu1", 1), JobState.DONE)
+    run.now = 34.0
+    rates = run.progress.rates(run.now)
+    assert rates.last_5_minutes.arrived.files_per_minute == pytest.approx(90, rel=0.01)
+    assert rates.last_60_minutes.arrived.files_per_minute == pytest.approx(90, rel=0.01)
+    assert rates.last_60_minutes.basecalled.files_per_minute == pytest.approx(
+        41 / 34 * 60, rel=0.01
+    )
+    # The first seconds: a rate is taken over 10 s at least, not blown up by a tiny span.
+    young = Run(now=0.0)
+    young.arrive("first.pod5")
+    assert young.progress.rates(1.0).last_5_minutes.arrived.files_per_minute == 6
+
+
+def test_work_in_flight_is_keeping_up_and_a_growing_queue_is_not() -> None:
+    """Keeping up: the backlog goes within the horizon and does not pile up. Files in the
+    engines' hands are not a pile: the demo showed "falling behind" with ten in flight."""
+    run = Run(now=0.0)
+    held: list[Job] = []
+    for second in range(300):  # 1 a second arrives; each is leased and done 10 s later
+        run.now = float(second)
+        run.arrive(f"f{second}.pod5")
+        held.append(run.lease("gpu1", 1))
+        if len(held) > 10:
+            run.end(held.pop(0), JobState.DONE)
+    run.arrive("queued.pod5")  # and one waits for an engine
+    drain = run.progress.drain(run.now, run.state.counts())
+    assert drain.backlog_files == 11 and drain.eta_seconds == pytest.approx(11, abs=0.5)
+    assert drain.growth_files_per_minute <= 0.25 and drain.keeping_up is True
+    assert drain.horizon_seconds == DRAIN_HORIZON
+
+    # The engines stop: files pile up at 60 a minute, and after a minute it says so.
+    for second in range(300, 361):
+        run.now = float(second)
+        run.arrive(f"f{second}.pod5")
+    drain = run.progress.drain(run.now, run.state.counts())
+    assert drain.growth_files_per_minute > 10 and drain.keeping_up is False
+
+
+def test_a_backlog_beyond_the_horizon_is_not_keeping_up() -> None:
+    run = Run(now=0.0)
+    for index in range(1_000):
+        run.arrive(f"f{index}.pod5", written=-1.0)
+    run.now = 60.0
+    run.end(run.lease("gpu1", 50), JobState.DONE)  # 50 a minute: 950 left take 19 minutes
+    drain = run.progress.drain(run.now, run.state.counts())
+    assert drain.eta_seconds == pytest.approx(19 * 60, rel=0.01)
+    assert drain.eta_seconds > DRAIN_HORIZON and drain.keeping_up is False
+
+
+def test_jobs_found_ended_at_start_up_count_in_tallies_and_rates() -> None:
+    """After a restart, what the folders say was done feeds the engines' tallies and the last
+    hour's rate, dated when each job ended; it leaves the window as the clock moves on."""
+    run = Run(now=10_000.0)
+    run.progress.job_found_ended("old", JobState.DONE, 5, ended=10_000.0 - 7200)
+    run.progress.job_found_ended("gpu1", JobState.DONE, 30, ended=10_000.0 - 600)
+    run.progress.job_found_ended("gpu1", JobState.DONE, 30, ended=10_000.0 - 300)
+    run.progress.job_found_ended("gpu2", JobState.QUARANTINED, 1, ended=10_000.0 - 200)
+    engines = {engine.engine: engine for engine in run.progress.engines(run.now)}
+    assert set(engines) == {"gpu1", "gpu2"}  # idle for two hours: retired
+    assert engines["gpu1"].jobs_done == 2 and engines["gpu1"].files_done == 60
+    assert engines["gpu1"].seconds_since_contact == 300
+    assert engines["gpu2"].files_failed == 1
+    assert run.progress.retired_picture(run.now).files_done == 5
+    hour = run.progress.rates(run.now).last_60_minutes
+    # The run went on two hours ago already: the whole hour is observed, not just 10 minutes.
+    assert hour.basecalled.files_per_minute == pytest.approx(60 / 60, rel=0.01)
+    assert sum(run.progress.history(run.now).last_hour.basecalled) == 60
+    run.now += 3600
+    assert run.progress.rates(run.now).last_60_minutes.basecalled.files_per_minute == 0

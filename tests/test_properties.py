@@ -7,7 +7,7 @@ call (``FaultyOps``) inside an assignment, a completion, an expiry or a start-up
 
 - a crash: the call raises an exception that no handler catches, leaving the disk as kill -9
   would; then the manager restarts. A crash during recovery starts it again.
-- a disk error (ENOSPC, EIO, EACCES): the running manager must answer it as DESIGN.md says
+- a disk error (ENOSPC, EIO, EACCES): the running manager must answer it as docs/design.md says
   (nothing changes before a commit point; after it the change stands and the rescans finish
   it), and a start-up must go on past one job's leftovers.
 

@@ -1,4 +1,4 @@
-"""The four routes of PROTOCOL.md and /status, against the app in-process on real folders."""
+"""The four routes of docs/protocol.md and /status, against the app in-process on real folders."""
 
 from __future__ import annotations
 

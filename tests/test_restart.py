@@ -1,4 +1,5 @@
-"""Restarts of a real ``bcmanager serve`` process: clean and by kill -9 (DESIGN.md, 1, 4, 5, 6)."""
+"""Restarts of a real ``bcmanager serve`` process: clean and by kill -9 (docs/design.md,
+invariants 1, 4, 5, 6)."""
 
 from __future__ import annotations
 

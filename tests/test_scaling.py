@@ -1,5 +1,5 @@
 """No request does work proportional to the size of the run, and full scans leave the event
-loop free (DESIGN.md, invariant 8). Speed itself is measured in bench/; here the *amount* of
+loop free (docs/design.md, invariant 8). Speed itself is measured in bench/; here the *amount* of
 work is counted: Python lines executed and disk calls made, which must not grow with the run."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from test_scaling import lines_executed
 
 from bcmanager.manager import Manager
 from bcmanager.state import FileState, JobState
-from conftest import Run, serving
+from conftest import Clock, Run, serving
 
 
 async def assign(client: httpx.AsyncClient, engine: str, size: int) -> dict[str, Any]:
@@ -85,14 +85,15 @@ async def test_status_pictures_bytes_rates_engines_and_problems(run: Run) -> Non
         "failed": 0,
         "missing": 0,
     }
-    # The files were written just now: all eight arrived within the last minute.
+    # The files were written just now, and the manager is seconds old: the rates are measured
+    # over the shortest span a rate is taken over, 10 s.
     short = status["rates"]["last_5_minutes"]
-    assert short["arrived"]["files_per_minute"] == pytest.approx(8)
-    assert short["basecalled"]["files_per_minute"] == pytest.approx(3)
-    assert short["basecalled"]["bytes_per_minute"] == pytest.approx(sizes(run, done["batch"]))
+    assert short["arrived"]["files_per_minute"] == pytest.approx(8 * 6)
+    assert short["basecalled"]["files_per_minute"] == pytest.approx(3 * 6)
+    assert short["basecalled"]["bytes_per_minute"] == pytest.approx(6 * sizes(run, done["batch"]))
     assert status["history"]["last_hour"]["arrived"][-1] == 8
     assert status["drain"]["backlog_files"] == 5
-    assert status["drain"]["eta_seconds"] == pytest.approx(100.0)
+    assert status["drain"]["eta_seconds"] == pytest.approx(5 / 18 * 60, abs=0.1)
     engines = {engine["engine"]: engine for engine in status["engines"]}
     assert set(engines) == {"gpu1", "gpu2", "gpu3"}
     assert engines["gpu1"]["jobs_done"] == 1 and engines["gpu1"]["files_done"] == 3
@@ -204,3 +205,36 @@ def test_status_costs_the_same_in_a_small_and_a_large_run(tmp_path: Path) -> Non
     for each in (small, large):
         each.input_dir.mkdir()
     assert status_cost(small, 1_000) == status_cost(large, 100_000)
+
+
+async def test_a_restart_rebuilds_tallies_and_the_last_hour_from_the_folders(run: Run) -> None:
+    """Engines' tallies and the last hour's rate come back from DONE_ and QUARANTINED_
+    folders, dated by the rename that ended each job; a clock moved by hand ages them out."""
+    run.add_many(12)
+    async with serving(Manager(run.settings())) as client:
+        for engine in ("gpu1", "gpu1", "gpu2"):
+            job = await assign(client, engine, 3)
+            run.basecall(job["job_output_dir"], job["batch"])
+            await complete(client, job["jobid"], "DONE")
+        await quarantine(client, await assign(client, "gpu3", 1), "gpu4")
+
+    clock = Clock()
+    async with serving(Manager(run.settings(), clock=clock)) as client:
+        status = (await client.get("/status")).json()
+        engines = {engine["engine"]: engine for engine in status["engines"]}
+        assert status["files"]["done"] == 9 and status["files"]["failed"] == 1
+        assert {name: engines[name]["files_done"] for name in ("gpu1", "gpu2")} == {
+            "gpu1": 6,
+            "gpu2": 3,
+        }
+        assert engines["gpu1"]["jobs_done"] == 2 and engines["gpu4"]["files_failed"] == 1
+        assert sum(engine["files_done"] for engine in engines.values()) == 9
+        assert all(engine["seconds_since_contact"] < 60 for engine in engines.values())
+        # Nine files in the seconds before the restart: 9 per 10 s, the shortest span.
+        hour = status["rates"]["last_60_minutes"]["basecalled"]
+        assert hour["files_per_minute"] == pytest.approx(54, rel=0.05)
+        assert sum(status["history"]["last_hour"]["basecalled"]) == 9
+        clock.now += 3600 + 60
+        later = (await client.get("/status")).json()
+        assert later["rates"]["last_60_minutes"]["basecalled"]["files_per_minute"] == 0
+        assert sum(later["history"]["last_3_days"]["basecalled"]) == 9

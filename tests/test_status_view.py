@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bcmanager.manager import Manager
-from bcmanager.models import BenchedEngine, RunStatus
+from bcmanager.models import BenchedEngine, RunPhase, RunStatus
 from bcmanager.progress import ENGINE_IDLE_SECONDS
 from bcmanager.status_view import human_bytes, human_duration, render
 from conftest import Clock, Run, Server, serving
@@ -138,6 +138,35 @@ def wait_for(screen: Path, text: str, timeout: float = 10.0) -> None:
     while text not in plain(screen.read_text()):
         assert time.monotonic() < deadline, plain(screen.read_text())[-3000:]
         time.sleep(0.05)
+
+
+async def test_a_run_complete_with_quarantined_files_is_amber_not_green(run: Run) -> None:
+    run.add_many(3)
+    async with serving(Manager(run.settings())) as client:
+        params = {"engineid": "gpu1", "batchsize": 2}
+        done = (await client.get("/assignwork", params=params)).json()
+        run.basecall(done["job_output_dir"], done["batch"])
+        await client.get("/completed", params={"job_id": done["jobid"], "job_state": "DONE"})
+        for engine in ("gpu2", "gpu3"):  # one file failed alone on two engines: quarantined
+            params = {"engineid": engine, "batchsize": 1}
+            bad = (await client.get("/assignwork", params=params)).json()
+            await client.get("/completed", params={"job_id": bad["jobid"], "job_state": "FAILED"})
+        status = RunStatus.model_validate((await client.get("/status")).json())
+    assert status.files.failed == 1 and status.files.done == 2
+
+    def shown(phase: RunPhase) -> str:
+        console = Console(record=True, width=140, file=io.StringIO(), color_system="standard")
+        console.print(render(status.model_copy(update={"phase": phase})))
+        return console.export_text(styles=True)
+
+    amber = shown(RunPhase.COMPLETE)
+    assert re.search(r"\x1b\[[0-9;]*43m complete, 1 quarantined ", amber)
+    assert "42m" not in amber  # no green anywhere
+    assert "1 file quarantined: `bcmanager retry` sends them back" in plain(amber)
+    clean = status.model_copy(update={"files": status.files.model_copy(update={"failed": 0})})
+    console = Console(record=True, width=140, file=io.StringIO(), color_system="standard")
+    console.print(render(clean.model_copy(update={"phase": RunPhase.COMPLETE})))
+    assert re.search(r"\x1b\[[0-9;]*42m complete ", console.export_text(styles=True))
 
 
 async def test_render_says_why_jobs_failed_which_files_wait_and_which_engines_rest(

@@ -1,5 +1,5 @@
 """New raw files while the manager runs: seen within a second through watchfiles, within the
-rescan interval without events, and never before they are complete (DESIGN.md, 3 and 8)."""
+rescan interval without events, and never before they are complete (docs/design.md, 3 and 8)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The reference GPU-node agent: asks the manager for batches and runs the site's basecaller.
 
-The successor of the original BCProcessor. It speaks the four routes of PROTOCOL.md, so it also
+The successor of the original BCProcessor. It speaks the four routes of docs/protocol.md, so it also
 works against the original manager, which does not tell where its folders are: give
 ``--input-dir`` and ``--output-dir`` then.
 
@@ -66,6 +66,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bcmanager import paths
 from bcmanager.state import JobState
+from bcmanager.urls import base_url
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ class AgentSettings(BaseSettings):
         env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
-    manager: HttpUrl = Field(description="Base URL of the manager, e.g. http://host:40765.")
+    manager: HttpUrl = Field(
+        description="The manager's address: HOST:PORT or a URL, e.g. http://host:40765."
+    )
     engine_id: str = Field(description="This engine's id; ends up in folder names.")
     command: str = Field(description="Basecaller command template (see below).")
     batch_size: int = Field(0, description="Files to ask for per batch; 0: the manager's default.")
@@ -166,6 +169,11 @@ class AgentSettings(BaseSettings):
         description="PEM file of the CA (or self-signed certificate) that an https manager's "
         "certificate must verify against; unset: the system's CAs. Never unchecked.",
     )
+
+    @field_validator("manager", mode="before")
+    @classmethod
+    def _manager_as_typed(cls, value: object) -> object:
+        return base_url(value) if isinstance(value, str) else value
 
     @field_validator("engine_id")
     @classmethod
@@ -256,7 +264,7 @@ class ManagerUnreachable(AgentError):
 
 
 class ProtocolViolation(AgentError):
-    """The manager answered outside the contract of PROTOCOL.md."""
+    """The manager answered outside the contract of docs/protocol.md."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -957,20 +965,27 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "agent",
         help="run a GPU-node agent: basecall the batches the manager hands out",
         description="Ask the manager for batches and run the basecaller command on each. "
-        f"Every flag can also be set in the environment as {ENV_PREFIX}<FLAG>; flags win.",
+        f"Every flag can also be set in the environment as {ENV_PREFIX}<FLAG>; flags win. "
+        f"A manager that requires a token gets it from {ENV_PREFIX}API_TOKEN (the environment "
+        "only: a flag would show in ps).",
         epilog=TEMPLATE_HELP + "\n" + EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for name, field in AgentSettings.model_fields.items():
         if name in ENV_ONLY:
             continue
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{field.description} (env {ENV_PREFIX}{name.upper()})"
+        # --url is what `status` and `retry` call the manager's address: accepted here too.
+        flags = ["--manager", "--url"] if name == "manager" else ["--" + name.replace("_", "-")]
+        if field.is_required():
+            default = "required"
+        else:
+            default = "default: unset" if field.default is None else f"default {field.default}"
+        help_text = f"{field.description} (env {ENV_PREFIX}{name.upper()}; {default})"
         if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             value_type, metavar = _flag_type(field.annotation, name)
-            parser.add_argument(flag, type=value_type, metavar=metavar, help=help_text)
+            parser.add_argument(*flags, type=value_type, metavar=metavar, help=help_text)
     parser.set_defaults(func=run_command)
 
 

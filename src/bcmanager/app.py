@@ -1,4 +1,4 @@
-"""The HTTP face of the manager: the four routes of PROTOCOL.md and a few read-only ones.
+"""The HTTP face of the manager: the four routes of docs/protocol.md and a few read-only ones.
 
 Routes only translate: query parameters in, a Manager call, a model out. Errors of the state
 machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``
@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -174,6 +174,8 @@ def create_app(
         version=__version__,
         summary="Coordinates GPU basecalling of a nanopore run while it is still sequencing.",
         lifespan=lifespan,
+        # /docs is served below from the package's own copy of Swagger UI: GPU clusters are
+        # often offline, and FastAPI's default loads it from a CDN. ReDoc has no copy: off.
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
@@ -378,10 +380,14 @@ def create_app(
 
     @app.get("/docs", include_in_schema=False, dependencies=read)
     async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="openapi.json", title="bcmanager")
-
-    @app.get("/redoc", include_in_schema=False, dependencies=read)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="openapi.json", title="bcmanager")
+        return get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title="bcmanager",
+            swagger_js_url="static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="static/swagger-ui/favicon-32x32.png",
+            # No badge that asks validator.swagger.io about the schema.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
     return app

@@ -1,4 +1,4 @@
-"""``bcmanager check``: read a run's folders and say whether the invariants of DESIGN.md hold.
+"""``bcmanager check``: read a run's folders and say whether the invariants of docs/design.md hold.
 
 Users run it after an incident (a crash, a full disk, a hand-made change), and the tests use it
 as their oracle after crashes and faults. It reads only; it changes nothing.
@@ -84,7 +84,7 @@ class Report:
     files: dict[FileState, int] = field(default_factory=lambda: dict.fromkeys(FileState, 0))
     job_folders: dict[FolderKind, int] = field(default_factory=lambda: dict.fromkeys(FolderKind, 0))
     fastq: dict[str, int] = field(default_factory=dict)
-    ignored: int = 0
+    ignored: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -120,7 +120,8 @@ class Report:
             f"raw files: {sum(self.files.values())} ({files})",
             f"job folders: {folders or 'none'}",
             f"FASTQ files: {fastq or 'none'}",
-            f"ignored in INPUT_DIR: {self.ignored} (not raw files, or raw files not regular)",
+            f"ignored in INPUT_DIR: {_named(self.ignored)} "
+            "(not raw files, or raw files not regular)",
         ]
         if self.ok:
             out.append("all invariants hold")
@@ -130,7 +131,7 @@ class Report:
             out.append(
                 f"{count} problem{'s' if count > 1 else ''}: {broken} broken, "
                 f"{count - broken} left by an interrupted change (a restart of "
-                "bcmanager finishes those)"
+                "bcmanager finishes those); the invariants are listed in docs/design.md"
             )
         return out
 
@@ -168,6 +169,16 @@ def inspect(paths: RunPaths) -> Report:
     return report
 
 
+def _named(names: list[str], most: int = 5) -> str:
+    """A count and the first few names (odd bytes as \\xNN), so an operator knows which
+    entries are meant."""
+    if not names:
+        return "0"
+    listed = ", ".join(shown(name) for name in sorted(names)[:most])
+    more = f", and {len(names) - most} more" if len(names) > most else ""
+    return f"{len(names)}: {listed}{more}"
+
+
 def _inspect_ignored(report: Report, ignored: list[str]) -> None:
     input_dir = report.paths.input_dir
     for name in ignored:
@@ -179,7 +190,7 @@ def _inspect_ignored(report: Report, ignored: list[str]) -> None:
             report.add(Severity.NOTE, path, f"{kind}: never offered to an engine")
         elif path.is_dir() and not path.is_symlink():
             report.add(Severity.BROKEN, path, "unknown folder: bcmanager makes no such folder")
-        report.ignored += 1
+        report.ignored.append(name)
 
 
 def _inspect_input_folders(report: Report, found: list[JobFolderName]) -> list[JobFolderName]:
@@ -368,13 +379,18 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         description="Read INPUT_DIR and OUTPUT_DIR, print one line per broken invariant or "
         "interrupted change, then files by state. Exit 1 if any. Changes nothing.",
     )
-    parser.add_argument("--input", help="the run's INPUT_DIR (default: BCM_INPUT_DIR)")
-    parser.add_argument("--output", help="the run's OUTPUT_DIR (default: BCM_OUTPUT_DIR)")
+    # --input and --output are the first spellings, still accepted.
+    parser.add_argument(
+        "--input-dir", "--input", help="the run's INPUT_DIR (default: env BCM_INPUT_DIR)"
+    )
+    parser.add_argument(
+        "--output-dir", "--output", help="the run's OUTPUT_DIR (default: env BCM_OUTPUT_DIR)"
+    )
     parser.set_defaults(func=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    settings = load_settings({"input_dir": args.input, "output_dir": args.output})
+    settings = load_settings({"input_dir": args.input_dir, "output_dir": args.output_dir})
     if settings is None:
         return 2
     paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())

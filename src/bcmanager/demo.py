@@ -33,6 +33,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run a simulated sequencer and three simulated GPU agents against a real manager",
         description="A whole run on this machine: the manager, a simulated sequencer writing "
         "real POD5 files, and agents running a simulated basecaller. No GPU needed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     demo.add_argument("--folder", type=Path, default=Path("data/demo"), help="demo run folder")
     demo.add_argument("--files", type=int, default=200, help="POD5 files the sequencer writes")

@@ -1,4 +1,4 @@
-"""One manager per INPUT_DIR and one per OUTPUT_DIR (DESIGN.md, invariant 6).
+"""One manager per INPUT_DIR and one per OUTPUT_DIR (docs/design.md, invariant 6).
 
 An exclusive ``flock`` on ``.bcmanager.lock`` in each of the two folders. The kernel drops it
 when the holder dies, even by kill -9, so a restart never has to clean up. The file records who

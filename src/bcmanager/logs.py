@@ -15,6 +15,10 @@ from datetime import UTC, datetime
 from typing import Literal
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+# Libraries whose INFO lines are chatter, not events of the run: watchfiles says "N changes
+# detected" every time a file being written is touched (every 200 ms while MinKNOW writes),
+# and uvicorn.access would add a line per request. Their warnings still show.
+CHATTY = ("watchfiles", "uvicorn.access")
 EVENT_KEY = "bcm_event"  # the LogRecord attribute that carries an event's facts
 
 
@@ -50,9 +54,12 @@ class JsonLines(logging.Formatter):
 
 
 def configure_logging(log_format: Literal["text", "json"]) -> None:
-    """Send every logger's INFO and above (uvicorn's too) to stderr in ``log_format``."""
+    """Send every logger's INFO and above (uvicorn's too) to stderr in ``log_format``, except
+    the ``CHATTY`` libraries' INFO: one line per event of the run is what the log promises."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)

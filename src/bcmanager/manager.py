@@ -144,6 +144,7 @@ class Manager:
         done: list[list[str]] = []
         attempts: list[tuple[str, tuple[str, ...]]] = []
         quarantined: list[tuple[str, str]] = []
+        self._restore_progress(recovered, now)
         for folder, files in recovered.ended:
             outcome = ENDED_AS[folder.kind]
             self.state.record_ended(folder.jobid, folder.engine, outcome, now)
@@ -161,6 +162,22 @@ class Manager:
             self.progress.job_adopted(job, now)
             self._event("adopted", job)
         self.state.restore_failures(attempts, quarantined)
+
+    def _restore_progress(self, recovered: Recovered, now: float) -> None:
+        """Give the engines' tallies and the rates what the ended folders record, so a restart
+        does not show them from zero. A job is dated by its folder's status-change time: the
+        rename that ended it (ASSIGNED_ to DONE_, FAILED_ or QUARANTINED_) sets it, while its
+        modification time is when it was assigned. Oldest first, as progress expects."""
+        wall = time.time()
+        dated = []
+        for folder, files in recovered.ended:
+            try:
+                changed = os.stat(self.paths.input_dir / folder.name).st_ctime
+            except OSError:
+                continue  # gone since recovery read it: nothing to count
+            dated.append((now - max(0.0, wall - changed), folder.engine, folder.kind, len(files)))
+        for ended, engine, kind, count in sorted(dated):
+            self.progress.job_found_ended(engine, ENDED_AS[kind], count, ended)
 
     async def stop(self) -> None:
         for task in self._tasks.values():

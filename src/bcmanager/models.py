@@ -1,6 +1,6 @@
 """The JSON the service sends, as Pydantic models, so /docs and openapi/openapi.json describe it.
 
-The first four are the wire contract of PROTOCOL.md: their keys and value types are fixed.
+The first four are the wire contract of docs/protocol.md: their keys and value types are fixed.
 Fields that carry a name or a path read from disk are ``Shown``/``ShownNames``: bytes that are
 not UTF-8, which JSON cannot carry, reach the reply as ``\\xNN`` (``paths.shown``) instead of
 failing it with a 500.
@@ -169,12 +169,17 @@ class Drain(BaseModel):
         "basecalling lags behind the sequencer. Null while nothing was basecalled in that time."
     )
     growth_files_per_minute: float = Field(
-        description="Arrival rate minus basecalling rate over the last 60 minutes: above 0 the "
-        "backlog grows."
+        description="How fast files pile up waiting for an engine over the last 60 minutes "
+        "(or the time observed): arrivals minus basecalled files minus the files engines hold "
+        "now, per minute. 0 or less: they do not."
+    )
+    horizon_seconds: float = Field(
+        description="The horizon of keeping_up: the backlog must be basecalled within it."
     )
     keeping_up: bool = Field(
-        description="True when no file waits for an engine, or basecalling is at least as fast "
-        "as arrival over the last 60 minutes."
+        description="True when the backlog is empty, or when it is basecalled within "
+        "horizon_seconds at the last hour's pace and the files waiting for an engine grew by "
+        "no more than a minute of basecalling over that hour."
     )
 
 

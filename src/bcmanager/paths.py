@@ -1,6 +1,6 @@
 """Every folder and file name the manager reads or writes, and the rules for them.
 
-The filesystem is the database (DESIGN.md): a person reads the run's state with ``ls``, and a
+The filesystem is the database (docs/design.md): a person reads the run's state with ``ls``, and a
 restart rebuilds it from these names alone. So each name is spelled here, once.
 
 INPUT_DIR holds the raw ``*.pod5`` files (never written, moved or deleted by us) and one folder

@@ -65,6 +65,12 @@ ENGINE_IDLE_SECONDS = 15 * MINUTE
 # a real site that is merely between jobs, while /status and /metrics stay under 100 kB however
 # many pods a scheduler went through.
 IDLE_LISTED = 128
+# Keeping up: the backlog is basecalled within this horizon at the last hour's pace, and the
+# files waiting for an engine grew by no more than a minute of basecalling. Ten minutes is a
+# few jobs of a real basecaller, so a run that keeps up holds only work in flight.
+DRAIN_HORIZON = 10 * MINUTE
+# A rate over less than this is mostly noise; a younger window is measured over what it saw.
+SHORTEST_SPAN = 10.0
 
 
 def run_phase(finished: bool, counts: dict[FileState, int]) -> RunPhase:
@@ -242,6 +248,7 @@ class Progress:
         "_engines",
         "_first_arrival",
         "_idle",
+        "_observed_since",
         "_sizes",
         "arrived",
         "arrived_long",
@@ -264,6 +271,8 @@ class Progress:
         self.arrived_long = RateRing(30 * MINUTE, 144)
         self.basecalled_long = RateRing(30 * MINUTE, 144)
         self._first_arrival: float | None = None
+        # Basecalling is measured from here: the start, or the oldest end found on disk.
+        self._observed_since = now
         self._engines: dict[str, EngineStats] = {}  # listed engines
         # Listed engines without a live job, least recently active first.
         self._idle: OrderedDict[str, None] = OrderedDict()
@@ -381,6 +390,22 @@ class Progress:
         """Start-up: a QUARANTINED_ folder waits for an operator."""
         self.problems.appendleft(Problem(jobid, engine, JobState.QUARANTINED, files, None))
 
+    def job_found_ended(self, engine: str, outcome: JobState, files: int, ended: float) -> None:
+        """Start-up: a DONE_, FAILED_ or QUARANTINED_ folder of ``files`` files, ended at
+        ``ended`` (by its clock, before now). Its engine's tallies and the basecalling rates
+        count it, so a restart does not start them from zero; bytes are not known per job
+        then, so byte rates count only what ends after the start. Fed oldest first: engines
+        idle for long are retired as they would have been."""
+        stats = self._engine(engine, ended)
+        stats.last_contact = max(stats.last_contact, ended)
+        stats.work.ended(outcome, files)
+        if outcome is JobState.DONE:
+            self.basecalled.add(ended, files, 0)
+            self.basecalled_long.add(ended, files, 0)
+            self._observed_since = min(self._observed_since, ended)
+        if not stats.current:
+            self._settle(stats, ended)
+
     def files_retried(self, sized: Iterable[tuple[str, int]]) -> None:
         """An operator sent quarantined files back: pending again, with these sizes."""
         for name, size in sized:
@@ -427,11 +452,13 @@ class Progress:
 
     def _window(self, now: float, minutes: int) -> WindowRates:
         """Rates over the last ``minutes`` minutes, or over less where the run is younger:
-        arrivals since the first one, basecalling since the manager and the first arrival."""
+        arrivals since the first one, basecalling since the first arrival and since the
+        manager started or the oldest basecalling found on disk."""
         span = self.arrived.covered(now, minutes)
         first = self._first_arrival
         arrived_span = span if first is None else min(span, now - first)
-        basecalled_origin = self.started if first is None else max(self.started, first)
+        since = self._observed_since
+        basecalled_origin = since if first is None else max(since, first)
         basecalled_span = min(span, now - basecalled_origin)
         return WindowRates(
             arrived=_per_minute(self.arrived.totals(now, minutes), arrived_span),
@@ -439,7 +466,14 @@ class Progress:
         )
 
     def drain(self, now: float, counts: dict[FileState, int]) -> Drain:
-        """The backlog and when it is gone, at the basecalling pace of the last hour."""
+        """The backlog, when it is gone at the basecalling pace of the last hour, and whether
+        files pile up waiting for an engine.
+
+        Arrivals minus basecalled files over the hour is the backlog's growth, and it counts
+        the work in the engines' hands: a run that keeps up but has ten files in flight grew
+        its backlog by ten since it started. That stock is taken off, so what remains is a
+        bound on how much the files waiting for an engine grew. Keeping up: that grew by no
+        more than a minute's basecalling, and the backlog is done within ``DRAIN_HORIZON``."""
         backlog = counts[FileState.PENDING] + counts[FileState.LEASED]
         hour = self._window(now, 60)
         pace = hour.basecalled.files_per_minute
@@ -449,12 +483,19 @@ class Progress:
             eta = round(backlog / pace * MINUTE, 1)
         else:
             eta = None
+        span = max(self.arrived.covered(now, 60), SHORTEST_SPAN) / MINUTE  # minutes
+        arrived, _ = self.arrived.totals(now, 60)
+        basecalled, _ = self.basecalled.totals(now, 60)
+        piled = arrived - basecalled - counts[FileState.LEASED]
+        if self._first_arrival is not None:
+            span = min(span, max(now - self._first_arrival, SHORTEST_SPAN) / MINUTE)
         return Drain(
             backlog_files=backlog,
             backlog_bytes=self._bytes[FileState.PENDING] + self._bytes[FileState.LEASED],
             eta_seconds=eta,
-            growth_files_per_minute=round(hour.arrived.files_per_minute - pace, 3),
-            keeping_up=counts[FileState.PENDING] == 0 or pace >= hour.arrived.files_per_minute,
+            growth_files_per_minute=round(piled / span, 3),
+            horizon_seconds=DRAIN_HORIZON,
+            keeping_up=backlog == 0 or (eta is not None and eta <= DRAIN_HORIZON and piled <= pace),
         )
 
     def history(self, now: float) -> History:
@@ -521,7 +562,7 @@ def _tallies(work: Tallies) -> dict[str, Any]:
 
 def _per_minute(totals: tuple[int, int], seconds: float) -> Rate:
     files, size = totals
-    scale = MINUTE / max(seconds, MINUTE)  # over less than a minute, a rate is mostly noise
+    scale = MINUTE / max(seconds, SHORTEST_SPAN)
     return Rate(files_per_minute=round(files * scale, 3), bytes_per_minute=round(size * scale, 1))
 
 

@@ -25,9 +25,10 @@ from pydantic import ValidationError
 from bcmanager import audit
 from bcmanager.folders import RunFolders
 from bcmanager.lock import RunLock
-from bcmanager.paths import RunPaths
+from bcmanager.paths import RunPaths, shown
 from bcmanager.serve import load_settings
 from bcmanager.settings import ClientSettings
+from bcmanager.urls import base_url
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,12 +41,18 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "an https manager), else on the folders directly. Recorded in INPUT_DIR/OPERATOR.log.",
     )
     parser.add_argument("files", nargs="*", help="raw file names (default: every quarantined)")
-    parser.add_argument("--input-dir", help="the run's INPUT_DIR (default: BCM_INPUT_DIR)")
-    parser.add_argument("--output-dir", help="the run's OUTPUT_DIR (default: BCM_OUTPUT_DIR)")
+    parser.add_argument(
+        "--input-dir", "--input", help="the run's INPUT_DIR (default: env BCM_INPUT_DIR)"
+    )
+    parser.add_argument(
+        "--output-dir", "--output", help="the run's OUTPUT_DIR (default: env BCM_OUTPUT_DIR)"
+    )
     parser.add_argument(
         "--url",
-        help="the running manager (default: http://127.0.0.1:BCM_PORT, or BCM_HOST when it is "
-        "not a wildcard address; https when BCM_TLS_CERTFILE is set)",
+        "--manager",
+        help="the running manager: HOST:PORT or a URL (default: http://127.0.0.1:BCM_PORT, or "
+        "BCM_HOST when it is not a wildcard address; https when BCM_TLS_CERTFILE is set; "
+        "BCM_PORT is 40765 when unset)",
     )
     parser.set_defaults(func=run_retry)
 
@@ -56,7 +63,7 @@ def run_retry(args: argparse.Namespace) -> int:
         return 2
     paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
     names = list(args.files) or None
-    if RunLock.holder(paths.lock_file) is None:
+    if all(RunLock.holder(lock) is None for lock in (paths.lock_file, paths.output_lock_file)):
         try:
             sent = RunFolders(paths).retry(None if names is None else set(names))
         except OSError as error:
@@ -76,12 +83,10 @@ def run_retry(args: argparse.Namespace) -> int:
             return 2
         print(f"{len(sent)} file(s) sent back; the next start of the manager offers them")
         for name in sent:
-            print(name)
+            print(shown(name))
         return 0
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    url = (args.url or f"{settings.scheme}://{host}:{settings.port}").rstrip("/")
-    if "://" not in url:
-        url = f"{settings.scheme}://{url}"
+    url = base_url(args.url or f"{host}:{settings.port}", scheme=settings.scheme)
     try:
         client = ClientSettings()
         verify = client.verify()
@@ -104,5 +109,5 @@ def run_retry(args: argparse.Namespace) -> int:
     sent = reply.json()["retried"]
     print(f"{len(sent)} quarantined file(s) pending again")
     for name in sent:
-        print(name)
+        print(shown(name))
     return 0

@@ -30,16 +30,40 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run the manager for one run folder",
         description="Run the manager. Settings come from BCM_* environment variables and .env; "
         "the options below override them.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--input-dir", help="folder the sequencer writes POD5 files into")
-    serve.add_argument("--output-dir", help="folder that receives pass/ and fail/ FASTQ")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 40765)")
+    serve.add_argument(
+        "--input-dir",
+        help="folder the sequencer writes POD5 files into (env BCM_INPUT_DIR; required)",
+    )
+    serve.add_argument(
+        "--output-dir",
+        help="folder that receives pass/ and fail/ FASTQ (env BCM_OUTPUT_DIR; required)",
+    )
+    serve.add_argument("--host", help="address to listen on (env BCM_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (env BCM_PORT, default 40765)")
     serve.set_defaults(func=run_serve)
     schema = subparsers.add_parser(
-        "openapi", help="print the service's OpenAPI schema (what openapi/openapi.json holds)"
+        "openapi",
+        help="print the service's OpenAPI schema (what openapi/openapi.json holds)",
+        description="Print the OpenAPI schema of the manager's HTTP API as JSON on stdout, "
+        "without starting it: `make openapi` writes it to openapi/openapi.json.",
     )
     schema.set_defaults(func=print_openapi)
+
+
+def settings_help() -> str:
+    """Every setting the manager reads, as its environment variable with its default, so
+    ``serve --help`` names them all (.env.example lists the same)."""
+    lines = ["settings (environment variables, or lines in .env):"]
+    for name, field in Settings.model_fields.items():
+        if field.is_required():
+            default = "required"
+        else:
+            default = "default: unset" if field.default is None else f"default {field.default}"
+        lines.append(f"  BCM_{name.upper():<24} {field.description} ({default})")
+    return "\n".join(lines)
 
 
 def load_settings(overrides: dict[str, Any]) -> Settings | None:

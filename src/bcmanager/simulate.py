@@ -1,8 +1,8 @@
 """Simulated sequencer and basecaller, so the whole flow runs without a flow cell or a GPU.
 
 Everything here writes and reads real POD5 files with the ``pod5`` package, because the
-manager's completeness rule (DESIGN.md, invariant 3) and the agents' basecaller command must meet
-the same bytes a sequencer writes.
+manager's completeness rule (docs/design.md, invariant 3) and the agents' basecaller command
+must meet the same bytes a sequencer writes.
 
 ``pod5.Writer`` creates its destination at once, empty, with hidden scratch files beside it, and
 fills it only on ``close()``. So files are built in a private scratch folder and their bytes are
@@ -347,7 +347,7 @@ def _fastq_record(read_id: str, samples: int, run_id: str, channel: int, number:
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "simulate",
-        help="SIMULATOR: a fake sequencer and basecaller writing real POD5 and FASTQ files",
+        help="a simulated sequencer and basecaller writing real POD5 and FASTQ files",
         description="Simulators for demos and tests; neither touches a flow cell or a GPU.",
     )
     simulators = parser.add_subparsers(dest="simulator", required=True, metavar="SIMULATOR")
@@ -358,7 +358,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 def _add_sequencer_command(simulators: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = simulators.add_parser(
         "sequencer",
-        help="SIMULATOR: write POD5 files into a folder over time, as MinKNOW does",
+        help="write POD5 files into a folder over time, as MinKNOW does",
         description="SIMULATOR, not MinKNOW: writes real POD5 files into OUTDIR one by one, each "
         "in place over --write-seconds (half-written under its final name meanwhile), then a "
         "final_summary_*.txt when sequencing stops.",
@@ -407,7 +407,7 @@ def _add_basecaller_command(
 ) -> None:
     parser = simulators.add_parser(
         "basecaller",
-        help="SIMULATOR: stand in for Dorado on one job folder",
+        help="stand in for Dorado on one job folder",
         description="SIMULATOR, not Dorado: writes one made-up FASTQ record per read of each POD5 "
         "file in INPUT into OUTPUT/pass/<stem>.fastq (or fail/), each file in one atomic rename.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

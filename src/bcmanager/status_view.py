@@ -23,6 +23,7 @@ from rich.text import Text
 
 from bcmanager.models import RunPhase, RunStatus
 from bcmanager.settings import ClientSettings
+from bcmanager.urls import base_url
 
 DEFAULT_URL = "http://127.0.0.1:40765"
 STATE_STYLES = {
@@ -43,17 +44,25 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser = subparsers.add_parser(
         "status",
         help="show a running manager's progress, rates, ETA and engines",
-        description="Show the run's picture from a running manager's /status.",
+        description="Show the run's picture from a running manager's /status. Sends "
+        "BCM_READ_TOKEN (else BCM_OPERATOR_TOKEN) when set; BCM_CA_FILE verifies an https "
+        "manager.",
     )
     parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"the manager's address (default {DEFAULT_URL})"
+        "--url",
+        "--manager",
+        default=DEFAULT_URL,
+        help="the manager's address: HOST:PORT, or a URL, even one ending in /status "
+        f"(default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--watch", action="store_true", help="refresh in place until Ctrl-C (default: once)"
     )
     parser.add_argument(
         "--ca-file",
         help="the CA that signed an https manager's certificate (default: BCM_CA_FILE, else "
         "the system's CAs)",
     )
-    parser.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
     parser.add_argument(
         "--interval", type=float, default=2.0, help="seconds between refreshes (default 2)"
     )
@@ -62,7 +71,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def run_status(args: argparse.Namespace) -> int:
     console = Console()
-    url = args.url.rstrip("/")
+    url = base_url(args.url)
     try:
         settings = ClientSettings(**({"ca_file": args.ca_file} if args.ca_file else {}))
         verify = settings.verify()
@@ -131,7 +140,12 @@ def render(status: RunStatus) -> RenderableType:
 
 def _header(status: RunStatus) -> Text:
     title = Text.assemble(("bcmanager ", "bold"), (status.input_dir, "dim"), "  ")
-    title.append(f" {status.phase.value} ", style=PHASE_STYLES[status.phase])
+    if status.phase is RunPhase.COMPLETE and status.files.failed:
+        # Not green: files were set aside and need an operator.
+        label = f" complete, {status.files.failed} quarantined "
+        title.append(label, style="bold black on yellow")
+    else:
+        title.append(f" {status.phase.value} ", style=PHASE_STYLES[status.phase])
     if not status.ready:
         title.append("  scanning…", style="yellow")
     elif status.phase is not RunPhase.COMPLETE:
@@ -187,6 +201,12 @@ def _states_and_rates(status: RunStatus) -> Table:
 
 def _outlook(status: RunStatus) -> Text:
     drain = status.drain
+    if status.phase is RunPhase.COMPLETE and status.files.failed:
+        return Text(
+            f"Basecalling complete; {plural_files(status.files.failed)} quarantined: "
+            "`bcmanager retry` sends them back.",
+            style="bold yellow",
+        )
     if status.phase is RunPhase.COMPLETE:
         return Text("Basecalling complete.", style="bold green")
     label = (
@@ -195,7 +215,7 @@ def _outlook(status: RunStatus) -> Text:
     eta = "-" if drain.eta_seconds is None else human_duration(drain.eta_seconds)
     text = Text.assemble(f"{label} ", (eta, "bold"))
     text.append(f"  ({plural_files(drain.backlog_files)}, {human_bytes(drain.backlog_bytes)} to go")
-    if status.phase is RunPhase.SEQUENCING and drain.growth_files_per_minute > 0:
+    if not drain.keeping_up and drain.growth_files_per_minute > 0:
         text.append(f"; growing by {_rate(drain.growth_files_per_minute)} files/min")
     text.append(")")
     return text

@@ -67,7 +67,11 @@ function cell(row, text, className = "", title = "") {
 
 function renderHeader(s) {
   $("run-dir").textContent = s.input_dir;
-  const [label, tone] = PHASES[s.phase] || [s.phase, ""];
+  let [label, tone] = PHASES[s.phase] || [s.phase, ""];
+  if (s.phase === "complete" && s.files.failed > 0) {
+    // Not green: files were set aside and need an operator (`bcmanager retry`).
+    [label, tone] = [`Complete, ${s.files.failed} quarantined`, "partial"];
+  }
   const phase = $("phase");
   phase.textContent = s.ready ? label : "Scanning…";
   phase.className = `badge ${tone}`;
@@ -122,7 +126,7 @@ function renderRates(s) {
   }
   let detail = `${files(drain.backlog_files)} (${bytes(drain.backlog_bytes)}) to go`;
   if (drain.eta_seconds === null && drain.backlog_files) detail += ", none basecalled lately";
-  if (!finished && drain.growth_files_per_minute > 0) {
+  if (!drain.keeping_up && drain.growth_files_per_minute > 0) {
     detail += `; growing by ${perMinute(drain.growth_files_per_minute)}/min`;
   }
   $("eta-detail").textContent = detail;
