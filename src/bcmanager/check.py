@@ -36,6 +36,7 @@ from bcmanager.lock import RunLock
 from bcmanager.paths import (
     FAILED_KINDS,
     INPUT_KINDS,
+    RAW_SUFFIX,
     FolderKind,
     JobFolderName,
     RunPaths,
@@ -164,7 +165,16 @@ def inspect(paths: RunPaths) -> Report:
     input_folders = _inspect_input_folders(report, listing.job_folders)
     holders = _inspect_links(report, input_folders, raw)
     _inspect_output_folders(report, input_folders)
-    stems = _inspect_fastq(report, {raw_stem(name) for name in raw})
+    # A merged FASTQ stands for a raw file only if its job's DONE_ folder holds that file: the
+    # name was the engine's choice.
+    known = frozenset(f.jobid for f in input_folders if f.kind is not FolderKind.ASSIGNED)
+    held = {
+        (folder.jobid, name)
+        for name, folders in holders.items()
+        for folder in folders
+        if folder.kind is FolderKind.DONE
+    }
+    stems = _inspect_fastq(report, {raw_stem(name) for name in raw}, known, held)
     _count_files(report, raw, holders, stems)
     return report
 
@@ -313,10 +323,13 @@ def _inspect_output_folders(report: Report, found: list[JobFolderName]) -> None:
             )
 
 
-def _inspect_fastq(report: Report, raw_stems: set[str]) -> set[str]:
+def _inspect_fastq(
+    report: Report, raw_stems: set[str], known: frozenset[str], held: set[tuple[str, str]]
+) -> set[str]:
     """Stems with FASTQ in pass/ or fail/. A raw file whose FASTQ came from two jobs, or twice
     into one folder, was basecalled twice. FASTQ named otherwise (one file per batch, as Dorado
-    writes with --emit-fastq) stands for no raw file and is only counted."""
+    writes with --emit-fastq), or merged from a ``known`` job that did not hold the raw file it
+    is named after, stands for no raw file and is only counted."""
     by_stem: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
     for sub, name in scan.fastq_files(report.paths.output_dir):
         report.fastq[sub] = report.fastq.get(sub, 0) + 1
@@ -325,19 +338,30 @@ def _inspect_fastq(report: Report, raw_stems: set[str]) -> set[str]:
             report.add(Severity.NOTE, path, f"{UNDECODABLE}: stands for no raw file")
             continue
         parsed = parse_fastq_name(name)
-        if parsed is not None:
-            by_stem[parsed.stem].append((sub, name, parsed.jobid))
+        if parsed is None:
+            continue
+        raw = parsed.stem + RAW_SUFFIX
+        if parsed.jobid in known and (parsed.jobid, raw) not in held:
+            path = report.paths.output_dir / sub / name
+            report.add(
+                Severity.NOTE,
+                path,
+                f"named after {shown(raw)}, which job {parsed.jobid} did not hold: its engine "
+                "chose the name; it stands for no raw file",
+            )
+            continue
+        by_stem[parsed.stem].append((sub, name, parsed.jobid))
     for stem, found in by_stem.items():
         if stem not in raw_stems:
             continue
         jobs = {jobid for _, _, jobid in found}
         subs = [sub for sub, _, _ in found]
         if len(jobs) > 1 or len(subs) != len(set(subs)):
-            shown = sorted(f"{sub}/{name}" for sub, name, _ in found)
+            merged = sorted(f"{sub}/{name}" for sub, name, _ in found)
             report.add(
                 Severity.BROKEN,
-                report.paths.output_dir / shown[0],
-                f"raw file {stem} was basecalled twice: {shown}",
+                report.paths.output_dir / merged[0],
+                f"raw file {stem} was basecalled twice: {merged}",
             )
     return set(by_stem)
 

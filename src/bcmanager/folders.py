@@ -246,8 +246,7 @@ class RunFolders:
             self.ops.fsync(building)
             self.ops.mkdir(output)
             self.ops.fsync(self.paths.output_dir)
-            _rename_new(self.ops, building, final)
-            self.ops.fsync(self.paths.input_dir)
+            self._commit(building, final)
         except OSError:
             self._finish(jobid, engine, Tail.DISCARD)
             raise
@@ -312,8 +311,21 @@ class RunFolders:
         self._finish(jobid, engine, tail)
 
     def _commit(self, source: Path, destination: Path) -> None:
+        """The commit rename, made durable. If the fsync fails, the rename is undone and the
+        error raised, so that the caller's "nothing changed" holds; if even the undo fails,
+        the change stands (the caller records it) and only its durability is in doubt."""
         _rename_new(self.ops, source, destination)
-        self.ops.fsync(self.paths.input_dir)
+        try:
+            self.ops.fsync(self.paths.input_dir)
+        except OSError as error:
+            try:
+                self.ops.rename(destination, source)
+            except OSError:
+                log.error(
+                    "%s: renamed, but neither made durable (%s) nor undone", destination, error
+                )
+                return
+            raise
 
     def finish_tails(self) -> list[str]:
         """Retry the tails that failed; one line per job finished now."""
@@ -466,7 +478,8 @@ class RunFolders:
             )
         # Set operations, in C: most of a big run's FASTQ belongs to files that its DONE_
         # folders record already, and then no raw name needs looking up.
-        with_fastq = scan.raw_names_with_fastq(self.paths.output_dir)
+        known = frozenset(folder.jobid for folder, _ in found.ended)
+        with_fastq = scan.raw_names_with_fastq(self.paths.output_dir, known)
         with_fastq.difference_update(*(files for _, files in found.ended))
         if with_fastq:
             found.done_by_fastq = list(with_fastq.intersection(listing.raw))
@@ -504,7 +517,10 @@ class RunFolders:
         files = raw_names_among(scan.names_in(self.paths.input_dir / name))
         jobid, engine = folder.jobid, folder.engine
         if folder.kind is FolderKind.ASSIGNED:
-            found.assigned.append((folder, scan.oldest_first(self.paths.input_dir, files)))
+            # Oldest first; a file deleted since it was leased stays the engine's all the same.
+            ordered = scan.oldest_first(self.paths.input_dir, files)
+            ordered += sorted(set(files).difference(ordered))
+            found.assigned.append((folder, ordered))
             if not running:
                 output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
                 self.ops.mkdir(output)

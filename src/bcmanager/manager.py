@@ -49,6 +49,7 @@ from bcmanager.paths import FolderKind, RunPaths, job_folder
 from bcmanager.progress import Progress, run_phase
 from bcmanager.settings import Settings
 from bcmanager.state import (
+    FILES_AFTER,
     Completion,
     FileState,
     Job,
@@ -349,6 +350,8 @@ class Manager:
             if benched is not None:
                 self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)
         self._event(_ENDINGS[outcome], job, reason)
+        if FILES_AFTER[outcome] is FileState.PENDING:
+            self._vanished(job.files)  # deleted while leased: missing, not pending
         self._announce_complete()
 
     def _event(self, event: str, job: Job, reason: str | None = None) -> None:

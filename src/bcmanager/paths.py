@@ -263,11 +263,15 @@ def parse_fastq_name(name: str) -> FastqName | None:
     return FastqName(match["stem"], match["jobid"])
 
 
-def fastq_raw_stem(name: str) -> str | None:
-    """The raw file stem a FASTQ in pass/ or fail/ stands for, with or without job_id_ prefix.
-    No object made: a start-up reads every FASTQ name of a run."""
+def fastq_raw_stem(name: str, skip_jobids: frozenset[str] = frozenset()) -> str | None:
+    """The raw file stem a FASTQ in pass/ or fail/ stands for, with or without job_id_ prefix;
+    None for a FASTQ merged from one of ``skip_jobids`` (jobs whose DONE_ folder says which raw
+    files they hold: a name their engine chose proves nothing). No object made: a start-up
+    reads every FASTQ name of a run."""
     match = _FASTQ_NAME.fullmatch(name)
-    return (match["stem"] or None) if match else None
+    if match is None or (skip_jobids and match["jobid"] in skip_jobids):
+        return None
+    return match["stem"] or None
 
 
 def raw_stem(name: str) -> str:

@@ -255,13 +255,13 @@ def fastq_files(output_dir: Path) -> list[tuple[str, str]]:
     return found
 
 
-def raw_names_with_fastq(output_dir: Path) -> set[str]:
-    """Raw file names whose stem already has FASTQ in pass/ or fail/ (made by us or by other
-    means)."""
+def raw_names_with_fastq(output_dir: Path, known_jobs: frozenset[str]) -> set[str]:
+    """Raw file names whose stem already has FASTQ in pass/ or fail/, made by other means or by
+    jobs not in ``known_jobs`` (whose DONE_ folders record their files themselves)."""
     found: set[str] = set()
     for _, names in _pass_and_fail(output_dir):
         for name in names:
-            stem = fastq_raw_stem(name)
+            stem = fastq_raw_stem(name, known_jobs)
             if stem is not None:
                 found.add(stem + RAW_SUFFIX)
     return found

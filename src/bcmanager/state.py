@@ -237,8 +237,10 @@ class RunState:
     def pending(self) -> list[str]:
         """The queue as it stands, oldest first (a copy: safe to read from a scanning thread,
         as the copy is made in C, holding the interpreter lock). It may name files that left
-        the queue since: callers check each name's state."""
-        return list(self._pending)
+        the queue since: callers check each name's state. Failed files waiting for a retry
+        come first."""
+        retries = [name for group in list(self._retries) for name in group.files]
+        return retries + list(self._pending)
 
     def observe(self, name: str, complete: bool) -> FileState | None:
         """A scan or a watch event saw raw file ``name``; returns its new state if it changed.
