@@ -150,7 +150,7 @@ class Engine(threading.Thread):
         stop: threading.Event,
         tally: Tally,
         scratch: Path,
-    ):
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.run_, self.ledger, self.url = run, ledger, server.url
         self.rng, self.stop, self.tally, self.scratch = random.Random(seed), stop, tally, scratch
@@ -436,7 +436,8 @@ def operate(
                 run.add_undecodable(b"raw_\xff\xfe_%d.pod5" % number)
                 tally.add(deed)
                 continue
-            kept = sorted(set(run.reads) - run.deleted - run.never_offered)
+            # Not the files hostile jobs name their FASTQ after: they must stay for that to bite.
+            kept = sorted(set(run.reads) - run.deleted - run.never_offered - set(FIRST_RAW_FILES))
             held, aim = job_folders(run.input_dir)[0], next(aims)
             aimed = [
                 name
