@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -26,7 +27,25 @@ class AlreadyManaged(RuntimeError):
     """Another manager holds this INPUT_DIR or OUTPUT_DIR."""
 
 
-class RunLock:
+class _Released(ABC):
+    """``with`` releases what it holds, however the block ends."""
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class RunLock(_Released):
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd = fd
@@ -75,19 +94,8 @@ class RunLock:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.release()
-
-
-class RunLocks:
+class RunLocks(_Released):
     """The locks of INPUT_DIR and OUTPUT_DIR, held together and released together."""
 
     def __init__(self, input_lock: RunLock, output_lock: RunLock) -> None:
@@ -97,17 +105,6 @@ class RunLocks:
     def release(self) -> None:
         self.output_lock.release()
         self.input_lock.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 def hold_run(paths: RunPaths, address: str) -> RunLocks:
