@@ -41,7 +41,8 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import chain, count
@@ -123,58 +124,37 @@ def _rename_aside(ops: DiskOps, source: Path, wanted: Path) -> Path:
 def _is_real_folder(path: Path) -> bool:
     """A folder, and not a symlink to one: what an engine made a symlink is never entered."""
     try:
-        return os.lstat(path).st_mode & 0o170000 == 0o040000
+        return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class Move:
-    """One file of a job's output and its final place in pass/ or fail/."""
-
-    source: Path
-    target: Path
-
-
-@dataclass(slots=True)
-class OutputPlan:
-    """What the merge of one output folder moves, and what it leaves with the logs."""
-
-    moves: list[Move] = field(default_factory=list)
-    reads: int = 0  # reads files among the moves (index files travel with them)
-    refused: list[str] = field(default_factory=list)  # entries never entered or moved
-
-
-def plan_output(output: Path, jobid: str, paths: RunPaths) -> OutputPlan:
-    """Walk a job's output folder without following a symlink: regular files named like reads
-    go to ``<pass|fail>/[<barcode>/]job_id_<jobid>_<name>``; symlinks and special files are
-    refused (left with the logs, reported); other files are logs."""
-    plan = OutputPlan()
+def output_entries(output: Path) -> Iterator[tuple[Path, tuple[str, ...], str | None]]:
+    """Each entry of a job's output folder but its real folders, walked without following a
+    symlink: (path, its parts inside the folder, None for a regular file or why it is refused).
+    One folder's names are listed before its entries are yielded, so a merge that moves them
+    away does not disturb the listing; nothing is kept per file (an engine decides how many)."""
     if not _is_real_folder(output):
         if os.path.lexists(output):
-            plan.refused.append(f"{output.name} is not a real folder")
-        return plan
+            yield output, (), "is not a real folder"
+        return
     stack: list[tuple[Path, tuple[str, ...]]] = [(output, ())]
     while stack:
         folder, parts = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                inner = (*parts, entry.name)
-                if entry.is_symlink():
-                    plan.refused.append(f"{'/'.join(inner)} is a symlink")
-                elif entry.is_dir(follow_symlinks=False):
-                    stack.append((Path(entry.path), inner))
-                elif not entry.is_file(follow_symlinks=False):
-                    plan.refused.append(f"{'/'.join(inner)} is not a regular file")
-                elif (where := merge_target(inner)) is not None:
-                    verdict, barcode = where
-                    target = paths.output_dir / verdict
-                    if barcode is not None:
-                        target = target / barcode
-                    name = final_fastq_name(jobid, entry.name)
-                    plan.moves.append(Move(Path(entry.path), target / name))
-                    plan.reads += is_reads_name(entry.name)
-    return plan
+        for name in os.listdir(folder):
+            path, inner = folder / name, (*parts, name)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(mode):
+                yield path, inner, "is a symlink"
+            elif stat.S_ISDIR(mode):
+                stack.append((path, inner))
+            elif not stat.S_ISREG(mode):
+                yield path, inner, "is not a regular file"
+            else:
+                yield path, inner, None
 
 
 class Tail(str, Enum):
@@ -254,9 +234,13 @@ class RunFolders:
     # -- end of a job -----------------------------------------------------------------------
 
     def has_reads(self, jobid: str, engine: str) -> bool:
-        """Whether the job's output folder holds a reads file the merge would move."""
+        """Whether the job's output folder holds a reads file the merge would move (the walk
+        stops at the first)."""
         output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
-        return plan_output(output, jobid, self.paths).reads > 0
+        return any(
+            refused is None and is_reads_name(parts[-1]) and merge_target(parts) is not None
+            for _, parts, refused in output_entries(output)
+        )
 
     def commit_done(self, jobid: str, engine: str) -> None:
         """Commit with the DONE_ rename (raises if that fails), then merge the output.
@@ -391,20 +375,30 @@ class RunFolders:
 
     def _merge(self, output: Path, jobid: str) -> list[str]:
         """Move a done job's reads files into pass/ and fail/; returns what was left and why."""
-        plan = plan_output(output, jobid, self.paths)
-        notes = [f"left with the logs: {entry}" for entry in plan.refused]
+        notes: list[str] = []
         touched: set[Path] = set()
-        for move in plan.moves:
-            if os.path.lexists(move.target):
+        for source, parts, refused in output_entries(output):
+            inside = "/".join(parts) or output.name
+            where = merge_target(parts) if refused is None else None
+            if refused is not None:
+                notes.append(f"left with the logs: {inside} {refused}")
+            if where is None:
+                continue
+            verdict, barcode = where
+            folder = self.paths.output_dir / verdict
+            if barcode is not None:
+                folder = folder / barcode
+            target = folder / final_fastq_name(jobid, parts[-1])
+            if os.path.lexists(target):
                 notes.append(
-                    f"left with the logs: {move.source.relative_to(output)}, as "
-                    f"{move.target.relative_to(self.paths.output_dir)} exists already"
+                    f"left with the logs: {inside}, as "
+                    f"{target.relative_to(self.paths.output_dir)} exists already"
                 )
                 continue
-            if move.target.parent not in touched and not move.target.parent.is_dir():
-                self.ops.mkdir(move.target.parent)
-            self._move(move.source, move.target)
-            touched.add(move.target.parent)
+            if folder not in touched and not folder.is_dir():
+                self.ops.mkdir(folder)
+            self._move(source, target)
+            touched.add(folder)
         for folder in touched:
             self.ops.fsync(folder)
         for note in notes:
