@@ -204,6 +204,17 @@ function renderChart(series) {
   svg.replaceChildren(...parts);
 }
 
+// The work columns, the same for an engine's row and the retired engines' sum.
+function tallyCells(row, work) {
+  cell(row, count(work.jobs_done), "num");
+  cell(row, count(work.files_done), "num");
+  const mean = work.mean_seconds_per_file;
+  cell(row, mean === null ? "–" : mean.toFixed(1), "num");
+  cell(row, count(work.jobs_failed), work.jobs_failed ? "num bad" : "num");
+  cell(row, count(work.jobs_expired), work.jobs_expired ? "num warn" : "num");
+  cell(row, count(work.jobs_released), "num");
+}
+
 function renderEngines(s) {
   const body = $("engines").tBodies[0];
   body.replaceChildren();
@@ -213,13 +224,7 @@ function renderEngines(s) {
     const jobs = engine.current_jobs;
     cell(row, jobs.length ? jobs.map(shortId).join(", ") : "idle", jobs.length ? "mono" : "dim",
       jobs.join(", "));
-    cell(row, count(engine.jobs_done), "num");
-    cell(row, count(engine.files_done), "num");
-    const mean = engine.mean_seconds_per_file;
-    cell(row, mean === null ? "–" : mean.toFixed(1), "num");
-    cell(row, count(engine.jobs_failed), engine.jobs_failed ? "num bad" : "num");
-    cell(row, count(engine.jobs_expired), engine.jobs_expired ? "num warn" : "num");
-    cell(row, count(engine.jobs_released), "num");
+    tallyCells(row, engine);
     const silent = engine.seconds_since_contact;
     cell(row, ago(silent), jobs.length && silent > 60 ? "num warn" : "num");
   }
@@ -232,13 +237,7 @@ function renderEngines(s) {
     row.className = "retired";
     cell(row, `${count(retired.engines)} retired`, "dim");
     cell(row, "–", "dim");
-    cell(row, count(retired.jobs_done), "num");
-    cell(row, count(retired.files_done), "num");
-    const mean = retired.mean_seconds_per_file;
-    cell(row, mean === null ? "–" : mean.toFixed(1), "num");
-    cell(row, count(retired.jobs_failed), retired.jobs_failed ? "num bad" : "num");
-    cell(row, count(retired.jobs_expired), retired.jobs_expired ? "num warn" : "num");
-    cell(row, count(retired.jobs_released), "num");
+    tallyCells(row, retired);
     cell(row, "–", "num dim");
     note.textContent = `Retired: engines idle for ${duration(retired.idle_seconds)}, or beyond ` +
       `the ${count(retired.idle_listed)} idle ones active last; their work is summed in one row.`;
