@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -177,6 +177,23 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def simulated_agent(
+    url: str, engine: str, log: IO[bytes], *, seconds_per_read: float, poll: float
+) -> subprocess.Popen[bytes]:
+    """A real ``bcmanager agent`` process basecalling with the simulated basecaller."""
+    basecaller = f"{sys.executable} -m bcmanager simulate basecaller"
+    command = f"{basecaller} --seconds-per-read {seconds_per_read} {{input_dir}} {{output_dir}}"
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "bcmanager", "agent"),
+            *("--manager", url, "--engine-id", engine),
+            *("--command", command, "--poll-interval", str(poll)),
+        ],
+        stdout=log,
+        stderr=log,
+    )
 
 
 def free_port() -> int:

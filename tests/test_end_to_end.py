@@ -16,7 +16,7 @@ import httpx
 import pod5
 import pytest
 
-from conftest import Run, Server, free_port, wait_for
+from conftest import Run, Server, free_port, simulated_agent, wait_for
 
 BCM = [sys.executable, "-m", "bcmanager"]
 
@@ -75,26 +75,10 @@ def test_every_read_once_with_an_agent_killed_mid_run(
         stderr=log,
     )
     processes.append(sequencer)
-    basecaller = f"{sys.executable} -m bcmanager simulate basecaller --seconds-per-read 0.2"
     agents = {}
     for number in range(3):
         engine = f"gpu-{number}"
-        agents[engine] = subprocess.Popen(
-            [
-                *BCM,
-                "agent",
-                "--manager",
-                server.url,
-                "--engine-id",
-                engine,
-                "--command",
-                basecaller + " {input_dir} {output_dir}",
-                "--poll-interval",
-                "0.2",
-            ],
-            stdout=log,
-            stderr=log,
-        )
+        agents[engine] = simulated_agent(server.url, engine, log, seconds_per_read=0.2, poll=0.2)
         processes.append(agents[engine])
 
     def gpu0_holds_a_job() -> bool:

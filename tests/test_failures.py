@@ -22,10 +22,9 @@ import pytest
 
 from bcmanager.benching import Benching
 from bcmanager.manager import Manager
-from conftest import Clock, Run, Server, serving, wait_for
+from conftest import Clock, Run, Server, serving, simulated_agent, wait_for
 
 BCM = [sys.executable, "-m", "bcmanager"]
-BASECALLER = f"{sys.executable} -m bcmanager simulate basecaller --seconds-per-read 0.01"
 
 
 def break_inside(path: Path) -> None:
@@ -52,22 +51,7 @@ def agents(run: Run, tmp_path: Path) -> Iterator[Callable[[Server, str], subproc
 
     def start(server: Server, engine: str) -> subprocess.Popen[bytes]:
         log = (tmp_path / f"agent-{engine}.log").open("ab")
-        process = subprocess.Popen(
-            [
-                *BCM,
-                "agent",
-                "--manager",
-                server.url,
-                "--engine-id",
-                engine,
-                "--command",
-                BASECALLER + " {input_dir} {output_dir}",
-                "--poll-interval",
-                "0.1",
-            ],
-            stdout=log,
-            stderr=log,
-        )
+        process = simulated_agent(server.url, engine, log, seconds_per_read=0.01, poll=0.1)
         started.append(process)
         return process
 
