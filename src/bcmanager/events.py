@@ -15,7 +15,7 @@ left it, with its files, for a batch is what its consumers count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # state.py makes these records: it imports this module, not the reverse
     from bcmanager.scan import AttemptRecord
@@ -121,10 +121,11 @@ Event = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
+class Facts(NamedTuple):
     """What the manager learned on disk with a change, which the state machine neither needs
-    nor keeps. Each consumer reads the fields of its event's kind; the others stay unset."""
+    nor keeps. Each consumer reads the fields of its event's kind; the others stay unset. A
+    tuple, not a dataclass: one is made per file a scan sees, a million at a start-up, and a
+    tuple is made in half the time."""
 
     size: int = 0  # FileSeen: the file's bytes now
     # Monotonic seconds, when this is not now. FileSeen: when the file was last written, so a

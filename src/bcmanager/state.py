@@ -273,14 +273,14 @@ class RunState:
         reported too: its size grew); a file with a place (pending, leased, done, failed)
         keeps it, and None says so."""
         current = self._files.get(name)
-        if current not in (None, FileState.WAITING, FileState.MISSING):
-            return None
-        new = FileState.PENDING if complete else FileState.WAITING
-        if new is not current:
-            self._move(name, new)
-            if new is FileState.PENDING:
-                self._pending.append(name)
-        return FileSeen(name, current, new)
+        if current is None or current is FileState.MISSING or current is FileState.WAITING:
+            new = FileState.PENDING if complete else FileState.WAITING
+            if new is not current:
+                self._move(name, new)
+                if complete:
+                    self._pending.append(name)
+            return FileSeen(name, current, new)
+        return None
 
     def vanish(self, name: str) -> FileMissing | None:
         """A waiting or pending file is gone from INPUT_DIR: it is MISSING, never leased as a
