@@ -28,6 +28,13 @@ RAW_SUFFIX = ".pod5"
 # exit code, signal, run time and the tail of stderr, as JSON (docs/reliability.md). Kept with
 # the logs, so a FAILEDOUTPUT_ folder says why its job failed.
 ATTEMPT_FILE = "bcm-attempt.json"
+# What the agent writes at the top of a DONE job's output folder: the reads, bases, length and
+# Q-score histograms of its reads files (docs/report.md). Kept with the logs, so a run's yield
+# can be rebuilt from its LOGOUTPUT_ folders.
+STATS_FILE = "bcm-stats.json"
+# The run's report, written into its output folder when it completes.
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
 PASS = "pass"
 FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"
