@@ -421,6 +421,9 @@ class RunYieldStatus(BaseModel):
         description="The reads of barcodes beyond the first 512 seen, in one sum; null: none."
     )
     basecallers: list[BasecallerUse] = Field(description="Most used first.")
+    basecallers_not_listed: int = Field(
+        description="Jobs of basecallers (name, version, model) beyond the first 16 seen."
+    )
     models: list[Shown] = Field(description="The distinct basecaller models seen.")
     mixed_models: bool = Field(
         description="True: the run's reads come from more than one basecaller model."

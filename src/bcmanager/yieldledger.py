@@ -440,6 +440,7 @@ class RunYield:
                     self.basecallers.items(), key=lambda item: -item[1]
                 )
             ],
+            basecallers_not_listed=self.more_basecallers,
             models=models,
             mixed_models=len(models) > 1,
             engines=[
