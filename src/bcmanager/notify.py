@@ -116,7 +116,7 @@ class Notifier:
         try:
             body = {**_clean(facts), "event": kind.value, "text": _one_line(text)}
             data = json.dumps(body, default=str).encode()
-        except (TypeError, ValueError) as error:  # a fact that cannot be JSON: a bug, logged
+        except (TypeError, ValueError, RecursionError) as error:  # a bug of the caller: logged
             log.error("notifications: cannot send %s: %s", kind.value, error)
             return
         try:

@@ -256,6 +256,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     parts.append(_histogram_chart(out.q_histogram, "mean Q", str, None))
     parts.append("<h2>Barcodes</h2>")
     parts.append(_barcode_chart(out))
+    parts.append('<p class="sub">Reads that passed in blue, those that failed in orange.</p>')
     rows = [
         (
             barcode.barcode if barcode.barcode is not None else "no barcode",
