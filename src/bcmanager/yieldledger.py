@@ -606,10 +606,10 @@ def rebuild_yield(log_folders: Iterable[Path]) -> RunYield:
     """A run's ledger from the output folders its DONE jobs left (``LOGOUTPUT_<jobid>_<engine>``,
     where the agent's statistics and attempt record stay): each job is dated by its folder's
     status-change time, the rename that ended it. Reads one small file or two per job: run it
-    in a worker thread."""
+    in a worker thread. ``scan.list_output`` names a run's LOGOUTPUT_ folders."""
     ledger = RunYield()
     for folder in log_folders:
-        parsed = parse_job_folder(folder.name.rsplit(".~", 1)[0])
+        parsed = parse_job_folder(folder.name)
         job, engine = (
             (parsed.jobid, parsed.engine)
             if parsed is not None and parsed.kind is FolderKind.LOGOUTPUT
