@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
+from test_page import OFFLINE_ARGS, chromium
 
 from bcmanager.paths import REPORT_HTML, REPORT_JSON
 from bcmanager.report import Quarantined, build_report, render_html, write_report
@@ -179,3 +181,31 @@ def test_both_files_are_written_whole(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == [REPORT_HTML, REPORT_JSON]
     # The page can be drawn again from report.json alone (as `bcmanager report` would).
     assert render_html(json.loads(json_path.read_text())) == html_path.read_text()
+
+
+def test_the_page_shows_in_a_browser_with_no_network(tmp_path: Path) -> None:
+    """Opened from disk in headless Chromium with every request but loopback failing: the charts
+    are drawn, the figures shown, nothing hostile runs and nothing is reported broken."""
+    reads = known_reads(3000, seed=15, barcodes=BARCODES)
+    ledger = ledger_of([reads[:1000], reads[1000:2000]])
+    ledger.add(
+        JobStats.model_validate(job_stats(reads[2000:], model="dna_r10.4.1_e8.2_400bps_sup@v5")),
+        T0 + 7200,
+    )
+    report = report_of(ledger, {"a.pod5": 3000}, quarantined=[Quarantined(HOSTILE, HOSTILE)])
+    _, html_path = write_report(tmp_path, report)
+    driver = chromium(*OFFLINE_ARGS)
+    try:
+        driver.get(html_path.as_uri())
+        shown = driver.find_element(By.ID, "headline").text
+        assert f"{3000:,}" in shown and "mean Q" in shown
+        assert "2 models" in driver.find_element(By.ID, "warnings").text
+        for chart in ("yield-chart", "read-length-chart", "mean-Q-chart", "barcode-chart"):
+            bars = driver.find_elements(By.CSS_SELECTOR, f"#{chart} rect")
+            assert bars and all(bar.size["width"] > 0 for bar in bars[:5]), chart
+        assert HOSTILE in driver.find_element(By.ID, "quarantined").text
+        assert driver.execute_script("return document.scripts.length") == 0
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        driver.quit()
