@@ -346,3 +346,12 @@ def test_rebuilt_from_the_log_folders_after_a_restart(tmp_path: Path) -> None:
     series = status.yield_over_time
     assert series.start == math.floor(first_ended / HOUR) * HOUR
     assert sum(series.bases) == status.bases
+
+
+def test_an_engines_throughput_counts_only_its_timed_jobs() -> None:
+    ledger = RunYield()
+    ledger.add(stats([Read(3000, 20.0)]), T0, engine="gpu1", busy_seconds=60.0)
+    ledger.add(stats([Read(5000, 20.0)]), T0, engine="gpu1")
+    (engine,) = ledger.status().engines
+    assert (engine.jobs, engine.bases, engine.busy_seconds) == (2, 8000, 60.0)
+    assert engine.bases_per_hour == 3000 * 60

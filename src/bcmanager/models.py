@@ -386,7 +386,9 @@ class EngineYield(BaseModel):
     reads: int
     bases: int
     busy_seconds: float = Field(description="Time its basecaller ran, over the timed jobs.")
-    bases_per_hour: float | None = Field(description="bases / busy time; null: no timed job.")
+    bases_per_hour: float | None = Field(
+        description="Bases of the timed jobs per hour of their time; null: no timed job."
+    )
 
 
 class RunYieldStatus(BaseModel):

@@ -282,11 +282,13 @@ class Split:
 
 @dataclass(slots=True)
 class EngineTally:
+    """An engine's jobs, and the time its basecaller ran over the jobs whose time is known."""
+
     jobs: int = 0
     reads: int = 0
     bases: int = 0
     busy_seconds: float = 0.0
-    timed_jobs: int = 0
+    timed_bases: int = 0  # the bases of the jobs in busy_seconds: throughput is their ratio
 
 
 class RunYield:
@@ -357,7 +359,7 @@ class RunYield:
             tally.bases += job.bases
             if busy_seconds is not None:
                 tally.busy_seconds += busy_seconds
-                tally.timed_jobs += 1
+                tally.timed_bases += job.bases
         unread = [entry for entry in stats.files if entry.error is not None]
         self.files_unreadable += len(unread)
         for entry in unread[:PROBLEMS_KEPT]:
@@ -450,7 +452,7 @@ class RunYield:
                     reads=tally.reads,
                     bases=tally.bases,
                     busy_seconds=round(tally.busy_seconds, 1),
-                    bases_per_hour=round(tally.bases * HOUR / tally.busy_seconds, 1)
+                    bases_per_hour=round(tally.timed_bases * HOUR / tally.busy_seconds, 1)
                     if tally.busy_seconds > 0
                     else None,
                 )
@@ -496,7 +498,7 @@ class RunYield:
             "basecallers": [[*caller, jobs] for caller, jobs in self.basecallers.items()],
             "more_basecallers": self.more_basecallers,
             "engines": [
-                [engine, t.jobs, t.reads, t.bases, t.busy_seconds, t.timed_jobs]
+                [engine, t.jobs, t.reads, t.bases, t.busy_seconds, t.timed_bases]
                 for engine, t in self.engines.items()
             ],
             "problems": list(self.problems),
@@ -589,15 +591,19 @@ def read_job_stats(path: Path) -> JobStats | str:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return f"{path.name} is not a regular file"
-        data = os.read(fd, STATS_MAX + 1)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= STATS_MAX and (chunk := os.read(fd, STATS_MAX + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as error:
         return _one_line(f"{path.name} cannot be read: {error.strerror or error}")
     finally:
         os.close(fd)
-    if len(data) > STATS_MAX:
+    if size > STATS_MAX:
         return f"{path.name} is larger than {STATS_MAX // 1024} KiB"
     try:
-        return JobStats.model_validate_json(data)
+        return JobStats.model_validate_json(b"".join(chunks))
     except ValidationError as error:
         return f"{path.name} is not valid: {_first_error(error)}"
 
