@@ -58,7 +58,7 @@ def test_known_reads_add_up_exactly() -> None:
     assert status.fail_bases == status.bases - status.pass_bases
     assert status.pass_fraction == round(len(passed) / 3000, 4)
     assert status.mean_q == pytest.approx(sum(read.q for read in reads) / 3000, abs=0.005)
-    # N50 to the bins' resolution: the start of the 100-base bin that holds the true N50.
+    # N50 to the bins' resolution: here the start of the 100-base bin that holds the true N50.
     assert status.n50_resolution == 100
     assert status.n50 == n50(read.length for read in reads) // 100 * 100
 
@@ -105,6 +105,21 @@ def test_known_reads_add_up_exactly() -> None:
     assert status.models == ["dna_r10.4.1_e8.2_400bps_hac@v5.0.0"]
     assert not status.mixed_models
     assert status.basecallers[0].jobs == 12
+
+
+def test_the_n50_is_within_one_bin_of_the_exact_figure() -> None:
+    """Over 100 runs: always within a bin width, and nearly always the start of the bin that
+    holds the exact N50 (the next bin's only when half the bases fall near a bin's edge)."""
+    bins_off = Counter()
+    for seed in range(100):
+        reads = known_reads(1000, seed=seed)
+        ledger = RunYield()
+        ledger.add(stats(reads), T0)
+        exact = n50(read.length for read in reads)
+        found = ledger.n50()
+        assert found is not None and abs(found - exact) <= 100
+        bins_off[found // 100 - exact // 100] += 1
+    assert set(bins_off) <= {0, 1} and bins_off[0] >= 95
 
 
 def test_with_one_base_bins_the_n50_is_exact() -> None:

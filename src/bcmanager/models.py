@@ -411,8 +411,9 @@ class RunYieldStatus(BaseModel):
     pass_fraction: float | None = Field(description="pass_reads / reads; null: no reads.")
     mean_q: float | None = Field(description="Mean of the reads' mean Q-scores; null: no reads.")
     n50: int | None = Field(
-        description="Read length N50, to the length histogram's resolution: the start of the "
-        "bin that holds it (n50_resolution wide); null: no reads."
+        description="Read length N50 from the length histogram: the start of the bin that "
+        "holds it (rarely the next bin's), so within n50_resolution of the exact figure; "
+        "null: no reads."
     )
     n50_resolution: int = Field(description="Width of the length bins N50 is computed from.")
     length_histogram: Histogram

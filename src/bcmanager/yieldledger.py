@@ -394,8 +394,9 @@ class RunYield:
     def n50(self) -> int | None:
         """The start of the length bin holding the N50: the length such that reads at least
         that long hold half the bases. Bases per bin are not known, only reads, so each read
-        counts as the middle of its bin (exact with bins one base wide); the result is good to
-        the bin width."""
+        counts as the middle of its bin: exact with bins one base wide; otherwise, when the
+        half falls close to a bin's edge, the next bin's start may come out (within one bin
+        width of the exact N50 either way)."""
         middle = (self.lengths.width - 1) / 2
         weighted = sorted(
             ((start, count * (start + middle)) for start, count in self.lengths.counts.items()),
