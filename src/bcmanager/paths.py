@@ -28,13 +28,9 @@ RAW_SUFFIX = ".pod5"
 # exit code, signal, run time and the tail of stderr, as JSON (docs/reliability.md). Kept with
 # the logs, so a FAILEDOUTPUT_ folder says why its job failed.
 ATTEMPT_FILE = "bcm-attempt.json"
-# What the agent writes at the top of a DONE job's output folder: the reads, bases, length and
-# Q-score histograms of its reads files (docs/report.md). Kept with the logs, so a run's yield
-# can be rebuilt from its LOGOUTPUT_ folders.
+# What the agent writes beside it when the basecaller succeeded: the job's read statistics
+# (readstats.py). Kept with the logs, where the manager reads it.
 STATS_FILE = "bcm-stats.json"
-# The run's report, written into its output folder when it completes.
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
 PASS = "pass"
 FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"
@@ -52,6 +48,9 @@ FINAL_PREFIX = "job_id_"
 # MinKNOW writes final_summary_<flow cell>_<acquisition>_<hash>.txt when sequencing stops.
 FINAL_SUMMARY_PREFIX = "final_summary_"
 FINAL_SUMMARY_SUFFIX = ".txt"
+# The run's report (docs/report.md), written into its output folder when it completes.
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
 
 _UTF8_CHUNK = 4096  # names joined for one test that they are all UTF-8
 
