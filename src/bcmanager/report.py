@@ -60,7 +60,7 @@ class Report(BaseModel):
     version: Literal[1] = 1
     run: Shown = Field(description="The run's path (its name in a facility).")
     output_dir: Shown
-    started_at: float = Field(description="Unix time the run started (its first file).")
+    started_at: float = Field(description="Unix time the run started.")
     ended_at: float = Field(description="Unix time it completed.")
     started: str = Field(description="started_at, as an ISO 8601 time in UTC.")
     ended: str = Field(description="ended_at, as an ISO 8601 time in UTC.")
