@@ -291,6 +291,45 @@ class RetryReply(BaseModel):
     retried: list[str] = Field(description="The quarantined files now pending again.")
 
 
+class RunEntry(BaseModel):
+    """One run under INPUT_DIR, as the runs table shows it."""
+
+    path: Shown = Field(description="The run's folder relative to INPUT_DIR ('.': INPUT_DIR).")
+    phase: RunPhase
+    priority: int = Field(description="Higher first; set by the runs file or an operator.")
+    paused: bool = Field(description="A paused run is offered to no engine.")
+    sealed: bool = Field(
+        description="Complete and folded into its seal: a restart reads the seal, not its files."
+    )
+    raw_folders: int = Field(description="Folders of the run that hold its raw files.")
+    output_dir: Shown = Field(description="Where its reads go.")
+    files: FileCounts
+    bytes: FileBytes
+    lag_seconds: float | None = Field(
+        description="How long its oldest pending file has waited; null when none is pending."
+    )
+    basecalled: Rate = Field(description="Its basecalling rate over the last hour.")
+    eta_seconds: float | None = Field(
+        description="When its backlog is done at that rate; null when it is not moving."
+    )
+    final_summary: Shown | None = Field(description="MinKNOW's final summary, once written.")
+    model: str = Field(description="The basecalling model its settings name ('' for none).")
+    modified_bases: str = Field(description="The modified bases its settings name.")
+    kit: str = Field(description="The kit its settings name.")
+
+
+class RunsReply(BaseModel):
+    runs: list[RunEntry]
+
+
+class RunRequest(BaseModel):
+    run: str = Field(description="The run's path relative to INPUT_DIR, as /runs lists it.")
+
+
+class PriorityRequest(RunRequest):
+    priority: int = Field(description="Higher first.")
+
+
 class RunStatus(BaseModel):
     """The run's picture. Costs the same to compute in a run of any size."""
 
@@ -329,6 +368,10 @@ class RunStatus(BaseModel):
         default_factory=list,
         description="Jobs whose folders the manager could not put right yet (a change the "
         "disk keeps refusing, leftovers start-up could not handle); the rest of the run goes on.",
+    )
+    runs: list[RunEntry] = Field(
+        default_factory=list,
+        description="The runs under INPUT_DIR (one when INPUT_DIR is itself one run's folder).",
     )
 
 

@@ -347,3 +347,23 @@ def final_summary(folders: Iterable[Path]) -> Path | None:
         except OSError:
             continue
     return None
+
+
+FINAL_SUMMARY_READ = 64 * 1024  # MinKNOW's summary is a few kB: more is not one
+
+
+def files_in_final_dest(summary: Path) -> int | None:
+    """The raw files MinKNOW says it wrote (``pod5_files_in_final_dest=N``; older MinKNOW says
+    ``fast5_files_in_final_dest``), or None when the summary does not say or cannot be read:
+    a run is not finished before that many were seen, whatever order the files land in."""
+    try:
+        with open(summary, "rb") as handle:
+            text = handle.read(FINAL_SUMMARY_READ).decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("pod5_files_in_final_dest", "fast5_files_in_final_dest"):
+            count = value.strip()
+            return int(count) if count.isdigit() else None
+    return None
