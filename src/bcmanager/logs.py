@@ -79,8 +79,7 @@ def event_line(event: Event, facts: Facts) -> Line | None:
         case Late():
             return Line("late", logging.INFO, {"jobid": event.jobid, "engine": event.engine})
         case Ended():
-            reason = facts.record.describe() if facts.record is not None else None
-            return _job_line(ENDINGS[event.outcome], event.job, reason)
+            return _job_line(ENDINGS[event.outcome], event.job, facts.reason)
         case Retried():
             return Line("retried", logging.INFO, {"files": len(event.files)})
         case KeptAlive() | FoundEnded() | Restored():

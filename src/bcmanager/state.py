@@ -50,7 +50,7 @@ event, and the manager hands the event to ``Progress.apply`` (bytes, rates, tall
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from itertools import filterfalse
@@ -267,6 +267,25 @@ class RunState:
         retries = [name for group in list(self._retries) for name in group.files]
         return retries + list(self._pending)
 
+    def first_pending(self) -> str | None:
+        """The file ``lease`` would take first (a retry's, else the oldest pending one)."""
+        for group in self._retries:
+            for name in group.files:
+                if self._files.get(name) is FileState.PENDING:
+                    return name
+        while self._pending:
+            name = self._pending[0]
+            if self._files.get(name) is FileState.PENDING:
+                return name
+            self._pending.popleft()
+        return None
+
+    def has_job(self, jobid: str) -> bool:
+        return jobid in self._jobs
+
+    def job_ids(self) -> frozenset[str]:
+        return frozenset(self._jobs)
+
     def observe(self, name: str, complete: bool) -> FileSeen | None:
         """A scan or a watch event saw raw file ``name``. A file new to the run, waiting or
         missing is waiting or pending now, as ``complete`` says (a waiting file seen again is
@@ -344,7 +363,15 @@ class RunState:
         return list(self._live.values())
 
     def lease(
-        self, jobid: str, engine: str, batch_size: int, now: float, steer: bool = False
+        self,
+        jobid: str,
+        engine: str,
+        batch_size: int,
+        now: float,
+        steer: bool = False,
+        *,
+        sizes: Mapping[str, int] | None = None,
+        max_bytes: int | None = None,
     ) -> Leased | None:
         """Take up to ``batch_size`` pending files into a new job; None if none. A retry of
         failed files goes first, alone; else the oldest pending files. With ``steer`` (another
@@ -363,13 +390,19 @@ class RunState:
             job = Job(jobid, engine, retry, JobState.ASSIGNED, now, now, retry=True)
             return Leased(self._start(job))
         files: list[str] = []
+        taken = 0
         while self._pending and len(files) < batch_size:
-            name = self._pending.popleft()
+            name = self._pending[0]
             # A name whose file went missing, or that came back and was queued again, has
             # left this place in the queue: it is PENDING here once at most.
             if self._files.get(name) is FileState.PENDING:
+                size = sizes.get(name, 0) if sizes is not None else 0
+                if files and max_bytes is not None and taken + size > max_bytes:
+                    break
+                taken += size
                 self._move(name, FileState.LEASED)
                 files.append(name)
+            self._pending.popleft()
         if not files:
             return None
         return Leased(self._start(Job(jobid, engine, tuple(files), JobState.ASSIGNED, now, now)))
