@@ -124,7 +124,6 @@ def test_the_lower_bound_is_the_larger_of_work_and_the_last_file(
         ),
         runs=("r",),
         priorities=(0,),
-        finished_at=(10.0,),
         speeds=(1.0, 2.0),
         batch_bytes=1_000,
     )
