@@ -235,7 +235,7 @@ class Facility:
 class Original:
     """The original's policy: one queue of every file, oldest first, 10 files a batch."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self) -> None:
         self.state = RunState(LEASE)
         self.files: dict[str, RawFile] = {}
 
@@ -263,6 +263,7 @@ class Outcome:
     end: float  # the last batch's end
     last_arrival: float
     batches: int
+    basecalled: int  # files in all batches: each file once
 
 
 # Event kinds, in the order they are handled at one instant: batches end before files arrive,
@@ -289,7 +290,7 @@ class Simulation:
         self.leased: set[str] = set()  # leased and still at a place of ``pending``
         self.jobs: dict[int, tuple[RawFile, ...]] = {}  # engine: its batch
         self.idle = deque(range(len(plan.speeds)))  # the engine idle longest asks first
-        self.pending_files = self.batches = 0
+        self.pending_files = self.batches = self.basecalled = 0
         self.busy_time = self.pending_time = 0.0
         self.samples: list[list[float]] = [[] for _ in range(runs)]
         self.clock = self.end = 0.0
@@ -325,6 +326,7 @@ class Simulation:
             end=self.end,
             last_arrival=self.plan.files[-1].arrival,
             batches=self.batches,
+            basecalled=self.basecalled,
         )
 
     def arrive(self, raw: RawFile) -> None:
@@ -352,6 +354,7 @@ class Simulation:
         if not batch:
             return False
         self.batches += 1
+        self.basecalled += len(batch)
         self.pending_files -= len(batch)
         self.leased.update(raw.name for raw in batch)
         self.jobs[engine] = batch
@@ -397,7 +400,7 @@ def compare(scenario: Scenario) -> Comparison:
     return Comparison(
         drawn,
         simulate(drawn, Facility(drawn)),
-        simulate(drawn, Original(drawn)),
+        simulate(drawn, Original()),
         earliest_end(drawn),
     )
 
