@@ -305,13 +305,12 @@ def test_a_retry_group_is_leased_whole_whatever_the_budget() -> None:
     assert half is not None and half.retry and half.files == ("a", "b")
 
 
-def test_sizes_and_a_budget_go_together() -> None:
-    state = run_with("a")
-    with pytest.raises(ValueError):
-        state.lease("1", "gpu", 10, now=0, max_bytes=5)
-    with pytest.raises(ValueError):
-        state.lease("1", "gpu", 10, now=0, sizes={"a": 1})
-    assert state.pending_count() == 1
+def test_a_budget_without_sizes_or_sizes_without_a_budget_count_files() -> None:
+    state = run_with("a", "b", "c")
+    first = state.lease("1", "gpu", 2, now=0, max_bytes=1)
+    assert first is not None and first.files == ("a", "b")
+    rest = state.lease("2", "gpu", 5, now=0, sizes={"c": 10})
+    assert rest is not None and rest.files == ("c",)
 
 
 def test_first_pending_is_the_head_of_the_queue_retries_first() -> None:

@@ -269,6 +269,12 @@ class RunState:
             self._pending.popleft()
         return None
 
+    def has_job(self, jobid: str) -> bool:
+        return jobid in self._jobs
+
+    def job_ids(self) -> frozenset[str]:
+        return frozenset(self._jobs)
+
     def observe(self, name: str, complete: bool) -> FileState | None:
         """A scan or a watch event saw raw file ``name``; returns its new state if it changed.
 
@@ -362,7 +368,7 @@ class RunState:
         engine works now), a retry that ``engine`` made by failing, or a file that failed
         alone on it, is left for another one.
 
-        With ``sizes`` and ``max_bytes``, the oldest files are taken while the batch holds at
+        With both ``sizes`` and ``max_bytes``, the oldest files are taken while the batch holds at
         most ``max_bytes`` (files range from megabytes to tens of gigabytes, so a count alone
         says little of a batch's work), but always one file at least, however large, so that
         no file waits for ever. A file ``sizes`` does not know yet weighs nothing: the count
@@ -371,8 +377,6 @@ class RunState:
 
         The caller builds the job's folders next; if that fails it calls ``abandon``.
         """
-        if (sizes is None) != (max_bytes is None):
-            raise ValueError("lease() weighs a batch with sizes and max_bytes together")
         if jobid in self._jobs:
             raise InvalidTransition(f"job {jobid} exists already")
         retry = self._take_retry(engine, batch_size, steer)
