@@ -28,6 +28,9 @@ RAW_SUFFIX = ".pod5"
 # exit code, signal, run time and the tail of stderr, as JSON (docs/reliability.md). Kept with
 # the logs, so a FAILEDOUTPUT_ folder says why its job failed.
 ATTEMPT_FILE = "bcm-attempt.json"
+# What the agent writes beside it when the basecaller succeeded: the job's read statistics
+# (readstats.py). Kept with the logs, where the manager reads it.
+STATS_FILE = "bcm-stats.json"
 PASS = "pass"
 FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"
