@@ -4,11 +4,14 @@ by a real agent into each job's output, where the manager keeps it with the job'
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
+import logging
 import math
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -17,12 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pod5
 import pysam
 import pytest
 
 from bcmanager import __version__
-from bcmanager.paths import STATS_FILE, FolderKind, parse_job_folder
+from bcmanager.agent import Agent, AgentSettings
+from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder
 from bcmanager.readstats import (
     MAX_FILES_LISTED,
     PYSAM_MISSING,
@@ -396,3 +401,53 @@ def test_a_real_agent_leaves_stats_that_the_manager_keeps_with_the_logs(
         with pysam.AlignmentFile(str(path), "rb", check_sq=False) as bam:
             merged[(barcode, verdict == "pass")] += sum(1 for _ in bam.fetch(until_eof=True))
     assert merged == expected
+
+
+async def run_agent(server: Server, command: str, **settings: Any) -> None:
+    """An in-process agent with ``command`` against ``server``, until no work is left."""
+    values = AgentSettings(
+        manager=server.url,  # type: ignore[arg-type]
+        engine_id="gpu1",
+        command=command,
+        until_empty=True,
+        poll_interval=0.2,
+        **settings,
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        await asyncio.wait_for(Agent(client, values).run(), 30)
+
+
+WRITES_ONE_READ = 'mkdir -p "$1/pass" && printf \'@r\\nACGT\\n+\\nIIII\\n\' > "$1/pass/x.fastq"'
+
+
+async def test_statistics_that_cannot_be_written_do_not_fail_the_job(
+    run: Run, start_server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    run.add("raw_0.pod5", 2)
+    server = start_server()
+    blocked = f'{WRITES_ONE_READ} && mkdir "$1/{STATS_FILE}"'
+
+    await run_agent(server, f"sh -c {shlex.quote(blocked)} sh {{output_dir}}")
+
+    assert server.get("/status").json()["files"]["done"] == 1
+    assert f"could not write {STATS_FILE}" in caplog.text
+    assert "completed DONE" in caplog.text
+    (folder,) = [p for p in run.output_dir.iterdir() if p.name.startswith("LOGOUTPUT_")]
+    assert not list(folder.glob(".*.partial"))
+
+
+async def test_no_statistics_when_their_timeout_is_0(
+    run: Run, start_server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    run.add("raw_0.pod5", 2)
+    server = start_server()
+
+    await run_agent(
+        server, f"sh -c {shlex.quote(WRITES_ONE_READ)} sh {{output_dir}}", stats_timeout=0
+    )
+
+    (folder,) = [p for p in run.output_dir.iterdir() if p.name.startswith("LOGOUTPUT_")]
+    assert {p.name for p in folder.iterdir()} == {ATTEMPT_FILE, "pass"}
+    assert "completed DONE" in caplog.text

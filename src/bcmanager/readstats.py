@@ -1,7 +1,7 @@
 """A job's read statistics, computed on the GPU node where its reads are.
 
 The agent reads every reads file of a job's output folder once the basecaller has succeeded and
-writes what it found as ``paths.STATS_FILE`` at the top of that folder (docs/output.md). The
+writes what it found as ``paths.STATS_FILE`` at the top of that folder (docs/protocol.md). The
 manager then knows each job's reads, bases, lengths and qualities, per barcode and pass or fail,
 without reading a byte of the reads itself, which may be terabytes on a filesystem it reaches
 only slowly.
@@ -75,7 +75,7 @@ _ERROR_BY_CHAR: npt.NDArray[np.float64] = np.concatenate([np.ones(33), _ERROR_BY
 
 
 class JobStats(TypedDict):
-    """The JSON object of ``paths.STATS_FILE`` (docs/output.md)."""
+    """The JSON object of ``paths.STATS_FILE`` (docs/protocol.md)."""
 
     format: str
     version: int
