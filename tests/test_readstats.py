@@ -29,6 +29,7 @@ from bcmanager import __version__
 from bcmanager.agent import Agent, AgentSettings
 from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder
 from bcmanager.readstats import (
+    CUT_SHORT,
     MAX_FILES_LISTED,
     PYSAM_MISSING,
     basecaller_from_command,
@@ -451,3 +452,37 @@ async def test_no_statistics_when_their_timeout_is_0(
     (folder,) = [p for p in run.output_dir.iterdir() if p.name.startswith("LOGOUTPUT_")]
     assert {p.name for p in folder.iterdir()} == {ATTEMPT_FILE, "pass"}
     assert "completed DONE" in caplog.text
+
+
+async def test_statistics_that_take_too_long_are_cut_short_and_the_job_is_done(
+    run: Run, start_server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    run.add("raw_0.pod5", 2)
+    server = start_server()
+    writer = (
+        "import pathlib, sys; out = pathlib.Path(sys.argv[1], 'pass'); out.mkdir()\n"
+        "records = (f'@r{n}\\nACGT\\n+\\nIIII\\n' for n in range(20000))\n"
+        "(out / 'big.fastq').write_text(''.join(records))\n"
+        "(out / 'small.fastq').write_text('@s\\nAC\\n+\\nII\\n')"
+    )
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(writer)} {{output_dir}}"
+
+    await run_agent(server, command, stats_timeout=0.001)
+
+    assert server.get("/status").json()["files"]["done"] == 1
+    (folder,) = [p for p in run.output_dir.iterdir() if p.name.startswith("LOGOUTPUT_")]
+    stats = json.loads((folder / STATS_FILE).read_text())
+    assert {"path": "pass/big.fastq", "reads": None, "error": CUT_SHORT} in stats["files"]
+    assert all(g["reads"] < 20000 for g in stats["groups"])
+    assert "cut_short=True" in caplog.text
+
+
+def test_odd_bytes_in_the_command_are_written_escaped(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    model = os.fsdecode(b"/models/m\xe9l")
+
+    record_job_stats(tmp_path / "out", ["dorado", "basecaller", model, "/in"])
+
+    written = json.loads((tmp_path / "out" / STATS_FILE).read_text())
+    assert written["basecaller"]["model"] == "m\\xe9l"

@@ -7,8 +7,9 @@ works against the original manager, which does not tell where its folders are: g
 One job at a time: ask /assignwork, run the command template on the batch, keep the lease alive
 with /keepalive every half ``report_back_interval`` while the basecaller runs, write the record of
 the attempt (``paths.ATTEMPT_FILE``: exit code, signal, run time, the tail of stderr) at the top of
-the job's output folder, report /completed DONE or FAILED by its exit code, ask again. What it does
-when things go wrong:
+the job's output folder, and after a basecaller that succeeded the job's read statistics
+(``paths.STATS_FILE``, ``readstats``, keeping the lease meanwhile), report /completed DONE or
+FAILED by its exit code, ask again. What it does when things go wrong:
 
 - a failed call (connection error, timeout, 5xx) is retried with capped, jittered exponential
   backoff, so a manager restart or a network blip shorter than the lease costs nothing; the

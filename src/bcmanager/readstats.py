@@ -72,6 +72,8 @@ _HTS_MODES = ((".bam", "rb"), (".cram", "rc"), (".sam", "r"), (".sam.gz", "r"))
 # The error probability of each phred score, and of each FASTQ quality character.
 _ERROR_BY_PHRED: npt.NDArray[np.float64] = 10.0 ** (-np.arange(256, dtype=np.float64) / 10)
 _ERROR_BY_CHAR: npt.NDArray[np.float64] = np.concatenate([np.ones(33), _ERROR_BY_PHRED[:223]])
+_ERROR_BY_PHRED.flags.writeable = False
+_ERROR_BY_CHAR.flags.writeable = False
 
 
 class JobStats(TypedDict):
@@ -168,7 +170,9 @@ class Basecaller:
         self.model = self.model or other.model
 
     def as_json(self) -> dict[str, str | None]:
-        return {"name": self.name, "version": self.version, "model": self.model}
+        """The fields fit for JSON: a command's words may hold bytes that are not UTF-8."""
+        fields = {"name": self.name, "version": self.version, "model": self.model}
+        return {key: None if value is None else shown(value) for key, value in fields.items()}
 
 
 def basecaller_from_command(words: Sequence[str]) -> Basecaller:
