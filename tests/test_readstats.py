@@ -35,7 +35,7 @@ from bcmanager.readstats import (
     basecaller_from_command,
     job_stats,
     phred_mean_qscore,
-    record_job_stats,
+    write_job_stats,
 )
 from bcmanager.simulate import (
     MIN_QSCORE,
@@ -241,7 +241,7 @@ def test_hostile_output_is_listed_with_its_error_and_counts_nothing(tmp_path: Pa
     assert [(g["barcode"], g["pass"], g["reads"], g["bases"]) for g in stats["groups"]] == [
         (None, True, 4, 14)
     ]
-    record_job_stats(out, [])
+    write_job_stats(out, stats)
     assert json.loads((out / STATS_FILE).read_text())["files"] == stats["files"]
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
@@ -482,7 +482,8 @@ def test_odd_bytes_in_the_command_are_written_escaped(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     model = os.fsdecode(b"/models/m\xe9l")
 
-    record_job_stats(tmp_path / "out", ["dorado", "basecaller", model, "/in"])
+    out = tmp_path / "out"
+    write_job_stats(out, job_stats(out, ["dorado", "basecaller", model, "/in"]))
 
     written = json.loads((tmp_path / "out" / STATS_FILE).read_text())
     assert written["basecaller"]["model"] == "m\\xe9l"

@@ -729,15 +729,16 @@ class Agent:
         )
 
     async def _record_stats(self, job: Job, lease: Lease, attempt: Attempt) -> LeaseEnd | None:
-        """Write the job's read statistics (``readstats``) in a worker thread, keeping the lease
-        meanwhile, for at most ``stats_timeout`` seconds and not once a stop is requested:
-        then the thread is told to stop and given a moment to write what it has read. Never
-        fails the job: a problem is logged. Returns why the lease was lost, if it was."""
+        """Read the job's reads (``readstats``) in a worker thread, keeping the lease meanwhile,
+        for at most ``stats_timeout`` seconds and not once a stop is requested (then the thread
+        is told to stop, and given a moment to finish with what it has read), and write
+        ``paths.STATS_FILE``. Never fails the job: a problem is logged. Returns why the lease
+        was lost, if it was: then nothing is written (the folder is the manager's)."""
         if not self._settings.stats_timeout:
             return None
         cancel = threading.Event()
         work = asyncio.create_task(
-            asyncio.to_thread(readstats.record_job_stats, job.output_dir, attempt.command, cancel)
+            asyncio.to_thread(readstats.job_stats, job.output_dir, attempt.command, cancel=cancel)
         )
         keeper = asyncio.create_task(self._keep_lease(job, lease, JobState.PROCESSING))
         stop = asyncio.create_task(self._stop.wait())
@@ -755,32 +756,41 @@ class Agent:
             keeper.cancel()
             stop.cancel()
             await asyncio.gather(keeper, stop, return_exceptions=True)
+        if not keeper.cancelled():
+            return keeper.result()
         seconds = f"{self._clock() - started:.1f}"
         if not work.done():
-            self._event(
-                f"{paths.STATS_FILE} not written: reading the reads did not stop",
-                job.jobid,
-                level=logging.WARNING,
-                seconds=seconds,
-            )
+            problem = "reading the reads did not stop"
         elif (error := work.exception()) is not None:
-            self._event(
-                f"could not write {paths.STATS_FILE}: {error}",
-                job.jobid,
-                level=logging.WARNING,
-                seconds=seconds,
-            )
+            problem = str(error)
         else:
             stats = work.result()
-            self._event(
-                f"wrote {paths.STATS_FILE}",
-                job.jobid,
-                seconds=seconds,
-                files=len(stats["files"]),
-                errors=len(stats["errors"]) or None,
-                cut_short=True if cancel.is_set() else None,
-            )
-        return None if keeper.cancelled() else keeper.result()
+            timeout = self._budget(lease, RECORD_WRITE_TIMEOUT)
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(readstats.write_job_stats, job.output_dir, stats), timeout
+                )
+            except TimeoutError:
+                problem = f"no answer from the disk in {timeout:.1f} s"
+            except (OSError, ValueError) as error:
+                problem = str(error)
+            else:
+                self._event(
+                    f"wrote {paths.STATS_FILE}",
+                    job.jobid,
+                    seconds=seconds,
+                    files=len(stats["files"]),
+                    errors=len(stats["errors"]) or None,
+                    cut_short=True if cancel.is_set() else None,
+                )
+                return None
+        self._event(
+            f"could not write {paths.STATS_FILE}: {problem}",
+            job.jobid,
+            level=logging.WARNING,
+            seconds=seconds,
+        )
+        return None
 
     async def _watch(
         self, job: Job, process: asyncio.subprocess.Process, lease: Lease

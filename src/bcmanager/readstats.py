@@ -40,15 +40,22 @@ import numpy as np
 import numpy.typing as npt
 
 from bcmanager.folders import output_entries
-from bcmanager.paths import PASS, STATS_FILE, is_reads_name, merge_target, shown
+from bcmanager.paths import (
+    FASTQ_SUFFIXES,
+    PASS,
+    STATS_FILE,
+    is_reads_name,
+    merge_target,
+    shown,
+)
 from bcmanager.records import write_record
 
 FORMAT = "bcmanager-job-stats"
 VERSION = 1
 LENGTH_BIN = 100  # bases per bin of the read-length histogram
 Q_BIN = 1  # phred units per bin of the mean Q-score histogram
-QSCORE_START = 60  # Dorado's default: qualities before this position do not count...
-# ...towards the mean Q-score of a read longer than this.
+# Dorado's default: a read longer than this is scored without its first QSCORE_START qualities.
+QSCORE_START = 60
 Q_DECIMALS = 6  # a mean Q-score is rounded so that a whole number stays in its own bin
 FINGERPRINT_MODULUS = 1 << 256
 MAX_LINE = 1 << 26  # the longest FASTQ line read (64 MiB; the longest reads are ~4 Mb)
@@ -196,6 +203,7 @@ def _shell_words(word: str) -> list[str]:
 
 
 def _first_positional(words: Sequence[str]) -> str | None:
+    """The first word that is neither an option nor an option's value: Dorado's model."""
     skip = False
     for word in words:
         if skip:
@@ -260,7 +268,8 @@ class _Walk:
             self.errors_unlisted += 1
 
     def header(self, found: Basecaller) -> None:
-        if found.model is not None:
+        """Take what a file's header says; a few models are enough to say they disagree."""
+        if found.model is not None and len(self.models_seen) < MAX_ERRORS_LISTED:
             self.models_seen.add(found.model)
         self.from_files.fill(found)
 
@@ -334,18 +343,8 @@ def write_job_stats(output_dir: Path, stats: JobStats) -> None:
     write_record(output_dir, STATS_FILE, text)
 
 
-def record_job_stats(
-    output_dir: Path, command: Sequence[str], cancel: threading.Event | None = None
-) -> JobStats:
-    """Compute and write a job's statistics (what the agent runs in a worker thread)."""
-    stats = job_stats(output_dir, command, cancel=cancel)
-    write_job_stats(output_dir, stats)
-    return stats
-
-
 def _read_file(walk: _Walk, path: Path, tally: Tally) -> None:
-    name = path.name
-    if name.endswith((".fastq", ".fq", ".fastq.gz", ".fq.gz")):
+    if path.name.endswith(FASTQ_SUFFIXES):
         _read_fastq(walk, path, tally)
     else:
         _read_hts(walk, path, tally)
