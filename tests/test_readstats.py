@@ -26,7 +26,7 @@ import pysam
 import pytest
 
 from bcmanager import __version__
-from bcmanager.agent import Agent, AgentSettings
+from bcmanager.agent import Agent, AgentSettings, Attempt, Job, Lease, LeaseEnd
 from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder
 from bcmanager.readstats import (
     CUT_SHORT,
@@ -487,3 +487,26 @@ def test_odd_bytes_in_the_command_are_written_escaped(tmp_path: Path) -> None:
 
     written = json.loads((tmp_path / "out" / STATS_FILE).read_text())
     assert written["basecaller"]["model"] == "m\\xe9l"
+
+
+async def test_a_lease_lost_while_reading_drops_the_job_and_writes_nothing(
+    run: Run, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The manager does not know the job (as after its lease ran out): the keepalive sent
+    while the reads are read answers late, long before 20000 reads are counted."""
+    server = start_server()
+    output = tmp_path / "TMPOUTPUT_1_gpu1"
+    write(output / "pass" / "big.fastq", "".join(f"@r{n}\nACGT\n+\nIIII\n" for n in range(20000)))
+    settings = AgentSettings(
+        manager=server.url,  # type: ignore[arg-type]
+        engine_id="gpu1",
+        command="true",
+    )
+    job = Job("1", tmp_path, output, 90.0)
+    attempt = Attempt("1", "gpu1", ["dorado", "basecaller", "hac"], "", 0.0)
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+        lost = await Agent(client, settings)._record_stats(job, Lease(90.0, 1e12), attempt)
+
+    assert lost is LeaseEnd.LATE
+    assert sorted(p.name for p in output.iterdir()) == ["pass"]
