@@ -46,6 +46,7 @@ from bcmanager.simulate import (
     basecall,
     write_pod5,
 )
+from bcmanager.yieldledger import rebuild_yield
 from conftest import Run, Server, wait_for
 
 MODEL = "dna_r10.4.1_e8.2_400bps_sup@v5.0.0"
@@ -396,6 +397,10 @@ def test_a_real_agent_leaves_stats_that_the_manager_keeps_with_the_logs(
         (barcode_of(r.read_id, 2), dorado_mean_q(r.qualities) >= MIN_QSCORE) for r in ledger
     )
     assert totals == expected
+    run_yield = rebuild_yield(logs).status()  # the manager's own reading of the files
+    assert (run_yield.jobs, run_yield.jobs_without_stats) == (2, 0)
+    assert (run_yield.reads, run_yield.bases) == (24, sum(len(r.bases) for r in ledger))
+    assert run_yield.pass_reads == sum(n for (_, passed), n in expected.items() if passed)
     merged: Counter[Key] = Counter()
     for path in run.output_dir.glob("*/*/job_id_*.bam"):
         verdict, barcode = path.relative_to(run.output_dir).parts[:2]

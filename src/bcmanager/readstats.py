@@ -76,8 +76,11 @@ _DORADO_VALUE_OPTIONS = frozenset(
 )  # fmt: skip
 _HTS_MODES = ((".bam", "rb"), (".cram", "rc"), (".sam", "r"), (".sam.gz", "r"))
 
+Q_HIGHEST = 93  # the highest quality FASTQ can write: a higher one in a BAM counts as this
 # The error probability of each phred score, and of each FASTQ quality character.
-_ERROR_BY_PHRED: npt.NDArray[np.float64] = 10.0 ** (-np.arange(256, dtype=np.float64) / 10)
+_ERROR_BY_PHRED: npt.NDArray[np.float64] = 10.0 ** (
+    -np.minimum(np.arange(256, dtype=np.float64), Q_HIGHEST) / 10
+)
 _ERROR_BY_CHAR: npt.NDArray[np.float64] = np.concatenate([np.ones(33), _ERROR_BY_PHRED[:223]])
 _ERROR_BY_PHRED.flags.writeable = False
 _ERROR_BY_CHAR.flags.writeable = False
