@@ -28,6 +28,9 @@ RAW_SUFFIX = ".pod5"
 # exit code, signal, run time and the tail of stderr, as JSON (docs/reliability.md). Kept with
 # the logs, so a FAILEDOUTPUT_ folder says why its job failed.
 ATTEMPT_FILE = "bcm-attempt.json"
+# What the agent writes beside it when the basecaller succeeded: the job's read statistics
+# (readstats.py). Kept with the logs, where the manager reads it.
+STATS_FILE = "bcm-stats.json"
 # What the manager keeps at the top of a run's output folder: the seal of a complete run (its
 # counts and its folders' modification times, read at start-up instead of its raw files) and
 # the record of the run's completion command (run once, its exit status kept).
@@ -51,6 +54,9 @@ FINAL_PREFIX = "job_id_"
 # MinKNOW writes final_summary_<flow cell>_<acquisition>_<hash>.txt when sequencing stops.
 FINAL_SUMMARY_PREFIX = "final_summary_"
 FINAL_SUMMARY_SUFFIX = ".txt"
+# The run's report (docs/report.md), written into its output folder when it completes.
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
 
 _UTF8_CHUNK = 4096  # names joined for one test that they are all UTF-8
 

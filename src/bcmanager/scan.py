@@ -274,6 +274,7 @@ class AttemptRecord:
     exit_code: int | None
     signal: str | None
     last_line: str | None
+    seconds: float | None = None  # how long the basecaller ran
 
     def describe(self) -> str:
         """In words, for a person: "exit 127: sh: dorado: not found"."""
@@ -313,15 +314,19 @@ def attempt_record(path: Path) -> AttemptRecord | None:
         return None
     if not isinstance(record, dict):
         return None
-    code, signal, line = (
+    code, signal, line, seconds = (
         record.get("exit_code"),
         record.get("signal"),
         record.get("stderr_last_line"),
+        record.get("seconds"),
     )
     return AttemptRecord(
         code if isinstance(code, int) and not isinstance(code, bool) else None,
         _text(signal[:32]) if isinstance(signal, str) else None,
         _text(line[:300]) if isinstance(line, str) and line else None,
+        float(seconds)
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < 1e9
+        else None,
     )
 
 

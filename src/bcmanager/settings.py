@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import (
+    AnyHttpUrl,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -107,6 +108,11 @@ class Settings(BaseSettings):
         None, description="PEM certificate (chain) to serve HTTPS with; needs BCM_TLS_KEYFILE."
     )
     tls_keyfile: Path | None = Field(None, description="PEM private key of BCM_TLS_CERTFILE.")
+    notify_url: AnyHttpUrl | None = Field(
+        None,
+        description="URL that receives a JSON POST (with a 'text' line chat webhooks show) when "
+        "a run finishes sequencing or completes, a file is quarantined or an engine benched.",
+    )
     trusted_network: bool = Field(
         False,
         description="true: listen beyond loopback without TLS or without BCM_API_TOKEN (only "
@@ -121,6 +127,7 @@ class Settings(BaseSettings):
         "read_token",
         "tls_certfile",
         "tls_keyfile",
+        "notify_url",
         mode="before",
     )
     @classmethod
