@@ -195,6 +195,22 @@ def test_a_raw_file_deleted_after_its_job_is_named_as_missing_and_fails_nothing(
     assert "raw files: 7 (1 waiting, 1 pending, 2 leased, 2 done, 1 failed)" in lines
 
 
+def test_a_run_whose_raw_files_are_all_gone_is_still_read(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No raw file left, so no run to discover: INPUT_DIR's job folders are read all the same."""
+    for path in jobs.paths.input_dir.glob("*.pod5"):
+        path.unlink()
+    code, lines = check(jobs.paths, capsys)
+    assert code == 0, lines
+    assert "runs: 0" not in lines
+    assert sum(line.startswith("NOTE: ") and "missing: " in line for line in lines) == 6
+    assert (
+        "job folders: 1 ASSIGNED_, 1 DONE_, 1 FAILED_, 1 QUARANTINED_, 1 TMPOUTPUT_, "
+        "1 LOGOUTPUT_, 2 FAILEDOUTPUT_" in lines
+    )
+
+
 REPAIRS = [breakage for breakage, severity, _ in BREAKAGES if severity is Severity.REPAIR]
 
 

@@ -225,7 +225,7 @@ def inspect_root(
     report = Report(input_root, output_root, notes=_lock_notes(RunPaths(input_root, output_root)))
     served_before = _holds_job_folders(input_root)
     found = discovery.discover(input_root, layout, below=HERE if run is None else run)
-    if run is None and served_before and all(each.source != HERE for each in found):
+    if run in (None, HERE) and served_before and all(each.source != HERE for each in found):
         # INPUT_DIR was served as one run, whose raw files are all gone now: its job folders
         # are still worth a look.
         found.insert(0, Found(HERE, HERE))
