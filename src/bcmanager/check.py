@@ -151,10 +151,7 @@ class Report:
         folders = ", ".join(
             f"{job_folders[kind]} {kind.value}" for kind in FolderKind if job_folders[kind]
         )
-        fastq: dict[str, int] = {}
-        for run in self.runs:
-            for sub, count in run.fastq.items():
-                fastq[sub] = fastq.get(sub, 0) + count
+        fastq = _summed(run.fastq for run in self.runs)
         ignored = [name for run in self.runs for name in run.ignored]
         alone = [run.run for run in self.runs] == [HERE]
         out = [str(problem) for problem in self.problems]
@@ -283,7 +280,6 @@ def _lock_notes(paths: RunPaths) -> list[Problem]:
 class _RawFolder:
     """One raw folder of the run being inspected, as read."""
 
-    path: str  # relative to INPUT_DIR
     folder: Path
     raw: set[str]
     job_folders: list[JobFolderName]
@@ -321,7 +317,7 @@ def inspect_run(
         job_folders = _inspect_input_folders(report, folder, listing.job_folders)
         raw = set(listing.raw)
         holders = _inspect_links(report, folder, job_folders, raw)
-        read.append(_RawFolder(source, folder, raw, job_folders, holders))
+        read.append(_RawFolder(folder, raw, job_folders, holders))
     _inspect_output_folders(report, read, runs_on_the_way)
     # A merged FASTQ stands for a raw file only if its job's DONE_ folder holds that file: the
     # name was the engine's choice.
