@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
+from bcmanager.cli import main
 from bcmanager.manager import Manager
 from bcmanager.models import BenchedEngine, RunPhase, RunStatus
 from bcmanager.progress import ENGINE_IDLE_SECONDS
@@ -194,7 +196,10 @@ async def test_render_says_why_jobs_failed_which_files_wait_and_which_engines_re
 
 
 def test_status_lists_the_runs_of_a_root_and_shows_one_run_alone(
-    run: Run, start_server: Callable[..., Server]
+    run: Run,
+    start_server: Callable[..., Server],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A root of two runs: a runs table under the header, each run's counts on its line (its
     path shown as written, never read as markup); ``--run`` shows that run's own picture."""
@@ -208,30 +213,27 @@ def test_status_lists_the_runs_of_a_root_and_shows_one_run_alone(
     entries = {entry["path"]: entry for entry in server.get("/runs").json()["runs"]}
     assert set(entries) == {one, two}
 
-    def shown(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            status_command("--url", server.url, *args),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "COLUMNS": "200"},
-        )
+    monkeypatch.setenv("COLUMNS", "200")
 
-    every = shown()
-    assert every.returncode == 0, every.stderr
-    assert "Runs" in every.stdout and "7 files basecalled" in every.stdout
+    def shown(*args: str) -> tuple[int, str]:
+        """``bcmanager status`` in this process (a server runs apart): the exit code and what
+        it printed."""
+        code = main(["status", "--url", server.url, *args])
+        return code, capsys.readouterr().out
+
+    code, every = shown()
+    assert code == 0, every
+    assert "Runs" in every and "7 files basecalled" in every
     for path, entry in entries.items():
         files = entry["files"]
         counts = r"\s+│\s+".join(str(files[state]) for state in ("pending", "leased", "done"))
-        assert re.search(
-            rf"│ {re.escape(path)}\s+│\s+sequencing\s+│\s+0 │\s+{counts} │", every.stdout
-        )
-    alone = shown("--run", two)
-    assert alone.returncode == 0, alone.stderr
+        assert re.search(rf"│ {re.escape(path)}\s+│\s+sequencing\s+│\s+0 │\s+{counts} │", every)
+    code, alone = shown("--run", two)
+    assert code == 0, alone
     two_files = entries[two]["files"]
     total = sum(two_files[state] for state in ("waiting", "pending", "leased", "done", "failed"))
-    assert f"{two_files['done']} of {total} files basecalled" in alone.stdout
-    assert str(run.input_dir / two) in alone.stdout
-    assert "Runs" not in alone.stdout and one not in alone.stdout
-    unknown = shown("--run", "no/such/run")
-    assert unknown.returncode == 1 and "404: no run 'no/such/run'" in unknown.stdout
+    assert f"{two_files['done']} of {total} files basecalled" in alone
+    assert str(run.input_dir / two) in alone
+    assert "Runs" not in alone and one not in alone
+    code, unknown = shown("--run", "no/such/run")
+    assert code == 1 and "404: no run 'no/such/run'" in unknown
