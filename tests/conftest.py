@@ -112,6 +112,28 @@ class Run:
         return Settings(**values)
 
 
+def minknow_run(
+    root: Run,
+    experiment: str,
+    flow_cell: str,
+    raw_folders: Iterable[str] = ("pod5",),
+    files: int = 2,
+) -> str:
+    """A run as MinKNOW lays one out under ``root.input_dir``:
+    ``<experiment>/sample/<YYYYMMDD_HHMM_X1_<flow cell>_<hash>>/<raw folder>/*.pod5``, with
+    ``files`` POD5 files in each raw folder, each older than the next. Returns the run's path
+    relative to the root, as /runs names it."""
+    path = f"{experiment}/sample/20261124_1200_X1_{flow_cell}_0123abcd"
+    start = time.time() - 10_000
+    for raw in raw_folders:
+        (root.input_dir / path / raw).mkdir(parents=True)
+        for index in range(files):
+            root.add(
+                f"{path}/{raw}/{flow_cell}_{raw}_{index}.pod5", 1, mtime=start + len(root.reads)
+            )
+    return path
+
+
 class Clock:
     """A monotonic clock the test moves forward, so leases run out without waiting."""
 

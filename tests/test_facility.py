@@ -202,7 +202,7 @@ async def test_each_run_is_basecalled_into_its_own_output_one_raw_folder_per_bat
     root.add(one / "pod5", 5)
     root.add(two / "pod5_pass" / "barcode01", 3)
     root.add(two / "pod5_fail", 2)
-    async with serving(root.settings()) as (client, facility):
+    async with serving(root.settings()) as (client, _facility):
         batches = await drain(client, root)
         status = (await client.get("/status")).json()
         runs = {entry["path"]: entry for entry in (await client.get("/runs")).json()["runs"]}
@@ -358,7 +358,7 @@ async def test_priority_and_pause_decide_whose_files_go_first(root: Root) -> Non
     low_path, high_path = (f.relative_to(root.input_dir).as_posix() for f in (low, high))
     token = {"Authorization": "Bearer op"}
     settings = root.settings(operator_token="op")
-    async with serving(settings) as (client, facility):
+    async with serving(settings) as (client, _facility):
         refused = await client.post("/runs/priority", json={"run": high_path, "priority": 5})
         assert refused.status_code == 401
         reply = await client.post(

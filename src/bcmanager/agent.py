@@ -7,8 +7,9 @@ works against the original manager, which does not tell where its folders are: g
 One job at a time: ask /assignwork, run the command template on the batch, keep the lease alive
 with /keepalive every half ``report_back_interval`` while the basecaller runs, write the record of
 the attempt (``paths.ATTEMPT_FILE``: exit code, signal, run time, the tail of stderr) at the top of
-the job's output folder, report /completed DONE or FAILED by its exit code, ask again. What it does
-when things go wrong:
+the job's output folder, and after a basecaller that succeeded the job's read statistics
+(``paths.STATS_FILE``, ``readstats``, keeping the lease meanwhile), report /completed DONE or
+FAILED by its exit code, ask again. What it does when things go wrong:
 
 - a failed call (connection error, timeout, 5xx) is retried with capped, jittered exponential
   backoff, so a manager restart or a network blip shorter than the lease costs nothing; the
@@ -43,6 +44,7 @@ import shlex
 import signal
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
@@ -64,7 +66,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bcmanager import paths
+from bcmanager import paths, readstats
+from bcmanager.records import write_record
 from bcmanager.state import JobState
 from bcmanager.urls import base_url
 
@@ -84,6 +87,8 @@ running may hold the pipe open for ever (that one's stderr is still passed on af
 RECORD_WRITE_TIMEOUT = 5.0
 """Seconds writing the record of an attempt may take (a hung network mount must not keep the
 batch from being reported)."""
+STATS_CANCEL_GRACE = 2.0
+"""Seconds the statistics get, once told to stop, to write what they have read."""
 CANNOT_EXECUTE = {126: "found but cannot be executed", 127: "command not found"}
 """Exit codes by which a POSIX shell says it could not run a command at all."""
 
@@ -160,6 +165,12 @@ class AgentSettings(BaseSettings):
         ge=0,
         description="Stop asking for work (exit 4) after this many FAILED jobs in a row; "
         "a DONE resets the count; 0: never stop.",
+    )
+    stats_timeout: float = Field(
+        300.0,
+        ge=0,
+        description=f"Seconds reading a done job's reads for {paths.STATS_FILE} may take "
+        "(the lease is kept meanwhile); 0: no statistics.",
     )
     api_token: SecretStr | None = Field(
         None, description="The manager's BCM_API_TOKEN, sent as a bearer token."
@@ -487,20 +498,10 @@ class Attempt:
 
 
 def write_attempt(folder: Path, record: Mapping[str, object]) -> None:
-    """Write the record at the top of ``folder``: complete or not at all (a temporary name,
-    fsynced, renamed into place). Never creates ``folder``: if it is gone (the lease ran out and
-    the manager set it aside), it is no longer this agent's to write in."""
-    data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
-    partial = folder / f".{paths.ATTEMPT_FILE}.partial"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, folder / paths.ATTEMPT_FILE)
+    """Write the record at the top of ``folder`` (``records.write_record``)."""
+    write_record(
+        folder, paths.ATTEMPT_FILE, json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    )
 
 
 class Agent:
@@ -684,6 +685,9 @@ class Agent:
             if cannot_run is not None:
                 raise BasecallerCannotRun(self._cannot_run(cannot_run))
             return
+        if state is JobState.DONE and (lost := await self._record_stats(job, lease, attempt)):
+            self._event(f"dropping job: {lost.value}", job.jobid, level=logging.WARNING)
+            return
         await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
         if state is JobState.DONE:
             self._failures_in_a_row = 0
@@ -724,6 +728,70 @@ class Agent:
             level=logging.WARNING,
         )
 
+    async def _record_stats(self, job: Job, lease: Lease, attempt: Attempt) -> LeaseEnd | None:
+        """Read the job's reads (``readstats``) in a worker thread, keeping the lease meanwhile,
+        for at most ``stats_timeout`` seconds and not once a stop is requested (then the thread
+        is told to stop, and given a moment to finish with what it has read), and write
+        ``paths.STATS_FILE``. Never fails the job: a problem is logged. Returns why the lease
+        was lost, if it was: then nothing is written (the folder is the manager's)."""
+        if not self._settings.stats_timeout:
+            return None
+        cancel = threading.Event()
+        work = asyncio.create_task(
+            asyncio.to_thread(readstats.job_stats, job.output_dir, attempt.command, cancel=cancel)
+        )
+        keeper = asyncio.create_task(self._keep_lease(job, lease, JobState.PROCESSING))
+        stop = asyncio.create_task(self._stop.wait())
+        started = self._clock()
+        try:
+            await asyncio.wait(
+                (work, keeper, stop),
+                timeout=self._settings.stats_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not work.done():
+                cancel.set()
+                await asyncio.wait((work,), timeout=STATS_CANCEL_GRACE)
+        finally:
+            keeper.cancel()
+            stop.cancel()
+            await asyncio.gather(keeper, stop, return_exceptions=True)
+        if not keeper.cancelled():
+            return keeper.result()
+        seconds = f"{self._clock() - started:.1f}"
+        if not work.done():
+            problem = "reading the reads did not stop"
+        elif (error := work.exception()) is not None:
+            problem = str(error)
+        else:
+            stats = work.result()
+            timeout = self._budget(lease, RECORD_WRITE_TIMEOUT)
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(readstats.write_job_stats, job.output_dir, stats), timeout
+                )
+            except TimeoutError:
+                problem = f"no answer from the disk in {timeout:.1f} s"
+            except (OSError, ValueError) as error:
+                problem = str(error)
+            else:
+                self._event(
+                    f"wrote {paths.STATS_FILE}",
+                    job.jobid,
+                    seconds=seconds,
+                    files=len(stats["files"]),
+                    errors=len(stats["errors"]) or None,
+                    cut_short=True if cancel.is_set() else None,
+                )
+                return None
+        self._event(
+            f"could not write {paths.STATS_FILE}: {problem}",
+            job.jobid,
+            level=logging.WARNING,
+            seconds=seconds,
+        )
+        return None
+
     async def _watch(
         self, job: Job, process: asyncio.subprocess.Process, lease: Lease
     ) -> LeaseEnd | int | None:
@@ -746,9 +814,10 @@ class Agent:
             return exited.result()
         return None
 
-    async def _keep_lease(self, job: Job, lease: Lease) -> LeaseEnd:
+    async def _keep_lease(
+        self, job: Job, lease: Lease, state: JobState = JobState.STARTED
+    ) -> LeaseEnd:
         """Send keepalives until the job must be dropped; say why it must."""
-        state = JobState.STARTED
         while True:
             params = {"job_id": job.jobid, "job_state": state.value}
             try:

@@ -17,8 +17,8 @@ are not read: their seal is), and listens. From then on one watcher on the whole
 raw folder the changes to its raw files, sends a folder with new raw files to discovery, and
 notices MinKNOW's final summary; a rescan does all of it again every ``BCM_RESCAN_INTERVAL``
 seconds for what events miss (network filesystems). An engine's ``assignwork`` goes to the
-scheduler: among the raw folders with pending files, of runs not paused, the one of highest
-priority whose oldest pending file has waited longest leases a batch, sized in bytes. A run is
+scheduler: among the raw folders with pending files, of runs not paused, it chooses the one
+that leases a batch, and the batch's bytes (``scheduler.py`` says by which rules). A run is
 finished when its final summary is there (and, when that names a number of raw files, that many
 were seen); complete when finished with nothing pending or leased. Then its completion command
 runs once and, but for a run that is INPUT_DIR itself, it is sealed.
@@ -335,14 +335,14 @@ class Facility:
         pending files for ``engine``."""
         self.last_activity = self.clock()
         queues = self._queues()
+        engines = max(1, self._engines_asking())
         while queues:
-            chosen = choose(queues)
+            chosen = choose(queues, engines)
             if chosen is None:
                 break
             queues.remove(chosen)
             source = self.sources[chosen.key]
             source.batch_extras = _batch_extras(self.run_of[chosen.key])
-            engines = max(1, self._engines_asking())
             batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
             if batch.batch:
                 self._jobs[batch.jobid] = source
@@ -369,18 +369,15 @@ class Facility:
             ]
             if not pending:
                 continue
-            sizes = {
-                key: source.progress.bytes_by_state()[FileState.PENDING] for key, source in pending
-            }
-            run_pending = sum(sizes.values())
+            run_pending = sum(
+                source.progress.bytes_by_state()[FileState.PENDING] for _, source in pending
+            )
             for key, source in pending:
                 queues.append(
                     Queue(
                         key=key,
-                        run=run.path,
                         priority=run.priority,
                         waited=source.waited() or 0.0,
-                        pending_bytes=sizes[key],
                         run_pending_bytes=run_pending,
                         run_finished=run.finished,
                         batch_bytes=run.settings.batch_bytes,
