@@ -47,6 +47,7 @@ from bcmanager.models import (
 )
 from bcmanager.paths import FolderKind, RunPaths, job_folder
 from bcmanager.progress import Progress, run_phase
+from bcmanager.rules import Rules
 from bcmanager.settings import Settings
 from bcmanager.state import (
     FILES_AFTER,
@@ -90,8 +91,14 @@ class Manager:
         settings: Settings,
         folders: RunFolders | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rules: Rules | None = None,
     ) -> None:
+        """``rules``: the runs file, read already (serve reports a bad one before it starts);
+        None: read the one the settings name."""
         self.settings = settings
+        # INPUT_DIR is the one run, so its settings are those of the run path ".".
+        rules = rules if rules is not None else Rules.from_settings(settings)
+        self.run_settings = rules.settings_for(".")
         self.paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
         self.folders = folders or RunFolders(self.paths)
         self.clock = clock
@@ -377,6 +384,11 @@ class Manager:
             batch=batch,
             input_dir=str(self.paths.input_dir),
             output_dir=str(self.paths.output_dir),
+            run_path=".",
+            priority=self.run_settings.priority,
+            model=self.run_settings.model,
+            modified_bases=self.run_settings.modified_bases,
+            kit=self.run_settings.kit,
         )
 
     # -- what people and watchdogs ask ------------------------------------------------------
