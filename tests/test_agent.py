@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from bcmanager.agent import (
     EXIT_CANNOT_RUN,
@@ -52,7 +53,7 @@ from bcmanager.paths import (
     parse_job_folder,
     raw_stem,
 )
-from conftest import Run, Server, wait_for
+from conftest import Run, Server, real_server, wait_for
 
 ENGINE = "gpu-test"
 
@@ -763,3 +764,86 @@ def test_systemd_does_not_restart_an_agent_that_needs_a_person() -> None:
         if line.startswith("RestartPreventExitStatus=")
     ]
     assert {int(code) for code in codes} == {2, EXIT_CANNOT_RUN, EXIT_FAILURES_IN_A_ROW}
+
+
+def manager_of_runs(root: Path, batches: list[dict[str, Any]]) -> tuple[FastAPI, list[str]]:
+    """A manager of several runs, reduced to what one agent sees: ``batches`` handed out in
+    turn (each with its job folders made, as a manager does), then no work. The jobs reported
+    are listed as 'jobid STATE'."""
+    app = FastAPI()
+    pending = list(batches)
+    reported: list[str] = []
+
+    @app.get("/assignwork")
+    def assign(engineid: str, batchsize: int) -> dict[str, Any]:
+        if not pending:
+            return {
+                **{"report_back_period": 90, "report_back_interval": 90, "jobid": "-1"},
+                **{"job_input_dir": "", "job_output_dir": "", "bc_engine_id": engineid},
+                **{"batch_size": 0, "batch": []},
+            }
+        batch = pending.pop(0)
+        jobid = batch["jobid"]
+        (root / "in" / f"ASSIGNED_{jobid}_{engineid}").mkdir(parents=True)
+        (root / "out" / f"TMPOUTPUT_{jobid}_{engineid}").mkdir(parents=True)
+        return {
+            **{"report_back_period": 90, "report_back_interval": 90, "bc_engine_id": engineid},
+            **{"job_input_dir": f"ASSIGNED_{jobid}_{engineid}", "batch_size": 1},
+            **{"job_output_dir": f"TMPOUTPUT_{jobid}_{engineid}", "batch": ["a.pod5"]},
+            **{"input_dir": str(root / "in"), "output_dir": str(root / "out")},
+            **batch,
+        }
+
+    @app.get("/keepalive")
+    def keepalive(job_id: str, job_state: str) -> dict[str, bool]:
+        return {"late": False}
+
+    @app.get("/completed")
+    def completed(job_id: str, job_state: str) -> dict[str, bool]:
+        reported.append(f"{job_id} {job_state}")
+        return {"ok": True}
+
+    return app, reported
+
+
+def test_one_agent_basecalls_each_run_with_its_own_model(tmp_path: Path) -> None:
+    sup = {"run_path": "PROJ_A/s1/20261124_1200_1A_PAO1_a/pod5", "model": "sup@v5.0.0"}
+    hac = {"run_path": "PROJ_B/s2/20261124_1300_2A_PAO2_b/pod5", "model": "hac@v5.0.0"}
+    facts = {"sample_rate": 5000, "flow_cell_product": "FLO-PRO114M"}
+    batches = [
+        {"jobid": "1", **sup, "modified_bases": "5mCG_5hmCG", "kit": "SQK-NBD114-24", **facts},
+        {"jobid": "2", **hac, "sequencing_kit": "SQK-LSK114", "priority": 9},
+        {"jobid": "3"},  # from a manager that sends none of them
+    ]
+    app, reported = manager_of_runs(tmp_path, batches)
+    names = "run_path model modified_bases kit sample_rate flow_cell_product sequencing_kit"
+    placeholders = " ".join(f"{{{name}}}" for name in names.split())
+    # The basecaller writes the words it was given, one per line, into its output folder.
+    command = f'sh -c \'printf "%s\\n" "$@" > "$0/argv.txt"\' {{output_dir}} {placeholders}'
+
+    with real_server(app) as url:
+        agent = subprocess.run(
+            [
+                *(sys.executable, "-m", "bcmanager", "agent", "--manager", url),
+                *("--engine-id", ENGINE, "--command", command, "--until-empty"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert agent.returncode == 0, agent.stderr
+    assert reported == ["1 DONE", "2 DONE", "3 DONE"]
+    given = {
+        jobid: (tmp_path / "out" / f"TMPOUTPUT_{jobid}_{ENGINE}" / "argv.txt").read_text()
+        for jobid in "123"
+    }
+    assert given["1"].splitlines() == [
+        *(sup["run_path"], "sup@v5.0.0", "5mCG_5hmCG", "SQK-NBD114-24"),
+        *("5000", "FLO-PRO114M", ""),
+    ]
+    assert given["2"].splitlines() == [hac["run_path"], "hac@v5.0.0", "", "", "", "", "SQK-LSK114"]
+    assert given["3"] == "\n" * 7  # an older manager: every run placeholder empty
+    record = attempt_record(tmp_path / "out" / f"TMPOUTPUT_2_{ENGINE}")
+    assert record["command"][-7:] == given["2"].splitlines()

@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from bcmanager.rules import DEFAULT_BATCH_BYTES, Rules, RulesError, RunSettings, parse_size
+from bcmanager.simulate import SAMPLE_RATE
 from conftest import Run, Server, tree
 
 FACILITY = """
@@ -225,7 +226,7 @@ def test_a_bad_batch_bytes_setting_is_one_line(run: Run, tmp_path: Path) -> None
     assert run.settings(batch_bytes="").batch_bytes == DEFAULT_BATCH_BYTES
 
 
-def test_the_batches_of_a_single_run_carry_its_settings(
+def test_the_batches_of_a_single_run_carry_its_settings_and_what_its_files_say(
     run: Run, tmp_path: Path, start_server: Callable[..., Server]
 ) -> None:
     run.add_many(1)
@@ -247,4 +248,10 @@ def test_the_batches_of_a_single_run_carry_its_settings(
         "model": "sup@v5",
         "modified_bases": "6mA",
         "kit": "SQK-RBK114-24",
+    }
+    keys = ("sample_rate", "flow_cell_product", "sequencing_kit")
+    assert {key: batch[key] for key in keys} == {
+        "sample_rate": SAMPLE_RATE,
+        "flow_cell_product": "FLO-PRO114M",
+        "sequencing_kit": "SQK-LSK114",
     }

@@ -46,6 +46,7 @@ from bcmanager.models import (
     RunStatus,
 )
 from bcmanager.paths import FolderKind, RunPaths, job_folder
+from bcmanager.pod5facts import Pod5Facts, read_facts
 from bcmanager.progress import Progress, run_phase
 from bcmanager.rules import Rules
 from bcmanager.settings import Settings
@@ -99,6 +100,8 @@ class Manager:
         # INPUT_DIR is the one run, so its settings are those of the run path ".".
         rules = rules if rules is not None else Rules.from_settings(settings)
         self.run_settings = rules.settings_for(".")
+        # What the run's POD5 files say of themselves: read from a leased file until one reads.
+        self.run_facts: Pod5Facts | None = None
         self.paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
         self.folders = folders or RunFolders(self.paths)
         self.clock = clock
@@ -220,6 +223,9 @@ class Manager:
             raise
         self.progress.job_assigned(job, now)
         self._event("assigned", job)
+        if self.run_facts is None:
+            # A few milliseconds, once: the run-info table of one file, not its signal.
+            self.run_facts = read_facts(self.paths.input_dir / job.files[0])
         return self._batch(
             engine,
             job.jobid,
@@ -373,6 +379,7 @@ class Manager:
     ) -> BCBatch:
         batch = list(files)
         period = self.settings.report_back_period
+        facts = self.run_facts
         return BCBatch(
             report_back_period=period,
             report_back_interval=period,
@@ -389,6 +396,9 @@ class Manager:
             model=self.run_settings.model,
             modified_bases=self.run_settings.modified_bases,
             kit=self.run_settings.kit,
+            sample_rate=facts.sample_rate if facts else None,
+            flow_cell_product=facts.flow_cell_product if facts else "",
+            sequencing_kit=facts.sequencing_kit if facts else "",
         )
 
     # -- what people and watchdogs ask ------------------------------------------------------
