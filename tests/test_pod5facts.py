@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,8 +15,11 @@ import numpy as np
 import pod5  # type: ignore[import-untyped]
 import pytest
 
+from bcmanager.manager import FACTS_ATTEMPTS, Manager
 from bcmanager.pod5facts import Pod5Facts, read_facts
+from bcmanager.scan import POD5_SIGNATURE
 from bcmanager.simulate import FLOW_CELL_ID, SAMPLE_RATE, RunIdentity, write_pod5
+from conftest import Run, serving
 
 
 def test_a_simulated_file_says_how_it_was_sequenced(tmp_path: Path) -> None:
@@ -149,3 +153,43 @@ def test_odd_values_are_not_passed_on(tmp_path: Path) -> None:
         acquisition_id="0123abcd",
         reads=1,
     )
+
+
+async def sample_rates(manager: Manager, batches: int) -> list[int | None]:
+    """The sample rate that each of ``batches`` one-file batches in turn carries."""
+    rates = []
+    async with serving(manager) as client:
+        for _ in range(batches):
+            params = {"engineid": "gpu0", "batchsize": 1}
+            rates.append((await client.get("/assignwork", params=params)).json()["sample_rate"])
+    return rates
+
+
+def damage(run: Run, names: list[str]) -> None:
+    """Complete files by the manager's rule (the signature at both ends), POD5 by no other."""
+    for name in names:
+        path = run.input_dir / name
+        written = path.stat()
+        path.write_bytes(POD5_SIGNATURE + bytes(100) + POD5_SIGNATURE)
+        os.utime(path, ns=(written.st_atime_ns, written.st_mtime_ns))  # still the oldest
+
+
+async def test_the_first_whole_file_among_the_first_batches_gives_the_run_its_facts(
+    run: Run, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = run.add_many(4)
+    damage(run, names[:2])  # the oldest, leased first
+    with caplog.at_level(logging.WARNING, logger="bcmanager.pod5facts"):
+        rates = await sample_rates(Manager(run.settings()), 4)
+    assert rates == [None, None, SAMPLE_RATE, SAMPLE_RATE]
+    assert len(caplog.records) == 2
+
+
+async def test_a_run_of_unreadable_files_costs_a_few_reads_not_one_per_batch(
+    run: Run, caplog: pytest.LogCaptureFixture
+) -> None:
+    damage(run, run.add_many(6))
+    with caplog.at_level(logging.WARNING, logger="bcmanager.pod5facts"):
+        rates = await sample_rates(Manager(run.settings()), 6)
+    assert rates == [None] * 6
+    assert len(caplog.records) == FACTS_ATTEMPTS

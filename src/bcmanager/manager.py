@@ -48,7 +48,7 @@ from bcmanager.models import (
 from bcmanager.paths import FolderKind, RunPaths, job_folder
 from bcmanager.pod5facts import Pod5Facts, read_facts
 from bcmanager.progress import Progress, run_phase
-from bcmanager.rules import Rules
+from bcmanager.rules import Rules, RunSettings
 from bcmanager.settings import Settings
 from bcmanager.state import (
     FILES_AFTER,
@@ -69,6 +69,7 @@ log = logging.getLogger(__name__)
 QUARANTINED_SHOWN = 100  # quarantined files listed by name in /status (all are counted)
 FIRST_CHUNK = 64  # files probed before the server starts listening
 CHUNK = 4096  # files probed per step after that
+FACTS_ATTEMPTS = 3  # files of a run read for what its POD5 files say before giving up
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +101,10 @@ class Manager:
         # INPUT_DIR is the one run, so its settings are those of the run path ".".
         rules = rules if rules is not None else Rules.from_settings(settings)
         self.run_settings = rules.settings_for(".")
-        # What the run's POD5 files say of themselves: read from a leased file until one reads.
+        # What the run's POD5 files say of themselves: read from the first file of each of the
+        # first FACTS_ATTEMPTS batches until one reads (a damaged file, or stand-ins in tests).
         self.run_facts: Pod5Facts | None = None
+        self._facts_attempts = 0
         self.paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
         self.folders = folders or RunFolders(self.paths)
         self.clock = clock
@@ -223,8 +226,9 @@ class Manager:
             raise
         self.progress.job_assigned(job, now)
         self._event("assigned", job)
-        if self.run_facts is None:
-            # A few milliseconds, once: the run-info table of one file, not its signal.
+        if self.run_facts is None and self._facts_attempts < FACTS_ATTEMPTS:
+            # A few milliseconds: the run-info table of one file, not its signal.
+            self._facts_attempts += 1
             self.run_facts = read_facts(self.paths.input_dir / job.files[0])
         return self._batch(
             engine,
@@ -379,7 +383,9 @@ class Manager:
     ) -> BCBatch:
         batch = list(files)
         period = self.settings.report_back_period
-        facts = self.run_facts
+        # A batch belongs to the run; "no work" to none, so it carries none of its keys.
+        run = self.run_settings if batch else RunSettings()
+        facts = self.run_facts if batch else None
         return BCBatch(
             report_back_period=period,
             report_back_interval=period,
@@ -391,11 +397,11 @@ class Manager:
             batch=batch,
             input_dir=str(self.paths.input_dir),
             output_dir=str(self.paths.output_dir),
-            run_path=".",
-            priority=self.run_settings.priority,
-            model=self.run_settings.model,
-            modified_bases=self.run_settings.modified_bases,
-            kit=self.run_settings.kit,
+            run_path="." if batch else "",
+            priority=run.priority,
+            model=run.model,
+            modified_bases=run.modified_bases,
+            kit=run.kit,
             sample_rate=facts.sample_rate if facts else None,
             flow_cell_product=facts.flow_cell_product if facts else "",
             sequencing_kit=facts.sequencing_kit if facts else "",
