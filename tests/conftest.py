@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import ssl
 import subprocess
@@ -304,3 +305,82 @@ def start_server(run: Run, tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.stop()
+
+
+@dataclass(frozen=True)
+class Read:
+    """One basecalled read, as a job's statistics count it."""
+
+    length: int
+    q: float  # its mean Q-score
+    barcode: str | None = None
+    passed: bool = True
+
+
+def known_reads(count: int, seed: int, barcodes: tuple[str | None, ...] = (None,)) -> list[Read]:
+    """Reads of lengths, Q-scores and barcodes a real run might have: mostly a few kb, a long
+    tail, Q 4 to 30; those under Q 10 fail."""
+    rng = random.Random(seed)
+    reads = []
+    for _ in range(count):
+        length = min(int(rng.lognormvariate(8.3, 0.8)), 400_000)
+        q = round(rng.uniform(4.0, 30.0), 3)
+        reads.append(Read(length, q, rng.choice(barcodes), q >= 10))
+    return reads
+
+
+def job_stats(
+    reads: Iterable[Read],
+    *,
+    length_bin: int = 100,
+    q_bin: int = 1,
+    model: str | None = "dna_r10.4.1_e8.2_400bps_hac@v5.0.0",
+    files: Iterable[dict[str, Any]] = (),
+    errors: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The ``bcm-stats.json`` an agent writes for ``reads``, worked out from the contract alone
+    (one group per barcode and pass or fail, histograms by bin start)."""
+    groups: dict[tuple[str | None, bool], dict[str, Any]] = {}
+    for read in reads:
+        group = groups.setdefault(
+            (read.barcode, read.passed),
+            {
+                "barcode": read.barcode,
+                "pass": read.passed,
+                "reads": 0,
+                "bases": 0,
+                "qscore_sum": 0.0,
+                "length_hist": {},
+                "q_hist": {},
+                "read_ids_sha256": None,
+            },
+        )
+        group["reads"] += 1
+        group["bases"] += read.length
+        group["qscore_sum"] += read.q
+        for name, key in (
+            ("length_hist", str(read.length // length_bin * length_bin)),
+            ("q_hist", str(int(read.q // q_bin) * q_bin)),
+        ):
+            group[name][key] = group[name].get(key, 0) + 1
+    return {
+        "format": "bcmanager-job-stats",
+        "version": 1,
+        "basecaller": {"name": "dorado", "version": "0.9.6", "model": model},
+        "length_bin": length_bin,
+        "q_bin": q_bin,
+        "groups": list(groups.values()),
+        "files": list(files),
+        "errors": list(errors),
+    }
+
+
+def n50(lengths: Iterable[int]) -> int:
+    """The length such that reads at least that long hold half the bases."""
+    ordered = sorted(lengths, reverse=True)
+    half, held = sum(ordered) / 2, 0
+    for length in ordered:
+        held += length
+        if held >= half:
+            return length
+    raise ValueError("no reads")

@@ -15,7 +15,8 @@ import numpy as np
 import pod5  # type: ignore[import-untyped]
 import pytest
 
-from bcmanager.manager import FACTS_ATTEMPTS, Manager
+from bcmanager.facility import FACTS_ATTEMPTS
+from bcmanager.manager import Manager
 from bcmanager.pod5facts import Pod5Facts, read_facts
 from bcmanager.scan import POD5_SIGNATURE
 from bcmanager.simulate import FLOW_CELL_ID, SAMPLE_RATE, RunIdentity, write_pod5

@@ -4,9 +4,10 @@ refused or unknown run, 2 usage)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,12 @@ from pydantic import BaseModel
 
 from bcmanager.cli import main
 from bcmanager.runs_cli import duration
-from conftest import real_server
+from bcmanager.simulate import SAMPLE_RATE, write_pod5
+from conftest import Run, Server, real_server
 
 READ, OPERATOR, ENGINE = "read-secret", "operator-secret", "engine-secret"
-A = "PROJ_A/s1/20261124_1200_1A_PAO12345_abcdef12/pod5"
-B = "PROJ_B/s2/20261124_1300_2B_PAO67890_12345678/pod5"
+A = "PROJ_A/s1/20261124_1200_1A_PAO12345_abcdef12"
+B = "PROJ_B/s2/20261124_1300_2B_PAO67890_12345678"
 
 
 class Change(BaseModel):
@@ -225,3 +227,53 @@ def test_lags_read_as_people_say_them() -> None:
         *("-", "0s", "45s", "1m00s", "3m05s"),
         *("1h00m", "2h03m", "1d01h"),
     ]
+
+
+def test_against_a_real_manager_of_a_root_each_run_gets_its_rule_and_the_operator_a_say(
+    run: Run, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """``bcmanager serve`` on a root of two runs with a runs file: each run's batches carry its
+    own rule's settings and what its POD5 files say, and ``bcmanager runs`` lists and changes
+    the runs on it."""
+    for path in (A, B):
+        (run.input_dir / path / "pod5").mkdir(parents=True)
+        for index in range(2):
+            write_pod5(run.input_dir / path / "pod5" / f"{index}.pod5", 1, seed=index)
+    runs_file = tmp_path / "runs.toml"
+    runs_file.write_text(
+        '[defaults]\nmodel = "hac@v5"\n'
+        '[[run]]\nmatch = "PROJ_A/**"\npriority = 10\nmodel = "sup@v5"\nmodified_bases = "6mA"\n'
+    )
+    server = start_server(BCM_RUNS_FILE=str(runs_file), BCM_OPERATOR_TOKEN=OPERATOR)
+    env = {**os.environ, "BCM_OPERATOR_TOKEN": OPERATOR}
+
+    def runs_command(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bcmanager", "runs", "--url", server.url, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+        )
+
+    listed = runs_command()
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert sorted((row[0], row[2], row[4]) for row in rows) == [(A, "10", "2"), (B, "0", "2")]
+
+    first = server.get("/assignwork", engineid="gpu0", batchsize=10).json()
+    keys = ("run_path", "priority", "model", "modified_bases", "sample_rate", "sequencing_kit")
+    assert [first[key] for key in keys] == [A, 10, "sup@v5", "6mA", SAMPLE_RATE, "SQK-LSK114"]
+
+    paused = runs_command("pause", B)
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.splitlines()[1].split()[:4] == [B, "sequencing", "0", "paused"]
+    assert server.get("/assignwork", engineid="gpu1", batchsize=10).json()["batch_size"] == 0
+    assert runs_command("resume", B).returncode == 0
+    assert runs_command("priority", B, "20").stdout.splitlines()[1].split()[2] == "20"
+    second = server.get("/assignwork", engineid="gpu1", batchsize=10).json()
+    assert [second[key] for key in keys] == [B, 20, "hac@v5", "", SAMPLE_RATE, "SQK-LSK114"]
+
+    unknown = runs_command("pause", "PROJ_C/none")
+    assert unknown.returncode == 1 and "404" in unknown.stderr and unknown.stdout == ""

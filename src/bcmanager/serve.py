@@ -15,9 +15,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from bcmanager.app import create_app
+from bcmanager.facility import Facility
 from bcmanager.lock import AlreadyManaged, hold_run
 from bcmanager.logs import configure_logging
-from bcmanager.manager import Manager
 from bcmanager.paths import RunPaths
 from bcmanager.roots import UnusableRoot
 from bcmanager.rules import Rules, RulesError
@@ -106,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"bcmanager: {error}", file=sys.stderr)
         return 1
     configure_logging(settings.log_format)
-    app = create_app(settings, Manager(settings, rules=rules), lock=locks)
+    app = create_app(settings, lock=locks, facility=Facility(settings, rules=rules))
     # log_config=None: uvicorn's own lines go through the handler configured above.
     uvicorn.run(
         app,

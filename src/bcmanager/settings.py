@@ -6,11 +6,13 @@ directory; ``.env.example`` documents each one. The CLI turns a validation error
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import (
+    AnyHttpUrl,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -55,6 +57,22 @@ class Settings(BaseSettings):
         None,
         description="Folder where MinKNOW writes final_summary_*.txt when sequencing stops "
         "(default: INPUT_DIR and its parent).",
+    )
+    run_folder_pattern: str = Field(
+        r"[0-9]{8}_[0-9]{4}_.+_[0-9a-fA-F]{8}",
+        description="A folder under INPUT_DIR whose whole name matches this regular "
+        "expression is one run (MinKNOW's YYYYMMDD_HHMM_<position>_<flow cell>_<hash>); its "
+        "folders that hold POD5 files are its raw folders. Elsewhere, a folder that holds POD5 "
+        "files itself is a run.",
+    )
+    discovery_depth: PositiveInt = Field(
+        8, description="How many folders deep below INPUT_DIR runs are looked for."
+    )
+    on_run_complete: str | None = Field(
+        None,
+        description="Command run once when a run is complete, e.g. 'notify.sh {output_dir}': "
+        "placeholders {run_path}, {run_dir}, {output_dir}; its exit status is recorded in "
+        "the run's output folder, and it is never run twice for one run.",
     )
     quarantine_attempts: PositiveInt = Field(
         3,
@@ -102,6 +120,11 @@ class Settings(BaseSettings):
         None, description="PEM certificate (chain) to serve HTTPS with; needs BCM_TLS_KEYFILE."
     )
     tls_keyfile: Path | None = Field(None, description="PEM private key of BCM_TLS_CERTFILE.")
+    notify_url: AnyHttpUrl | None = Field(
+        None,
+        description="URL that receives a JSON POST (with a 'text' line chat webhooks show) when "
+        "a run finishes sequencing or completes, a file is quarantined or an engine benched.",
+    )
     trusted_network: bool = Field(
         False,
         description="true: listen beyond loopback without TLS or without BCM_API_TOKEN (only "
@@ -110,12 +133,14 @@ class Settings(BaseSettings):
 
     @field_validator(
         "final_summary_dir",
+        "on_run_complete",
         "runs_file",
         "api_token",
         "operator_token",
         "read_token",
         "tls_certfile",
         "tls_keyfile",
+        "notify_url",
         mode="before",
     )
     @classmethod
@@ -129,6 +154,15 @@ class Settings(BaseSettings):
         """A size with a unit, as in the runs file; empty (as in .env.example): the default."""
         if isinstance(value, str):
             return parse_size(value) if value.strip() else DEFAULT_BATCH_BYTES
+        return value
+
+    @field_validator("run_folder_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
         return value
 
     @model_validator(mode="after")
@@ -145,6 +179,10 @@ class Settings(BaseSettings):
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("BCM_TLS_CERTFILE and BCM_TLS_KEYFILE are set together or not at all")
         return self
+
+    @property
+    def run_folder(self) -> re.Pattern[str]:
+        return re.compile(self.run_folder_pattern)
 
     @property
     def scheme(self) -> str:

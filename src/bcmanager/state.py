@@ -38,7 +38,7 @@ job folders on disk with ``adopt`` and ``restore``.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from itertools import filterfalse
@@ -242,6 +242,25 @@ class RunState:
         retries = [name for group in list(self._retries) for name in group.files]
         return retries + list(self._pending)
 
+    def first_pending(self) -> str | None:
+        """The file ``lease`` would take first (a retry's, else the oldest pending one)."""
+        for group in self._retries:
+            for name in group.files:
+                if self._files.get(name) is FileState.PENDING:
+                    return name
+        while self._pending:
+            name = self._pending[0]
+            if self._files.get(name) is FileState.PENDING:
+                return name
+            self._pending.popleft()
+        return None
+
+    def has_job(self, jobid: str) -> bool:
+        return jobid in self._jobs
+
+    def job_ids(self) -> frozenset[str]:
+        return frozenset(self._jobs)
+
     def observe(self, name: str, complete: bool) -> FileState | None:
         """A scan or a watch event saw raw file ``name``; returns its new state if it changed.
 
@@ -320,7 +339,15 @@ class RunState:
         return list(self._live.values())
 
     def lease(
-        self, jobid: str, engine: str, batch_size: int, now: float, steer: bool = False
+        self,
+        jobid: str,
+        engine: str,
+        batch_size: int,
+        now: float,
+        steer: bool = False,
+        *,
+        sizes: Mapping[str, int] | None = None,
+        max_bytes: int | None = None,
     ) -> Job | None:
         """Take up to ``batch_size`` pending files into a new job; None if none. A retry of
         failed files goes first, alone; else the oldest pending files. With ``steer`` (another
@@ -338,13 +365,19 @@ class RunState:
             job = Job(jobid, engine, retry, JobState.ASSIGNED, now, now, retry=True)
             return self._start(job)
         files: list[str] = []
+        taken = 0
         while self._pending and len(files) < batch_size:
-            name = self._pending.popleft()
+            name = self._pending[0]
             # A name whose file went missing, or that came back and was queued again, has
             # left this place in the queue: it is PENDING here once at most.
             if self._files.get(name) is FileState.PENDING:
+                size = sizes.get(name, 0) if sizes is not None else 0
+                if files and max_bytes is not None and taken + size > max_bytes:
+                    break
+                taken += size
                 self._move(name, FileState.LEASED)
                 files.append(name)
+            self._pending.popleft()
         if not files:
             return None
         return self._start(Job(jobid, engine, tuple(files), JobState.ASSIGNED, now, now))
