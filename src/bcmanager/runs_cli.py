@@ -41,8 +41,9 @@ NUMERIC = frozenset({"PRIORITY", "PENDING", "LEASED", "DONE", "QUARANTINED"})
 _M = TypeVar("_M", bound=BaseModel)
 
 
-class RunEntry(BaseModel):
-    """One run as ``GET /runs`` lists it, reduced to the keys this command shows."""
+class ListedRun(BaseModel):
+    """One run as ``GET /runs`` lists it (``models.RunEntry``), reduced to the keys this command
+    shows: a manager that sends more keys is read all the same."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -54,10 +55,10 @@ class RunEntry(BaseModel):
     lag_seconds: float | None
 
 
-class RunList(BaseModel):
+class ListedRuns(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    runs: list[RunEntry]
+    runs: list[ListedRun]
 
 
 class Refused(Exception):
@@ -132,14 +133,14 @@ def run_runs(args: argparse.Namespace) -> int:
     try:
         if action == "list":
             headers = client.bearer("read_token", "operator_token")
-            runs = _parse(RunList, _call("GET", f"{url}/runs", headers, None, verify)).runs
+            runs = _parse(ListedRuns, _call("GET", f"{url}/runs", headers, None, verify)).runs
         else:
             body: dict[str, str | int] = {"run": args.run}
             if action == "priority":
                 body["priority"] = args.priority
             headers = client.bearer("operator_token", "api_token")
             reply = _call("POST", f"{url}/runs/{action}", headers, body, verify)
-            runs = [_parse(RunEntry, reply)]
+            runs = [_parse(ListedRun, reply)]
     except Refused as error:
         print(f"bcmanager runs: {error}", file=sys.stderr)
         return EXIT_REFUSED
@@ -179,7 +180,7 @@ def _detail(reply: httpx.Response) -> str:
     return printable(detail if isinstance(detail, str) else reply.text[:300])
 
 
-def table(runs: Sequence[RunEntry]) -> str:
+def table(runs: Sequence[ListedRun]) -> str:
     """The runs as aligned columns, one line each, under a header."""
     rows = [COLUMNS] + [_row(run) for run in runs]
     widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS))]
@@ -193,7 +194,7 @@ def table(runs: Sequence[RunEntry]) -> str:
     return "\n".join(lines)
 
 
-def _row(run: RunEntry) -> tuple[str, ...]:
+def _row(run: ListedRun) -> tuple[str, ...]:
     files = run.files
     return (
         printable(run.path),
