@@ -80,11 +80,13 @@ def discover(
     layout: Layout,
     skip: Callable[[str], bool] = lambda path: False,
     below: str = HERE,
+    visited: list[str] | None = None,
 ) -> list[Found]:
     """Every raw folder under ``root`` (at or below its folder ``below``), with its run, sorted
     by path. A folder that cannot be read is passed over (the next discovery tries again);
-    ``skip`` names folders not to enter (sealed runs)."""
-    return sorted(_walk(root, layout, skip, below), key=lambda found: found.source)
+    ``skip`` names folders not to enter (sealed runs); ``visited`` receives each folder read."""
+    walked = [] if visited is None else visited
+    return sorted(_walk(root, layout, skip, below, walked), key=lambda found: found.source)
 
 
 def classify(path: str, holds_raw: bool, layout: Layout, root_name: str) -> Found | None:
@@ -106,7 +108,9 @@ def run_of(path: str, layout: Layout, root_name: str) -> str | None:
     return None
 
 
-def _walk(root: Path, layout: Layout, skip: Callable[[str], bool], below: str) -> Iterator[Found]:
+def _walk(
+    root: Path, layout: Layout, skip: Callable[[str], bool], below: str, visited: list[str]
+) -> Iterator[Found]:
     if below != HERE and not all(looked_into(part) for part in below.split("/")):
         return
     pending = [(below, 0 if below == HERE else below.count("/") + 1)]
@@ -131,6 +135,7 @@ def _walk(root: Path, layout: Layout, skip: Callable[[str], bool], below: str) -
                         holds_raw = True
         except OSError:
             continue
+        visited.append(path)
         found = classify(path, holds_raw, layout, root.name)
         if found is not None:
             yield found

@@ -75,6 +75,10 @@ FACTS_ATTEMPTS = 3
 stand-ins that only look complete)."""
 
 
+# Seconds after which a watcher that starts again with more folders surely watches them.
+REWATCH_SECONDS = 0.2
+
+
 class UnknownRun(LookupError):
     """No run has that path."""
 
@@ -159,6 +163,10 @@ class Facility:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._discovering = asyncio.Lock()
+        # Folders the watcher watches (paths under INPUT_DIR), and what tells it to start again
+        # when there are more.
+        self._watched: set[str] = {HERE}
+        self._rewatch = asyncio.Event()
         # Raw folders a discovery found and is still starting, by path -> run path.
         self._pending_sources: dict[str, str] = {}
         # Benching is the engine's, not a raw folder's: one that fails everything is benched
@@ -291,27 +299,35 @@ class Facility:
                 self._pending_sources = {}
 
     async def _walk(self, below: str) -> list[Found]:
-        return await asyncio.to_thread(
-            discovery.discover, self.input_root, self.layout, self._is_sealed, below
-        )
+        """Discovery below a folder (in a worker thread). A sealed run whose folders are
+        unchanged is not entered: its seal stands for it. The folders walked, and those of
+        sealed runs, are watched from now on."""
+        visited: list[str] = []
+        seals: dict[str, runrecord.Seal] = {}
 
-    def _is_sealed(self, path: str) -> bool:
-        """Discovery asks of each folder: a sealed run whose folders are unchanged is not
-        entered (its seal stands for it); one whose folders changed is read again."""
-        run = self.runs.get(path)
-        if run is not None:
-            return run.seal is not None and runrecord.still_holds(self.input_root, run.seal)
-        if path == HERE:
-            return False
-        output = self.output_root / path
-        seal = runrecord.read_seal(output, path)
-        if seal is None or not runrecord.still_holds(self.input_root, seal):
-            return False
-        run = self._add_run(path)
-        run.seal = seal
-        run.final_summary = seal.final_summary
-        run.finished = run.completed = True
-        return True
+        def sealed(path: str) -> bool:
+            run = self.runs.get(path)  # only read here: the loop owns the runs
+            if run is not None:
+                return run.seal is not None and runrecord.still_holds(self.input_root, run.seal)
+            if path == HERE:
+                return False
+            seal = runrecord.read_seal(self.output_root / path, path)
+            if seal is None or not runrecord.still_holds(self.input_root, seal):
+                return False
+            seals[path] = seal
+            return True
+
+        found = await asyncio.to_thread(
+            discovery.discover, self.input_root, self.layout, sealed, below, visited
+        )
+        for path, seal in sorted(seals.items()):
+            if path not in self.runs:
+                run = self._add_run(path)
+                run.seal, run.final_summary = seal, seal.final_summary
+                run.finished = run.completed = True
+                visited += seal.folders  # a new file there unseals the run
+        self._watch_also(visited)
+        return found
 
     def _reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
@@ -598,18 +614,50 @@ class Facility:
             await asyncio.sleep(self.settings.rescan_interval)
 
     async def _watch(self) -> None:
-        """One watcher for the whole root: raw files go to their raw folder, raw files in a
-        folder not served yet to discovery, final summaries to their run."""
-        top = str(self.input_root)
-        async for changes in awatch(
-            top,
-            watch_filter=_interesting,
-            recursive=True,
-            debounce=DEBOUNCE_MS,
-            step=STEP_MS,
-            force_polling=False,
-        ):
-            await self._changed(changes)
+        """One watcher for the folders of the root that matter: each folder discovery walked
+        (raw folders and the folders above them) and the folders of sealed runs, each watched
+        alone, not recursively, so that a root full of finished runs costs a watch per folder,
+        not a walk of every file. Raw files go to their raw folder; raw files or a new folder
+        in a folder not served yet go to discovery; final summaries to their run. When
+        discovery adds folders, the watcher starts again with them."""
+        while True:
+            self._rewatch = asyncio.Event()
+            folders = [str(self._absolute(path)) for path in sorted(self._watched)]
+            try:
+                async for changes in awatch(
+                    *folders,
+                    watch_filter=_interesting,
+                    recursive=False,
+                    debounce=DEBOUNCE_MS,
+                    step=STEP_MS,
+                    stop_event=self._rewatch,
+                    force_polling=False,
+                ):
+                    await self._changed(changes)
+            except FileNotFoundError:
+                # A watched folder went away: watch those that are left.
+                self._watched = {path for path in self._watched if self._absolute(path).is_dir()}
+
+    def _absolute(self, path: str) -> Path:
+        return self.input_root if path == HERE else self.input_root / path
+
+    def _watch_also(self, folders: Iterable[str]) -> None:
+        """Watch these folders too. What is written in them before the watcher has started
+        again is found by a second look once it has (``_settle``)."""
+        new = set(folders) - self._watched
+        self._watched |= new
+        if new and "watcher" in self._tasks:
+            self._rewatch.set()
+            self._side(self._settle(new))
+
+    async def _settle(self, folders: set[str]) -> None:
+        await asyncio.sleep(REWATCH_SECONDS)
+        for folder in sorted(folders):
+            source = self.sources.get(folder)
+            if source is not None:
+                await source.rescan()
+            elif folder not in self._pending_sources:
+                await self._discover(folder)
 
     async def _changed(self, changes: Iterable[tuple[Change, str]]) -> None:
         by_folder: dict[str, tuple[list[str], list[str]]] = {}
@@ -620,6 +668,10 @@ class Facility:
             if folder is None:
                 continue
             name = os.path.basename(full)
+            if not is_raw_name(name) and not is_final_summary_name(name):
+                if change is Change.added and os.path.isdir(full):
+                    unknown.add(discovery.join(folder, name))  # a new folder: what is in it?
+                continue
             if is_final_summary_name(name):
                 summaries.add(folder)
                 continue
@@ -635,6 +687,9 @@ class Facility:
             if written and run.completed and run.phase() is not RunPhase.COMPLETE:
                 self._reopen(run, "new raw files")
         for folder in sorted(unknown):
+            if folder in self.sources:
+                continue
+            self._watch_also([folder])
             await self._discover(folder)
         for folder in summaries:
             for run in self.runs.values():
@@ -784,10 +839,11 @@ def _named(path: str, problems: list[str]) -> list[str]:
 
 
 def _interesting(change: Change, path: str) -> bool:
+    """Raw files, final summaries, and new entries that may be folders to look into."""
     name = os.path.basename(path)
-    if is_raw_name(name):
-        return discovery.looked_into(os.path.basename(os.path.dirname(path)))
-    return change is not Change.deleted and is_final_summary_name(name)
+    if is_raw_name(name) or is_final_summary_name(name):
+        return change is not Change.deleted or is_raw_name(name)
+    return change is Change.added and discovery.looked_into(name)
 
 
 def _job_ids_on_disk(folders: list[Path]) -> frozenset[str]:

@@ -555,6 +555,11 @@ class Manager:
                 log.info("finished after a disk fault: %s", line)
             await self._rescan_or_log()
 
+    async def rescan(self) -> None:
+        """Look at the raw folder again now (the facility asks when events may have been
+        missed)."""
+        await self._rescan_or_log()
+
     async def _rescan_or_log(self) -> None:
         """A rescan; when INPUT_DIR cannot be read it is logged (and /heartbeat says so), and
         the next rescan tries again."""
