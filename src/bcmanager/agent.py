@@ -114,8 +114,9 @@ Exit codes:
 TEMPLATE_HELP = """\
 The command template is split into words like a POSIX shell would (shlex), then these
 placeholders are replaced inside each word; any other text, braces included, stays as it is:
-  {input_dir}   absolute path of the job's folder of POD5 symlinks (INPUT_DIR/ASSIGNED_...)
-  {output_dir}  absolute path of the job's output folder (OUTPUT_DIR/TMPOUTPUT_...); the
+  {input_dir}   absolute path of the job's folder of POD5 symlinks (INPUT_DIR/ASSIGNED_...,
+                or INPUT_DIR/<run>/pod5/ASSIGNED_... under a root of runs)
+  {output_dir}  absolute path of the job's output folder (OUTPUT_DIR/[<run>/]TMPOUTPUT_...); the
                 basecaller writes its FASTQ under pass/ and fail/ in it
   {jobid}       the job id
   {engine_id}   this agent's engine id
@@ -329,8 +330,11 @@ def resolve_job(reply: BatchReply, input_dir: Path | None, output_dir: Path | No
             "manager?): give them with --input-dir and --output-dir"
         )
     for name in (reply.job_input_dir, reply.job_output_dir):
-        if name in ("", ".", "..") or Path(name).name != name:
-            raise ProtocolViolation(f"job folder {name!r} is not a plain folder name")
+        # Under a root of runs the job folder sits in its run's folders: subfolders, but never
+        # a way out of the root.
+        parts = name.split("/")
+        if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ProtocolViolation(f"job folder {name!r} is not a folder below the root")
     return Job(
         jobid=reply.jobid,
         input_dir=input_root / reply.job_input_dir,
