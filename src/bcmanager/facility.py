@@ -60,6 +60,7 @@ from bcmanager.paths import (
     is_raw_name,
     parse_job_folder,
 )
+from bcmanager.pod5facts import Pod5Facts, read_facts
 from bcmanager.progress import Progress, run_phase
 from bcmanager.rules import Rules, RunSettings
 from bcmanager.scheduler import Queue, batch_bytes, choose
@@ -68,6 +69,10 @@ from bcmanager.state import FileState, Job, JobState, UnknownJob
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS, can_watch
 
 log = logging.getLogger(__name__)
+
+FACTS_ATTEMPTS = 3
+"""Files of a run read for what its POD5 files say before it goes without (damaged files, or
+stand-ins that only look complete)."""
 
 
 # Seconds after which a watcher that starts again with more folders surely watches them.
@@ -94,6 +99,8 @@ class Run:
     finished: bool = False  # sequencing stopped, and every file it wrote was seen
     completed: bool = False  # complete, announced and its command started
     seal: runrecord.Seal | None = None  # set while the run is sealed and not read back
+    facts: Pod5Facts | None = None  # what its POD5 files say of themselves, once one was read
+    facts_attempts: int = 0  # files read for them so far (at most FACTS_ATTEMPTS)
 
     def counts(self) -> dict[FileState, int]:
         if self.seal is not None:
@@ -137,14 +144,17 @@ class Facility:
         settings: Settings,
         manager: Manager | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rules: Rules | None = None,
     ) -> None:
+        """``rules``: the runs file, read already (``serve`` reports a bad one before it takes
+        the locks); None: the one the settings name, read here."""
         self.settings = settings
         self.clock = manager.clock if manager is not None else clock
         self.input_root = settings.input_dir.resolve()
         self.output_root = settings.output_dir.resolve()
         self.paths = RunPaths(self.input_root, self.output_root)
         self.layout = Layout(settings.run_folder, settings.discovery_depth)
-        self.rules = Rules.empty(4_000_000_000)
+        self.rules = rules if rules is not None else Rules.from_settings(settings)
         self.runs: dict[str, Run] = {}
         self.sources: dict[str, Manager] = {}  # every raw folder's core, by its path
         self.run_of: dict[str, Run] = {}  # raw folder path -> its run
@@ -342,12 +352,21 @@ class Facility:
                 break
             queues.remove(chosen)
             source = self.sources[chosen.key]
-            source.batch_extras = _batch_extras(self.run_of[chosen.key])
+            run = self.run_of[chosen.key]
+            source.batch_extras = _batch_extras(run)
             batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
             if batch.batch:
                 self._jobs[batch.jobid] = source
-                return batch
+                return _with_facts(batch, self._facts(run, source.paths.input_dir / batch.batch[0]))
         return self._nothing(engine)
+
+    def _facts(self, run: Run, raw_file: Path) -> Pod5Facts | None:
+        """What the run's POD5 files say: read from ``raw_file`` (a few milliseconds: its
+        run-info table, not its signal) unless known, or FACTS_ATTEMPTS files did not read."""
+        if run.facts is None and run.facts_attempts < FACTS_ATTEMPTS:
+            run.facts_attempts += 1
+            run.facts = read_facts(raw_file)
+        return run.facts
 
     def _nothing(self, engine: str) -> BCBatch:
         """No work. A run served alone says so itself, as it always did (it counts the
@@ -855,6 +874,19 @@ def _batch_extras(run: Run) -> dict[str, object]:
         "modified_bases": run.settings.modified_bases,
         "kit": run.settings.kit,
     }
+
+
+def _with_facts(batch: BCBatch, facts: Pod5Facts | None) -> BCBatch:
+    """``batch`` with what its run's POD5 files say, when that is known."""
+    if facts is None:
+        return batch
+    return batch.model_copy(
+        update={
+            "sample_rate": facts.sample_rate,
+            "flow_cell_product": facts.flow_cell_product,
+            "sequencing_kit": facts.sequencing_kit,
+        }
+    )
 
 
 def _render(words: list[str], values: dict[str, str]) -> list[str]:
