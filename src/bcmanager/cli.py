@@ -16,6 +16,7 @@ from bcmanager import (
     check,
     demo,
     retry,
+    runreport,
     runs_cli,
     serve,
     simulate,
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bcmanager {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, agent, simulate, demo, status_view, runs_cli, check, retry):
+    for module in (serve, agent, simulate, demo, status_view, runs_cli, check, retry, runreport):
         module.add_command(subparsers)
     return parser
 

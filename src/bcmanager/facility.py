@@ -34,13 +34,14 @@ import shlex
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from watchfiles import Change, awatch
 
 from bcmanager import discovery, runrecord, scan
-from bcmanager.benching import Benching
+from bcmanager.benching import Benched, Benching
 from bcmanager.discovery import HERE, Found, Layout
 from bcmanager.logs import log_event
 from bcmanager.manager import QUARANTINED_SHOWN, Manager, picture
@@ -53,20 +54,27 @@ from bcmanager.models import (
     RunPhase,
     RunStatus,
 )
+from bcmanager.notify import Notifier
 from bcmanager.paths import (
+    ATTEMPT_FILE,
     COMPLETION_LOG,
+    STATS_FILE,
+    FolderKind,
     RunPaths,
     is_final_summary_name,
     is_raw_name,
+    job_folder,
     parse_job_folder,
 )
 from bcmanager.pod5facts import Pod5Facts, read_facts
 from bcmanager.progress import Progress, run_phase
 from bcmanager.rules import Rules, RunSettings
+from bcmanager.runreport import write_run_report
 from bcmanager.scheduler import Queue, batch_bytes, choose
 from bcmanager.settings import Settings
 from bcmanager.state import FileState, Job, JobState, UnknownJob
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS, can_watch
+from bcmanager.yieldledger import JobStats, RunYield, read_job_stats, rebuild_yield
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,12 @@ class Run:
     seal: runrecord.Seal | None = None  # set while the run is sealed and not read back
     facts: Pod5Facts | None = None  # what its POD5 files say of themselves, once one was read
     facts_attempts: int = 0  # files read for them so far (at most FACTS_ATTEMPTS)
+    # What its reads came to (None until rebuilt from its DONE jobs' statistics at start-up;
+    # jobs that end meanwhile wait in ``unledgered``).
+    ledger: RunYield | None = None
+    unledgered: list[tuple[JobStats | str, float, str, float | None]] = field(default_factory=list)
+    rebuilding: bool = False
+    counting: int = 0  # DONE jobs whose statistics are being read
 
     def counts(self) -> dict[FileState, int]:
         if self.seal is not None:
@@ -171,6 +185,7 @@ class Facility:
         self._pending_sources: dict[str, str] = {}
         # Benching is the engine's, not a raw folder's: one that fails everything is benched
         # for all runs at once.
+        self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
         self.benching = Benching(
             settings.bench_after,
             settings.bench_seconds,
@@ -187,6 +202,7 @@ class Facility:
         """Read every run back, then keep discovering, watching and rescanning. Returns (and
         the server listens) once each raw folder's jobs are adopted and its oldest files can
         be offered; each raw folder finishes its first scan in the background."""
+        self.notifier.start()
         if self._given is not None:
             run = self._add_run(HERE)
             await self._add_source(run, HERE, self._given)
@@ -209,6 +225,7 @@ class Facility:
         self._tasks.clear()
         for source in self.sources.values():
             await source.stop()
+        await self.notifier.stop()
 
     def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self._tasks[name] = asyncio.create_task(work, name=name)
@@ -253,7 +270,8 @@ class Facility:
         )
         on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
         source.siblings = lambda: on_disk | run.job_ids(but=path)
-        source.on_ended = lambda job, outcome, reason: self._job_ended(run, job, outcome)
+        source.on_ended = partial(self._job_ended, run, path)
+        self._start_ledger(run)
         try:
             await source.start()
         except OSError as error:
@@ -325,6 +343,7 @@ class Facility:
                 run = self._add_run(path)
                 run.seal, run.final_summary = seal, seal.final_summary
                 run.finished = run.completed = True
+                run.ledger = _ledger_of(seal)
                 visited += seal.folders  # a new file there unseals the run
         self._watch_also(visited)
         return found
@@ -443,9 +462,61 @@ class Facility:
         self.last_activity = self.clock()
         await self._source_of(jobid).complete_async(jobid, outcome)
 
-    def _job_ended(self, run: Run, job: Job, outcome: JobState) -> None:
+    def _job_ended(
+        self,
+        run: Run,
+        path: str,
+        job: Job,
+        outcome: JobState,
+        reason: str | None,
+        benched: Benched | None,
+    ) -> None:
         self._jobs.pop(job.jobid, None)
+        if outcome is JobState.DONE:
+            run.counting += 1
+            self._side(self._count_reads(run, job))
+        elif outcome is JobState.QUARANTINED:
+            for name in job.files:
+                self.notifier.file_quarantined(
+                    run.path, discovery.join(path, name), reason or "no record of why"
+                )
+        if benched is not None:
+            seconds = benched.until - self.clock()
+            self.notifier.engine_benched(benched.engine, seconds, benched.reason)
         self._check_complete(run)
+
+    # -- what the reads came to -------------------------------------------------------------
+
+    def _start_ledger(self, run: Run) -> None:
+        """Rebuild a run's ledger from its DONE jobs' log folders, listed now (a job that ends
+        after this is counted when it ends), read in the background."""
+        if run.ledger is not None or run.rebuilding:
+            return
+        run.rebuilding = True
+        names = _names_in(run.output)
+        logs = [run.output / name for name in names if name.startswith(FolderKind.LOGOUTPUT.value)]
+        self._side(self._rebuild_ledger(run, logs))
+
+    async def _rebuild_ledger(self, run: Run, logs: list[Path]) -> None:
+        ledger = await asyncio.to_thread(rebuild_yield, logs)
+        for stats, ended_at, engine, seconds in run.unledgered:
+            _add_to(ledger, stats, ended_at, engine, seconds)
+        run.unledgered.clear()
+        run.ledger, run.rebuilding = ledger, False
+        self._check_complete(run)
+
+    async def _count_reads(self, run: Run, job: Job) -> None:
+        """A DONE job's statistics, as its agent wrote them (kept with its logs)."""
+        folder = run.output / job_folder(FolderKind.LOGOUTPUT, job.jobid, job.engine)
+        try:
+            stats, attempt = await asyncio.to_thread(_job_stats, folder)
+        finally:
+            run.counting -= 1
+        seconds = attempt.seconds if attempt is not None else None
+        if run.ledger is None:
+            run.unledgered.append((stats, time.time(), job.engine, seconds))
+        else:
+            _add_to(run.ledger, stats, time.time(), job.engine, seconds)
 
     async def retry(self, names: list[str] | None) -> list[str]:
         """Send quarantined files back: ``names`` are raw file names, or paths relative to
@@ -513,6 +584,7 @@ class Facility:
             return  # MinKNOW wrote more files than were seen yet: wait for them
         run.finished = True
         self._log("finished", run, summary=run.final_summary)
+        self.notifier.sequencing_finished(run.path)
         for source in run.sources.values():
             source.sequencing_finished(run.final_summary)
         self._check_complete(run)
@@ -520,16 +592,35 @@ class Facility:
     def _check_complete(self, run: Run) -> None:
         if run.completed or run.seal is not None or run.phase() is not RunPhase.COMPLETE:
             return
+        if run.ledger is None:
+            return  # checked again once its ledger is rebuilt
         run.completed = True
         self._log("complete", run)
         self._side(self._after_complete(run))
 
     async def _after_complete(self, run: Run) -> None:
-        """The completion command (once per run), then the seal (not for INPUT_DIR itself)."""
+        """The report, the completion command (once per run), then the seal (not for INPUT_DIR
+        itself). The DONE jobs' statistics still being read are waited for."""
+        while run.counting:
+            await asyncio.sleep(0.02)
+        await self._write_report(run)
         if self.settings.on_run_complete:
             await self._run_completion_command(run)
         if run.path != HERE and run.phase() is RunPhase.COMPLETE:
             await asyncio.to_thread(self._seal, run)
+
+    async def _write_report(self, run: Run) -> None:
+        ledger = run.ledger or RunYield()
+        raw_folders = [source.paths for source in run.sources.values()]
+        try:
+            _, html_path, report = await asyncio.to_thread(
+                write_run_report, run.path, run.output, raw_folders, ledger
+            )
+        except OSError as error:
+            log.error("run %s: could not write its report (%s)", run.path, error)
+            return
+        self._log("report", run, report=str(html_path))
+        self.notifier.run_complete(run.path, report, str(html_path))
 
     async def _run_completion_command(self, run: Run) -> None:
         record = await asyncio.to_thread(runrecord.read_completion, run.output)
@@ -583,6 +674,7 @@ class Facility:
             bytes={state.value: size for state, size in run.bytes().items()},
             final_summary=run.final_summary,
             sealed_at=runrecord.now_text(),
+            ledger=None if run.ledger is None else run.ledger.to_record(),
         )
         try:
             runrecord.write_seal(run.output, seal)
@@ -758,6 +850,7 @@ class Facility:
             model=run.settings.model,
             modified_bases=run.settings.modified_bases,
             kit=run.settings.kit,
+            reads=None if run.ledger is None else run.ledger.status(),
         )
 
     def entries(self, *, live_only: bool = False) -> list[RunEntry]:
@@ -810,6 +903,36 @@ class Facility:
         if RunPhase.BASECALLING in phases:
             return RunPhase.BASECALLING
         return RunPhase.COMPLETE
+
+
+def _names_in(folder: Path) -> list[str]:
+    try:
+        return scan.names_in(folder)
+    except OSError:
+        return []
+
+
+def _job_stats(folder: Path) -> tuple[JobStats | str, scan.AttemptRecord | None]:
+    return read_job_stats(folder / STATS_FILE), scan.attempt_record(folder / ATTEMPT_FILE)
+
+
+def _add_to(
+    ledger: RunYield, stats: JobStats | str, ended_at: float, engine: str, seconds: float | None
+) -> None:
+    if isinstance(stats, str):
+        ledger.add_without_stats(engine, stats)
+    else:
+        ledger.add(stats, ended_at, engine=engine, busy_seconds=seconds)
+
+
+def _ledger_of(seal: runrecord.Seal) -> RunYield | None:
+    if seal.ledger is None:
+        return None
+    try:
+        return RunYield.from_record(seal.ledger)
+    except ValueError as error:
+        log.warning("run %s: its seal's yield cannot be read (%s)", seal.run, error)
+        return None
 
 
 def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]]:

@@ -106,7 +106,7 @@ class Manager:
         # Extra keys of each BCBatch: the run's path and basecalling settings.
         self.batch_extras: dict[str, object] = {}
         # Called once the end of a job is recorded: the facility's run bookkeeping.
-        self.on_ended: Callable[[Job, JobState, str | None], None] | None = None
+        self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
         # Job ids of the other raw folders that share this one's output folder: recovery
         # leaves their output alone.
         self.siblings: Callable[[], frozenset[str]] = frozenset
@@ -373,6 +373,7 @@ class Manager:
         self.state.finish(job.jobid, outcome, counted=ending.counted)
         reason = record.describe() if record is not None else None
         self.progress.job_ended(job, outcome, now, record)
+        benched: Benched | None = None
         if outcome is JobState.DONE:
             self.benching.succeeded(job.engine, now)
         elif outcome in (JobState.FAILED, JobState.QUARANTINED) and not job.retry:
@@ -380,12 +381,11 @@ class Manager:
             benched = self.benching.failed(job.engine, now, reason or "no record of why")
             if benched is not None:
                 self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)
-                reason = f"{reason}; engine benched: {benched.reason}"
         self._event(_ENDINGS[outcome], job, reason)
         if FILES_AFTER[outcome] is FileState.PENDING:
             self._vanished(job.files)  # deleted while leased: missing, not pending
         if self.on_ended is not None:
-            self.on_ended(job, outcome, reason)
+            self.on_ended(job, outcome, reason, benched)
 
     def _event(self, event: str, job: Job, reason: str | None = None) -> None:
         self._log(event, jobid=job.jobid, engine=job.engine, files=len(job.files), reason=reason)

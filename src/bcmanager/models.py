@@ -339,6 +339,9 @@ class RunEntry(BaseModel):
     model: str = Field(description="The basecalling model its settings name ('' for none).")
     modified_bases: str = Field(description="The modified bases its settings name.")
     kit: str = Field(description="The kit its settings name.")
+    reads: RunYieldStatus | None = Field(
+        None, description="What its reads came to so far; null until its ledger is read back."
+    )
 
 
 class RunsReply(BaseModel):
