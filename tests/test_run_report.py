@@ -170,3 +170,56 @@ async def test_yield_survives_a_restart_and_a_bad_stats_file_is_reported(root: R
         reads = (await client.get("/runs")).json()["runs"][0]["reads"]
     assert reads["jobs"] == 2 and reads["jobs_without_stats"] == 1
     assert reads["reads"] == 4
+
+
+async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract(
+    root: Root,
+) -> None:
+    """Today's pass/*.fastq, a wrapper's plain calls.bam, Dorado's --output-dir tree with
+    barcodes, and a sample sheet's alias folder: reads (and an index with them) go to
+    pass|fail/[barcode/]job_id_<jobid>_<name>; everything else stays with the logs."""
+    root.add(root.input_dir, 4)
+    async with serving(root.settings()) as (client, _):
+        jobs = {}
+        for layout in (Layout.PASS_FAIL, Layout.FLAT, Layout.DORADO, None):
+            batch = await assign(client, size=1)
+            out = root.output_dir / batch["job_output_dir"]
+            if layout is None:
+                alias = out / "bam_pass" / "patient_A"
+                alias.mkdir(parents=True)
+                (alias / "reads.bam").write_bytes(b"BAM\x01")
+                (alias / "reads.bam.bai").write_bytes(b"BAI\x01")
+                (out / "sequencing_summary.txt").write_text("read_id\n")
+            else:
+                basecall(
+                    root.input_dir / batch["job_input_dir"],
+                    out,
+                    seconds_per_read=0,
+                    reads_format=ReadsFormat.FASTQ
+                    if layout is Layout.PASS_FAIL
+                    else ReadsFormat.BAM,
+                    layout=layout,
+                    barcodes=2 if layout is Layout.DORADO else 0,
+                )
+            await complete(client, batch["jobid"])
+            jobs[layout] = batch["jobid"]
+    merged = {
+        path.relative_to(root.output_dir).as_posix()
+        for path in root.output_dir.glob("[pf]a*/**/*")
+        if path.is_file()
+    }
+    assert any(
+        name.startswith(f"pass/job_id_{jobs[Layout.PASS_FAIL]}_") and name.endswith(".fastq")
+        for name in merged
+    )
+    assert f"pass/job_id_{jobs[Layout.FLAT]}_calls.bam" in merged
+    dorado = [name for name in merged if f"job_id_{jobs[Layout.DORADO]}_" in name]
+    assert dorado and all(
+        name.split("/")[1] in ("barcode01", "barcode02", "unclassified") for name in dorado
+    )
+    assert {
+        f"pass/patient_A/job_id_{jobs[None]}_reads.bam",
+        f"pass/patient_A/job_id_{jobs[None]}_reads.bam.bai",
+    } <= merged
+    logs = root.output_dir / f"LOGOUTPUT_{jobs[None]}_gpu1"
+    assert (logs / "sequencing_summary.txt").exists()
