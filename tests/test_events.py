@@ -27,6 +27,7 @@ from bcmanager.events import (
 )
 from bcmanager.logs import event_line
 from bcmanager.progress import Progress
+from bcmanager.scan import AttemptRecord
 from bcmanager.state import FILES_AFTER, FileState, Job, JobState, RunState
 
 LEASE = 90.0
@@ -166,9 +167,10 @@ def test_each_change_returns_what_happened_and_is_logged_from_it(
         assert (logged.event if logged else None) == line
 
 
-def test_a_line_says_why_a_job_failed() -> None:
+def test_a_line_names_the_agents_record_of_a_failure() -> None:
     failure = ended(JobState.FAILED)
-    line = event_line(failure, Facts(reason="exit 127: sh: dorado: not found"))
+    record = AttemptRecord(exit_code=127, signal=None, last_line="sh: dorado: not found")
+    line = event_line(failure, Facts(record=record))
     assert line is not None and line.level == logging.INFO
     assert line.facts == {
         "jobid": "1",

@@ -27,79 +27,9 @@ from bcmanager.app import create_app
 from bcmanager.discovery import Found, Layout
 from bcmanager.facility import Facility
 from bcmanager.settings import Settings
-from bcmanager.simulate import write_pod5
-from conftest import fastq
+from conftest import RUN_NAME, Root
 
-RUN_NAME = "20241201_1200_X1_{flow_cell}_0123abcd"
 LAYOUT = Layout(re.compile(Settings.model_fields["run_folder_pattern"].default), 8)
-
-
-class Root:
-    """A root of runs, and the ledger: read ids by raw file (absolute path)."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.input_dir = tmp_path / "root"
-        self.output_dir = tmp_path / "out"
-        self.input_dir.mkdir()
-        self.reads: dict[Path, list[str]] = {}
-
-    def run(self, experiment: str, sample: str, flow_cell: str) -> Path:
-        folder = self.input_dir / experiment / sample / RUN_NAME.format(flow_cell=flow_cell)
-        folder.mkdir(parents=True)
-        return folder
-
-    def add(self, folder: Path, count: int, reads: int = 2) -> list[Path]:
-        folder.mkdir(parents=True, exist_ok=True)
-        tag = "_".join(folder.relative_to(self.input_dir).parts[-2:])
-        paths = []
-        for _ in range(count):
-            path = folder / f"{tag}_{len(self.reads):04d}.pod5"
-            self.reads[path] = write_pod5(path, reads, seed=len(self.reads))
-            paths.append(path)
-        return paths
-
-    def settings(self, **overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "input_dir": self.input_dir,
-            "output_dir": self.output_dir,
-            "rescan_interval": 0.2,
-        }
-        values.update(overrides)
-        return Settings(**values)
-
-    def basecall(self, batch: dict[str, Any]) -> None:
-        """What an engine does: one FASTQ per raw file, holding that file's read ids, in the
-        job's output folder; the raw file found through the job folder's link, as engines
-        find it."""
-        job_input = self.input_dir / batch["job_input_dir"]
-        pass_dir = self.output_dir / batch["job_output_dir"] / "pass"
-        pass_dir.mkdir(parents=True, exist_ok=True)
-        batch["raw_files"] = []
-        for name in batch["batch"]:
-            raw = Path(os.path.realpath(job_input / name))
-            batch["raw_files"].append(raw)
-            (pass_dir / name.replace(".pod5", ".fastq")).write_text(fastq(self.reads[raw]))
-
-    def reads_out(self, run_output: Path) -> list[str]:
-        """Every read id in the FASTQ under a run's pass/ and fail/ (not below other runs)."""
-        found = []
-        for sub in ("pass", "fail"):
-            for path in sorted((run_output / sub).rglob("*.fastq")):
-                found += [line[1:] for line in path.read_text().splitlines() if line[:1] == "@"]
-        return found
-
-    def reads_in(self, run_folder: Path) -> list[str]:
-        return [
-            read
-            for path, reads in self.reads.items()
-            if path.is_relative_to(run_folder)
-            for read in reads
-        ]
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Root:
-    return Root(tmp_path)
 
 
 @asynccontextmanager

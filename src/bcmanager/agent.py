@@ -75,7 +75,17 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "BCM_AGENT_"
 ENV_ONLY = frozenset({"api_token"})  # secrets: a command-line flag would show in ps
-PLACEHOLDERS = ("input_dir", "output_dir", "jobid", "engine_id")
+RUN_PLACEHOLDERS = (
+    "run_path",
+    "model",
+    "modified_bases",
+    "kit",
+    "sample_rate",
+    "flow_cell_product",
+    "sequencing_kit",
+)
+"""The keys of a batch's run that a template may name: empty when the manager did not send them."""
+PLACEHOLDERS = ("input_dir", "output_dir", "jobid", "engine_id", *RUN_PLACEHOLDERS)
 FOLDER_VISIBILITY_TIMEOUT = 5.0
 """Seconds to wait for a new job folder to show up on this node (NFS caches directory lookups)."""
 STDERR_TAIL_BYTES = 4096
@@ -109,11 +119,22 @@ Exit codes:
 TEMPLATE_HELP = """\
 The command template is split into words like a POSIX shell would (shlex), then these
 placeholders are replaced inside each word; any other text, braces included, stays as it is:
-  {input_dir}   absolute path of the job's folder of POD5 symlinks (INPUT_DIR/ASSIGNED_...)
-  {output_dir}  absolute path of the job's output folder (OUTPUT_DIR/TMPOUTPUT_...); the
+  {input_dir}   absolute path of the job's folder of POD5 symlinks (INPUT_DIR/ASSIGNED_...,
+                or INPUT_DIR/<run>/pod5/ASSIGNED_... under a root of runs)
+  {output_dir}  absolute path of the job's output folder (OUTPUT_DIR/[<run>/]TMPOUTPUT_...); the
                 basecaller writes its FASTQ under pass/ and fail/ in it
   {jobid}       the job id
   {engine_id}   this agent's engine id
+The batch's run, as the manager says (empty when it does not, e.g. an older manager):
+  {run_path}           the run's folder relative to INPUT_DIR ("." when INPUT_DIR is the run)
+  {model}              the basecalling model its runs file gives the run
+  {modified_bases}     the modified bases its runs file gives the run
+  {kit}                the kit its runs file gives the run
+  {sample_rate}        samples per second, as the run's POD5 files say
+  {flow_cell_product}  the flow cell product code the POD5 files name (FLO-PRO114M)
+  {sequencing_kit}     the sequencing kit the POD5 files name (SQK-LSK114)
+So one pool of agents basecalls each run with its own model:
+  --command 'dorado_run.sh {input_dir} {output_dir} {model} {modified_bases}'
 The command runs without a shell, in a process group of its own (the agent stops the whole
 group). Exit code 0 reports the job DONE, anything else FAILED, except 126 and 127 (a shell's
 "cannot execute" and "not found"): those, and a command that cannot start, mean this node cannot
@@ -236,10 +257,22 @@ class BatchReply(BaseModel):
     batch: list[str]
     input_dir: Path | None = None
     output_dir: Path | None = None
+    run_path: str = ""
+    model: str = ""
+    modified_bases: str = ""
+    kit: str = ""
+    sample_rate: int | None = None
+    flow_cell_product: str = ""
+    sequencing_kit: str = ""
 
     @property
     def has_work(self) -> bool:
         return self.batch_size > 0 and bool(self.batch)
+
+    def run_values(self) -> dict[str, str]:
+        """The values of RUN_PLACEHOLDERS, "" for those the manager left out."""
+        values = {name: getattr(self, name) for name in RUN_PLACEHOLDERS}
+        return {name: "" if value is None else str(value) for name, value in values.items()}
 
 
 class KeepaliveReply(BaseModel):
@@ -286,6 +319,7 @@ class Job:
     input_dir: Path
     output_dir: Path
     lease: float
+    run: Mapping[str, str]  # the values of RUN_PLACEHOLDERS
 
     def placeholders(self, engine_id: str) -> dict[str, str]:
         return {
@@ -293,6 +327,7 @@ class Job:
             "output_dir": str(self.output_dir),
             "jobid": self.jobid,
             "engine_id": engine_id,
+            **self.run,
         }
 
 
@@ -306,13 +341,17 @@ def resolve_job(reply: BatchReply, input_dir: Path | None, output_dir: Path | No
             "manager?): give them with --input-dir and --output-dir"
         )
     for name in (reply.job_input_dir, reply.job_output_dir):
-        if name in ("", ".", "..") or Path(name).name != name:
-            raise ProtocolViolation(f"job folder {name!r} is not a plain folder name")
+        # Under a root of runs the job folder sits in its run's folders: subfolders, but never
+        # a way out of the root.
+        parts = name.split("/")
+        if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ProtocolViolation(f"job folder {name!r} is not a folder below the root")
     return Job(
         jobid=reply.jobid,
         input_dir=input_root / reply.job_input_dir,
         output_dir=output_root / reply.job_output_dir,
         lease=reply.report_back_interval,
+        run=reply.run_values(),
     )
 
 

@@ -10,7 +10,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bcmanager import __version__, agent, check, demo, retry, serve, simulate, status_view
+from bcmanager import (
+    __version__,
+    agent,
+    check,
+    demo,
+    retry,
+    runreport,
+    runs_cli,
+    serve,
+    simulate,
+    status_view,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bcmanager {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, agent, simulate, demo, status_view, check, retry):
+    for module in (serve, agent, simulate, demo, status_view, runs_cli, check, retry, runreport):
         module.add_command(subparsers)
     return parser
 

@@ -132,7 +132,6 @@ class Facts(NamedTuple):
     # file found late counts in the minute it arrived. FoundEnded: when its folder ended.
     at: float | None = None
     record: AttemptRecord | None = None  # Ended: what the agent recorded of its attempt
-    reason: str | None = None  # Ended: why, in words: that record, and a bench it earned
     sizes: tuple[tuple[str, int], ...] = ()  # Retried: each file's bytes
     files: int = 0  # FoundEnded: the files its folder records
 

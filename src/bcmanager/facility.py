@@ -34,13 +34,14 @@ import shlex
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from watchfiles import Change, awatch
 
 from bcmanager import discovery, runrecord, scan
-from bcmanager.benching import Benching
+from bcmanager.benching import Benched, Benching
 from bcmanager.discovery import HERE, Found, Layout
 from bcmanager.logs import log_event
 from bcmanager.manager import QUARANTINED_SHOWN, Manager, picture
@@ -53,21 +54,33 @@ from bcmanager.models import (
     RunPhase,
     RunStatus,
 )
+from bcmanager.notify import Notifier
 from bcmanager.paths import (
+    ATTEMPT_FILE,
     COMPLETION_LOG,
+    STATS_FILE,
+    FolderKind,
     RunPaths,
     is_final_summary_name,
     is_raw_name,
+    job_folder,
     parse_job_folder,
 )
+from bcmanager.pod5facts import Pod5Facts, read_facts
 from bcmanager.progress import Progress, run_phase
 from bcmanager.rules import Rules, RunSettings
+from bcmanager.runreport import write_run_report
 from bcmanager.scheduler import Queue, batch_bytes, choose
 from bcmanager.settings import Settings
 from bcmanager.state import FileState, Job, JobState, UnknownJob
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS, can_watch
+from bcmanager.yieldledger import JobStats, RunYield, read_job_stats, rebuild_yield
 
 log = logging.getLogger(__name__)
+
+FACTS_ATTEMPTS = 3
+"""Files of a run read for what its POD5 files say before it goes without (damaged files, or
+stand-ins that only look complete)."""
 
 
 # Seconds after which a watcher that starts again with more folders surely watches them.
@@ -94,6 +107,14 @@ class Run:
     finished: bool = False  # sequencing stopped, and every file it wrote was seen
     completed: bool = False  # complete, announced and its command started
     seal: runrecord.Seal | None = None  # set while the run is sealed and not read back
+    facts: Pod5Facts | None = None  # what its POD5 files say of themselves, once one was read
+    facts_attempts: int = 0  # files read for them so far (at most FACTS_ATTEMPTS)
+    # What its reads came to (None until rebuilt from its DONE jobs' statistics at start-up;
+    # jobs that end meanwhile wait in ``unledgered``).
+    ledger: RunYield | None = None
+    unledgered: list[tuple[JobStats | str, float, str, float | None]] = field(default_factory=list)
+    rebuilding: bool = False
+    counting: int = 0  # DONE jobs whose statistics are being read
 
     def counts(self) -> dict[FileState, int]:
         if self.seal is not None:
@@ -137,14 +158,17 @@ class Facility:
         settings: Settings,
         manager: Manager | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rules: Rules | None = None,
     ) -> None:
+        """``rules``: the runs file, read already (``serve`` reports a bad one before it takes
+        the locks); None: the one the settings name, read here."""
         self.settings = settings
         self.clock = manager.clock if manager is not None else clock
         self.input_root = settings.input_dir.resolve()
         self.output_root = settings.output_dir.resolve()
         self.paths = RunPaths(self.input_root, self.output_root)
         self.layout = Layout(settings.run_folder, settings.discovery_depth)
-        self.rules = Rules.empty(4_000_000_000)
+        self.rules = rules if rules is not None else Rules.from_settings(settings)
         self.runs: dict[str, Run] = {}
         self.sources: dict[str, Manager] = {}  # every raw folder's core, by its path
         self.run_of: dict[str, Run] = {}  # raw folder path -> its run
@@ -161,6 +185,7 @@ class Facility:
         self._pending_sources: dict[str, str] = {}
         # Benching is the engine's, not a raw folder's: one that fails everything is benched
         # for all runs at once.
+        self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
         self.benching = Benching(
             settings.bench_after,
             settings.bench_seconds,
@@ -177,6 +202,7 @@ class Facility:
         """Read every run back, then keep discovering, watching and rescanning. Returns (and
         the server listens) once each raw folder's jobs are adopted and its oldest files can
         be offered; each raw folder finishes its first scan in the background."""
+        self.notifier.start()
         if self._given is not None:
             run = self._add_run(HERE)
             await self._add_source(run, HERE, self._given)
@@ -199,6 +225,7 @@ class Facility:
         self._tasks.clear()
         for source in self.sources.values():
             await source.stop()
+        await self.notifier.stop()
 
     def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self._tasks[name] = asyncio.create_task(work, name=name)
@@ -243,7 +270,8 @@ class Facility:
         )
         on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
         source.siblings = lambda: on_disk | run.job_ids(but=path)
-        source.on_ended = lambda job, outcome, reason: self._job_ended(run, job, outcome)
+        source.on_ended = partial(self._job_ended, run, path)
+        self._start_ledger(run)
         try:
             await source.start()
         except OSError as error:
@@ -315,6 +343,7 @@ class Facility:
                 run = self._add_run(path)
                 run.seal, run.final_summary = seal, seal.final_summary
                 run.finished = run.completed = True
+                run.ledger = _ledger_of(seal)
                 visited += seal.folders  # a new file there unseals the run
         self._watch_also(visited)
         return found
@@ -342,12 +371,21 @@ class Facility:
                 break
             queues.remove(chosen)
             source = self.sources[chosen.key]
-            source.batch_extras = _batch_extras(self.run_of[chosen.key])
+            run = self.run_of[chosen.key]
+            source.batch_extras = _batch_extras(run)
             batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
             if batch.batch:
                 self._jobs[batch.jobid] = source
-                return batch
+                return _with_facts(batch, self._facts(run, source.paths.input_dir / batch.batch[0]))
         return self._nothing(engine)
+
+    def _facts(self, run: Run, raw_file: Path) -> Pod5Facts | None:
+        """What the run's POD5 files say: read from ``raw_file`` (a few milliseconds: its
+        run-info table, not its signal) unless known, or FACTS_ATTEMPTS files did not read."""
+        if run.facts is None and run.facts_attempts < FACTS_ATTEMPTS:
+            run.facts_attempts += 1
+            run.facts = read_facts(raw_file)
+        return run.facts
 
     def _nothing(self, engine: str) -> BCBatch:
         """No work. A run served alone says so itself, as it always did (it counts the
@@ -424,9 +462,61 @@ class Facility:
         self.last_activity = self.clock()
         await self._source_of(jobid).complete_async(jobid, outcome)
 
-    def _job_ended(self, run: Run, job: Job, outcome: JobState) -> None:
+    def _job_ended(
+        self,
+        run: Run,
+        path: str,
+        job: Job,
+        outcome: JobState,
+        reason: str | None,
+        benched: Benched | None,
+    ) -> None:
         self._jobs.pop(job.jobid, None)
+        if outcome is JobState.DONE:
+            run.counting += 1
+            self._side(self._count_reads(run, job))
+        elif outcome is JobState.QUARANTINED:
+            for name in job.files:
+                self.notifier.file_quarantined(
+                    run.path, discovery.join(path, name), reason or "no record of why"
+                )
+        if benched is not None:
+            seconds = benched.until - self.clock()
+            self.notifier.engine_benched(benched.engine, seconds, benched.reason)
         self._check_complete(run)
+
+    # -- what the reads came to -------------------------------------------------------------
+
+    def _start_ledger(self, run: Run) -> None:
+        """Rebuild a run's ledger from its DONE jobs' log folders, listed now (a job that ends
+        after this is counted when it ends), read in the background."""
+        if run.ledger is not None or run.rebuilding:
+            return
+        run.rebuilding = True
+        names = _names_in(run.output)
+        logs = [run.output / name for name in names if name.startswith(FolderKind.LOGOUTPUT.value)]
+        self._side(self._rebuild_ledger(run, logs))
+
+    async def _rebuild_ledger(self, run: Run, logs: list[Path]) -> None:
+        ledger = await asyncio.to_thread(rebuild_yield, logs)
+        for stats, ended_at, engine, seconds in run.unledgered:
+            _add_to(ledger, stats, ended_at, engine, seconds)
+        run.unledgered.clear()
+        run.ledger, run.rebuilding = ledger, False
+        self._check_complete(run)
+
+    async def _count_reads(self, run: Run, job: Job) -> None:
+        """A DONE job's statistics, as its agent wrote them (kept with its logs)."""
+        folder = run.output / job_folder(FolderKind.LOGOUTPUT, job.jobid, job.engine)
+        try:
+            stats, attempt = await asyncio.to_thread(_job_stats, folder)
+        finally:
+            run.counting -= 1
+        seconds = attempt.seconds if attempt is not None else None
+        if run.ledger is None:
+            run.unledgered.append((stats, time.time(), job.engine, seconds))
+        else:
+            _add_to(run.ledger, stats, time.time(), job.engine, seconds)
 
     async def retry(self, names: list[str] | None) -> list[str]:
         """Send quarantined files back: ``names`` are raw file names, or paths relative to
@@ -494,6 +584,7 @@ class Facility:
             return  # MinKNOW wrote more files than were seen yet: wait for them
         run.finished = True
         self._log("finished", run, summary=run.final_summary)
+        self.notifier.sequencing_finished(run.path)
         for source in run.sources.values():
             source.sequencing_finished(run.final_summary)
         self._check_complete(run)
@@ -501,16 +592,35 @@ class Facility:
     def _check_complete(self, run: Run) -> None:
         if run.completed or run.seal is not None or run.phase() is not RunPhase.COMPLETE:
             return
+        if run.ledger is None:
+            return  # checked again once its ledger is rebuilt
         run.completed = True
         self._log("complete", run)
         self._side(self._after_complete(run))
 
     async def _after_complete(self, run: Run) -> None:
-        """The completion command (once per run), then the seal (not for INPUT_DIR itself)."""
+        """The report, the completion command (once per run), then the seal (not for INPUT_DIR
+        itself). The DONE jobs' statistics still being read are waited for."""
+        while run.counting:
+            await asyncio.sleep(0.02)
+        await self._write_report(run)
         if self.settings.on_run_complete:
             await self._run_completion_command(run)
         if run.path != HERE and run.phase() is RunPhase.COMPLETE:
             await asyncio.to_thread(self._seal, run)
+
+    async def _write_report(self, run: Run) -> None:
+        ledger = run.ledger or RunYield()
+        raw_folders = [source.paths for source in run.sources.values()]
+        try:
+            _, html_path, report = await asyncio.to_thread(
+                write_run_report, run.path, run.output, raw_folders, ledger
+            )
+        except OSError as error:
+            log.error("run %s: could not write its report (%s)", run.path, error)
+            return
+        self._log("report", run, report=str(html_path))
+        self.notifier.run_complete(run.path, report, str(html_path))
 
     async def _run_completion_command(self, run: Run) -> None:
         record = await asyncio.to_thread(runrecord.read_completion, run.output)
@@ -564,6 +674,7 @@ class Facility:
             bytes={state.value: size for state, size in run.bytes().items()},
             final_summary=run.final_summary,
             sealed_at=runrecord.now_text(),
+            ledger=None if run.ledger is None else run.ledger.to_record(),
         )
         try:
             runrecord.write_seal(run.output, seal)
@@ -739,6 +850,7 @@ class Facility:
             model=run.settings.model,
             modified_bases=run.settings.modified_bases,
             kit=run.settings.kit,
+            reads=None if run.ledger is None else run.ledger.status(),
         )
 
     def entries(self, *, live_only: bool = False) -> list[RunEntry]:
@@ -791,6 +903,36 @@ class Facility:
         if RunPhase.BASECALLING in phases:
             return RunPhase.BASECALLING
         return RunPhase.COMPLETE
+
+
+def _names_in(folder: Path) -> list[str]:
+    try:
+        return scan.names_in(folder)
+    except OSError:
+        return []
+
+
+def _job_stats(folder: Path) -> tuple[JobStats | str, scan.AttemptRecord | None]:
+    return read_job_stats(folder / STATS_FILE), scan.attempt_record(folder / ATTEMPT_FILE)
+
+
+def _add_to(
+    ledger: RunYield, stats: JobStats | str, ended_at: float, engine: str, seconds: float | None
+) -> None:
+    if isinstance(stats, str):
+        ledger.add_without_stats(engine, stats)
+    else:
+        ledger.add(stats, ended_at, engine=engine, busy_seconds=seconds)
+
+
+def _ledger_of(seal: runrecord.Seal) -> RunYield | None:
+    if seal.ledger is None:
+        return None
+    try:
+        return RunYield.from_record(seal.ledger)
+    except ValueError as error:
+        log.warning("run %s: its seal's yield cannot be read (%s)", seal.run, error)
+        return None
 
 
 def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]]:
@@ -855,6 +997,19 @@ def _batch_extras(run: Run) -> dict[str, object]:
         "modified_bases": run.settings.modified_bases,
         "kit": run.settings.kit,
     }
+
+
+def _with_facts(batch: BCBatch, facts: Pod5Facts | None) -> BCBatch:
+    """``batch`` with what its run's POD5 files say, when that is known."""
+    if facts is None:
+        return batch
+    return batch.model_copy(
+        update={
+            "sample_rate": facts.sample_rate,
+            "flow_cell_product": facts.flow_cell_product,
+            "sequencing_kit": facts.sequencing_kit,
+        }
+    )
 
 
 def _render(words: list[str], values: dict[str, str]) -> list[str]:

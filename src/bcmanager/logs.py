@@ -79,7 +79,8 @@ def event_line(event: Event, facts: Facts) -> Line | None:
         case Late():
             return Line("late", logging.INFO, {"jobid": event.jobid, "engine": event.engine})
         case Ended():
-            return _job_line(ENDINGS[event.outcome], event.job, facts.reason)
+            reason = facts.record.describe() if facts.record is not None else None
+            return _job_line(ENDINGS[event.outcome], event.job, reason)
         case Retried():
             return Line("retried", logging.INFO, {"files": len(event.files)})
         case KeptAlive() | FoundEnded() | Restored():

@@ -110,7 +110,7 @@ class Manager:
         # Extra keys of each BCBatch: the run's path and basecalling settings.
         self.batch_extras: dict[str, object] = {}
         # Called once the end of a job is recorded: the facility's run bookkeeping.
-        self.on_ended: Callable[[Job, JobState, str | None], None] | None = None
+        self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
         # Job ids of the other raw folders that share this one's output folder: recovery
         # leaves their output alone.
         self.siblings: Callable[[], frozenset[str]] = frozenset
@@ -370,6 +370,7 @@ class Manager:
         job, now = ending.job, self.clock()
         ended = self.state.finish(job.jobid, outcome, counted=ending.counted)
         reason = record.describe() if record is not None else None
+        benched: Benched | None = None
         if outcome is JobState.DONE:
             self.benching.succeeded(job.engine, now)
         elif outcome in (JobState.FAILED, JobState.QUARANTINED) and not job.retry:
@@ -377,12 +378,11 @@ class Manager:
             benched = self.benching.failed(job.engine, now, reason or "no record of why")
             if benched is not None:
                 self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)
-                reason = f"{reason}; engine benched: {benched.reason}"
-        self._apply(ended, now, Facts(record=record, reason=reason))
+        self._apply(ended, now, Facts(record=record))
         if FILES_AFTER[outcome] is FileState.PENDING:
             self._vanished(job.files)  # deleted while leased: missing, not pending
         if self.on_ended is not None:
-            self.on_ended(job, outcome, reason)
+            self.on_ended(job, outcome, reason, benched)
 
     def _apply(
         self, event: Event, now: float, facts: Facts = NO_FACTS, *, logged: bool = True

@@ -50,6 +50,14 @@ class BCBatch(BaseModel):
                     "batch": ["a.pod5", "b.pod5"],
                     "input_dir": "/data/run1/pod5",
                     "output_dir": "/data/run1/basecalled",
+                    "run_path": ".",
+                    "priority": 10,
+                    "model": "dna_r10.4.1_e8.2_400bps_sup@v5.0.0",
+                    "modified_bases": "5mCG_5hmCG",
+                    "kit": "",
+                    "sample_rate": 5000,
+                    "flow_cell_product": "FLO-PRO114M",
+                    "sequencing_kit": "SQK-LSK114",
                 }
             ]
         }
@@ -67,6 +75,21 @@ class BCBatch(BaseModel):
     batch: ShownNames = Field(description="Raw file names, oldest first.")
     input_dir: Shown = Field(description="The manager's INPUT_DIR, absolute.")
     output_dir: Shown = Field(description="The manager's OUTPUT_DIR, absolute.")
+    # The batch's run and how to basecall it: for agents whose command template names them.
+    run_path: Shown = Field(
+        "", description="The run's folder relative to INPUT_DIR ('.': INPUT_DIR itself)."
+    )
+    priority: int = Field(0, description="The run's priority (higher is served first).")
+    model: str = Field("", description="Basecalling model the runs file gives the run.")
+    modified_bases: str = Field("", description="Modified bases the runs file gives the run.")
+    kit: str = Field("", description="Kit the runs file gives the run (e.g. for barcodes).")
+    sample_rate: int | None = Field(
+        None, description="Samples per second, as the run's POD5 files say; null: not known."
+    )
+    flow_cell_product: str = Field(
+        "", description="Flow cell product code the run's POD5 files name (FLO-PRO114M)."
+    )
+    sequencing_kit: str = Field("", description="Sequencing kit the run's POD5 files name.")
 
 
 class KeepaliveReply(BaseModel):
@@ -316,6 +339,9 @@ class RunEntry(BaseModel):
     model: str = Field(description="The basecalling model its settings name ('' for none).")
     modified_bases: str = Field(description="The modified bases its settings name.")
     kit: str = Field(description="The kit its settings name.")
+    reads: RunYieldStatus | None = Field(
+        None, description="What its reads came to so far; null until its ledger is read back."
+    )
 
 
 class RunsReply(BaseModel):

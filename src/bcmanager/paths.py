@@ -235,20 +235,23 @@ def is_aside_name(name: str) -> bool:
 def merge_target(parts: tuple[str, ...]) -> tuple[str, str | None] | None:
     """Where a file of a job's output folder goes, from its path inside that folder: (``pass``
     or ``fail``, barcode folder or None), or None when it is no reads or index file and stays
-    with the logs. The nearest folder that says pass or fail decides (pass when none does),
-    the nearest barcode folder gives the barcode."""
+    with the logs. The nearest folder that says pass or fail decides (pass when none does).
+    The nearest barcode folder (``barcodeNN``, ``unclassified``, ``mixed``) gives the barcode;
+    failing one, the folder right inside the pass or fail folder does, as Dorado names it after
+    the sample sheet's alias (``bam_pass/patient_A/...``)."""
     name = parts[-1]
     if name.startswith(".") or not name.endswith(READS_SUFFIXES + INDEX_SUFFIXES):
         return None
-    verdict = barcode = None
-    for folder in reversed(parts[:-1]):
-        if verdict is None and PASS_FOLDER.match(folder):
-            verdict = PASS
-        elif verdict is None and FAIL_FOLDER.match(folder):
-            verdict = FAIL
+    verdict = barcode = alias = None
+    folders = parts[:-1]
+    for index in range(len(folders) - 1, -1, -1):
+        folder = folders[index]
+        if verdict is None and (PASS_FOLDER.match(folder) or FAIL_FOLDER.match(folder)):
+            verdict = PASS if PASS_FOLDER.match(folder) else FAIL
+            alias = folders[index + 1] if index + 1 < len(folders) else None
         if barcode is None and BARCODE_FOLDER.match(folder):
             barcode = folder
-    return verdict or PASS, barcode
+    return verdict or PASS, barcode or alias
 
 
 def is_reads_name(name: str) -> bool:

@@ -45,6 +45,7 @@ class Seal:
     bytes: Mapping[str, int]  # bytes by state
     final_summary: str | None
     sealed_at: str
+    ledger: dict[str, Any] | None = None  # the run's yield ledger (yieldledger.RunYield)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class Seal:
             "bytes": dict(self.bytes),
             "final_summary": self.final_summary,
             "sealed_at": self.sealed_at,
+            "ledger": self.ledger,
         }
 
 
@@ -93,6 +95,7 @@ def read_seal(output: Path, run: str) -> Seal | None:
             bytes=_counts(data["bytes"]),
             final_summary=_optional_text(data["final_summary"]),
             sealed_at=str(data["sealed_at"]),
+            ledger=data.get("ledger") if isinstance(data.get("ledger"), dict) else None,
         )
     except (KeyError, TypeError, ValueError) as error:
         log.warning("%s: not a usable seal (%s); the run is read from its folders", output, error)

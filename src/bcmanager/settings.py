@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bcmanager.rules import DEFAULT_BATCH_BYTES, parse_size
+
 
 class Settings(BaseSettings):
     """Where the run lives and how the manager paces its engines."""
@@ -86,6 +88,16 @@ class Settings(BaseSettings):
     bench_longest_seconds: PositiveFloat = Field(
         3600.0, description="The longest a benched engine gets no work at a time."
     )
+    runs_file: Path | None = Field(
+        None,
+        description="TOML file of per-run rules (priority, model, modified bases, kit, batch "
+        "size); the first whose glob matches a run's path wins. Unset: no rules.",
+    )
+    batch_bytes: PositiveInt = Field(
+        DEFAULT_BATCH_BYTES,
+        description="Bytes of raw files a batch holds at most, for runs the runs file gives no "
+        "batch_bytes: a number, or one with a unit, e.g. '4 GB' or '500 MiB'.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as plain text, or as one JSON object per line."
     )
@@ -122,6 +134,7 @@ class Settings(BaseSettings):
     @field_validator(
         "final_summary_dir",
         "on_run_complete",
+        "runs_file",
         "api_token",
         "operator_token",
         "read_token",
@@ -134,6 +147,14 @@ class Settings(BaseSettings):
     def _empty_means_default(cls, value: object) -> object:
         """An empty variable (as in .env.example) means the default, not an empty value."""
         return None if value == "" else value
+
+    @field_validator("batch_bytes", mode="before")
+    @classmethod
+    def _size_with_unit(cls, value: object) -> object:
+        """A size with a unit, as in the runs file; empty (as in .env.example): the default."""
+        if isinstance(value, str):
+            return parse_size(value) if value.strip() else DEFAULT_BATCH_BYTES
+        return value
 
     @field_validator("run_folder_pattern")
     @classmethod
