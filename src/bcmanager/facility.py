@@ -183,9 +183,9 @@ class Facility:
         self._rewatch = asyncio.Event()
         # Raw folders a discovery found and is still starting, by path -> run path.
         self._pending_sources: dict[str, str] = {}
+        self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
         # Benching is the engine's, not a raw folder's: one that fails everything is benched
         # for all runs at once.
-        self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
         self.benching = (
             manager.benching
             if manager is not None
