@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /build
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . && rm -rf /build
+RUN pip install '.[agent]' && rm -rf /build
 COPY deploy/dorado-batch.sh /usr/local/bin/dorado-batch
 
 RUN useradd --system --uid 10001 --user-group --create-home bcmanager

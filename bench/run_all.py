@@ -13,11 +13,12 @@ import detection
 import loop_lag
 import memory
 import request_cost
+import schedule
 import startup
 import throughput
 from _common import Row, arguments, machine, print_table, progress
 
-FIGURES = (startup, throughput, request_cost, detection, memory, loop_lag)
+FIGURES = (startup, throughput, request_cost, detection, memory, loop_lag, schedule)
 
 
 def main() -> None:

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from bcmanager.app import create_app
@@ -109,6 +112,28 @@ class Run:
         values: dict[str, Any] = {"input_dir": self.input_dir, "output_dir": self.output_dir}
         values.update(overrides)
         return Settings(**values)
+
+
+def minknow_run(
+    root: Run,
+    experiment: str,
+    flow_cell: str,
+    raw_folders: Iterable[str] = ("pod5",),
+    files: int = 2,
+) -> str:
+    """A run as MinKNOW lays one out under ``root.input_dir``:
+    ``<experiment>/sample/<YYYYMMDD_HHMM_X1_<flow cell>_<hash>>/<raw folder>/*.pod5``, with
+    ``files`` POD5 files in each raw folder, each older than the next. Returns the run's path
+    relative to the root, as /runs names it."""
+    path = f"{experiment}/sample/20261124_1200_X1_{flow_cell}_0123abcd"
+    start = time.time() - 10_000
+    for raw in raw_folders:
+        (root.input_dir / path / raw).mkdir(parents=True)
+        for index in range(files):
+            root.add(
+                f"{path}/{raw}/{flow_cell}_{raw}_{index}.pod5", 1, mtime=start + len(root.reads)
+            )
+    return path
 
 
 class Clock:
@@ -203,6 +228,28 @@ def free_port() -> int:
         return port
 
 
+@contextmanager
+def real_server(app: FastAPI, timeout: float = 10.0) -> Iterator[str]:
+    """A test's own small app on a real uvicorn server on 127.0.0.1 (in a thread), for clients
+    that must meet a socket; yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the test's server did not start")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
 class Server:
     """``bcmanager serve`` as a real process on 127.0.0.1; over https, verified against its own
     certificate, when ``BCM_TLS_CERTFILE`` is among ``env``."""
@@ -280,3 +327,154 @@ def start_server(run: Run, tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.stop()
+
+
+@dataclass(frozen=True)
+class Read:
+    """One basecalled read, as a job's statistics count it."""
+
+    length: int
+    q: float  # its mean Q-score
+    barcode: str | None = None
+    passed: bool = True
+
+
+def known_reads(count: int, seed: int, barcodes: tuple[str | None, ...] = (None,)) -> list[Read]:
+    """Reads of lengths, Q-scores and barcodes a real run might have: mostly a few kb, a long
+    tail, Q 4 to 30; those under Q 10 fail."""
+    rng = random.Random(seed)
+    reads = []
+    for _ in range(count):
+        length = min(int(rng.lognormvariate(8.3, 0.8)), 400_000)
+        q = round(rng.uniform(4.0, 30.0), 3)
+        reads.append(Read(length, q, rng.choice(barcodes), q >= 10))
+    return reads
+
+
+def job_stats(
+    reads: Iterable[Read],
+    *,
+    length_bin: int = 100,
+    q_bin: int = 1,
+    model: str | None = "dna_r10.4.1_e8.2_400bps_hac@v5.0.0",
+    files: Iterable[dict[str, Any]] = (),
+    errors: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The ``bcm-stats.json`` an agent writes for ``reads``, worked out from the contract alone
+    (one group per barcode and pass or fail, histograms by bin start)."""
+    groups: dict[tuple[str | None, bool], dict[str, Any]] = {}
+    for read in reads:
+        group = groups.setdefault(
+            (read.barcode, read.passed),
+            {
+                "barcode": read.barcode,
+                "pass": read.passed,
+                "reads": 0,
+                "bases": 0,
+                "qscore_sum": 0.0,
+                "length_hist": {},
+                "q_hist": {},
+                "read_ids_sha256": None,
+            },
+        )
+        group["reads"] += 1
+        group["bases"] += read.length
+        group["qscore_sum"] += read.q
+        for name, key in (
+            ("length_hist", str(read.length // length_bin * length_bin)),
+            ("q_hist", str(int(read.q // q_bin) * q_bin)),
+        ):
+            group[name][key] = group[name].get(key, 0) + 1
+    return {
+        "format": "bcmanager-job-stats",
+        "version": 1,
+        "basecaller": {"name": "dorado", "version": "0.9.6", "model": model},
+        "length_bin": length_bin,
+        "q_bin": q_bin,
+        "groups": list(groups.values()),
+        "files": list(files),
+        "errors": list(errors),
+    }
+
+
+def n50(lengths: Iterable[int]) -> int:
+    """The length such that reads at least that long hold half the bases."""
+    ordered = sorted(lengths, reverse=True)
+    half, held = sum(ordered) / 2, 0
+    for length in ordered:
+        held += length
+        if held >= half:
+            return length
+    raise ValueError("no reads")
+
+
+# How MinKNOW names a run's folder (date, time, position, flow cell, hash).
+RUN_NAME = "20241201_1200_X1_{flow_cell}_0123abcd"
+
+
+class Root:
+    """A root of runs, and the ledger: read ids by raw file (absolute path)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.input_dir = tmp_path / "root"
+        self.output_dir = tmp_path / "out"
+        self.input_dir.mkdir()
+        self.reads: dict[Path, list[str]] = {}
+
+    def run(self, experiment: str, sample: str, flow_cell: str) -> Path:
+        folder = self.input_dir / experiment / sample / RUN_NAME.format(flow_cell=flow_cell)
+        folder.mkdir(parents=True)
+        return folder
+
+    def add(self, folder: Path, count: int, reads: int = 2) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        tag = "_".join(folder.relative_to(self.input_dir).parts[-2:])
+        paths = []
+        for _ in range(count):
+            path = folder / f"{tag}_{len(self.reads):04d}.pod5"
+            self.reads[path] = write_pod5(path, reads, seed=len(self.reads))
+            paths.append(path)
+        return paths
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "input_dir": self.input_dir,
+            "output_dir": self.output_dir,
+            "rescan_interval": 0.2,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    def basecall(self, batch: dict[str, Any]) -> None:
+        """What an engine does: one FASTQ per raw file, holding that file's read ids, in the
+        job's output folder; the raw file found through the job folder's link, as engines
+        find it."""
+        job_input = self.input_dir / batch["job_input_dir"]
+        pass_dir = self.output_dir / batch["job_output_dir"] / "pass"
+        pass_dir.mkdir(parents=True, exist_ok=True)
+        batch["raw_files"] = []
+        for name in batch["batch"]:
+            raw = Path(os.path.realpath(job_input / name))
+            batch["raw_files"].append(raw)
+            (pass_dir / name.replace(".pod5", ".fastq")).write_text(fastq(self.reads[raw]))
+
+    def reads_out(self, run_output: Path) -> list[str]:
+        """Every read id in the FASTQ under a run's pass/ and fail/ (not below other runs)."""
+        found = []
+        for sub in ("pass", "fail"):
+            for path in sorted((run_output / sub).rglob("*.fastq")):
+                found += [line[1:] for line in path.read_text().splitlines() if line[:1] == "@"]
+        return found
+
+    def reads_in(self, run_folder: Path) -> list[str]:
+        return [
+            read
+            for path, reads in self.reads.items()
+            if path.is_relative_to(run_folder)
+            for read in reads
+        ]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Root:
+    return Root(tmp_path)

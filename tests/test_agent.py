@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from bcmanager.agent import (
     EXIT_CANNOT_RUN,
@@ -36,6 +37,7 @@ from bcmanager.agent import (
     Backoff,
     BatchReply,
     ConfigurationError,
+    ProtocolViolation,
     StderrTee,
     render_command,
     resolve_job,
@@ -52,7 +54,8 @@ from bcmanager.paths import (
     parse_job_folder,
     raw_stem,
 )
-from conftest import Run, Server, wait_for
+from bcmanager.simulate import write_pod5
+from conftest import Run, Server, real_server, wait_for
 
 ENGINE = "gpu-test"
 
@@ -763,3 +766,154 @@ def test_systemd_does_not_restart_an_agent_that_needs_a_person() -> None:
         if line.startswith("RestartPreventExitStatus=")
     ]
     assert {int(code) for code in codes} == {2, EXIT_CANNOT_RUN, EXIT_FAILURES_IN_A_ROW}
+
+
+def manager_of_runs(root: Path, batches: list[dict[str, Any]]) -> tuple[FastAPI, list[str]]:
+    """A manager of several runs, reduced to what one agent sees: ``batches`` handed out in
+    turn (each with its job folders made, as a manager does), then no work. The jobs reported
+    are listed as 'jobid STATE'."""
+    app = FastAPI()
+    pending = list(batches)
+    reported: list[str] = []
+
+    @app.get("/assignwork")
+    def assign(engineid: str, batchsize: int) -> dict[str, Any]:
+        if not pending:
+            return {
+                **{"report_back_period": 90, "report_back_interval": 90, "jobid": "-1"},
+                **{"job_input_dir": "", "job_output_dir": "", "bc_engine_id": engineid},
+                **{"batch_size": 0, "batch": []},
+            }
+        batch = pending.pop(0)
+        jobid = batch["jobid"]
+        (root / "in" / f"ASSIGNED_{jobid}_{engineid}").mkdir(parents=True)
+        (root / "out" / f"TMPOUTPUT_{jobid}_{engineid}").mkdir(parents=True)
+        return {
+            **{"report_back_period": 90, "report_back_interval": 90, "bc_engine_id": engineid},
+            **{"job_input_dir": f"ASSIGNED_{jobid}_{engineid}", "batch_size": 1},
+            **{"job_output_dir": f"TMPOUTPUT_{jobid}_{engineid}", "batch": ["a.pod5"]},
+            **{"input_dir": str(root / "in"), "output_dir": str(root / "out")},
+            **batch,
+        }
+
+    @app.get("/keepalive")
+    def keepalive(job_id: str, job_state: str) -> dict[str, bool]:
+        return {"late": False}
+
+    @app.get("/completed")
+    def completed(job_id: str, job_state: str) -> dict[str, bool]:
+        reported.append(f"{job_id} {job_state}")
+        return {"ok": True}
+
+    return app, reported
+
+
+def test_one_agent_basecalls_each_run_with_its_own_model(tmp_path: Path) -> None:
+    sup = {"run_path": "PROJ_A/s1/20261124_1200_1A_PAO1_a/pod5", "model": "sup@v5.0.0"}
+    hac = {"run_path": "PROJ_B/s2/20261124_1300_2A_PAO2_b/pod5", "model": "hac@v5.0.0"}
+    facts = {"sample_rate": 5000, "flow_cell_product": "FLO-PRO114M"}
+    batches = [
+        {"jobid": "1", **sup, "modified_bases": "5mCG_5hmCG", "kit": "SQK-NBD114-24", **facts},
+        {"jobid": "2", **hac, "sequencing_kit": "SQK-LSK114", "priority": 9},
+        {"jobid": "3"},  # from a manager that sends none of them
+    ]
+    app, reported = manager_of_runs(tmp_path, batches)
+    names = "run_path model modified_bases kit sample_rate flow_cell_product sequencing_kit"
+    placeholders = " ".join(f"{{{name}}}" for name in names.split())
+    # The basecaller writes the words it was given, one per line, into its output folder.
+    command = f'sh -c \'printf "%s\\n" "$@" > "$0/argv.txt"\' {{output_dir}} {placeholders}'
+
+    with real_server(app) as url:
+        agent = subprocess.run(
+            [
+                *(sys.executable, "-m", "bcmanager", "agent", "--manager", url),
+                *("--engine-id", ENGINE, "--command", command, "--until-empty"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert agent.returncode == 0, agent.stderr
+    assert reported == ["1 DONE", "2 DONE", "3 DONE"]
+    given = {
+        jobid: (tmp_path / "out" / f"TMPOUTPUT_{jobid}_{ENGINE}" / "argv.txt").read_text()
+        for jobid in "123"
+    }
+    assert given["1"].splitlines() == [
+        *(sup["run_path"], "sup@v5.0.0", "5mCG_5hmCG", "SQK-NBD114-24"),
+        *("5000", "FLO-PRO114M", ""),
+    ]
+    assert given["2"].splitlines() == [hac["run_path"], "hac@v5.0.0", "", "", "", "", "SQK-LSK114"]
+    assert given["3"] == "\n" * 7  # an older manager: every run placeholder empty
+    record = attempt_record(tmp_path / "out" / f"TMPOUTPUT_2_{ENGINE}")
+    assert record["command"][-7:] == given["2"].splitlines()
+
+
+def test_job_folders_below_the_root_are_followed_and_no_way_out_is(tmp_path: Path) -> None:
+    reply: dict[str, Any] = {
+        **{"report_back_period": 90, "report_back_interval": 90, "jobid": "12"},
+        **{"bc_engine_id": "gpu", "batch_size": 1, "batch": ["a.pod5"]},
+        **{"input_dir": str(tmp_path / "in"), "output_dir": str(tmp_path / "out")},
+    }
+    run = "exp/sample/20261124_1200_1A_PAO12345_abcdef12"
+    below = BatchReply.model_validate(
+        {
+            **reply,
+            "job_input_dir": f"{run}/pod5/ASSIGNED_12_gpu",
+            "job_output_dir": f"{run}/TMPOUTPUT_12_gpu",
+        }
+    )
+    job = resolve_job(below, None, None)
+    assert job.input_dir == tmp_path / "in" / run / "pod5" / "ASSIGNED_12_gpu"
+    assert job.output_dir == tmp_path / "out" / run / "TMPOUTPUT_12_gpu"
+    for bad in ("", ".", "..", "../ASSIGNED_12_gpu", "a/../../b", "/etc", "a//b", "a/./b"):
+        odd = BatchReply.model_validate(
+            {**reply, "job_input_dir": bad, "job_output_dir": "TMPOUTPUT_12_gpu"}
+        )
+        with pytest.raises(ProtocolViolation, match="not a folder below the root"):
+            resolve_job(odd, None, None)
+
+
+def test_one_agent_pool_basecalls_each_run_of_a_root_with_its_rule_s_model(
+    run: Run, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A real manager of a root with two runs and a runs file, and one real agent: each job's
+    basecaller is told its own run's model, and each run's reads land in its own output."""
+    runs = {
+        "PROJ_A/s1/20261124_1200_1A_PAO12345_abcdef12": "sup@v5",
+        "PROJ_B/s2/20261124_1300_2B_PAO67890_12345678": "hac@v5",
+    }
+    for number, path in enumerate(runs):
+        (run.input_dir / path / "pod5").mkdir(parents=True)
+        for index in range(3):
+            write_pod5(run.input_dir / path / "pod5" / f"{index}.pod5", 1, seed=10 * number + index)
+    runs_file = tmp_path / "runs.toml"
+    runs_file.write_text(
+        '[defaults]\nmodel = "hac@v5"\n[[run]]\nmatch = "PROJ_A/**"\nmodel = "sup@v5"\n'
+    )
+    manager = start_server(BCM_RUNS_FILE=str(runs_file))
+    # The basecaller notes the model it was given, then basecalls (simulated).
+    script = 'echo "$3" > "$2/model.txt" && exec "$0" -m bcmanager simulate basecaller "$1" "$2"'
+    words = ["sh", "-c", script, sys.executable, "{input_dir}", "{output_dir}", "{model}"]
+
+    agent = subprocess.run(
+        [
+            *(sys.executable, "-m", "bcmanager", "agent", "--manager", manager.url),
+            *("--engine-id", ENGINE, "--command", shlex.join(words)),
+            *("--batch-size", "2", "--until-empty"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+    assert agent.returncode == 0, agent.stderr
+    assert manager.get("/status").json()["files"]["done"] == 6
+    for path, model in runs.items():
+        output = run.output_dir / path
+        told = {note.read_text() for note in output.glob("LOGOUTPUT_*/model.txt")}
+        assert told == {f"{model}\n"}, path
+        assert len(list((output / PASS).glob("*.fastq"))) == 3

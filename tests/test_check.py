@@ -21,7 +21,7 @@ from bcmanager.models import BCBatch
 from bcmanager.paths import RunPaths
 from bcmanager.scan import POD5_SIGNATURE
 from bcmanager.state import JobState
-from conftest import Run
+from conftest import Run, minknow_run
 
 
 @dataclass
@@ -195,6 +195,22 @@ def test_a_raw_file_deleted_after_its_job_is_named_as_missing_and_fails_nothing(
     assert "raw files: 7 (1 waiting, 1 pending, 2 leased, 2 done, 1 failed)" in lines
 
 
+def test_a_run_whose_raw_files_are_all_gone_is_still_read(
+    jobs: Jobs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No raw file left, so no run to discover: INPUT_DIR's job folders are read all the same."""
+    for path in jobs.paths.input_dir.glob("*.pod5"):
+        path.unlink()
+    code, lines = check(jobs.paths, capsys)
+    assert code == 0, lines
+    assert "runs: 0" not in lines
+    assert sum(line.startswith("NOTE: ") and "missing: " in line for line in lines) == 6
+    assert (
+        "job folders: 1 ASSIGNED_, 1 DONE_, 1 FAILED_, 1 QUARANTINED_, 1 TMPOUTPUT_, "
+        "1 LOGOUTPUT_, 2 FAILEDOUTPUT_" in lines
+    )
+
+
 REPAIRS = [breakage for breakage, severity, _ in BREAKAGES if severity is Severity.REPAIR]
 
 
@@ -286,3 +302,108 @@ def test_an_unreadable_input_dir_exits_2(
     code = main(["check", "--input", str(tmp_path / "none"), "--output", str(tmp_path)])
     assert code == 2
     assert "cannot read the run" in capsys.readouterr().err
+
+
+@dataclass
+class Root:
+    """A root of two runs, MinKNOW's layout: ``one`` with a pod5/ folder; ``two`` with
+    pod5_pass/ and pod5_fail/, whose jobs' output shares ``two``'s output folder."""
+
+    root: Run
+    one: str
+    two: str
+    leased: BCBatch  # in two/pod5_fail
+
+
+def serve_folder(root: Run, run: str, raw: str) -> Manager:
+    """A raw folder's core, as the facility makes it, with every raw file seen."""
+    folder = root.input_dir / run / raw
+    paths = RunPaths(folder, root.output_dir / run, root.input_dir, root.output_dir)
+    manager = Manager(root.settings(), paths=paths, own_watcher=False)
+    manager.folders.prepare()
+    for name in sorted(os.listdir(folder)):
+        manager.state.observe(name, complete=True)
+    return manager
+
+
+def basecalled(root: Run, manager: Manager, files: int) -> None:
+    done = manager.assign("gpu1", files)
+    root.basecall(done.job_output_dir, done.batch)
+    manager.complete(done.jobid, JobState.DONE)
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> Root:
+    root = Run(tmp_path / "root", tmp_path / "out")
+    root.input_dir.mkdir()
+    one = minknow_run(root, "expA", "FAX11111")
+    two = minknow_run(root, "expB", "FAX22222", ("pod5_pass", "pod5_fail"))
+    basecalled(root, serve_folder(root, one, "pod5"), 2)
+    basecalled(root, serve_folder(root, two, "pod5_pass"), 1)
+    leased = serve_folder(root, two, "pod5_fail").assign("gpu2", 2)
+    return Root(root, one, two, leased)
+
+
+def check_root(root: Run, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
+    code = main(["check", "--input", str(root.input_dir), "--output", str(root.output_dir), *args])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def test_a_root_is_checked_run_by_run_and_a_siblings_output_is_no_stranger(
+    two_runs: Root, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, one, two = two_runs.root, two_runs.one, two_runs.two
+    code, lines = check_root(root, capsys)
+    assert code == 0, lines
+    assert lines[lines.index("runs: 2") + 1 :][:2] == [
+        f"run {one}: 2 (0 waiting, 0 pending, 0 leased, 2 done, 0 failed), in 1 raw folder; "
+        "FASTQ files: 2 in pass/; ok",
+        f"run {two}: 4 (0 waiting, 1 pending, 2 leased, 1 done, 0 failed), in 2 raw folders; "
+        "FASTQ files: 1 in pass/; ok",
+    ]
+    assert "raw files: 6 (0 waiting, 1 pending, 2 leased, 3 done, 0 failed)" in lines
+    assert "FASTQ files: 3 in pass/" in lines
+    assert lines[-1] == "all invariants hold"
+    # Read alone, pod5_pass/ would take its sibling's running job for an unclaimed one.
+    alone = inspect(RunPaths(root.input_dir / two / "pod5_pass", root.output_dir / two))
+    [stranger] = alone.failures
+    assert stranger.path == root.output_dir / two_runs.leased.job_output_dir
+    assert "no job folder claims this output" in stranger.what
+
+
+def test_a_broken_raw_folder_of_the_second_run_is_named_and_run_alone_checks_one(
+    two_runs: Root, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, one, two, leased = two_runs.root, two_runs.one, two_runs.two, two_runs.leased
+    link = root.input_dir / leased.job_input_dir / leased.batch[0]
+    link.unlink()
+    link.symlink_to("/etc/hostname")
+    code, lines = check_root(root, capsys)
+    assert code == 1
+    [broken] = [line for line in lines if line.startswith(("BROKEN: ", "REPAIR: "))]
+    assert broken.startswith(f"BROKEN: {root.input_dir / two / 'pod5_fail'}/ASSIGNED_")
+    assert "points to /etc/hostname" in broken
+    assert [line.rpartition("; ")[2] for line in lines if line.startswith("run ")] == [
+        "ok",
+        "1 problem",
+    ]
+    assert lines[-1].startswith("1 problem: ")
+    code, lines = check_root(root, capsys, "--run", one)
+    assert code == 0 and lines[-1] == "all invariants hold"
+    assert [line for line in lines if line.startswith("run ")] == [
+        f"run {one}: 2 (0 waiting, 0 pending, 0 leased, 2 done, 0 failed), in 1 raw folder; "
+        "FASTQ files: 2 in pass/; ok"
+    ]
+    assert check_root(root, capsys, "--run", str(root.input_dir / two) + "/")[0] == 1
+    code = main(
+        [
+            "check",
+            "--input",
+            str(root.input_dir),
+            "--output",
+            str(root.output_dir),
+            "--run",
+            f"{two}/pod5_fail",
+        ]
+    )
+    assert code == 2 and "no run" in capsys.readouterr().err

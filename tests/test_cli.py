@@ -20,6 +20,7 @@ READS = {
     "serve": ["BCM_INPUT_DIR", "BCM_OUTPUT_DIR", "BCM_HOST", "BCM_PORT", "BCM_API_TOKEN"],
     "agent": ["BCM_AGENT_MANAGER", "BCM_AGENT_ENGINE_ID", "BCM_AGENT_API_TOKEN"],
     "status": ["BCM_READ_TOKEN", "BCM_OPERATOR_TOKEN", "BCM_CA_FILE"],
+    "runs": ["BCM_READ_TOKEN", "BCM_OPERATOR_TOKEN", "BCM_API_TOKEN", "BCM_CA_FILE"],
     "check": ["BCM_INPUT_DIR", "BCM_OUTPUT_DIR"],
     "retry": ["BCM_INPUT_DIR", "BCM_OUTPUT_DIR", "BCM_PORT", "BCM_HOST", "BCM_OPERATOR_TOKEN"],
 }
@@ -48,6 +49,7 @@ def commands() -> Iterator[tuple[str, argparse.ArgumentParser]]:
 def test_every_help_describes_its_command_and_defaults() -> None:
     walked = dict(commands())
     assert {"serve", "openapi", "agent", "demo", "status", "check", "retry"} <= walked.keys()
+    assert {"runs", "runs list", "runs priority", "runs pause", "runs resume"} <= walked.keys()
     assert {"simulate sequencer", "simulate basecaller"} <= walked.keys()
     missing = []
     for name, parser in walked.items():

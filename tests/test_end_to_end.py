@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pod5
+import pysam
 import pytest
 
 from conftest import Run, Server, free_port, simulated_agent, wait_for
@@ -149,7 +150,18 @@ def test_demo_runs_to_completion_and_ctrl_c_stops_every_process(tmp_path: Path) 
     finally:
         if demo.poll() is None:
             demo.kill()
-    assert len(fastq_names(folder / "output")) == 60
+    merged = list((folder / "output").glob("*/barcode0[1-4]/job_id_*.bam"))
+    assert merged, "the demo's basecaller writes Dorado's BAM tree, with barcodes"
+    read_ids: collections.Counter[str] = collections.Counter()
+    for path in (folder / "output").glob("*/*/job_id_*.bam"):
+        with pysam.AlignmentFile(str(path), "rb", check_sq=False) as bam:
+            read_ids.update(record.query_name or "" for record in bam.fetch(until_eof=True))
+    sequenced = set()
+    for raw in (folder / "input").glob("*.pod5"):
+        with pod5.Reader(raw) as reader:
+            sequenced.update(str(read.read_id) for read in reader.reads())
+    assert read_ids.keys() == sequenced and len(sequenced) == 60
+    assert set(read_ids.values()) == {1}, "a read was merged twice"
 
 
 def agent_pids(url_part: str) -> list[int]:

@@ -25,7 +25,8 @@ SCHEMA = REPO / "openapi" / "openapi.json"
 PACKAGE = "bcmanager_client"
 OPERATIONS = {
     "protocol": {"assign_work", "keep_alive", "complete_job", "heartbeat"},
-    "operations": {"ready", "run_status", "metrics", "retry_files"},
+    "operations": {"ready", "run_status", "metrics", "retry_files", "list_runs"}
+    | {"set_run_priority", "pause_run", "resume_run"},
 }
 
 

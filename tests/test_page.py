@@ -1,6 +1,6 @@
 """The page at / in a real browser: Debian's headless chromium, driven through chromium-driver
 by selenium, against a real ``bcmanager serve``. It shows the run's counts and follows the run
-without a reload.
+without a reload; under a root of runs, a runs table whose lines open each run's own picture.
 
 Selenium with Debian's chromium-driver, rather than playwright: Debian builds the driver from the
 same source at the same version as the browser, so the two never drift apart, while playwright
@@ -20,7 +20,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from bcmanager.progress import IDLE_LISTED
-from conftest import Run, Server
+from conftest import Run, Server, minknow_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -106,6 +106,11 @@ def test_page_shows_the_run_and_follows_it_live(
     engines = rows("engines")
     assert engines[0].startswith("gpu1 idle 1 2") and engines[1].startswith("gpu2 …")
     assert rows("problems") == []
+    # INPUT_DIR is one run: the runs table is its one line, which opens nothing else.
+    [line] = rows("runs")
+    assert line.startswith("INPUT_DIR Sequencing 0  2 2 2 0 ")
+    assert browser.find_elements(By.CSS_SELECTOR, "#runs a") == []
+    assert not browser.find_element(By.ID, "all-runs").is_displayed()
     browser.execute_script("window.stillTheSamePage = true")
 
     run.basecall(leased["job_output_dir"], leased["batch"])
@@ -141,6 +146,67 @@ def test_page_shows_the_run_and_follows_it_live(
     screenshot = tmp_path / "page.png"
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_table_of_a_root_opens_each_runs_own_view_and_goes_back(
+    run: Run, start_server: Callable[..., Server], browser: WebDriver
+) -> None:
+    """A root of two runs, one named with characters that mean something in HTML and in a
+    URL: the table shows both as written, a click shows that run's own picture (its address
+    kept across a reload), and "All runs" the whole again."""
+    one = minknow_run(run, "expA", "FAX11111", files=3)
+    two = minknow_run(run, 'exp <b>&"B"#%', "FAX22222", ("pod5_pass", "pod5_fail"))
+    server = start_server()
+    done = server.get("/assignwork", engineid="gpu1", batchsize=2).json()
+    run.basecall(done["job_output_dir"], done["batch"])
+    server.get("/completed", job_id=done["jobid"], job_state="DONE")
+    server.get("/assignwork", engineid="gpu2", batchsize=1)
+    entries = {entry["path"]: entry for entry in server.get("/runs").json()["runs"]}
+    assert set(entries) == {one, two}
+    totals = server.get("/status").json()["files"]
+
+    def table() -> list[list[str]]:
+        """The runs table's cells, read in one script: the page may redraw between reads."""
+        found: list[list[str]] = browser.execute_script(
+            "return [...document.querySelectorAll('#runs tbody tr')]"
+            ".map((row) => [...row.cells].map((cell) => cell.textContent))"
+        )
+        return found
+
+    def line(path: str) -> list[str]:
+        files = entries[path]["files"]
+        counts = [str(files[state]) for state in ("pending", "leased", "done", "failed")]
+        return [path, "Sequencing", "0", "", *counts]
+
+    def shown(element_id: str) -> str:
+        text: str = browser.find_element(By.ID, element_id).text
+        return text
+
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 10, poll_frequency=0.1)
+    wait.until(lambda _: len(table()) == 2 and shown("count-pending") == str(totals["pending"]))
+    assert [cells[:8] for cells in table()] == [line(path) for path in sorted(entries)]
+    assert browser.execute_script("return document.querySelectorAll('#runs b').length") == 0
+    assert shown("runs-title") == "Runs (2)" and shown("run-dir") == str(run.input_dir)
+
+    [link] = [a for a in browser.find_elements(By.CSS_SELECTOR, "#runs a") if a.text == two]
+    link.click()
+    mine = entries[two]["files"]
+    wait.until(lambda _: len(table()) == 1 and shown("run-dir") == str(run.input_dir / two))
+    assert table()[0][:8] == line(two)
+    assert [shown(f"count-{state}") for state in ("pending", "leased", "done")] == [
+        str(mine[state]) for state in ("pending", "leased", "done")
+    ]
+    assert shown("runs-title") == "Run" and browser.find_element(By.ID, "all-runs").is_displayed()
+    browser.refresh()  # the view is in the address: a reload keeps it
+    wait.until(lambda _: len(table()) == 1 and shown("run-dir") == str(run.input_dir / two))
+
+    browser.find_element(By.ID, "all-runs").click()
+    wait.until(lambda _: len(table()) == 2 and shown("run-dir") == str(run.input_dir))
+    assert shown("count-done") == str(totals["done"])
+    assert not browser.find_element(By.ID, "all-runs").is_displayed()
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []
 
 
 def test_api_docs_work_with_no_network(

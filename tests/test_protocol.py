@@ -80,6 +80,9 @@ async def test_batch_sizes_default_cap_and_no_work(run: Run) -> None:
         "batch": [],
         "input_dir": str(run.input_dir),
         "output_dir": str(run.output_dir),
+        # The keys of a batch's run, as none: no work belongs to no run.
+        **{"run_path": "", "priority": 0, "model": "", "modified_bases": "", "kit": ""},
+        **{"sample_rate": None, "flow_cell_product": "", "sequencing_kit": ""},
     }
 
 

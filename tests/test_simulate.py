@@ -10,18 +10,28 @@ import time
 from pathlib import Path
 
 import pod5
+import pysam
 import pytest
 
 from bcmanager.cli import main
 from bcmanager.paths import FolderKind, job_folder
 from bcmanager.simulate import (
     POD5_SIGNATURE,
+    Layout,
+    ReadsFormat,
+    SimulatedRead,
     SimulatorError,
+    barcode_of,
     basecall,
     run_sequencer,
     write_pod5,
 )
 
+DORADO_PATH = re.compile(
+    r"^bcmanager-simulation/simulated-sample/20240101_0000_1A_PAO12345_(?P<run>[0-9a-f]{8})/"
+    r"(?P<format>bam|fastq)_(?P<verdict>pass|fail)/(?P<barcode>barcode0[1-3]|unclassified)/"
+    r"PAO12345_(?P=verdict)_(?P=barcode)_(?P=run)_[0-9a-f]{8}_0\.(?P=format)$"
+)
 RAW_NAME = re.compile(r"^PAO12345_pass_[0-9a-f]{8}_[0-9a-f]{8}_(?P<index>\d+)\.pod5$")
 
 
@@ -258,6 +268,9 @@ def test_help_says_it_is_a_simulator(
     [
         ["basecaller", "in", "out", "--fail-fraction", "1.5"],
         ["basecaller", "in", "out", "--seconds-per-read", "-1"],
+        ["basecaller", "in", "out", "--barcodes", "100"],
+        ["basecaller", "in", "out", "--layout", "nested"],
+        ["basecaller", "in", "out", "--format", "cram"],
         ["sequencer", "out", "--files", "0"],
         ["sequencer", "out", "--interval", "nan"],
     ],
@@ -267,3 +280,115 @@ def test_cli_rejects_nonsense_arguments(arguments: list[str]) -> None:
         main(["simulate", *arguments])
 
     assert exit_info.value.code == 2
+
+
+def job_ledger(job_input: Path) -> dict[str, SimulatedRead]:
+    """read id -> what the simulator makes of it, for every read of the job's POD5 files."""
+    ledger = {}
+    for path in sorted(job_input.glob("*.pod5")):
+        with pod5.Reader(path) as reader:
+            for read in reader.reads():
+                ledger[str(read.read_id)] = SimulatedRead.of(str(read.read_id), read.num_samples)
+    return ledger
+
+
+def bam_records(path: Path) -> tuple[dict[str, object], list[tuple[str, str, bytes, int]]]:
+    """A BAM's header and (name, bases, phred qualities, flag) of each record, read by pysam."""
+    with pysam.AlignmentFile(str(path), "rb", check_sq=False) as bam:
+        records = [
+            (r.query_name or "", r.query_sequence or "", bytes(r.query_qualities or b""), r.flag)
+            for r in bam.fetch(until_eof=True)
+        ]
+        return bam.header.to_dict(), records
+
+
+def test_simulated_reads_vary_in_length_and_quality_and_follow_the_read_id() -> None:
+    reads = [SimulatedRead.of(f"read-{n}", 4000) for n in range(200)]
+
+    assert len({len(read.bases) // 100 for read in reads}) >= 4
+    assert len({int(read.mean_qscore) for read in reads}) >= 10
+    assert all(len(read.bases) == len(read.qualities) for read in reads)
+    assert SimulatedRead.of("read-7", 4000) == reads[7]
+    shares = {barcode_of(read.read_id, 3) for read in reads}
+    assert shares == {"barcode01", "barcode02", "barcode03", "unclassified"}
+    assert barcode_of("read-1", 0) is None
+
+
+def test_the_dorado_layout_is_dorados_output_dir_tree_split_by_mean_q(tmp_path: Path) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [10, 10, 10])
+    ledger = job_ledger(job_input)
+
+    written = basecall(
+        job_input, job_output, seconds_per_read=0, reads_format=ReadsFormat.BAM,
+        layout=Layout.DORADO, barcodes=3, model="my-model@v1",
+    )  # fmt: skip
+
+    seen: dict[str, str] = {}
+    for item in written:
+        match = DORADO_PATH.match(str(item.path.relative_to(job_output)))
+        assert match, item.path
+        header, records = bam_records(item.path)
+        assert len(records) == item.reads
+        (program,) = header["PG"]
+        assert (program["ID"], program["PN"]) == ("basecaller", "bcmanager-simulate")
+        assert "basecall_model=my-model@v1" in header["RG"][0]["DS"]
+        for name, bases, qualities, flag in records:
+            read = ledger[name]
+            assert (bases, qualities, flag) == (read.bases, read.qualities, 4)
+            assert match["barcode"] == barcode_of(name, 3)
+            assert (match["verdict"] == "pass") == (read.mean_qscore >= 9)
+            seen[name] = match["verdict"]
+    assert sorted(seen) == sorted(read for reads in expected.values() for read in reads)
+    assert set(seen.values()) == {"pass", "fail"}
+    assert sorted(p.name for p in job_output.rglob("*") if p.is_file()) == sorted(
+        item.path.name for item in written
+    )
+
+
+def test_the_flat_layout_is_one_calls_file_with_every_read(tmp_path: Path) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [3, 4])
+    ledger = job_ledger(job_input)
+
+    code = main(
+        ["simulate", "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+         "--layout", "flat", "--barcodes", "2"]
+    )  # fmt: skip
+
+    assert code == 0
+    assert [p.name for p in job_output.iterdir()] == ["calls.fastq"]
+    records = parse_fastq(job_output / "calls.fastq")
+    assert [name for name, _, _ in records] == [r for reads in expected.values() for r in reads]
+    for name, bases, qualities in records:
+        assert bases == ledger[name].bases
+        assert [ord(c) - 33 for c in qualities] == list(ledger[name].qualities)
+
+
+def test_the_pass_fail_layout_in_bam_keeps_a_file_per_raw_file_and_barcode(tmp_path: Path) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [6, 6])
+
+    basecall(
+        job_input, job_output, seconds_per_read=0, fail_fraction=1.0,
+        reads_format=ReadsFormat.BAM, barcodes=2,
+    )  # fmt: skip
+
+    found: dict[str, set[str]] = {}
+    for path in job_output.rglob("*.bam"):
+        verdict, barcode, name = path.relative_to(job_output).parts
+        assert verdict == "fail"
+        for read_id, *_ in bam_records(path)[1]:
+            assert barcode_of(read_id, 2) == barcode
+            found.setdefault(name.removesuffix(".bam"), set()).add(read_id)
+    assert found == {stem: set(reads) for stem, reads in expected.items()}
+
+
+def test_the_same_job_gives_the_same_bytes(tmp_path: Path) -> None:
+    job_input, job_output, _ = make_job(tmp_path, [5, 5])
+    again = tmp_path / "again"
+    again.mkdir()
+
+    for output in (job_output, again):
+        basecall(job_input, output, seconds_per_read=0, layout=Layout.DORADO, barcodes=2)
+
+    first = {p.relative_to(job_output): p.read_bytes() for p in job_output.rglob("*.fastq")}
+    second = {p.relative_to(again): p.read_bytes() for p in again.rglob("*.fastq")}
+    assert first == second and len(first) >= 3

@@ -272,3 +272,78 @@ def test_an_ended_job_keeps_no_file_list() -> None:
     ended = state.finish("1", JobState.DONE)
     assert ended.files == ("a",) and state.job("1").files == ()
     assert state.check_completion("1", JobState.DONE, now=1) is Completion.REPEAT
+
+
+def test_a_batch_by_bytes_takes_the_oldest_files_within_the_budget() -> None:
+    state = run_with("a", "b", "c", "d")
+    sizes = {"a": 4, "b": 5, "c": 1, "d": 1}
+    first = state.lease("1", "gpu", 10, now=0, sizes=sizes, max_bytes=9)
+    # "c" would fit beside "a" and "b" no more; it is not taken out of turn either.
+    assert first is not None and first.files == ("a", "b")
+    capped = state.lease("2", "gpu", 1, now=0, sizes=sizes, max_bytes=9)
+    assert capped is not None and capped.files == ("c",)  # the count still caps the batch
+    assert state.first_pending() == "d"
+
+
+def test_a_file_larger_than_the_budget_goes_alone() -> None:
+    state = run_with("huge", "small")
+    sizes = {"huge": 20_000, "small": 40}
+    job = state.lease("1", "gpu", 10, now=0, sizes=sizes, max_bytes=1_000)
+    assert job is not None and job.files == ("huge",)
+    # A file not sized yet weighs nothing.
+    state.observe("unsized", complete=True)
+    rest = state.lease("2", "gpu", 10, now=0, sizes=sizes, max_bytes=40)
+    assert rest is not None and rest.files == ("small", "unsized")
+
+
+def test_a_retry_group_is_leased_whole_whatever_the_budget() -> None:
+    state = run_with("a", "b", "c", "d")
+    state.lease("1", "gpu1", 4, now=0)
+    state.finish("1", JobState.FAILED)
+    sizes = dict.fromkeys("abcd", 100)
+    half = state.lease("2", "gpu2", 10, now=0, sizes=sizes, max_bytes=1)
+    assert half is not None and half.retry and half.files == ("a", "b")
+
+
+def test_a_budget_without_sizes_or_sizes_without_a_budget_count_files() -> None:
+    state = run_with("a", "b", "c")
+    first = state.lease("1", "gpu", 2, now=0, max_bytes=1)
+    assert first is not None and first.files == ("a", "b")
+    rest = state.lease("2", "gpu", 5, now=0, sizes={"c": 10})
+    assert rest is not None and rest.files == ("c",)
+
+
+def test_first_pending_is_the_head_of_the_queue_retries_first() -> None:
+    state = RunState(LEASE)
+    assert state.first_pending() is None
+    for name in "abcde":
+        state.observe(name, complete=True)
+    assert state.vanish("a")
+    assert state.first_pending() == "b"  # a missing file's place is skipped
+    job = state.lease("1", "gpu", 2, now=0)
+    assert job is not None and job.files == ("b", "c")
+    state.finish("1", JobState.FAILED)
+    assert state.first_pending() == "b"  # the retry halves go first: ("b",), then ("c",)
+    assert state.first_pending() == state.pending()[0]
+    assert state.vanish("b")
+    assert state.first_pending() == "c"
+    assert state.lease("2", "gpu", 5, now=0) is not None
+    assert state.first_pending() == "d"
+    # Back from missing, "a" is queued behind "e"; the head is where lease takes from.
+    assert state.observe("a", complete=True) is FileState.PENDING
+    assert state.first_pending() == "d"
+    job = state.lease("3", "gpu", 5, now=0)
+    assert job is not None and job.files == ("d", "e", "a")
+    assert state.first_pending() is None
+
+
+def test_first_pending_drops_stale_entries_once() -> None:
+    state = RunState(LEASE)
+    names = [f"f{index}" for index in range(1000)]
+    for name in names:
+        state.observe(name, complete=True)
+    for name in names[:-1]:
+        state.vanish(name)
+    assert state.first_pending() == names[-1]
+    # The stale names are gone from the queue, so asking again walks nothing.
+    assert state.pending() == [names[-1]]

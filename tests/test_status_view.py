@@ -13,13 +13,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
+from bcmanager.cli import main
 from bcmanager.manager import Manager
 from bcmanager.models import BenchedEngine, RunPhase, RunStatus
 from bcmanager.progress import ENGINE_IDLE_SECONDS
 from bcmanager.status_view import human_bytes, human_duration, render
-from conftest import Clock, Run, Server, serving
+from conftest import Clock, Run, Server, minknow_run, serving
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -191,3 +193,47 @@ async def test_render_says_why_jobs_failed_which_files_wait_and_which_engines_re
     assert text.count("exit 127: sh: dorado: not found") == 2
     assert "quarantined" in text and f"quarantined (1): {names[0]}" in text
     assert "benched: gpu7: 3 jobs in a row" in text
+
+
+def test_status_lists_the_runs_of_a_root_and_shows_one_run_alone(
+    run: Run,
+    start_server: Callable[..., Server],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A root of two runs: a runs table under the header, each run's counts on its line (its
+    path shown as written, never read as markup); ``--run`` shows that run's own picture."""
+    one = minknow_run(run, "expA", "FAX11111", files=3)
+    two = minknow_run(run, "exp [bold]B", "FAX22222", ("pod5_pass", "pod5_fail"))
+    server = start_server()
+    batch = server.get("/assignwork", engineid="gpu1", batchsize=2).json()
+    run.basecall(batch["job_output_dir"], batch["batch"])
+    server.get("/completed", job_id=batch["jobid"], job_state="DONE")
+    server.get("/assignwork", engineid="gpu2", batchsize=1)
+    entries = {entry["path"]: entry for entry in server.get("/runs").json()["runs"]}
+    assert set(entries) == {one, two}
+
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def shown(*args: str) -> tuple[int, str]:
+        """``bcmanager status`` in this process (a server runs apart): the exit code and what
+        it printed."""
+        code = main(["status", "--url", server.url, *args])
+        return code, capsys.readouterr().out
+
+    code, every = shown()
+    assert code == 0, every
+    assert "Runs" in every and "7 files basecalled" in every
+    for path, entry in entries.items():
+        files = entry["files"]
+        counts = r"\s+│\s+".join(str(files[state]) for state in ("pending", "leased", "done"))
+        assert re.search(rf"│ {re.escape(path)}\s+│\s+sequencing\s+│\s+0 │\s+{counts} │", every)
+    code, alone = shown("--run", two)
+    assert code == 0, alone
+    two_files = entries[two]["files"]
+    total = sum(two_files[state] for state in ("waiting", "pending", "leased", "done", "failed"))
+    assert f"{two_files['done']} of {total} files basecalled" in alone
+    assert str(run.input_dir / two) in alone
+    assert "Runs" not in alone and one not in alone
+    code, unknown = shown("--run", "no/such/run")
+    assert code == 1 and "404: no run 'no/such/run'" in unknown

@@ -57,8 +57,8 @@ class ArrivalDuringRecovery(RunFolders):
         self.source = source
         self.target = run.input_dir / source.name
 
-    def recover(self) -> Recovered:
-        found = super().recover()
+    def recover(self, others: frozenset[str] = frozenset()) -> Recovered:
+        found = super().recover(others)
         shutil.copy(self.source, self.target)
         return found
 
@@ -81,8 +81,8 @@ class FolderGoneAfterRecovery(RunFolders):
         super().__init__(RunPaths(run.input_dir.resolve(), run.output_dir.resolve()))
         self.away = run.input_dir.with_name("away")
 
-    def recover(self) -> Recovered:
-        found = super().recover()
+    def recover(self, others: frozenset[str] = frozenset()) -> Recovered:
+        found = super().recover(others)
         self.paths.input_dir.rename(self.away)
         return found
 

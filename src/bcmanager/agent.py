@@ -7,8 +7,9 @@ works against the original manager, which does not tell where its folders are: g
 One job at a time: ask /assignwork, run the command template on the batch, keep the lease alive
 with /keepalive every half ``report_back_interval`` while the basecaller runs, write the record of
 the attempt (``paths.ATTEMPT_FILE``: exit code, signal, run time, the tail of stderr) at the top of
-the job's output folder, report /completed DONE or FAILED by its exit code, ask again. What it does
-when things go wrong:
+the job's output folder, and after a basecaller that succeeded the job's read statistics
+(``paths.STATS_FILE``, ``readstats``, keeping the lease meanwhile), report /completed DONE or
+FAILED by its exit code, ask again. What it does when things go wrong:
 
 - a failed call (connection error, timeout, 5xx) is retried with capped, jittered exponential
   backoff, so a manager restart or a network blip shorter than the lease costs nothing; the
@@ -43,6 +44,7 @@ import shlex
 import signal
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
@@ -64,7 +66,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bcmanager import paths
+from bcmanager import paths, readstats
+from bcmanager.records import write_record
 from bcmanager.state import JobState
 from bcmanager.urls import base_url
 
@@ -72,7 +75,17 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "BCM_AGENT_"
 ENV_ONLY = frozenset({"api_token"})  # secrets: a command-line flag would show in ps
-PLACEHOLDERS = ("input_dir", "output_dir", "jobid", "engine_id")
+RUN_PLACEHOLDERS = (
+    "run_path",
+    "model",
+    "modified_bases",
+    "kit",
+    "sample_rate",
+    "flow_cell_product",
+    "sequencing_kit",
+)
+"""The keys of a batch's run that a template may name: empty when the manager did not send them."""
+PLACEHOLDERS = ("input_dir", "output_dir", "jobid", "engine_id", *RUN_PLACEHOLDERS)
 FOLDER_VISIBILITY_TIMEOUT = 5.0
 """Seconds to wait for a new job folder to show up on this node (NFS caches directory lookups)."""
 STDERR_TAIL_BYTES = 4096
@@ -84,6 +97,8 @@ running may hold the pipe open for ever (that one's stderr is still passed on af
 RECORD_WRITE_TIMEOUT = 5.0
 """Seconds writing the record of an attempt may take (a hung network mount must not keep the
 batch from being reported)."""
+STATS_CANCEL_GRACE = 2.0
+"""Seconds the statistics get, once told to stop, to write what they have read."""
 CANNOT_EXECUTE = {126: "found but cannot be executed", 127: "command not found"}
 """Exit codes by which a POSIX shell says it could not run a command at all."""
 
@@ -104,11 +119,22 @@ Exit codes:
 TEMPLATE_HELP = """\
 The command template is split into words like a POSIX shell would (shlex), then these
 placeholders are replaced inside each word; any other text, braces included, stays as it is:
-  {input_dir}   absolute path of the job's folder of POD5 symlinks (INPUT_DIR/ASSIGNED_...)
-  {output_dir}  absolute path of the job's output folder (OUTPUT_DIR/TMPOUTPUT_...); the
+  {input_dir}   absolute path of the job's folder of POD5 symlinks (INPUT_DIR/ASSIGNED_...,
+                or INPUT_DIR/<run>/pod5/ASSIGNED_... under a root of runs)
+  {output_dir}  absolute path of the job's output folder (OUTPUT_DIR/[<run>/]TMPOUTPUT_...); the
                 basecaller writes its FASTQ under pass/ and fail/ in it
   {jobid}       the job id
   {engine_id}   this agent's engine id
+The batch's run, as the manager says (empty when it does not, e.g. an older manager):
+  {run_path}           the run's folder relative to INPUT_DIR ("." when INPUT_DIR is the run)
+  {model}              the basecalling model its runs file gives the run
+  {modified_bases}     the modified bases its runs file gives the run
+  {kit}                the kit its runs file gives the run
+  {sample_rate}        samples per second, as the run's POD5 files say
+  {flow_cell_product}  the flow cell product code the POD5 files name (FLO-PRO114M)
+  {sequencing_kit}     the sequencing kit the POD5 files name (SQK-LSK114)
+So one pool of agents basecalls each run with its own model:
+  --command 'dorado_run.sh {input_dir} {output_dir} {model} {modified_bases}'
 The command runs without a shell, in a process group of its own (the agent stops the whole
 group). Exit code 0 reports the job DONE, anything else FAILED, except 126 and 127 (a shell's
 "cannot execute" and "not found"): those, and a command that cannot start, mean this node cannot
@@ -160,6 +186,12 @@ class AgentSettings(BaseSettings):
         ge=0,
         description="Stop asking for work (exit 4) after this many FAILED jobs in a row; "
         "a DONE resets the count; 0: never stop.",
+    )
+    stats_timeout: float = Field(
+        300.0,
+        ge=0,
+        description=f"Seconds reading a done job's reads for {paths.STATS_FILE} may take "
+        "(the lease is kept meanwhile); 0: no statistics.",
     )
     api_token: SecretStr | None = Field(
         None, description="The manager's BCM_API_TOKEN, sent as a bearer token."
@@ -225,10 +257,22 @@ class BatchReply(BaseModel):
     batch: list[str]
     input_dir: Path | None = None
     output_dir: Path | None = None
+    run_path: str = ""
+    model: str = ""
+    modified_bases: str = ""
+    kit: str = ""
+    sample_rate: int | None = None
+    flow_cell_product: str = ""
+    sequencing_kit: str = ""
 
     @property
     def has_work(self) -> bool:
         return self.batch_size > 0 and bool(self.batch)
+
+    def run_values(self) -> dict[str, str]:
+        """The values of RUN_PLACEHOLDERS, "" for those the manager left out."""
+        values = {name: getattr(self, name) for name in RUN_PLACEHOLDERS}
+        return {name: "" if value is None else str(value) for name, value in values.items()}
 
 
 class KeepaliveReply(BaseModel):
@@ -275,6 +319,7 @@ class Job:
     input_dir: Path
     output_dir: Path
     lease: float
+    run: Mapping[str, str]  # the values of RUN_PLACEHOLDERS
 
     def placeholders(self, engine_id: str) -> dict[str, str]:
         return {
@@ -282,6 +327,7 @@ class Job:
             "output_dir": str(self.output_dir),
             "jobid": self.jobid,
             "engine_id": engine_id,
+            **self.run,
         }
 
 
@@ -295,13 +341,17 @@ def resolve_job(reply: BatchReply, input_dir: Path | None, output_dir: Path | No
             "manager?): give them with --input-dir and --output-dir"
         )
     for name in (reply.job_input_dir, reply.job_output_dir):
-        if name in ("", ".", "..") or Path(name).name != name:
-            raise ProtocolViolation(f"job folder {name!r} is not a plain folder name")
+        # Under a root of runs the job folder sits in its run's folders: subfolders, but never
+        # a way out of the root.
+        parts = name.split("/")
+        if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ProtocolViolation(f"job folder {name!r} is not a folder below the root")
     return Job(
         jobid=reply.jobid,
         input_dir=input_root / reply.job_input_dir,
         output_dir=output_root / reply.job_output_dir,
         lease=reply.report_back_interval,
+        run=reply.run_values(),
     )
 
 
@@ -487,20 +537,10 @@ class Attempt:
 
 
 def write_attempt(folder: Path, record: Mapping[str, object]) -> None:
-    """Write the record at the top of ``folder``: complete or not at all (a temporary name,
-    fsynced, renamed into place). Never creates ``folder``: if it is gone (the lease ran out and
-    the manager set it aside), it is no longer this agent's to write in."""
-    data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
-    partial = folder / f".{paths.ATTEMPT_FILE}.partial"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, folder / paths.ATTEMPT_FILE)
+    """Write the record at the top of ``folder`` (``records.write_record``)."""
+    write_record(
+        folder, paths.ATTEMPT_FILE, json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    )
 
 
 class Agent:
@@ -684,6 +724,9 @@ class Agent:
             if cannot_run is not None:
                 raise BasecallerCannotRun(self._cannot_run(cannot_run))
             return
+        if state is JobState.DONE and (lost := await self._record_stats(job, lease, attempt)):
+            self._event(f"dropping job: {lost.value}", job.jobid, level=logging.WARNING)
+            return
         await self._complete(job.jobid, state, self._clock() + self._settings.give_up_after)
         if state is JobState.DONE:
             self._failures_in_a_row = 0
@@ -724,6 +767,70 @@ class Agent:
             level=logging.WARNING,
         )
 
+    async def _record_stats(self, job: Job, lease: Lease, attempt: Attempt) -> LeaseEnd | None:
+        """Read the job's reads (``readstats``) in a worker thread, keeping the lease meanwhile,
+        for at most ``stats_timeout`` seconds and not once a stop is requested (then the thread
+        is told to stop, and given a moment to finish with what it has read), and write
+        ``paths.STATS_FILE``. Never fails the job: a problem is logged. Returns why the lease
+        was lost, if it was: then nothing is written (the folder is the manager's)."""
+        if not self._settings.stats_timeout:
+            return None
+        cancel = threading.Event()
+        work = asyncio.create_task(
+            asyncio.to_thread(readstats.job_stats, job.output_dir, attempt.command, cancel=cancel)
+        )
+        keeper = asyncio.create_task(self._keep_lease(job, lease, JobState.PROCESSING))
+        stop = asyncio.create_task(self._stop.wait())
+        started = self._clock()
+        try:
+            await asyncio.wait(
+                (work, keeper, stop),
+                timeout=self._settings.stats_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not work.done():
+                cancel.set()
+                await asyncio.wait((work,), timeout=STATS_CANCEL_GRACE)
+        finally:
+            keeper.cancel()
+            stop.cancel()
+            await asyncio.gather(keeper, stop, return_exceptions=True)
+        if not keeper.cancelled():
+            return keeper.result()
+        seconds = f"{self._clock() - started:.1f}"
+        if not work.done():
+            problem = "reading the reads did not stop"
+        elif (error := work.exception()) is not None:
+            problem = str(error)
+        else:
+            stats = work.result()
+            timeout = self._budget(lease, RECORD_WRITE_TIMEOUT)
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(readstats.write_job_stats, job.output_dir, stats), timeout
+                )
+            except TimeoutError:
+                problem = f"no answer from the disk in {timeout:.1f} s"
+            except (OSError, ValueError) as error:
+                problem = str(error)
+            else:
+                self._event(
+                    f"wrote {paths.STATS_FILE}",
+                    job.jobid,
+                    seconds=seconds,
+                    files=len(stats["files"]),
+                    errors=len(stats["errors"]) or None,
+                    cut_short=True if cancel.is_set() else None,
+                )
+                return None
+        self._event(
+            f"could not write {paths.STATS_FILE}: {problem}",
+            job.jobid,
+            level=logging.WARNING,
+            seconds=seconds,
+        )
+        return None
+
     async def _watch(
         self, job: Job, process: asyncio.subprocess.Process, lease: Lease
     ) -> LeaseEnd | int | None:
@@ -746,9 +853,10 @@ class Agent:
             return exited.result()
         return None
 
-    async def _keep_lease(self, job: Job, lease: Lease) -> LeaseEnd:
+    async def _keep_lease(
+        self, job: Job, lease: Lease, state: JobState = JobState.STARTED
+    ) -> LeaseEnd:
         """Send keepalives until the job must be dropped; say why it must."""
-        state = JobState.STARTED
         while True:
             params = {"job_id": job.jobid, "job_state": state.value}
             try:

@@ -1,6 +1,7 @@
-"""The HTTP face of the manager: the four routes of docs/protocol.md and a few read-only ones.
+"""The HTTP face of the manager: the four routes of docs/protocol.md, the runs, and a few
+read-only ones.
 
-Routes only translate: query parameters in, a Manager call, a model out. Errors of the state
+Routes only translate: query parameters in, a Facility call, a model out. Errors of the state
 machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``
 and nothing changed. For people: the run's picture as JSON (/status), as Prometheus metrics
 (/metrics) and as a page (/, with its files under /static). Each route belongs to one kind of
@@ -28,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bcmanager import __version__, audit
 from bcmanager.access import BEARERS, COOKIE, COOKIE_MAX_AGE, READ_COOKIE, Access, Caller, Kind
+from bcmanager.facility import Facility, UnknownRun
 from bcmanager.lock import RunLocks, hold_run
 from bcmanager.manager import Manager
 from bcmanager.metrics import Metrics, RequestTimer
@@ -37,9 +39,13 @@ from bcmanager.models import (
     ErrorReply,
     HeartbeatReply,
     KeepaliveReply,
+    PriorityRequest,
     ReadyReply,
     RetryReply,
     RetryRequest,
+    RunEntry,
+    RunRequest,
+    RunsReply,
     RunStatus,
 )
 from bcmanager.paths import ENGINE_ID_MAX, ENGINE_ID_PATTERN, JOB_ID_PATTERN
@@ -150,22 +156,26 @@ def error_reply(detail: str, status_code: int) -> JSONResponse:
 
 
 def create_app(
-    settings: Settings, manager: Manager | None = None, lock: RunLocks | None = None
+    settings: Settings,
+    manager: Manager | None = None,
+    lock: RunLocks | None = None,
+    facility: Facility | None = None,
 ) -> FastAPI:
-    """The service for one run. Holds the run's locks while it runs: ``lock`` if the caller
-    took them already (to report an unusable folder or a second manager before the server
-    starts), else its own."""
-    manager = manager or Manager(settings)
+    """The service for every run under INPUT_DIR (or, given ``manager``, for that one raw
+    folder alone). Holds the roots' locks while it runs: ``lock`` if the caller took them
+    already (to report an unusable folder or a second manager before the server starts), else
+    its own."""
+    facility = facility or Facility(settings, manager)
     address = f"http://{settings.host}:{settings.port}"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with lock or hold_run(manager.paths, address):
-            await manager.start()
+        with lock or hold_run(facility.paths, address):
+            await facility.start()
             try:
                 yield
             finally:
-                await manager.stop()
+                await facility.stop()
 
     # The docs and the schema are read routes like the others: FastAPI's own are off and
     # served below behind the read guard.
@@ -180,9 +190,9 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.manager = manager
+    app.state.facility = facility
     app.state.access = access = Access(settings)
-    metrics = Metrics(manager)
+    metrics = Metrics(facility)
     app.add_middleware(RequestTimer, histogram=metrics.requests)
     page = (resources.files("bcmanager") / "static" / "index.html").read_text(encoding="utf-8")
     app.mount("/static", StaticFiles(packages=[("bcmanager", "static")]), name="static")
@@ -191,6 +201,10 @@ def create_app(
     @app.exception_handler(UnknownJob)
     async def unknown_job(request: Request, error: UnknownJob) -> JSONResponse:
         return error_reply(str(error), 404)
+
+    @app.exception_handler(UnknownRun)
+    async def unknown_run(request: Request, error: UnknownRun) -> JSONResponse:
+        return error_reply(str(error.args[0]), 404)
 
     @app.exception_handler(InvalidTransition)
     async def conflict(request: Request, error: InvalidTransition) -> JSONResponse:
@@ -217,7 +231,7 @@ def create_app(
             int, Query(description="Files wanted; <= 0 means the manager's default.")
         ],
     ) -> BCBatch:
-        return manager.assign(engineid, batchsize)
+        return facility.assign(engineid, batchsize)
 
     @app.get(
         "/keepalive",
@@ -230,7 +244,7 @@ def create_app(
         openapi_extra=TOKEN_OPTIONAL,
     )
     async def keepalive(job_id: JobId, job_state: ReportedState) -> KeepaliveReply:
-        return KeepaliveReply(late=manager.keepalive(job_id, JobState(job_state.value)))
+        return KeepaliveReply(late=facility.keepalive(job_id, JobState(job_state.value)))
 
     @app.get(
         "/completed",
@@ -243,7 +257,7 @@ def create_app(
         openapi_extra=TOKEN_OPTIONAL,
     )
     async def completed(job_id: JobId, job_state: CompletionState) -> CompletedReply:
-        await manager.complete_async(job_id, JobState(job_state.value))
+        await facility.complete_async(job_id, JobState(job_state.value))
         return CompletedReply(ok=True)
 
     @app.get(
@@ -255,13 +269,13 @@ def create_app(
         responses={503: {"model": HeartbeatReply, "description": "The manager cannot work"}},
     )
     async def heartbeat() -> HeartbeatReply | JSONResponse:
-        idle = manager.inactivity()
-        fatal = manager.problems()
+        idle = facility.inactivity()
+        fatal = facility.problems()
         reply = HeartbeatReply(
             status="true" if idle >= settings.shutdown_interval else "false",
             inactivity_interval=round(idle, 3),
-            problems=fatal + manager.job_problems(),
-            phase=manager.phase(),
+            problems=fatal + facility.job_problems(),
+            phase=facility.phase(),
         )
         if fatal:
             return JSONResponse(reply.model_dump(), status_code=503)
@@ -276,7 +290,7 @@ def create_app(
         responses={503: {"model": ReadyReply, "description": "Still scanning"}},
     )
     async def ready() -> ReadyReply | JSONResponse:
-        if not manager.ready:
+        if not facility.ready:
             return JSONResponse({"ready": False}, status_code=503)
         return ReadyReply(ready=True)
 
@@ -290,8 +304,13 @@ def create_app(
         dependencies=read,
         openapi_extra=TOKEN_OPTIONAL,
     )
-    async def status() -> RunStatus:
-        return manager.status()
+    async def status(
+        run: Annotated[
+            str | None,
+            Query(description="A run's path, as /runs lists it: that run's picture alone."),
+        ] = None,
+    ) -> RunStatus:
+        return facility.status(run)
 
     @app.post(
         "/retry",
@@ -314,10 +333,10 @@ def create_app(
     )
     async def retry(caller: Operator, request: RetryRequest | None = None) -> RetryReply:
         files = request.files if request is not None else None
-        sent = await manager.retry(files)
+        sent = await facility.retry(files)
         await asyncio.to_thread(
             audit.record,
-            manager.paths.input_dir,
+            facility.input_root,
             action="retry",
             token=caller.token,
             client=caller.client,
@@ -325,6 +344,71 @@ def create_app(
             files=sent,
         )
         return RetryReply(retried=sent)
+
+    @app.get(
+        "/runs",
+        response_model=RunsReply,
+        operation_id="list_runs",
+        summary="The runs under INPUT_DIR: phase, priority, files, lag",
+        tags=["operations"],
+        responses={401: ERRORS[401]},
+        dependencies=read,
+        openapi_extra=TOKEN_OPTIONAL,
+    )
+    async def runs() -> RunsReply:
+        return RunsReply(runs=facility.entries())
+
+    async def run_changed(
+        caller: Caller, action: str, run: str, change: dict[str, Any]
+    ) -> RunEntry:
+        """Answer an operator's change of a run, recorded in OPERATOR.log first."""
+        entry = facility.entry(facility.run(run))
+        await asyncio.to_thread(
+            audit.record,
+            facility.input_root,
+            action=action,
+            token=caller.token,
+            client=caller.client,
+            asked=[run],
+            files=[],
+            **change,
+        )
+        return entry
+
+    run_routes: dict[str, Any] = {
+        "response_model": RunEntry,
+        "tags": ["operations"],
+        "responses": {401: ERRORS[401], 404: {"model": ErrorReply, "description": "No such run"}},
+        "dependencies": operator,
+        "openapi_extra": TOKEN_OPTIONAL,
+    }
+
+    @app.post(
+        "/runs/priority",
+        operation_id="set_run_priority",
+        summary="Set a run's priority (higher first)",
+        **run_routes,
+    )
+    async def run_priority(caller: Operator, request: PriorityRequest) -> RunEntry:
+        facility.set_priority(request.run, request.priority)
+        return await run_changed(caller, "priority", request.run, {"priority": request.priority})
+
+    @app.post(
+        "/runs/pause",
+        operation_id="pause_run",
+        summary="Offer a run's files to no engine until it is resumed",
+        **run_routes,
+    )
+    async def pause(caller: Operator, request: RunRequest) -> RunEntry:
+        facility.set_paused(request.run, True)
+        return await run_changed(caller, "pause", request.run, {})
+
+    @app.post(
+        "/runs/resume", operation_id="resume_run", summary="Resume a paused run", **run_routes
+    )
+    async def resume(caller: Operator, request: RunRequest) -> RunEntry:
+        facility.set_paused(request.run, False)
+        return await run_changed(caller, "resume", request.run, {})
 
     @app.get(
         "/metrics",

@@ -26,9 +26,10 @@ def record(
     client: str,
     asked: list[str] | None,
     files: list[str],
+    **details: object,
 ) -> None:
     """Append one action: ``asked`` is what the operator named (None: every file the action
-    applies to), ``files`` what it changed."""
+    applies to), ``files`` what it changed, ``details`` the rest (a run's new priority)."""
     line = json.dumps(
         {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -37,6 +38,7 @@ def record(
             "client": client,
             "asked": asked,
             "files": files,
+            **details,
         },
         ensure_ascii=False,
     )

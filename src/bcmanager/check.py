@@ -1,7 +1,12 @@
-"""``bcmanager check``: read a run's folders and say whether the invariants of docs/design.md hold.
+"""``bcmanager check``: read the runs' folders and say whether the invariants of docs/design.md
+hold.
 
 Users run it after an incident (a crash, a full disk, a hand-made change), and the tests use it
-as their oracle after crashes and faults. It reads only; it changes nothing.
+as their oracle after crashes and faults. It reads only; it changes nothing. It finds the runs
+under INPUT_DIR and their raw folders as the manager does (``discovery.py``), and reads each raw
+folder against its run's output folder. The raw folders of one run share that folder, so a
+job of one of them owns its output there as much as a job of another (as at the manager's
+recovery).
 
 Every finding is one line naming a path, with one of three kinds:
 
@@ -18,7 +23,8 @@ Every finding is one line naming a path, with one of three kinds:
   distrust the answer (a manager is running and may change the folders while they are read).
   Notes do not fail the check.
 
-Exit 0 when no BROKEN or REPAIR line was printed, 1 otherwise, 2 when a folder is unreadable.
+Exit 0 when no BROKEN or REPAIR line was printed, 1 otherwise, 2 when a folder is unreadable
+or `--run` names no run.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ import argparse
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
-from bcmanager import scan
+from bcmanager import discovery, scan
+from bcmanager.discovery import HERE, Found, Layout
+from bcmanager.facility import UnknownRun
 from bcmanager.lock import RunLock
 from bcmanager.paths import (
     FAILED_KINDS,
@@ -49,6 +59,8 @@ from bcmanager.paths import (
 )
 from bcmanager.serve import load_settings
 from bcmanager.state import FileState
+
+K = TypeVar("K")
 
 UNDECODABLE = "named in bytes that are not UTF-8"
 # The state a job folder in INPUT_DIR gives the raw files it links to.
@@ -78,15 +90,46 @@ class Problem:
 
 
 @dataclass(slots=True)
-class Report:
-    """What ``inspect`` found: raw files by state, job folders by kind, FASTQ, and problems."""
+class RunReport:
+    """What ``inspect_run`` found in one run: raw files by state, job folders by kind, FASTQ,
+    the entries of its raw folders it ignores (relative to INPUT_DIR), and problems."""
 
-    paths: RunPaths
+    run: str  # relative to INPUT_DIR; "." for INPUT_DIR itself
+    output_dir: Path
+    raw_folders: int = 0
     files: dict[FileState, int] = field(default_factory=lambda: dict.fromkeys(FileState, 0))
     job_folders: dict[FolderKind, int] = field(default_factory=lambda: dict.fromkeys(FolderKind, 0))
     fastq: dict[str, int] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+
+    def add(self, severity: Severity, path: Path, what: str) -> None:
+        self.problems.append(Problem(severity, path, what))
+
+    def line(self) -> str:
+        """The run's totals in one line, for a root that holds more than INPUT_DIR's own run."""
+        failures = sum(p.severity is not Severity.NOTE for p in self.problems)
+        folders = f"{self.raw_folders} raw folder{'s' if self.raw_folders != 1 else ''}"
+        return shown(
+            f"run {self.run}: {_files(self.files)}, in {folders}; "
+            f"FASTQ files: {_fastq(self.fastq)}; "
+            + (f"{failures} problem{'s' if failures > 1 else ''}" if failures else "ok")
+        )
+
+
+@dataclass(slots=True)
+class Report:
+    """What a check found: each run's report, and the notes about INPUT_DIR and OUTPUT_DIR
+    themselves (a manager holds them)."""
+
+    input_dir: Path
+    output_dir: Path
+    runs: list[RunReport] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [*self.notes, *(problem for run in self.runs for problem in run.problems)]
 
     @property
     def failures(self) -> list[Problem]:
@@ -96,32 +139,34 @@ class Report:
     def ok(self) -> bool:
         return not self.failures
 
-    def add(self, severity: Severity, path: Path, what: str) -> None:
-        self.problems.append(Problem(severity, path, what))
+    @property
+    def files(self) -> dict[FileState, int]:
+        """Raw files by state over every run."""
+        return _summed(run.files for run in self.runs)
 
     def lines(self) -> list[str]:
-        """The problems, one per line, then the summary."""
-        # A raw file that went missing before any job recorded it leaves no trace on disk: only
-        # a running manager counts those (/status), so check does not show the state.
-        files = ", ".join(
-            f"{count} {state.value}"
-            for state, count in self.files.items()
-            if state is not FileState.MISSING
-        )
+        """The problems, one per line, then each run's totals (but for INPUT_DIR served as
+        one run) and the totals over all runs."""
+        job_folders = _summed(run.job_folders for run in self.runs)
         folders = ", ".join(
-            f"{self.job_folders[kind]} {kind.value}"
-            for kind in FolderKind
-            if self.job_folders[kind]
+            f"{job_folders[kind]} {kind.value}" for kind in FolderKind if job_folders[kind]
         )
-        fastq = ", ".join(f"{count} in {sub}/" for sub, count in sorted(self.fastq.items()))
+        fastq = _summed(run.fastq for run in self.runs)
+        ignored = [name for run in self.runs for name in run.ignored]
+        alone = [run.run for run in self.runs] == [HERE]
         out = [str(problem) for problem in self.problems]
         out += [
-            f"INPUT_DIR  {shown(str(self.paths.input_dir))}",
-            f"OUTPUT_DIR {shown(str(self.paths.output_dir))}",
-            f"raw files: {sum(self.files.values())} ({files})",
+            f"INPUT_DIR  {shown(str(self.input_dir))}",
+            f"OUTPUT_DIR {shown(str(self.output_dir))}",
+        ]
+        if not alone:
+            out.append(f"runs: {len(self.runs)}")
+            out += [run.line() for run in self.runs]
+        out += [
+            f"raw files: {_files(self.files)}",
             f"job folders: {folders or 'none'}",
-            f"FASTQ files: {fastq or 'none'}",
-            f"ignored in INPUT_DIR: {_named(self.ignored)} "
+            f"FASTQ files: {_fastq(fastq)}",
+            f"ignored in {'INPUT_DIR' if alone else 'raw folders'}: {_named(ignored)} "
             "(not raw files, or raw files not regular)",
         ]
         if self.ok:
@@ -137,45 +182,159 @@ class Report:
         return out
 
 
+def _summed(counts: Iterable[dict[K, int]]) -> dict[K, int]:
+    total: dict[K, int] = {}
+    for each in counts:
+        for key, count in each.items():
+            total[key] = total.get(key, 0) + count
+    return total
+
+
+def _files(files: dict[FileState, int]) -> str:
+    # A raw file that went missing before any job recorded it leaves no trace on disk: only a
+    # running manager counts those (/status), so check does not show the state.
+    by_state = ", ".join(
+        f"{files.get(state, 0)} {state.value}"
+        for state in FileState
+        if state is not FileState.MISSING
+    )
+    return f"{sum(files.values())} ({by_state})"
+
+
+def _fastq(fastq: dict[str, int]) -> str:
+    return ", ".join(f"{count} in {sub}/" for sub, count in sorted(fastq.items())) or "none"
+
+
 def inspect(paths: RunPaths) -> Report:
-    """Read both folders once and report every broken invariant. Raises OSError if INPUT_DIR
-    cannot be read."""
-    report = Report(paths)
+    """One raw folder served alone (INPUT_DIR is ``paths.input_dir``): read both folders once
+    and report every broken invariant. Raises OSError if INPUT_DIR cannot be read."""
+    report = Report(paths.input_dir, paths.output_dir, notes=_lock_notes(paths))
+    report.runs.append(inspect_run(paths.input_dir, paths.output_dir, HERE, [HERE]))
+    return report
+
+
+def inspect_root(
+    input_root: Path, output_root: Path, layout: Layout, run: str | None = None
+) -> Report:
+    """Every run under INPUT_DIR (or run ``run`` alone), its raw folders found as the manager
+    finds them, each run checked against its output folder. Raises OSError if INPUT_DIR
+    cannot be read, UnknownRun if ``run`` is no run under it."""
+    report = Report(input_root, output_root, notes=_lock_notes(RunPaths(input_root, output_root)))
+    served_before = _holds_job_folders(input_root)
+    found = discovery.discover(input_root, layout, below=HERE if run is None else run)
+    if run in (None, HERE) and served_before and all(each.source != HERE for each in found):
+        # INPUT_DIR was served as one run, whose raw files are all gone now: its job folders
+        # are still worth a look.
+        found.insert(0, Found(HERE, HERE))
+    sources: dict[str, list[str]] = defaultdict(list)
+    for each in found:
+        sources[each.run].append(each.source)
+    if run is not None and run not in sources:
+        raise UnknownRun(f"no run {run!r} under {input_root}")
+    on_the_way = _on_the_way(each.source for each in found)
+    runs_on_the_way = _on_the_way(sources)
+    for path in sorted(sources) if run is None else [run]:
+        output = output_root if path == HERE else output_root / path
+        report.runs.append(
+            inspect_run(input_root, output, path, sources[path], on_the_way, runs_on_the_way)
+        )
+    return report
+
+
+def _on_the_way(paths: Iterable[str]) -> frozenset[str]:
+    """Every folder on the way to each of ``paths`` (relative to a root), them included."""
+    folders: set[str] = set()
+    for path in paths:
+        while path != HERE and path not in folders:
+            folders.add(path)
+            path = discovery.parent_of(path)
+    return frozenset(folders)
+
+
+def _holds_job_folders(folder: Path) -> bool:
+    listing = scan.list_input(folder)
+    return bool(listing.job_folders or listing.temp)
+
+
+def _lock_notes(paths: RunPaths) -> list[Problem]:
+    notes = []
     for folder, lock_file in (
         (paths.input_dir, paths.lock_file),
         (paths.output_dir, paths.output_lock_file),
     ):
         holder = RunLock.holder(lock_file)
         if holder is not None:
-            report.add(
-                Severity.NOTE,
-                folder,
-                f"managed now by {holder}: folders may change while they are read, and a change "
-                "in flight can show as a problem; run check again, or with the manager stopped",
+            notes.append(
+                Problem(
+                    Severity.NOTE,
+                    folder,
+                    f"managed now by {holder}: folders may change while they are read, and a "
+                    "change in flight can show as a problem; run check again, or with the "
+                    "manager stopped",
+                )
             )
-    listing = scan.list_input(paths.input_dir)
-    raw = set(listing.raw)
-    for name in listing.temp:
-        report.add(
-            Severity.REPAIR,
-            paths.input_dir / name,
-            "an unfinished change left by a crash or a disk fault; removed at the next start",
-        )
-    _inspect_ignored(report, listing.ignored)
-    input_folders = _inspect_input_folders(report, listing.job_folders)
-    holders = _inspect_links(report, input_folders, raw)
-    _inspect_output_folders(report, input_folders)
+    return notes
+
+
+@dataclass(slots=True)
+class _RawFolder:
+    """One raw folder of the run being inspected, as read."""
+
+    folder: Path
+    raw: set[str]
+    job_folders: list[JobFolderName]
+    holders: dict[str, list[JobFolderName]]
+
+
+def inspect_run(
+    input_root: Path,
+    output_dir: Path,
+    run: str,
+    sources: list[str],
+    on_the_way: frozenset[str] = frozenset(),
+    runs_on_the_way: frozenset[str] = frozenset(),
+) -> RunReport:
+    """One run: each of its raw folders (``sources``, relative to ``input_root``) against the
+    output folder they share. A job of one raw folder owns its output there as much as a job
+    of another (as at the manager's recovery). ``on_the_way`` are the folders that lead to raw
+    folders, and ``runs_on_the_way`` those that lead to runs: found inside a raw folder or an
+    output folder, they are served, not unknown. Raises OSError if a raw folder cannot be read."""
+    report = RunReport(run, output_dir, raw_folders=len(sources))
+    read: list[_RawFolder] = []
+    for source in sources:
+        folder = input_root if source == HERE else input_root / source
+        listing = scan.list_input(folder)
+        for name in listing.temp:
+            report.add(
+                Severity.REPAIR,
+                folder / name,
+                "an unfinished change left by a crash or a disk fault; removed at the next start",
+            )
+        ignored = [
+            name for name in listing.ignored if discovery.join(source, name) not in on_the_way
+        ]
+        _inspect_ignored(report, folder, source, ignored)
+        job_folders = _inspect_input_folders(report, folder, listing.job_folders)
+        raw = set(listing.raw)
+        holders = _inspect_links(report, folder, job_folders, raw)
+        read.append(_RawFolder(folder, raw, job_folders, holders))
+    _inspect_output_folders(report, read, runs_on_the_way)
     # A merged FASTQ stands for a raw file only if its job's DONE_ folder holds that file: the
     # name was the engine's choice.
-    known = frozenset(f.jobid for f in input_folders if f.kind is not FolderKind.ASSIGNED)
+    known = frozenset(
+        f.jobid for each in read for f in each.job_folders if f.kind is not FolderKind.ASSIGNED
+    )
     held = {
         (folder.jobid, name)
-        for name, folders in holders.items()
+        for each in read
+        for name, folders in each.holders.items()
         for folder in folders
         if folder.kind is FolderKind.DONE
     }
-    stems = _inspect_fastq(report, {raw_stem(name) for name in raw}, known, held)
-    _count_files(report, raw, holders, stems)
+    raw_stems = {raw_stem(name) for each in read for name in each.raw}
+    stems = _inspect_fastq(report, raw_stems, known, held)
+    for each in read:
+        _count_files(report, each, stems)
     return report
 
 
@@ -189,10 +348,9 @@ def _named(names: list[str], most: int = 5) -> str:
     return f"{len(names)}: {listed}{more}"
 
 
-def _inspect_ignored(report: Report, ignored: list[str]) -> None:
-    input_dir = report.paths.input_dir
+def _inspect_ignored(report: RunReport, folder: Path, source: str, ignored: list[str]) -> None:
     for name in ignored:
-        path = input_dir / name
+        path = folder / name
         if not is_utf8(name):
             report.add(Severity.NOTE, path, f"{UNDECODABLE}: never offered to an engine")
         elif is_raw_name(name):
@@ -200,12 +358,13 @@ def _inspect_ignored(report: Report, ignored: list[str]) -> None:
             report.add(Severity.NOTE, path, f"{kind}: never offered to an engine")
         elif path.is_dir() and not path.is_symlink():
             report.add(Severity.BROKEN, path, "unknown folder: bcmanager makes no such folder")
-        report.ignored.append(name)
+        report.ignored.append(discovery.join(source, name))
 
 
-def _inspect_input_folders(report: Report, found: list[JobFolderName]) -> list[JobFolderName]:
-    """The job folders of INPUT_DIR; a job with two of them is broken."""
-    input_dir = report.paths.input_dir
+def _inspect_input_folders(
+    report: RunReport, input_dir: Path, found: list[JobFolderName]
+) -> list[JobFolderName]:
+    """The job folders of a raw folder; a job with two of them is broken."""
     by_jobid: dict[str, list[JobFolderName]] = defaultdict(list)
     for folder in found:
         name = folder.name
@@ -224,13 +383,13 @@ def _inspect_input_folders(report: Report, found: list[JobFolderName]) -> list[J
 
 
 def _inspect_links(
-    report: Report, folders: list[JobFolderName], raw: set[str]
+    report: RunReport, input_dir: Path, folders: list[JobFolderName], raw: set[str]
 ) -> dict[str, list[JobFolderName]]:
     """Which job folders hold each raw file; every entry must be ``../<name>`` of a raw file."""
     holders: dict[str, list[JobFolderName]] = defaultdict(list)
     for folder in folders:
         name = folder.name
-        path = report.paths.input_dir / name
+        path = input_dir / name
         for entry, target in scan.link_targets(path):
             if not is_utf8(entry):
                 report.add(Severity.NOTE, path / entry, f"{UNDECODABLE}: not a file of this job")
@@ -240,12 +399,11 @@ def _inspect_links(
                 report.add(Severity.BROKEN, path / entry, "not a symlink")
             elif target != os.path.join(os.pardir, entry):
                 report.add(Severity.BROKEN, path / entry, f"points to {target}, not ../{entry}")
-            elif entry not in raw and not os.path.lexists(report.paths.input_dir / entry):
+            elif entry not in raw and not os.path.lexists(input_dir / entry):
                 report.add(
                     Severity.NOTE,
                     path / entry,
-                    f"missing: {report.paths.input_dir / entry} was moved or deleted after "
-                    f"{name} recorded it",
+                    f"missing: {input_dir / entry} was moved or deleted after {name} recorded it",
                 )
                 if folder.kind in FILE_STATE_OF:
                     report.files[FILE_STATE_OF[folder.kind]] += 1
@@ -253,38 +411,44 @@ def _inspect_links(
                 report.add(
                     Severity.BROKEN,
                     path / entry,
-                    f"symlink to something else: {report.paths.input_dir / entry} is not a raw "
-                    "file",
+                    f"symlink to something else: {input_dir / entry} is not a raw file",
                 )
             else:
                 holders[entry].append(folder)
     return holders
 
 
-def _inspect_output_folders(report: Report, found: list[JobFolderName]) -> None:
-    """Each TMPOUTPUT_ belongs to an ASSIGNED_ job, and each ASSIGNED_ job has one."""
-    paths = report.paths
-    input_folders = {(folder.jobid, folder.engine): folder for folder in found}
-    if not paths.output_dir.is_dir():
-        report.add(Severity.NOTE, paths.output_dir, "missing: no manager has started on this run")
+def _inspect_output_folders(
+    report: RunReport, read: list[_RawFolder], runs_on_the_way: frozenset[str]
+) -> None:
+    """Each TMPOUTPUT_ belongs to an ASSIGNED_ job of one of the run's raw folders, and each
+    ASSIGNED_ job has one."""
+    output_dir = report.output_dir
+    input_folders = {
+        (folder.jobid, folder.engine): (each.folder, folder)
+        for each in read
+        for folder in each.job_folders
+    }
+    if not output_dir.is_dir():
+        report.add(Severity.NOTE, output_dir, "missing: no manager has started on this run")
         return
-    listing = scan.list_output(paths.output_dir)
+    listing = scan.list_output(output_dir)
     for name in listing.unknown_folders:
+        if discovery.join(report.run, name) in runs_on_the_way:
+            continue  # on the way to another run's output folder
         if not is_utf8(name):
-            report.add(Severity.NOTE, paths.output_dir / name, f"{UNDECODABLE}: not ours")
+            report.add(Severity.NOTE, output_dir / name, f"{UNDECODABLE}: not ours")
             continue
         if is_aside_name(name):
             report.add(
                 Severity.NOTE,
-                paths.output_dir / name,
+                output_dir / name,
                 "set aside by bcmanager (written after its job ended, or its name was taken): "
                 "kept for a person to look at, never merged",
             )
             continue
         report.add(
-            Severity.BROKEN,
-            paths.output_dir / name,
-            "unknown folder: bcmanager makes no such folder",
+            Severity.BROKEN, output_dir / name, "unknown folder: bcmanager makes no such folder"
         )
     outputs = set()
     for folder in listing.job_folders:
@@ -292,7 +456,7 @@ def _inspect_output_folders(report: Report, found: list[JobFolderName]) -> None:
         if folder.kind is not FolderKind.TMPOUTPUT:
             continue
         outputs.add((folder.jobid, folder.engine))
-        path = paths.output_folder(folder.kind, folder.jobid, folder.engine)
+        path = output_dir / folder.name
         owner = input_folders.get((folder.jobid, folder.engine))
         if owner is None:
             report.add(
@@ -300,41 +464,42 @@ def _inspect_output_folders(report: Report, found: list[JobFolderName]) -> None:
                 path,
                 "no job folder claims this output; set aside at the next start",
             )
-        elif owner.kind is FolderKind.DONE:
+        elif owner[1].kind is FolderKind.DONE:
             report.add(
                 Severity.REPAIR,
                 path,
-                f"{owner.name} is committed but its output "
+                f"{owner[1].name} is committed but its output "
                 "was never moved into pass/ and fail/; moved at the next start or rescan",
             )
-        elif owner.kind in FAILED_KINDS:
+        elif owner[1].kind in FAILED_KINDS:
             report.add(
                 Severity.REPAIR,
                 path,
-                f"{owner.name} is committed but its output "
+                f"{owner[1].name} is committed but its output "
                 "was never set aside; set aside at the next start or rescan",
             )
-    for key, folder in input_folders.items():
+    for key, (input_dir, folder) in input_folders.items():
         if folder.kind is FolderKind.ASSIGNED and key not in outputs:
             report.add(
                 Severity.REPAIR,
-                paths.input_folder(folder.kind, folder.jobid, folder.engine),
+                input_dir / folder.name,
                 "leased, but its TMPOUTPUT_ folder is missing; made again at the next start",
             )
 
 
 def _inspect_fastq(
-    report: Report, raw_stems: set[str], known: frozenset[str], held: set[tuple[str, str]]
+    report: RunReport, raw_stems: set[str], known: frozenset[str], held: set[tuple[str, str]]
 ) -> set[str]:
     """Stems with FASTQ in pass/ or fail/. A raw file whose FASTQ came from two jobs, or twice
     into one folder, was basecalled twice. FASTQ named otherwise (one file per batch, as Dorado
     writes with --emit-fastq), or merged from a ``known`` job that did not hold the raw file it
     is named after, stands for no raw file and is only counted."""
+    output_dir = report.output_dir
     by_stem: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
-    for sub, name in scan.fastq_files(report.paths.output_dir):
+    for sub, name in scan.fastq_files(output_dir):
         report.fastq[sub] = report.fastq.get(sub, 0) + 1
         if not is_utf8(name):
-            path = report.paths.output_dir / sub / name
+            path = output_dir / sub / name
             report.add(Severity.NOTE, path, f"{UNDECODABLE}: stands for no raw file")
             continue
         parsed = parse_fastq_name(name)
@@ -342,7 +507,7 @@ def _inspect_fastq(
             continue
         raw = parsed.stem + RAW_SUFFIX
         if parsed.jobid in known and (parsed.jobid, raw) not in held:
-            path = report.paths.output_dir / sub / name
+            path = output_dir / sub / name
             report.add(
                 Severity.NOTE,
                 path,
@@ -360,30 +525,27 @@ def _inspect_fastq(
             merged = sorted(f"{sub}/{name}" for sub, name, _ in found)
             report.add(
                 Severity.BROKEN,
-                report.paths.output_dir / merged[0],
+                output_dir / merged[0],
                 f"raw file {stem} was basecalled twice: {merged}",
             )
     return set(by_stem)
 
 
-def _count_files(
-    report: Report, raw: set[str], holders: dict[str, list[JobFolderName]], stems: set[str]
-) -> None:
-    input_dir = report.paths.input_dir
+def _count_files(report: RunReport, read: _RawFolder, stems: set[str]) -> None:
     unheld = []
-    for name in sorted(raw):
-        held = [folder for folder in holders.get(name, []) if folder.kind in FILE_STATE_OF]
+    for name in sorted(read.raw):
+        held = [folder for folder in read.holders.get(name, []) if folder.kind in FILE_STATE_OF]
         has_fastq = raw_stem(name) in stems
         if len(held) > 1:
             names = sorted(f.name for f in held)
-            report.add(Severity.BROKEN, input_dir / name, f"in two states: {names}")
+            report.add(Severity.BROKEN, read.folder / name, f"in two states: {names}")
         if held:
             first = held[0]
             state = FILE_STATE_OF[first.kind]
             if has_fastq and state is not FileState.DONE:
                 report.add(
                     Severity.BROKEN,
-                    input_dir / name,
+                    read.folder / name,
                     f"{state.value} in {first.name}, yet done: its FASTQ is in pass/ or fail/",
                 )
             report.files[state] += 1
@@ -391,7 +553,7 @@ def _count_files(
             report.files[FileState.DONE] += 1
         else:
             unheld.append(name)
-    complete = {name for name, probe in scan.probe_many(input_dir, unheld) if probe.complete}
+    complete = {name for name, probe in scan.probe_many(read.folder, unheld) if probe.complete}
     for name in unheld:
         report.files[FileState.PENDING if name in complete else FileState.WAITING] += 1
 
@@ -399,16 +561,22 @@ def _count_files(
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "check",
-        help="check a run's folders against the invariants (after an incident)",
-        description="Read INPUT_DIR and OUTPUT_DIR, print one line per broken invariant or "
-        "interrupted change, then files by state. Exit 1 if any. Changes nothing.",
+        help="check the runs' folders against the invariants (after an incident)",
+        description="Find the runs under INPUT_DIR as the manager does, read each raw folder "
+        "and its run's output folder, print one line per broken invariant or interrupted "
+        "change, then files by state for each run and in all. Exit 1 if any. Changes nothing.",
     )
     # --input and --output are the first spellings, still accepted.
     parser.add_argument(
-        "--input-dir", "--input", help="the run's INPUT_DIR (default: env BCM_INPUT_DIR)"
+        "--input-dir",
+        "--input",
+        help="INPUT_DIR: a run, or a root of runs (default: env BCM_INPUT_DIR)",
     )
+    parser.add_argument("--output-dir", "--output", help="OUTPUT_DIR (default: env BCM_OUTPUT_DIR)")
     parser.add_argument(
-        "--output-dir", "--output", help="the run's OUTPUT_DIR (default: env BCM_OUTPUT_DIR)"
+        "--run",
+        help="check this run alone: its path relative to INPUT_DIR, as /runs lists it (or "
+        "its absolute path)",
     )
     parser.set_defaults(func=run_check)
 
@@ -417,11 +585,28 @@ def run_check(args: argparse.Namespace) -> int:
     settings = load_settings({"input_dir": args.input_dir, "output_dir": args.output_dir})
     if settings is None:
         return 2
-    paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
+    input_root, output_root = settings.input_dir.resolve(), settings.output_dir.resolve()
+    run = None if args.run is None else _run_path(input_root, args.run)
+    if args.run is not None and run is None:
+        print(f"bcmanager check: {shown(args.run)} is not under {input_root}", file=sys.stderr)
+        return 2
+    layout = Layout(settings.run_folder, settings.discovery_depth)
     try:
-        report = inspect(paths)
+        report = inspect_root(input_root, output_root, layout, run)
     except OSError as error:
         print(f"bcmanager check: cannot read the run: {error}", file=sys.stderr)
         return 2
+    except UnknownRun as error:
+        print(f"bcmanager check: {shown(str(error))}", file=sys.stderr)
+        return 2
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
+
+
+def _run_path(root: Path, text: str) -> str | None:
+    """A run named as /runs names it ("exp/sample/run", "." for INPUT_DIR), or by its absolute
+    path; None when that is not under INPUT_DIR."""
+    if os.path.isabs(text):
+        return discovery.relative(root, Path(text).resolve())
+    path = PurePosixPath(text).as_posix()
+    return HERE if path in ("", HERE) else path

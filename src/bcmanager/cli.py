@@ -22,8 +22,10 @@ COMMANDS = {
     "simulate": "simulate",
     "demo": "demo",
     "status": "status_view",
+    "runs": "runs_cli",
     "check": "check",
     "retry": "retry",
+    "report": "runreport",
 }
 
 

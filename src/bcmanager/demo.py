@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import shlex
 import shutil
 import signal
@@ -25,6 +26,7 @@ from bcmanager.simulate import run_sequencer
 
 MARKER = ".bcmanager-demo"  # a folder with this file was made by the demo and may be wiped
 REPORT_EVERY = 2.0
+DEMO_BARCODES = 4
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,10 +112,19 @@ async def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def basecaller_words() -> list[str]:
+    """The simulated basecaller as the agents run it: Dorado's output tree with barcodes, in
+    BAM (Dorado's own default) where pysam is installed to write it, else in FASTQ."""
+    reads_format = "bam" if importlib.util.find_spec("pysam") else "fastq"
+    return [
+        *(sys.executable, "-m", "bcmanager", "simulate", "basecaller"),
+        *("--seconds-per-read", "0.05", "--format", reads_format),
+        *("--layout", "dorado", "--barcodes", str(DEMO_BARCODES)),
+    ]
+
+
 async def start_agents(url: str, count: int, log: Path) -> list[asyncio.subprocess.Process]:
-    basecaller = shlex.join(
-        [sys.executable, "-m", "bcmanager", "simulate", "basecaller", "--seconds-per-read", "0.05"]
-    )
+    basecaller = shlex.join(basecaller_words())
     agents = []
     with log.open("ab") as sink:
         for number in range(1, count + 1):

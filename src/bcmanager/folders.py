@@ -433,10 +433,12 @@ class RunFolders:
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def recover(self) -> Recovered:
+    def recover(self, others: frozenset[str] = frozenset()) -> Recovered:
         """Read the run back from disk, finishing what a crash interrupted. Raises OSError only
         when INPUT_DIR or OUTPUT_DIR cannot be used at all; a job whose leftovers cannot be
-        handled is logged, kept in ``problems``, and the rest of the run goes on."""
+        handled is logged, kept in ``problems``, and the rest of the run goes on. ``others``
+        are the jobs of the other raw folders of the run, which share its output folder:
+        their output is theirs, not unclaimed."""
         self.prepare()
         found = Recovered()
         listing = scan.list_input(self.paths.input_dir)
@@ -449,6 +451,7 @@ class RunFolders:
         running = {
             (folder.jobid, folder.engine)
             for folder in scan.parse_job_folders(output_names, FolderKind.TMPOUTPUT)
+            if folder.jobid not in others
         }
         claimed: set[tuple[str, str]] = set()
         for folder in listing.job_folders:

@@ -28,11 +28,10 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
-from pathlib import Path
 from typing import Any, TypeVar
 
 from bcmanager import scan
-from bcmanager.benching import Benching
+from bcmanager.benching import Benched, Benching
 from bcmanager.folders import Recovered, RunFolders, Tail
 from bcmanager.logs import log_event
 from bcmanager.models import (
@@ -42,10 +41,11 @@ from bcmanager.models import (
     FileCounts,
     LeasedJob,
     QuarantinedFile,
+    RunEntry,
     RunPhase,
     RunStatus,
 )
-from bcmanager.paths import FolderKind, RunPaths, job_folder
+from bcmanager.paths import FolderKind, RunPaths
 from bcmanager.progress import Progress, run_phase
 from bcmanager.settings import Settings
 from bcmanager.state import (
@@ -90,14 +90,30 @@ class Manager:
         settings: Settings,
         folders: RunFolders | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        paths: RunPaths | None = None,
+        own_watcher: bool = True,
+        benching: Benching | None = None,
     ) -> None:
         self.settings = settings
-        self.paths = RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
+        if paths is None:
+            paths = folders.paths if folders is not None else _paths_of(settings)
+        self.paths = paths
         self.folders = folders or RunFolders(self.paths)
+        # A facility watches its whole root with one watcher and hands each raw folder its
+        # changes (``on_changes``); served alone, a raw folder watches itself.
+        self.own_watcher = own_watcher
+        # Extra keys of each BCBatch: the run's path and basecalling settings.
+        self.batch_extras: dict[str, object] = {}
+        # Called once the end of a job is recorded: the facility's run bookkeeping.
+        self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
+        # Job ids of the other raw folders that share this one's output folder: recovery
+        # leaves their output alone.
+        self.siblings: Callable[[], frozenset[str]] = frozenset
         self.clock = clock
         self.state = RunState(settings.report_back_period)
         self.progress = Progress(clock())
-        self.benching = Benching(
+        self.benching = benching or Benching(
             settings.bench_after,
             settings.bench_seconds,
             settings.bench_longest_seconds,
@@ -105,7 +121,6 @@ class Manager:
         )
         self.last_activity = clock()
         self.ready = False
-        self._complete_announced = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Jobs whose end is being carried out in a worker thread, and when that is over.
         self._busy: dict[str, asyncio.Event] = {}
@@ -128,7 +143,7 @@ class Manager:
     def _read_back(self) -> tuple[Recovered, list[str]]:
         """Recover the folders, restore the files and jobs they record, and probe the oldest of
         the other raw files; returns what recovery found and the raw files left to probe."""
-        recovered = self.folders.recover()
+        recovered = self.folders.recover(self.siblings())
         for line in recovered.repaired:
             log.info("recovery: %s", line)
         self._restore(recovered, self.clock())
@@ -194,16 +209,17 @@ class Manager:
 
     # -- the protocol -----------------------------------------------------------------------
 
-    def assign(self, engine: str, batch_size: int) -> BCBatch:
-        """Lease a batch to ``engine``; raises OSError (nothing leased) if the disk refuses."""
+    def assign(self, engine: str, batch_size: int, max_bytes: int | None = None) -> BCBatch:
+        """Lease a batch to ``engine``: up to ``batch_size`` files, and no more than
+        ``max_bytes`` bytes but for its first file. Raises OSError (nothing leased) if the
+        disk refuses."""
         self._touch()
         now = self.clock()
         self._contact(engine, now)
-        size = batch_size if batch_size > 0 else self.settings.default_batch_size
-        size = min(size, self.settings.max_batch_size)
+        size = self.batch_files(batch_size)
         if self.benching.benched(engine, now) is not None:
             return self._batch(engine, "-1", (), "", "")
-        job = self._lease_present(engine, size, now)
+        job = self._lease_present(engine, size, now, max_bytes)
         if job is None:
             return self._batch(engine, "-1", (), "", "")
         try:
@@ -217,16 +233,31 @@ class Manager:
             engine,
             job.jobid,
             job.files,
-            job_folder(FolderKind.ASSIGNED, job.jobid, engine),
-            job_folder(FolderKind.TMPOUTPUT, job.jobid, engine),
+            self.paths.job_input_dir(FolderKind.ASSIGNED, job.jobid, engine),
+            self.paths.job_output_dir(FolderKind.TMPOUTPUT, job.jobid, engine),
         )
 
-    def _lease_present(self, engine: str, size: int, now: float) -> Job | None:
+    def batch_files(self, asked: int) -> int:
+        """The files an engine's ``batchsize`` stands for: <= 0 means the default."""
+        size = asked if asked > 0 else self.settings.default_batch_size
+        return min(size, self.settings.max_batch_size)
+
+    def _lease_present(
+        self, engine: str, size: int, now: float, max_bytes: int | None = None
+    ) -> Job | None:
         """Lease a batch of files that are still there: one that an operator moved or deleted
         since it was seen is dropped as missing, never leased as a link to nothing."""
         steer = self.benching.others_working(engine, now)
         while True:
-            job = self.state.lease(str(uuid.uuid4().int), engine, size, now, steer)
+            job = self.state.lease(
+                str(uuid.uuid4().int),
+                engine,
+                size,
+                now,
+                steer,
+                sizes=self.progress.sizes,
+                max_bytes=max_bytes,
+            )
             if job is None:
                 return None
             gone = scan.absent(self.paths.input_dir, job.files)
@@ -342,6 +373,7 @@ class Manager:
         self.state.finish(job.jobid, outcome, counted=ending.counted)
         reason = record.describe() if record is not None else None
         self.progress.job_ended(job, outcome, now, record)
+        benched: Benched | None = None
         if outcome is JobState.DONE:
             self.benching.succeeded(job.engine, now)
         elif outcome in (JobState.FAILED, JobState.QUARANTINED) and not job.retry:
@@ -352,7 +384,8 @@ class Manager:
         self._event(_ENDINGS[outcome], job, reason)
         if FILES_AFTER[outcome] is FileState.PENDING:
             self._vanished(job.files)  # deleted while leased: missing, not pending
-        self._announce_complete()
+        if self.on_ended is not None:
+            self.on_ended(job, outcome, reason, benched)
 
     def _event(self, event: str, job: Job, reason: str | None = None) -> None:
         self._log(event, jobid=job.jobid, engine=job.engine, files=len(job.files), reason=reason)
@@ -375,8 +408,9 @@ class Manager:
             bc_engine_id=engine,
             batch_size=len(batch),
             batch=batch,
-            input_dir=str(self.paths.input_dir),
-            output_dir=str(self.paths.output_dir),
+            input_dir=str(self.paths.input_root or self.paths.input_dir),
+            output_dir=str(self.paths.output_root or self.paths.output_dir),
+            **(self.batch_extras if batch else {}),
         )
 
     # -- what people and watchdogs ask ------------------------------------------------------
@@ -407,47 +441,24 @@ class Manager:
     def status(self) -> RunStatus:
         """The run's picture: O(live jobs + listed engines), never O(files) or O(engines ever
         seen)."""
-        counts = self.state.counts()
         now = self.clock()
-        sizes = self.progress.bytes_by_state()
-        return RunStatus(
+        return picture(
+            self.progress,
+            now,
             input_dir=str(self.paths.input_dir),
             output_dir=str(self.paths.output_dir),
             ready=self.ready,
-            phase=run_phase(self.progress.final_summary is not None, counts),
-            final_summary=self.progress.final_summary,
-            uptime_seconds=round(now - self.progress.started, 1),
-            files=FileCounts(**{state.value: count for state, count in counts.items()}),
-            bytes=FileBytes(**{state.value: size for state, size in sizes.items()}),
-            rates=self.progress.rates(now),
-            drain=self.progress.drain(now, counts),
-            history=self.progress.history(now),
-            engines=self.progress.engines(now),
-            retired_engines=self.progress.retired_picture(now),
-            recent_problems=self.progress.recent_problems(now),
-            job_problems=self.job_problems(),
+            phase=self.phase(),
+            counts=self.state.counts(),
+            sizes=self.progress.bytes_by_state(),
+            jobs=self.state.live_jobs(),
             quarantined=[
                 QuarantinedFile(file=name, failed_on=self.state.failed_alone(name))
                 for name in self.state.quarantined()[:QUARANTINED_SHOWN]
             ],
-            benched=[
-                BenchedEngine(
-                    engine=benched.engine,
-                    seconds_left=round(benched.until - now, 1),
-                    reason=benched.reason,
-                )
-                for benched in self.benching.all_benched(now)
-            ],
-            jobs=[
-                LeasedJob(
-                    jobid=job.jobid,
-                    engine=job.engine,
-                    state=job.state.value,
-                    files=list(job.files),
-                    seconds_left=round(max(0.0, job.deadline - now), 3),
-                )
-                for job in self.state.live_jobs()
-            ],
+            benched=self.benching.all_benched(now),
+            job_problems=self.job_problems(),
+            final_summary=self.progress.final_summary,
         )
 
     # -- background work --------------------------------------------------------------------
@@ -459,7 +470,7 @@ class Manager:
         await self._probe_in_chunks(unprobed[:CHUNK], announce=False)
         # The watcher starts now, not before the server: at a million files the kernel takes
         # 0.1 s to set up the watch (inotify marks every entry), and the event loop waits.
-        if not self.settings.force_polling and can_watch(self.paths.input_dir):
+        if self.own_watcher and not self.settings.force_polling and can_watch(self.paths.input_dir):
             self._spawn("watcher", self._watch())
         await self._probe_in_chunks(unprobed[CHUNK:], announce=False)
         placed = await asyncio.to_thread(recovered.placed)
@@ -493,24 +504,14 @@ class Manager:
             if announce and after is FileState.PENDING:
                 self._log("arrived", file=name, bytes=probe.size)
 
-    def _final_summary_folders(self) -> list[Path]:
-        if self.settings.final_summary_dir is not None:
-            return [self.settings.final_summary_dir.resolve()]
-        return [self.paths.input_dir, self.paths.input_dir.parent]
+    def sequencing_finished(self, summary: str) -> None:
+        """Its run's sequencer wrote its final summary (the facility found it, and says when
+        the run is complete)."""
+        self.progress.sequencing_finished(summary)
 
-    async def _look_for_final_summary(self) -> None:
-        """MinKNOW writes final_summary_*.txt when sequencing stops; look until it is there."""
-        if self.progress.final_summary is not None:
-            return
-        found = await asyncio.to_thread(scan.final_summary, self._final_summary_folders())
-        if found is not None and self.progress.sequencing_finished(str(found)):
-            self._log("finished", summary=str(found))
-            self._announce_complete()
-
-    def _announce_complete(self) -> None:
-        if not self._complete_announced and self.phase() is RunPhase.COMPLETE:
-            self._complete_announced = True
-            self._log("complete")
+    def waited(self) -> float | None:
+        """How long its oldest pending file has waited; None when nothing is pending."""
+        return self.progress.waited(self.state.first_pending(), self.clock())
 
     def _unknown_oldest_first(self, names: list[str]) -> list[str]:
         """On the loop at start-up, in a worker thread for rescans: there, dict lookups are safe
@@ -529,7 +530,6 @@ class Manager:
         )
         self._vanished(await asyncio.to_thread(self._unplaced_not_in, listing.names))
         await self._probe_in_chunks(self.state.waiting() + self.state.missing())
-        await self._look_for_final_summary()
 
     def _unplaced_not_in(self, names: list[str]) -> list[str]:
         """Waiting and pending files that a listing of INPUT_DIR did not show (in a worker
@@ -555,6 +555,11 @@ class Manager:
                 log.info("finished after a disk fault: %s", line)
             await self._rescan_or_log()
 
+    async def rescan(self) -> None:
+        """Look at the raw folder again now (the facility asks when events may have been
+        missed)."""
+        await self._rescan_or_log()
+
     async def _rescan_or_log(self) -> None:
         """A rescan; when INPUT_DIR cannot be read it is logged (and /heartbeat says so), and
         the next rescan tries again."""
@@ -563,15 +568,16 @@ class Manager:
         except OSError as error:
             log.error("rescan of %s failed: %s", self.paths.input_dir, error)
 
-    async def _watch(self) -> None:
-        async def changed(names: list[str], deleted: list[str]) -> None:
-            unplaced = (None, FileState.WAITING, FileState.MISSING)
-            fresh = [n for n in names if self.state.file_state(n) in unplaced]
-            if fresh:
-                self._observe(await asyncio.to_thread(scan.probe_many, self.paths.input_dir, fresh))
-            self._vanished(deleted)
+    async def on_changes(self, names: list[str], deleted: list[str]) -> None:
+        """Raw files a watcher saw written to (``names``) or gone (``deleted``)."""
+        unplaced = (None, FileState.WAITING, FileState.MISSING)
+        fresh = [n for n in names if self.state.file_state(n) in unplaced]
+        if fresh:
+            self._observe(await asyncio.to_thread(scan.probe_many, self.paths.input_dir, fresh))
+        self._vanished(deleted)
 
-        await watch_raw_files(self.paths.input_dir, changed)
+    async def _watch(self) -> None:
+        await watch_raw_files(self.paths.input_dir, self.on_changes)
 
     async def _reap_forever(self) -> None:
         tick = min(1.0, self.settings.report_back_period / 4)
@@ -603,6 +609,67 @@ class Manager:
             log.error("job %s: could not take its lease back (%s); retrying", job.jobid, error)
             return False
         return True
+
+
+def picture(
+    progress: Progress,
+    now: float,
+    *,
+    input_dir: str,
+    output_dir: str,
+    ready: bool,
+    phase: RunPhase,
+    counts: dict[FileState, int],
+    sizes: dict[FileState, int],
+    jobs: Iterable[Job],
+    quarantined: list[QuarantinedFile],
+    benched: Iterable[Benched],
+    job_problems: list[str],
+    final_summary: str | None,
+    runs: list[RunEntry] | None = None,
+) -> RunStatus:
+    """The picture of one raw folder, of a run, or of every run: what ``progress`` and the
+    state machines say, as /status shows it."""
+    return RunStatus(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        ready=ready,
+        phase=phase,
+        final_summary=final_summary,
+        uptime_seconds=round(now - progress.started, 1),
+        files=FileCounts(**{state.value: count for state, count in counts.items()}),
+        bytes=FileBytes(**{state.value: size for state, size in sizes.items()}),
+        rates=progress.rates(now),
+        drain=progress.drain(now, counts),
+        history=progress.history(now),
+        engines=progress.engines(now),
+        retired_engines=progress.retired_picture(now),
+        recent_problems=progress.recent_problems(now),
+        job_problems=job_problems,
+        quarantined=quarantined,
+        benched=[
+            BenchedEngine(
+                engine=each.engine, seconds_left=round(each.until - now, 1), reason=each.reason
+            )
+            for each in benched
+        ],
+        jobs=[
+            LeasedJob(
+                jobid=job.jobid,
+                engine=job.engine,
+                state=job.state.value,
+                files=list(job.files),
+                seconds_left=round(max(0.0, job.deadline - now), 3),
+            )
+            for job in jobs
+        ],
+        runs=runs or [],
+    )
+
+
+def _paths_of(settings: Settings) -> RunPaths:
+    """One run served alone: INPUT_DIR is its raw folder, OUTPUT_DIR its output."""
+    return RunPaths(settings.input_dir.resolve(), settings.output_dir.resolve())
 
 
 @contextlib.contextmanager

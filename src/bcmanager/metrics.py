@@ -21,8 +21,8 @@ from prometheus_client.core import (
 )
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bcmanager.manager import Manager
-from bcmanager.models import RunPhase
+from bcmanager.facility import Facility
+from bcmanager.models import RunEntry, RunPhase
 from bcmanager.progress import Tallies
 
 # The engine label of the series that sums the retired engines (see progress.py); it cannot be
@@ -64,32 +64,36 @@ FILE_COUNTERS: tuple[tuple[str, str, Callable[[Tallies], int]], ...] = (
 
 
 class RunCollector:
-    """Reads the run's state at scrape time."""
+    """Reads the runs' state at scrape time: totals over every run, and a few series per run
+    that is not sealed (so the series are bounded by the live runs)."""
 
-    def __init__(self, manager: Manager) -> None:
-        self.manager = manager
+    def __init__(self, facility: Facility) -> None:
+        self.facility = facility
 
     def collect(self) -> Iterator[Metric]:
-        manager = self.manager
+        facility = self.facility
+        now = facility.clock()
+        counts, sizes = facility.totals()
         files = GaugeMetricFamily("bcmanager_files", "Raw files by state.", labels=["state"])
-        for state, count in manager.state.counts().items():
+        for state, count in counts.items():
             files.add_metric([state.value], count)
         yield files
         size = GaugeMetricFamily(
             "bcmanager_raw_bytes", "Bytes of raw files by state.", labels=["state"]
         )
-        for state, total in manager.progress.bytes_by_state().items():
+        for state, total in sizes.items():
             size.add_metric([state.value], total)
         yield size
         phase = GaugeMetricFamily(
             "bcmanager_run_phase", "1 for the phase the run is in, else 0.", labels=["phase"]
         )
-        current = manager.phase()
+        current = facility.phase()
         for each in RunPhase:
             phase.add_metric([each.value], 1 if each is current else 0)
         yield phase
-        progress = manager.progress
-        engines = progress.engine_stats(manager.clock())
+        yield from _per_run(facility.entries(live_only=True))
+        progress = facility.progress(now)
+        engines = progress.engine_stats(now)
         for name, help_text, tally in FILE_COUNTERS:
             counter = CounterMetricFamily(name, help_text, labels=["engine"])
             for stats in engines:
@@ -115,17 +119,37 @@ class RunCollector:
             "Seconds from assignment to the end of a job, by how it ended.",
             labels=["outcome"],
         )
-        for outcome, histogram in manager.progress.durations.items():
+        for outcome, histogram in progress.durations.items():
             durations.add_metric([outcome.value], histogram.cumulative(), histogram.total)
         yield durations
+
+
+def _per_run(entries: list[RunEntry]) -> Iterator[Metric]:
+    files = GaugeMetricFamily(
+        "bcmanager_run_files", "A live run's raw files by state.", labels=["run", "state"]
+    )
+    lag = GaugeMetricFamily(
+        "bcmanager_run_lag_seconds",
+        "How long a live run's oldest pending file has waited (0 when none is pending).",
+        labels=["run"],
+    )
+    priority = GaugeMetricFamily("bcmanager_run_priority", "A live run's priority.", labels=["run"])
+    paused = GaugeMetricFamily("bcmanager_run_paused", "1 while a run is paused.", labels=["run"])
+    for entry in entries:
+        for state, count in entry.files.model_dump().items():
+            files.add_metric([entry.path, state], count)
+        lag.add_metric([entry.path], entry.lag_seconds or 0.0)
+        priority.add_metric([entry.path], entry.priority)
+        paused.add_metric([entry.path], 1 if entry.paused else 0)
+    yield from (files, lag, priority, paused)
 
 
 class Metrics:
     """One app's registry: the run collector, the process' own metrics and request latency."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, facility: Facility) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(RunCollector(manager))
+        self.registry.register(RunCollector(facility))
         ProcessCollector(registry=self.registry)
         self.requests = Histogram(
             "bcmanager_request_duration_seconds",

@@ -50,6 +50,14 @@ class BCBatch(BaseModel):
                     "batch": ["a.pod5", "b.pod5"],
                     "input_dir": "/data/run1/pod5",
                     "output_dir": "/data/run1/basecalled",
+                    "run_path": ".",
+                    "priority": 10,
+                    "model": "dna_r10.4.1_e8.2_400bps_sup@v5.0.0",
+                    "modified_bases": "5mCG_5hmCG",
+                    "kit": "",
+                    "sample_rate": 5000,
+                    "flow_cell_product": "FLO-PRO114M",
+                    "sequencing_kit": "SQK-LSK114",
                 }
             ]
         }
@@ -67,6 +75,21 @@ class BCBatch(BaseModel):
     batch: ShownNames = Field(description="Raw file names, oldest first.")
     input_dir: Shown = Field(description="The manager's INPUT_DIR, absolute.")
     output_dir: Shown = Field(description="The manager's OUTPUT_DIR, absolute.")
+    # The batch's run and how to basecall it: for agents whose command template names them.
+    run_path: Shown = Field(
+        "", description="The run's folder relative to INPUT_DIR ('.': INPUT_DIR itself)."
+    )
+    priority: int = Field(0, description="The run's priority (higher is served first).")
+    model: str = Field("", description="Basecalling model the runs file gives the run.")
+    modified_bases: str = Field("", description="Modified bases the runs file gives the run.")
+    kit: str = Field("", description="Kit the runs file gives the run (e.g. for barcodes).")
+    sample_rate: int | None = Field(
+        None, description="Samples per second, as the run's POD5 files say; null: not known."
+    )
+    flow_cell_product: str = Field(
+        "", description="Flow cell product code the run's POD5 files name (FLO-PRO114M)."
+    )
+    sequencing_kit: str = Field("", description="Sequencing kit the run's POD5 files name.")
 
 
 class KeepaliveReply(BaseModel):
@@ -291,6 +314,48 @@ class RetryReply(BaseModel):
     retried: list[str] = Field(description="The quarantined files now pending again.")
 
 
+class RunEntry(BaseModel):
+    """One run under INPUT_DIR, as the runs table shows it."""
+
+    path: Shown = Field(description="The run's folder relative to INPUT_DIR ('.': INPUT_DIR).")
+    phase: RunPhase
+    priority: int = Field(description="Higher first; set by the runs file or an operator.")
+    paused: bool = Field(description="A paused run is offered to no engine.")
+    sealed: bool = Field(
+        description="Complete and folded into its seal: a restart reads the seal, not its files."
+    )
+    raw_folders: int = Field(description="Folders of the run that hold its raw files.")
+    output_dir: Shown = Field(description="Where its reads go.")
+    files: FileCounts
+    bytes: FileBytes
+    lag_seconds: float | None = Field(
+        description="How long its oldest pending file has waited; null when none is pending."
+    )
+    basecalled: Rate = Field(description="Its basecalling rate over the last hour.")
+    eta_seconds: float | None = Field(
+        description="When its backlog is done at that rate; null when it is not moving."
+    )
+    final_summary: Shown | None = Field(description="MinKNOW's final summary, once written.")
+    model: str = Field(description="The basecalling model its settings name ('' for none).")
+    modified_bases: str = Field(description="The modified bases its settings name.")
+    kit: str = Field(description="The kit its settings name.")
+    reads: RunYieldStatus | None = Field(
+        None, description="What its reads came to so far; null until its ledger is read back."
+    )
+
+
+class RunsReply(BaseModel):
+    runs: list[RunEntry]
+
+
+class RunRequest(BaseModel):
+    run: str = Field(description="The run's path relative to INPUT_DIR, as /runs lists it.")
+
+
+class PriorityRequest(RunRequest):
+    priority: int = Field(description="Higher first.")
+
+
 class RunStatus(BaseModel):
     """The run's picture. Costs the same to compute in a run of any size."""
 
@@ -330,7 +395,110 @@ class RunStatus(BaseModel):
         description="Jobs whose folders the manager could not put right yet (a change the "
         "disk keeps refusing, leftovers start-up could not handle); the rest of the run goes on.",
     )
+    runs: list[RunEntry] = Field(
+        default_factory=list,
+        description="The runs under INPUT_DIR (one when INPUT_DIR is itself one run's folder).",
+    )
 
 
 class ErrorReply(BaseModel):
     detail: Shown = Field(description="What is wrong; nothing was changed.")
+
+
+class Histogram(BaseModel):
+    """Reads by a value (read length, mean Q-score), in bins of one width from 0."""
+
+    bin_width: int = Field(description="The width of each bin.")
+    counts: list[int] = Field(
+        description="Reads per bin, from 0: counts[i] holds values from i * bin_width up to, "
+        "not including, (i + 1) * bin_width."
+    )
+    beyond: int = Field(
+        description="Reads at or beyond len(counts) * bin_width: the long tail, in one sum."
+    )
+
+
+class YieldSeries(BaseModel):
+    """Bases basecalled over time, by when each job ended."""
+
+    bucket_seconds: int = Field(description="Width of each bucket: an hour, more in long runs.")
+    start: float | None = Field(
+        description="Unix time of the first bucket's start; null before the first job."
+    )
+    bases: list[int] = Field(description="Bases of the jobs that ended in each bucket, in order.")
+
+
+class ReadTally(BaseModel):
+    reads: int
+    bases: int
+    pass_reads: int
+    pass_bases: int
+    mean_q: float | None = Field(description="Mean of the reads' mean Q-scores; null: no reads.")
+
+
+class BarcodeYield(ReadTally):
+    barcode: Shown | None = Field(description="The barcode folder (or alias); null: none.")
+
+
+class BasecallerUse(BaseModel):
+    """A basecaller, version and model, as the agents found them, and how many jobs used it."""
+
+    name: Shown | None
+    version: Shown | None
+    model: Shown | None
+    jobs: int
+
+
+class EngineYield(BaseModel):
+    engine: str
+    jobs: int = Field(description="Jobs with statistics.")
+    reads: int
+    bases: int
+    busy_seconds: float = Field(description="Time its basecaller ran, over the timed jobs.")
+    bases_per_hour: float | None = Field(
+        description="Bases of the timed jobs per hour of their time; null: no timed job."
+    )
+
+
+class RunYieldStatus(BaseModel):
+    """What a run's reads came to, from the statistics of its DONE jobs."""
+
+    jobs: int = Field(description="DONE jobs whose statistics were read.")
+    jobs_without_stats: int = Field(
+        description="DONE jobs whose statistics were missing or invalid: their reads are not "
+        "counted anywhere here."
+    )
+    files_unreadable: int = Field(
+        description="Reads files the agents could not read: their reads are not counted."
+    )
+    reads: int
+    bases: int
+    pass_reads: int
+    pass_bases: int
+    fail_reads: int
+    fail_bases: int
+    pass_fraction: float | None = Field(description="pass_reads / reads; null: no reads.")
+    mean_q: float | None = Field(description="Mean of the reads' mean Q-scores; null: no reads.")
+    n50: int | None = Field(
+        description="Read length N50 from the length histogram: the start of the bin that "
+        "holds it (rarely the next bin's), so within n50_resolution of the exact figure; "
+        "null: no reads."
+    )
+    n50_resolution: int = Field(description="Width of the length bins N50 is computed from.")
+    length_histogram: Histogram
+    q_histogram: Histogram
+    yield_over_time: YieldSeries
+    barcodes: list[BarcodeYield] = Field(description="By barcode; null (no barcode) first.")
+    more_barcodes: ReadTally | None = Field(
+        description="The reads of barcodes beyond the first 512 seen, in one sum; null: none."
+    )
+    basecallers: list[BasecallerUse] = Field(description="Most used first.")
+    basecallers_not_listed: int = Field(
+        description="Jobs of basecallers (name, version, model) beyond the first 16 seen."
+    )
+    models: list[Shown] = Field(description="The distinct basecaller models seen.")
+    mixed_models: bool = Field(
+        description="True: the run's reads come from more than one basecaller model."
+    )
+    engines: list[EngineYield] = Field(description="Reads and bases by engine, most bases first.")
+    problems: ShownNames = Field(description="The last statistics that could not be counted.")

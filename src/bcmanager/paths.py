@@ -28,6 +28,15 @@ RAW_SUFFIX = ".pod5"
 # exit code, signal, run time and the tail of stderr, as JSON (docs/reliability.md). Kept with
 # the logs, so a FAILEDOUTPUT_ folder says why its job failed.
 ATTEMPT_FILE = "bcm-attempt.json"
+# What the agent writes beside it when the basecaller succeeded: the job's read statistics
+# (readstats.py). Kept with the logs, where the manager reads it.
+STATS_FILE = "bcm-stats.json"
+# What the manager keeps at the top of a run's output folder: the seal of a complete run (its
+# counts and its folders' modification times, read at start-up instead of its raw files) and
+# the record of the run's completion command (run once, its exit status kept).
+SEAL_FILE = "bcm-run.json"
+COMPLETION_FILE = "bcm-run-complete.json"
+COMPLETION_LOG = "bcm-run-complete.log"
 PASS = "pass"
 FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"
@@ -45,6 +54,9 @@ FINAL_PREFIX = "job_id_"
 # MinKNOW writes final_summary_<flow cell>_<acquisition>_<hash>.txt when sequencing stops.
 FINAL_SUMMARY_PREFIX = "final_summary_"
 FINAL_SUMMARY_SUFFIX = ".txt"
+# The run's report (docs/report.md), written into its output folder when it completes.
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
 
 _UTF8_CHUNK = 4096  # names joined for one test that they are all UTF-8
 
@@ -223,20 +235,23 @@ def is_aside_name(name: str) -> bool:
 def merge_target(parts: tuple[str, ...]) -> tuple[str, str | None] | None:
     """Where a file of a job's output folder goes, from its path inside that folder: (``pass``
     or ``fail``, barcode folder or None), or None when it is no reads or index file and stays
-    with the logs. The nearest folder that says pass or fail decides (pass when none does),
-    the nearest barcode folder gives the barcode."""
+    with the logs. The nearest folder that says pass or fail decides (pass when none does).
+    The nearest barcode folder (``barcodeNN``, ``unclassified``, ``mixed``) gives the barcode;
+    failing one, the folder right inside the pass or fail folder does, as Dorado names it after
+    the sample sheet's alias (``bam_pass/patient_A/...``)."""
     name = parts[-1]
     if name.startswith(".") or not name.endswith(READS_SUFFIXES + INDEX_SUFFIXES):
         return None
-    verdict = barcode = None
-    for folder in reversed(parts[:-1]):
-        if verdict is None and PASS_FOLDER.match(folder):
-            verdict = PASS
-        elif verdict is None and FAIL_FOLDER.match(folder):
-            verdict = FAIL
+    verdict = barcode = alias = None
+    folders = parts[:-1]
+    for index in range(len(folders) - 1, -1, -1):
+        folder = folders[index]
+        if verdict is None and (PASS_FOLDER.match(folder) or FAIL_FOLDER.match(folder)):
+            verdict = PASS if PASS_FOLDER.match(folder) else FAIL
+            alias = folders[index + 1] if index + 1 < len(folders) else None
         if barcode is None and BARCODE_FOLDER.match(folder):
             barcode = folder
-    return verdict or PASS, barcode
+    return verdict or PASS, barcode or alias
 
 
 def is_reads_name(name: str) -> bool:
@@ -280,10 +295,25 @@ def raw_stem(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RunPaths:
-    """The two roots of a run and the folders derived from them."""
+    """One raw folder's two places, and the folders derived from them.
+
+    ``input_dir`` is the raw folder (its job folders live beside its raw files) and
+    ``output_dir`` is its run's output folder. Under a root that holds many runs, the engines
+    are told job folders relative to the roots (INPUT_DIR and OUTPUT_DIR); for one run served
+    alone, the roots are the two folders themselves."""
 
     input_dir: Path
     output_dir: Path
+    input_root: Path | None = None  # INPUT_DIR when it is a root above ``input_dir``
+    output_root: Path | None = None  # OUTPUT_DIR when it is a root above ``output_dir``
+
+    def job_input_dir(self, kind: FolderKind, jobid: str, engine: str) -> str:
+        """A job folder as the protocol names it: relative to INPUT_DIR."""
+        return _relative(self.input_folder(kind, jobid, engine), self.input_root)
+
+    def job_output_dir(self, kind: FolderKind, jobid: str, engine: str) -> str:
+        """A job's output folder as the protocol names it: relative to OUTPUT_DIR."""
+        return _relative(self.output_folder(kind, jobid, engine), self.output_root)
 
     @property
     def pass_dir(self) -> Path:
@@ -306,3 +336,7 @@ class RunPaths:
 
     def output_folder(self, kind: FolderKind, jobid: str, engine: str) -> Path:
         return self.output_dir / job_folder(kind, jobid, engine)
+
+
+def _relative(folder: Path, root: Path | None) -> str:
+    return folder.name if root is None else folder.relative_to(root).as_posix()

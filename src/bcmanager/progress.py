@@ -31,7 +31,7 @@ each engine is retired once, O(1) amortized, and no call walks the engines.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -110,6 +110,12 @@ class RateRing:
         self._files[place] = files + (self._files[place] if same else 0)
         self._bytes[place] = size + (self._bytes[place] if same else 0)
 
+    def absorb(self, other: RateRing) -> None:
+        """Add ``other``'s buckets (a ring of the same shape) to this one."""
+        for bucket, files, size in zip(other._bucket, other._files, other._bytes, strict=True):
+            if bucket >= 0:
+                self.add(bucket * other.bucket_seconds, files, size)
+
     def totals(self, now: float, buckets: int) -> tuple[int, int]:
         """Files and bytes of the last ``buckets`` buckets, the current (partial) one included."""
         newest = int(now // self.bucket_seconds)
@@ -151,6 +157,13 @@ class DurationHistogram:
             self.counts[-1] += 1
         self.count += 1
         self.total += seconds
+
+    def absorb(self, other: DurationHistogram) -> None:
+        self.counts = [
+            mine + theirs for mine, theirs in zip(self.counts, other.counts, strict=True)
+        ]
+        self.count += other.count
+        self.total += other.total
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound as Prometheus spells it, observations at or below it)."""
@@ -249,6 +262,7 @@ class Progress:
         "_first_arrival",
         "_idle",
         "_observed_since",
+        "_since",
         "_sizes",
         "arrived",
         "arrived_long",
@@ -265,6 +279,9 @@ class Progress:
     def __init__(self, now: float) -> None:
         self.started = now
         self._sizes: dict[str, int] = {}  # files that can still change state
+        # When each of those became pending: the scheduler serves the run whose oldest file
+        # has waited longest, and /status shows that wait as the run's lag.
+        self._since: dict[str, float] = {}
         self._bytes: dict[FileState, int] = dict.fromkeys(FileState, 0)
         self.arrived = RateRing(MINUTE, 60)
         self.basecalled = RateRing(MINUTE, 60)
@@ -281,6 +298,42 @@ class Progress:
         self.durations: dict[JobState, DurationHistogram] = {}
         self.problems: deque[Problem] = deque(maxlen=RECENT_PROBLEMS)
         self.final_summary: str | None = None  # MinKNOW's final_summary_*.txt, once seen
+
+    @classmethod
+    def merged(cls, parts: Iterable[Progress], now: float) -> Progress:
+        """The sum of several raw folders' progress, for the picture of a run or of the
+        whole root: O(buckets and listed engines) per part, never O(files). Sizes of single
+        files are not carried over: a merged progress is for looking at, not for feeding."""
+        parts = list(parts)
+        total = cls(min((part.started for part in parts), default=now))
+        total._observed_since = min((p._observed_since for p in parts), default=now)
+        arrivals = [p._first_arrival for p in parts if p._first_arrival is not None]
+        total._first_arrival = min(arrivals, default=None)
+        problems: list[Problem] = []
+        for part in parts:
+            for state, size in part._bytes.items():
+                total._bytes[state] += size
+            for mine, theirs in (
+                (total.arrived, part.arrived),
+                (total.basecalled, part.basecalled),
+                (total.arrived_long, part.arrived_long),
+                (total.basecalled_long, part.basecalled_long),
+            ):
+                mine.absorb(theirs)
+            for stats in part.engine_stats(now):
+                into = total._engine(stats.engine, stats.last_active)
+                into.last_contact = max(into.last_contact, stats.last_contact)
+                into.last_active = max(into.last_active, stats.last_active)
+                into.current.update(stats.current)
+                into.work.add(stats.work)
+            total.retired.add(part.retired)
+            total.retired_engines += part.retired_engines
+            for outcome, histogram in part.durations.items():
+                total.durations.setdefault(outcome, DurationHistogram()).absorb(histogram)
+            problems += part.problems
+        problems.sort(key=lambda problem: -1.0 if problem.at is None else problem.at, reverse=True)
+        total.problems.extend(problems[:RECENT_PROBLEMS])
+        return total
 
     def sequencing_finished(self, summary: str) -> bool:
         """MinKNOW wrote ``summary``: returns whether that is news."""
@@ -301,6 +354,7 @@ class Progress:
         self._sizes[name] = size
         self._bytes[after] += size
         if after is FileState.PENDING:
+            self._since[name] = at
             self.arrived.add(at, 1, size)
             self.arrived_long.add(at, 1, size)
             if self._first_arrival is None or at < self._first_arrival:
@@ -316,6 +370,18 @@ class Progress:
         """A waiting or pending file is gone: its bytes leave the totals (a missing file has
         none) and its size is forgotten."""
         self._bytes[before] -= self._sizes.pop(name, 0)
+        self._since.pop(name, None)
+
+    @property
+    def sizes(self) -> Mapping[str, int]:
+        """The sizes of the files that can still change state (read-only)."""
+        return self._sizes
+
+    def waited(self, name: str | None, now: float) -> float | None:
+        """How long pending file ``name`` has waited since it arrived; None for no file."""
+        if name is None:
+            return None
+        return max(0.0, now - self._since.get(name, now))
 
     def bytes_by_state(self) -> dict[FileState, int]:
         return dict(self._bytes)
@@ -325,6 +391,7 @@ class Progress:
         if after in (FileState.DONE, FileState.FAILED):
             for name in files:
                 total += self._sizes.pop(name, 0)
+                self._since.pop(name, None)
         else:
             for name in files:
                 total += self._sizes.get(name, 0)

@@ -274,6 +274,7 @@ class AttemptRecord:
     exit_code: int | None
     signal: str | None
     last_line: str | None
+    seconds: float | None = None  # how long the basecaller ran
 
     def describe(self) -> str:
         """In words, for a person: "exit 127: sh: dorado: not found"."""
@@ -313,15 +314,19 @@ def attempt_record(path: Path) -> AttemptRecord | None:
         return None
     if not isinstance(record, dict):
         return None
-    code, signal, line = (
+    code, signal, line, seconds = (
         record.get("exit_code"),
         record.get("signal"),
         record.get("stderr_last_line"),
+        record.get("seconds"),
     )
     return AttemptRecord(
         code if isinstance(code, int) and not isinstance(code, bool) else None,
         _text(signal[:32]) if isinstance(signal, str) else None,
         _text(line[:300]) if isinstance(line, str) and line else None,
+        float(seconds)
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < 1e9
+        else None,
     )
 
 
@@ -341,4 +346,24 @@ def final_summary(folders: Iterable[Path]) -> Path | None:
                         return Path(entry.path)
         except OSError:
             continue
+    return None
+
+
+FINAL_SUMMARY_READ = 64 * 1024  # MinKNOW's summary is a few kB: more is not one
+
+
+def files_in_final_dest(summary: Path) -> int | None:
+    """The raw files MinKNOW says it wrote (``pod5_files_in_final_dest=N``; older MinKNOW says
+    ``fast5_files_in_final_dest``), or None when the summary does not say or cannot be read:
+    a run is not finished before that many were seen, whatever order the files land in."""
+    try:
+        with open(summary, "rb") as handle:
+            text = handle.read(FINAL_SUMMARY_READ).decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("pod5_files_in_final_dest", "fast5_files_in_final_dest"):
+            count = value.strip()
+            return int(count) if count.isdigit() else None
     return None

@@ -15,10 +15,12 @@ import uvicorn
 from pydantic import ValidationError
 
 from bcmanager.app import create_app
+from bcmanager.facility import Facility
 from bcmanager.lock import AlreadyManaged, hold_run
 from bcmanager.logs import configure_logging
 from bcmanager.paths import RunPaths
 from bcmanager.roots import UnusableRoot
+from bcmanager.rules import Rules, RulesError
 from bcmanager.settings import Settings, describe_error
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,11 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"bcmanager: {refusal}", file=sys.stderr)
         return 2
     try:
+        rules = Rules.from_settings(settings)
+    except RulesError as error:
+        print(f"bcmanager: {error}", file=sys.stderr)
+        return 2
+    try:
         locks = hold_run(paths, f"{settings.scheme}://{settings.host}:{settings.port}")
     except UnusableRoot as error:
         print(f"bcmanager: {error}", file=sys.stderr)
@@ -99,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"bcmanager: {error}", file=sys.stderr)
         return 1
     configure_logging(settings.log_format)
-    app = create_app(settings, lock=locks)
+    app = create_app(settings, lock=locks, facility=Facility(settings, rules=rules))
     # log_config=None: uvicorn's own lines go through the handler configured above.
     uvicorn.run(
         app,

@@ -6,11 +6,13 @@ directory; ``.env.example`` documents each one. The CLI turns a validation error
 
 from __future__ import annotations
 
+import re
 import ssl
 from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import (
+    AnyHttpUrl,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -20,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bcmanager.rules import DEFAULT_BATCH_BYTES, parse_size
 
 
 class Settings(BaseSettings):
@@ -54,6 +58,22 @@ class Settings(BaseSettings):
         description="Folder where MinKNOW writes final_summary_*.txt when sequencing stops "
         "(default: INPUT_DIR and its parent).",
     )
+    run_folder_pattern: str = Field(
+        r"[0-9]{8}_[0-9]{4}_.+_[0-9a-fA-F]{8}",
+        description="A folder under INPUT_DIR whose whole name matches this regular "
+        "expression is one run (MinKNOW's YYYYMMDD_HHMM_<position>_<flow cell>_<hash>); its "
+        "folders that hold POD5 files are its raw folders. Elsewhere, a folder that holds POD5 "
+        "files itself is a run.",
+    )
+    discovery_depth: PositiveInt = Field(
+        8, description="How many folders deep below INPUT_DIR runs are looked for."
+    )
+    on_run_complete: str | None = Field(
+        None,
+        description="Command run once when a run is complete, e.g. 'notify.sh {output_dir}': "
+        "placeholders {run_path}, {run_dir}, {output_dir}; its exit status is recorded in "
+        "the run's output folder, and it is never run twice for one run.",
+    )
     quarantine_attempts: PositiveInt = Field(
         3,
         description="Failed attempts of a file alone, on one engine, after which it is "
@@ -67,6 +87,16 @@ class Settings(BaseSettings):
     )
     bench_longest_seconds: PositiveFloat = Field(
         3600.0, description="The longest a benched engine gets no work at a time."
+    )
+    runs_file: Path | None = Field(
+        None,
+        description="TOML file of per-run rules (priority, model, modified bases, kit, batch "
+        "size); the first whose glob matches a run's path wins. Unset: no rules.",
+    )
+    batch_bytes: PositiveInt = Field(
+        DEFAULT_BATCH_BYTES,
+        description="Bytes of raw files a batch holds at most, for runs the runs file gives no "
+        "batch_bytes: a number, or one with a unit, e.g. '4 GB' or '500 MiB'.",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as plain text, or as one JSON object per line."
@@ -90,6 +120,11 @@ class Settings(BaseSettings):
         None, description="PEM certificate (chain) to serve HTTPS with; needs BCM_TLS_KEYFILE."
     )
     tls_keyfile: Path | None = Field(None, description="PEM private key of BCM_TLS_CERTFILE.")
+    notify_url: AnyHttpUrl | None = Field(
+        None,
+        description="URL that receives a JSON POST (with a 'text' line chat webhooks show) when "
+        "a run finishes sequencing or completes, a file is quarantined or an engine benched.",
+    )
     trusted_network: bool = Field(
         False,
         description="true: listen beyond loopback without TLS or without BCM_API_TOKEN (only "
@@ -98,17 +133,37 @@ class Settings(BaseSettings):
 
     @field_validator(
         "final_summary_dir",
+        "on_run_complete",
+        "runs_file",
         "api_token",
         "operator_token",
         "read_token",
         "tls_certfile",
         "tls_keyfile",
+        "notify_url",
         mode="before",
     )
     @classmethod
     def _empty_means_default(cls, value: object) -> object:
         """An empty variable (as in .env.example) means the default, not an empty value."""
         return None if value == "" else value
+
+    @field_validator("batch_bytes", mode="before")
+    @classmethod
+    def _size_with_unit(cls, value: object) -> object:
+        """A size with a unit, as in the runs file; empty (as in .env.example): the default."""
+        if isinstance(value, str):
+            return parse_size(value) if value.strip() else DEFAULT_BATCH_BYTES
+        return value
+
+    @field_validator("run_folder_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
+        return value
 
     @model_validator(mode="after")
     def _batch_sizes_agree(self) -> Self:
@@ -124,6 +179,10 @@ class Settings(BaseSettings):
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("BCM_TLS_CERTFILE and BCM_TLS_KEYFILE are set together or not at all")
         return self
+
+    @property
+    def run_folder(self) -> re.Pattern[str]:
+        return re.compile(self.run_folder_pattern)
 
     @property
     def scheme(self) -> str:

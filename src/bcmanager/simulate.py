@@ -16,6 +16,7 @@ in-process; ``bcmanager simulate`` is a thin command-line layer over both.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import datetime
 import itertools
@@ -26,13 +27,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import pod5  # type: ignore[import-untyped]
 
+from bcmanager import __version__, readstats
 from bcmanager.paths import FAIL, PASS, is_raw_name, raw_stem
 
 POD5_SIGNATURE = b"\x8bPOD\r\n\x1a\n"  # first and last 8 bytes of every complete POD5 file
@@ -45,7 +49,6 @@ FLOW_CELL_ID = "PAO12345"
 SOFTWARE = "bcmanager simulator (not MinKNOW)"
 _EPOCH = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)  # fixed, so files follow the seed
 _PARTIAL_SUFFIX = ".partial"
-_QUALITY_CHARS = "".join(chr(33 + phred) for phred in range(8, 41))
 
 Progress = Callable[[str], None]
 
@@ -266,13 +269,75 @@ def _final_summary_text(run: RunIdentity, started: str, files: int) -> str:
     return "".join(f"{key}={value}\n" for key, value in fields.items())
 
 
+class Layout(str, Enum):
+    """Where the simulated basecaller puts its reads files in a job's output folder."""
+
+    PASS_FAIL = "pass-fail"  # pass/ or fail/ [<barcode>/] <raw stem>.<ext>: a file per raw file
+    DORADO = "dorado"  # Dorado's --output-dir tree: <run>/bam_pass/<barcode>/<name>.bam, ...
+    FLAT = "flat"  # one calls.<ext> at the top, as a wrapper saving Dorado's stdout writes
+
+
+class ReadsFormat(str, Enum):
+    """What the simulated basecaller writes."""
+
+    FASTQ = "fastq"  # plain FASTQ, as ``dorado basecaller --emit-fastq``
+    BAM = "bam"  # unaligned BAM, Dorado's default: needs pysam
+
+
+DEFAULT_MODEL = "dna_r10.4.1_e8.2_400bps_hac@v5.0.0"
+# A read whose mean Q-score is below this goes to *_fail in the Dorado layout, as Dorado's
+# default --min-qscore for its hac models sends it.
+MIN_QSCORE = 9
+_Q_SPREAD = 4  # a base's quality differs from its read's centre by up to this much
+
+
 @dataclass(frozen=True, slots=True)
 class BasecalledFile:
-    """One raw file's result: where its FASTQ went and how many records it holds."""
+    """One reads file the simulated basecaller wrote, and how many reads it holds."""
 
-    raw_name: str
-    fastq: Path
+    path: Path
     reads: int
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedRead:
+    """What the simulated basecaller makes of one read: all of it follows from the read id and
+    its signal's length, so a test can say what a file must hold without parsing it."""
+
+    read_id: str
+    bases: str
+    qualities: bytes  # phred scores, one per base
+
+    @classmethod
+    def of(cls, read_id: str, samples: int) -> SimulatedRead:
+        """Lengths spread around one base per ``SAMPLES_PER_BASE`` samples, and each read's
+        qualities around a centre of its own, so both histograms have some shape."""
+        rng = random.Random(read_id)
+        length = max(1, round(samples / SAMPLES_PER_BASE * rng.uniform(0.3, 1.7)))
+        bases = "".join(rng.choices("ACGT", k=length))
+        centre = min(35, max(3, round(rng.gauss(14, 5))))
+        qualities = bytes(
+            min(50, max(1, centre + spread))
+            for spread in rng.choices(range(-_Q_SPREAD, _Q_SPREAD + 1), k=length)
+        )
+        return cls(read_id, bases, qualities)
+
+    @property
+    def mean_qscore(self) -> float:
+        return readstats.phred_mean_qscore(self.qualities)
+
+    def fastq(self, header: str) -> str:
+        quality_text = "".join(chr(33 + phred) for phred in self.qualities)
+        return f"@{self.read_id} {header}\n{self.bases}\n+\n{quality_text}\n"
+
+
+def barcode_of(read_id: str, barcodes: int) -> str | None:
+    """The barcode folder a read goes to when reads are spread over ``barcodes`` barcodes:
+    barcode01..NN or unclassified, each about as likely; None with no barcodes."""
+    if barcodes <= 0:
+        return None
+    index = random.Random(f"barcode:{read_id}").randrange(barcodes + 1)
+    return "unclassified" if index == barcodes else f"barcode{index + 1:02d}"
 
 
 def basecall(
@@ -282,13 +347,21 @@ def basecall(
     seconds_per_read: float = DEFAULT_SECONDS_PER_READ,
     fail_fraction: float = 0.0,
     seed: int = 0,
+    reads_format: ReadsFormat = ReadsFormat.FASTQ,
+    layout: Layout = Layout.PASS_FAIL,
+    barcodes: int = 0,
+    model: str = DEFAULT_MODEL,
     progress: Progress | None = None,
 ) -> list[BasecalledFile]:
-    """Stand in for Dorado on one job: a FASTQ record per read of every POD5 file in input_dir.
+    """Stand in for Dorado on one job: a record per read of every POD5 file in input_dir.
 
-    Each file's FASTQ goes to output_dir/pass/<stem>.fastq, or to fail/ for a share of files
-    near ``fail_fraction`` chosen by ``seed`` and the file's name. Each FASTQ appears in one
-    rename, so a basecaller killed at any instant leaves no partial file under a final name.
+    In the pass-fail layout each raw file's reads go to pass/ (or all to fail/, for a share of
+    files near ``fail_fraction`` chosen by ``seed`` and the file's name), in the Dorado layout
+    each read goes to pass or fail by its mean Q-score (``MIN_QSCORE``), in the flat layout all
+    into one file. ``barcodes`` spreads reads over barcode folders (``barcode_of``). Each file
+    is written under a hidden name and renamed into place when complete (in the pass-fail
+    layout after each raw file, otherwise at the end), so a basecaller killed at any instant
+    leaves no partial file under a reads file's name.
     """
     say = progress or _ignore
     for folder in (input_dir, output_dir):
@@ -296,52 +369,214 @@ def basecall(
             raise SimulatorError(f"{folder} is not a folder")
     raw_files = sorted(path for path in input_dir.iterdir() if is_raw_name(path.name))
     say(f"simulated basecaller (not Dorado): {len(raw_files)} POD5 files in {input_dir}")
-    results: list[BasecalledFile] = []
-    for raw in raw_files:
-        records = _fastq_records(raw, seconds_per_read)
-        stem = raw_stem(raw.name)
-        verdict = FAIL if _file_fails(stem, fail_fraction, seed) else PASS
-        target = output_dir / verdict / f"{stem}.fastq"
-        target.parent.mkdir(exist_ok=True)
-        _write_atomically(target, "".join(records).encode())
-        results.append(BasecalledFile(raw.name, target, len(records)))
-        say(f"simulated basecaller: {raw.name}: {len(records)} reads -> {verdict}/{target.name}")
-    return results
+    outputs = _Outputs(output_dir, reads_format, model)
+    try:
+        for raw in raw_files:
+            stem = raw_stem(raw.name)
+            file_fails = _file_fails(stem, fail_fraction, seed)
+            count = 0
+            for read, run_info, header in _simulated_reads(raw, seconds_per_read):
+                barcode = barcode_of(read.read_id, barcodes)
+                if layout is Layout.PASS_FAIL:
+                    where = _pass_fail_path(FAIL if file_fails else PASS, barcode, stem)
+                elif layout is Layout.DORADO:
+                    verdict = PASS if read.mean_qscore >= MIN_QSCORE else FAIL
+                    where = _dorado_path(run_info, reads_format, verdict, barcode)
+                else:
+                    where = Path("calls")
+                outputs.add(where, read, run_info, header, barcode)
+                count += 1
+            say(f"simulated basecaller: {raw.name}: {count} reads")
+            if layout is Layout.PASS_FAIL:
+                outputs.finish(say)
+        outputs.finish(say)
+    finally:
+        outputs.abandon()
+    return outputs.written
 
 
 def _file_fails(stem: str, fail_fraction: float, seed: int) -> bool:
     return random.Random(f"fail:{seed}:{stem}").random() < fail_fraction
 
 
-def _fastq_records(raw: Path, seconds_per_read: float) -> list[str]:
-    """Made-up FASTQ records for the reads of ``raw``, taking ``seconds_per_read`` each."""
-    records: list[str] = []
+def _pass_fail_path(verdict: str, barcode: str | None, stem: str) -> Path:
+    return Path(verdict, *([barcode] if barcode else []), stem)
+
+
+def _dorado_path(
+    run_info: pod5.RunInfo, reads_format: ReadsFormat, verdict: str, barcode: str | None
+) -> Path:
+    """Where Dorado's --output-dir puts a read (its NestedFileStructure), without the suffix:
+    <experiment>/<sample>/<YYYYMMDD_HHMM>_<position>_<flow cell>_<protocol run id[:8]>/
+    <bam|fastq>_<pass|fail>/[<barcode>/]<flow cell>_<pass|fail>_[<barcode>_]<ids>_0."""
+    flow_cell = run_info.flow_cell_id
+    protocol_run = run_info.protocol_run_id[:8]
+    run_folder = (
+        f"{run_info.protocol_start_time:%Y%m%d_%H%M}_{run_info.sequencer_position}_"
+        f"{flow_cell}_{protocol_run}"
+    )
+    label = f"{barcode}_" if barcode else ""
+    name = f"{flow_cell}_{verdict}_{label}{protocol_run}_{run_info.acquisition_id[:8]}_0"
+    return Path(
+        run_info.experiment_name,
+        run_info.sample_id,
+        run_folder,
+        f"{reads_format.value}_{verdict}",
+        *([barcode] if barcode else []),
+        name,
+    )
+
+
+def _simulated_reads(
+    raw: Path, seconds_per_read: float
+) -> Iterator[tuple[SimulatedRead, pod5.RunInfo, str]]:
+    """Each read of ``raw`` as the simulator calls it, taking ``seconds_per_read`` each, with
+    its run and the rest of a FASTQ header line."""
     try:
         with pod5.Reader(raw) as reader:
-            for read in reader.reads():
+            for record in reader.reads():
                 time.sleep(seconds_per_read)
-                records.append(
-                    _fastq_record(
-                        str(read.read_id),
-                        read.num_samples,
-                        read.run_info.acquisition_id,
-                        read.pore.channel,
-                        read.read_number,
-                    )
+                run_info = record.run_info
+                header = (
+                    f"runid={run_info.acquisition_id} read={record.read_number} "
+                    f"ch={record.pore.channel} simulator=bcmanager"
                 )
+                yield SimulatedRead.of(str(record.read_id), record.num_samples), run_info, header
     except (OSError, RuntimeError, ValueError) as exc:
         raise SimulatorError(f"cannot read POD5 file {raw}: {exc}") from exc
-    return records
 
 
-def _fastq_record(read_id: str, samples: int, run_id: str, channel: int, number: int) -> str:
-    """Bases and qualities follow from the read id; their count from the signal's length."""
-    rng = random.Random(read_id)
-    length = max(1, samples // SAMPLES_PER_BASE)
-    bases = "".join(rng.choices("ACGT", k=length))
-    qualities = "".join(rng.choices(_QUALITY_CHARS, k=length))
-    header = f"@{read_id} runid={run_id} read={number} ch={channel} simulator=bcmanager"
-    return f"{header}\n{bases}\n+\n{qualities}\n"
+class _Outputs:
+    """The reads files being written, each under a hidden name until ``finish`` renames it."""
+
+    def __init__(self, output_dir: Path, reads_format: ReadsFormat, model: str) -> None:
+        self._output_dir = output_dir
+        self._format = reads_format
+        self._model = model
+        self._open: dict[Path, _ReadsWriter] = {}
+        self.written: list[BasecalledFile] = []
+
+    def add(
+        self,
+        where: Path,
+        read: SimulatedRead,
+        run_info: pod5.RunInfo,
+        header: str,
+        barcode: str | None,
+    ) -> None:
+        writer = self._open.get(where)
+        if writer is None:
+            target = self._output_dir / where.with_name(f"{where.name}.{self._format.value}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if self._format is ReadsFormat.BAM:
+                writer = _BamWriter(target, run_info, self._model)
+            else:
+                writer = _FastqWriter(target)
+            self._open[where] = writer
+        writer.add(read, header, barcode)
+
+    def finish(self, say: Progress) -> None:
+        """Rename every file written so far into place."""
+        for writer in self._open.values():
+            writer.close()
+            os.replace(writer.partial, writer.target)
+            self.written.append(BasecalledFile(writer.target, writer.reads))
+            shown = writer.target.relative_to(self._output_dir)
+            say(f"simulated basecaller: wrote {shown} ({writer.reads} reads)")
+        self._open.clear()
+
+    def abandon(self) -> None:
+        """Close what is still open (after an error); its hidden files stay behind."""
+        for writer in self._open.values():
+            writer.close()
+        self._open.clear()
+
+
+class _ReadsWriter(ABC):
+    """One reads file, written under a hidden name beside its target."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.partial = target.with_name(f".{target.name}{_PARTIAL_SUFFIX}")
+        self.reads = 0
+
+    @abstractmethod
+    def add(self, read: SimulatedRead, header: str, barcode: str | None) -> None:
+        """Append one read's record."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and close the hidden file."""
+
+
+class _FastqWriter(_ReadsWriter):
+    def __init__(self, target: Path) -> None:
+        super().__init__(target)
+        self._file = self.partial.open("w", encoding="ascii")
+
+    def add(self, read: SimulatedRead, header: str, barcode: str | None) -> None:
+        tag = f" barcode={barcode}" if barcode else ""
+        self._file.write(read.fastq(header + tag))
+        self.reads += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _BamWriter(_ReadsWriter):
+    """Unaligned BAM as Dorado writes it: an @PG line for the basecaller and an @RG line
+    whose description names the model (``basecall_model=``); each record carries its read
+    group, its mean Q-score (``qs``) and its barcode (``BC``) when it has one."""
+
+    def __init__(self, target: Path, run_info: pod5.RunInfo, model: str) -> None:
+        super().__init__(target)
+        try:
+            import pysam
+        except ImportError as exc:
+            raise SimulatorError("writing BAM needs pysam: pip install 'bcmanager[agent]'") from exc
+        self._pysam = pysam
+        self._group = f"{run_info.acquisition_id}_{model}"
+        header = {
+            "HD": {"VN": "1.6", "SO": "unknown"},
+            "PG": [
+                {
+                    "ID": "basecaller",
+                    "PN": "bcmanager-simulate",
+                    "VN": __version__,
+                    "CL": f"bcmanager simulate basecaller --model {model}",
+                }
+            ],
+            "RG": [
+                {
+                    "ID": self._group,
+                    "PU": run_info.flow_cell_id,
+                    "PL": "ONT",
+                    "DS": f"basecall_model={model} runid={run_info.acquisition_id}",
+                    "LB": run_info.sample_id,
+                    "SM": run_info.sample_id,
+                }
+            ],
+        }
+        self._file = pysam.AlignmentFile(str(self.partial), "wb", header=header)
+
+    def add(self, read: SimulatedRead, header: str, barcode: str | None) -> None:
+        record = self._pysam.AlignedSegment(self._file.header)
+        record.query_name = read.read_id
+        record.flag = 4  # unmapped
+        record.query_sequence = read.bases
+        record.query_qualities = array.array("B", read.qualities)
+        tags: list[tuple[str, object, str]] = [
+            ("RG", self._group, "Z"),
+            ("qs", read.mean_qscore, "f"),
+        ]
+        if barcode:
+            tags.append(("BC", barcode, "Z"))
+        record.set_tags(tags)
+        self._file.write(record)
+        self.reads += 1
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -408,8 +643,9 @@ def _add_basecaller_command(
     parser = simulators.add_parser(
         "basecaller",
         help="stand in for Dorado on one job folder",
-        description="SIMULATOR, not Dorado: writes one made-up FASTQ record per read of each POD5 "
-        "file in INPUT into OUTPUT/pass/<stem>.fastq (or fail/), each file in one atomic rename.",
+        description="SIMULATOR, not Dorado: writes one made-up FASTQ or BAM record per read of "
+        "each POD5 file in INPUT into OUTPUT (by default OUTPUT/pass/<stem>.fastq, or fail/), "
+        "each file renamed into place once complete. Read ids are the POD5 read ids.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("input_dir", type=Path, metavar="INPUT", help="job folder of POD5 links")
@@ -426,9 +662,34 @@ def _add_basecaller_command(
         type=_fraction,
         default=0.0,
         metavar="F",
-        help="share of files whose FASTQ goes to fail/",
+        help="share of files whose reads go to fail/ (pass-fail layout)",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="chooses which files fail")
+    parser.add_argument(
+        "--format",
+        dest="reads_format",
+        type=ReadsFormat,
+        choices=[value.value for value in ReadsFormat],
+        default=ReadsFormat.FASTQ.value,
+        help="FASTQ, or unaligned BAM as Dorado writes it by default (needs pysam)",
+    )
+    parser.add_argument(
+        "--layout",
+        type=Layout,
+        choices=[value.value for value in Layout],
+        default=Layout.PASS_FAIL.value,
+        help="pass-fail: pass/ or fail/ <stem>.<format> per raw file; dorado: Dorado's "
+        f"--output-dir tree, pass or fail by mean Q-score (below {MIN_QSCORE}: fail); flat: one "
+        "calls.<format> at the top, as a wrapper saving Dorado's output would write",
+    )
+    parser.add_argument(
+        "--barcodes",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="spread reads over barcode01..N folders and unclassified (by read id); 0: none",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="the model a BAM's header names")
     parser.set_defaults(func=_basecaller_main)
 
 
@@ -460,6 +721,10 @@ def _basecaller_main(args: argparse.Namespace) -> int:
             seconds_per_read=args.seconds_per_read,
             fail_fraction=args.fail_fraction,
             seed=args.seed,
+            reads_format=args.reads_format,
+            layout=args.layout,
+            barcodes=args.barcodes,
+            model=args.model,
             progress=_print_progress,
         ),
     )
@@ -482,6 +747,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 99:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 99, got {value}")
     return value
 
 

@@ -38,7 +38,7 @@ job folders on disk with ``adopt`` and ``restore``.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from itertools import filterfalse
@@ -242,6 +242,39 @@ class RunState:
         retries = [name for group in list(self._retries) for name in group.files]
         return retries + list(self._pending)
 
+    def first_pending(self) -> str | None:
+        """The oldest pending file, in the order ``pending`` gives (retries first), or None:
+        how long it has waited is what a scheduler weighs queues by, asked at every request,
+        so this drops the stale entries it passes (as ``lease`` would) instead of copying
+        the queue. O(1) amortised; a retry group costs its own length, and holds only
+        failing files."""
+        while self._retries:
+            group = self._retries[0]
+            files = tuple(n for n in group.files if self._files.get(n) is FileState.PENDING)
+            if files:
+                if files != group.files:
+                    self._retries[0] = Retry(files, group.avoid)
+                return files[0]
+            self._retries.popleft()
+        return self._first_queued()
+
+    def _first_queued(self) -> str | None:
+        """The front of the pending queue once the stale names before it are dropped: a name
+        whose file went missing has left its place; one that came back is queued again, and
+        is taken at its first place and dropped at the other."""
+        while self._pending:
+            name = self._pending[0]
+            if self._files.get(name) is FileState.PENDING:
+                return name
+            self._pending.popleft()
+        return None
+
+    def has_job(self, jobid: str) -> bool:
+        return jobid in self._jobs
+
+    def job_ids(self) -> frozenset[str]:
+        return frozenset(self._jobs)
+
     def observe(self, name: str, complete: bool) -> FileState | None:
         """A scan or a watch event saw raw file ``name``; returns its new state if it changed.
 
@@ -320,12 +353,27 @@ class RunState:
         return list(self._live.values())
 
     def lease(
-        self, jobid: str, engine: str, batch_size: int, now: float, steer: bool = False
+        self,
+        jobid: str,
+        engine: str,
+        batch_size: int,
+        now: float,
+        steer: bool = False,
+        *,
+        sizes: Mapping[str, int] | None = None,
+        max_bytes: int | None = None,
     ) -> Job | None:
         """Take up to ``batch_size`` pending files into a new job; None if none. A retry of
         failed files goes first, alone; else the oldest pending files. With ``steer`` (another
         engine works now), a retry that ``engine`` made by failing, or a file that failed
         alone on it, is left for another one.
+
+        With both ``sizes`` and ``max_bytes``, the oldest files are taken while the batch holds at
+        most ``max_bytes`` (files range from megabytes to tens of gigabytes, so a count alone
+        says little of a batch's work), but always one file at least, however large, so that
+        no file waits for ever. A file ``sizes`` does not know yet weighs nothing: the count
+        still caps the batch. A retry group is leased as it stands: its halves are the
+        bisection's, not a budget's.
 
         The caller builds the job's folders next; if that fails it calls ``abandon``.
         """
@@ -338,13 +386,15 @@ class RunState:
             job = Job(jobid, engine, retry, JobState.ASSIGNED, now, now, retry=True)
             return self._start(job)
         files: list[str] = []
-        while self._pending and len(files) < batch_size:
-            name = self._pending.popleft()
-            # A name whose file went missing, or that came back and was queued again, has
-            # left this place in the queue: it is PENDING here once at most.
-            if self._files.get(name) is FileState.PENDING:
-                self._move(name, FileState.LEASED)
-                files.append(name)
+        taken = 0
+        while len(files) < batch_size and (oldest := self._first_queued()) is not None:
+            if sizes is not None and max_bytes is not None:
+                taken += sizes.get(oldest, 0)
+                if files and taken > max_bytes:
+                    break
+            self._pending.popleft()
+            self._move(oldest, FileState.LEASED)
+            files.append(oldest)
         if not files:
             return None
         return self._start(Job(jobid, engine, tuple(files), JobState.ASSIGNED, now, now))

@@ -1,8 +1,9 @@
 """``bcmanager status``: the run's picture in a terminal, printed once or refreshed in place.
 
-It reads GET /status of a running manager, the same picture the page at / shows: progress,
-files and bytes by state, the sequencer's rate beside the basecalling rate, ETA, engines, and
-the jobs that failed or lost their lease. It sends ``BCM_READ_TOKEN`` (else
+It reads GET /status of a running manager, the same picture the page at / shows: the runs
+(when INPUT_DIR holds more than one), progress, files and bytes by state, the sequencer's rate
+beside the basecalling rate, ETA, engines, and the jobs that failed or lost their lease; with
+``--run``, that run's own picture (GET /status?run=PATH). It sends ``BCM_READ_TOKEN`` (else
 ``BCM_OPERATOR_TOKEN``) when set, and verifies an https manager against ``BCM_CA_FILE`` (else
 the system's CAs).
 """
@@ -21,7 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from bcmanager.models import RunPhase, RunStatus
+from bcmanager.models import RunEntry, RunPhase, RunStatus
 from bcmanager.settings import ClientSettings
 from bcmanager.urls import base_url
 
@@ -56,6 +57,10 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         f"(default {DEFAULT_URL})",
     )
     parser.add_argument(
+        "--run",
+        help="show this run alone: its path relative to INPUT_DIR, as the runs table names it",
+    )
+    parser.add_argument(
         "--watch", action="store_true", help="refresh in place until Ctrl-C (default: once)"
     )
     parser.add_argument(
@@ -82,31 +87,44 @@ def run_status(args: argparse.Namespace) -> int:
     with httpx.Client(timeout=10, verify=verify, headers=headers) as client:
         if not args.watch:
             try:
-                console.print(render(fetch(client, url)))
+                console.print(render(fetch(client, url, args.run)))
             except httpx.HTTPError as error:
-                console.print(f"bcmanager: no status from {url}: {error}", style="red")
+                console.print(f"bcmanager: no status from {url}: {_refusal(error)}", style="red")
                 return 1
             return 0
         try:
             with Live(console=console, auto_refresh=False) as live:
                 while True:
-                    live.update(_frame(client, url), refresh=True)
+                    live.update(_frame(client, url, args.run), refresh=True)
                     time.sleep(args.interval)
         except KeyboardInterrupt:
             return 0
 
 
-def fetch(client: httpx.Client, url: str) -> RunStatus:
-    reply = client.get(f"{url}/status")
+def fetch(client: httpx.Client, url: str, run: str | None = None) -> RunStatus:
+    """Every run's picture, or run ``run``'s own."""
+    reply = client.get(f"{url}/status", params={} if run is None else {"run": run})
     reply.raise_for_status()
     return RunStatus.model_validate_json(reply.content)
 
 
-def _frame(client: httpx.Client, url: str) -> RenderableType:
+def _frame(client: httpx.Client, url: str, run: str | None) -> RenderableType:
     try:
-        return render(fetch(client, url))
+        return render(fetch(client, url, run))
     except httpx.HTTPError as error:
-        return Text(f"No status from {url} ({error}); retrying…", style="bold red")
+        return Text(f"No status from {url} ({_refusal(error)}); retrying…", style="bold red")
+
+
+def _refusal(error: httpx.HTTPError) -> str:
+    """What went wrong, in the manager's words when it answered (a run it does not know)."""
+    if isinstance(error, httpx.HTTPStatusError):
+        try:
+            detail = error.response.json()["detail"]
+        except (ValueError, KeyError, TypeError):
+            detail = None
+        if isinstance(detail, str):
+            return f"{error.response.status_code}: {detail}"
+    return str(error)
 
 
 # How each bad end of a job is shown, and its colour.
@@ -120,7 +138,10 @@ OUTCOME_WORDS = {
 
 def render(status: RunStatus) -> RenderableType:
     """The whole picture, top to bottom, as the page lays it out."""
-    parts: list[RenderableType] = [_header(status), _progress(status), _states_and_rates(status)]
+    parts: list[RenderableType] = [_header(status)]
+    if len(status.runs) > 1:
+        parts.append(_runs(status.runs))
+    parts += [_progress(status), _states_and_rates(status)]
     parts.append(_outlook(status))
     parts.append(_engines(status))
     if status.recent_problems:
@@ -140,12 +161,7 @@ def render(status: RunStatus) -> RenderableType:
 
 def _header(status: RunStatus) -> Text:
     title = Text.assemble(("bcmanager ", "bold"), (status.input_dir, "dim"), "  ")
-    if status.phase is RunPhase.COMPLETE and status.files.failed:
-        # Not green: files were set aside and need an operator.
-        label = f" complete, {status.files.failed} quarantined "
-        title.append(label, style="bold black on yellow")
-    else:
-        title.append(f" {status.phase.value} ", style=PHASE_STYLES[status.phase])
+    title.append_text(phase_badge(status.phase, status.files.failed))
     if not status.ready:
         title.append("  scanning…", style="yellow")
     elif status.phase is not RunPhase.COMPLETE:
@@ -156,6 +172,46 @@ def _header(status: RunStatus) -> Text:
             style="bold white on green" if keeping_up else "bold white on red",
         )
     return title
+
+
+def _runs(runs: list[RunEntry]) -> Table:
+    """One line per run, compact: `--run PATH` shows one run's own picture."""
+    table = Table(
+        title="Runs", title_justify="left", caption="bcmanager status --run PATH: one run"
+    )
+    table.add_column("Run", overflow="fold")
+    table.add_column("Phase")
+    table.add_column("Prio", justify="right")
+    for heading in ("Pending", "Leased", "Done", "Quar.", "Lag", "Rate/min", "ETA"):
+        table.add_column(heading, justify="right")
+    table.add_column("Model")
+    for run in runs:
+        files = run.files
+        phase = phase_badge(run.phase, files.failed)
+        if run.paused:
+            phase.append(" paused", style="bold yellow")
+        table.add_row(
+            Text(run.path),
+            phase,
+            str(run.priority),
+            f"{files.pending:,}",
+            f"{files.leased:,}",
+            f"{files.done:,}",
+            Text(f"{files.failed:,}", style="red" if files.failed else ""),
+            "-" if run.lag_seconds is None else human_duration(run.lag_seconds),
+            _rate(run.basecalled.files_per_minute),
+            "-" if run.eta_seconds is None else human_duration(run.eta_seconds),
+            Text(run.model or "-"),
+        )
+    return table
+
+
+def phase_badge(phase: RunPhase, quarantined: int) -> Text:
+    """The phase as a coloured label; a run complete with quarantined files is amber, not
+    green: files were set aside and need an operator."""
+    if phase is RunPhase.COMPLETE and quarantined:
+        return Text(f" complete, {quarantined} quarantined ", style="bold black on yellow")
+    return Text(f" {phase.value} ", style=PHASE_STYLES[phase])
 
 
 def _progress(status: RunStatus) -> Table:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 # The manager's own routes: a copied URL that ends in one of them means the manager above it.
 ROUTES = frozenset(
     {"", "status", "heartbeat", "ready", "metrics", "docs", "openapi.json", "retry"}
-    | {"assignwork", "keepalive", "completed", "login"}
+    | {"assignwork", "keepalive", "completed", "login", "runs"}
 )
 
 

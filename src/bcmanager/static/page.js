@@ -1,6 +1,8 @@
 "use strict";
-// The run's page: asks /status every two seconds and redraws in place, without a reload or a
-// build step. Every text goes in through textContent, never as HTML.
+// The runs' page: asks /status every two seconds and redraws in place, without a reload or a
+// build step. Every text goes in through textContent, never as HTML. The address says what is
+// shown: every run together, or with #run=PATH one run's own picture (/status?run=PATH), so a
+// reload or a bookmark keeps the view and Back returns to all runs.
 
 const POLL_MS = 2000;
 const STATES = ["done", "failed", "leased", "pending", "waiting"];
@@ -65,13 +67,18 @@ function cell(row, text, className = "", title = "") {
   return td;
 }
 
+// A phase's words and colour; complete with quarantined files is amber, not green: files were
+// set aside and need an operator (`bcmanager retry`).
+function phaseLabel(phase, quarantined) {
+  if (phase === "complete" && quarantined > 0) {
+    return [`Complete, ${quarantined} quarantined`, "partial"];
+  }
+  return PHASES[phase] || [phase, ""];
+}
+
 function renderHeader(s) {
   $("run-dir").textContent = s.input_dir;
-  let [label, tone] = PHASES[s.phase] || [s.phase, ""];
-  if (s.phase === "complete" && s.files.failed > 0) {
-    // Not green: files were set aside and need an operator (`bcmanager retry`).
-    [label, tone] = [`Complete, ${s.files.failed} quarantined`, "partial"];
-  }
+  const [label, tone] = phaseLabel(s.phase, s.files.failed);
   const phase = $("phase");
   phase.textContent = s.ready ? label : "Scanning…";
   phase.className = `badge ${tone}`;
@@ -245,6 +252,69 @@ function renderEngines(s) {
   $("no-engines").hidden = s.engines.length > 0 || retired.engines > 0;
 }
 
+// The run whose own picture is shown, as /runs names it; null: every run together.
+function chosenRun() {
+  const hash = window.location.hash;
+  if (!hash.startsWith("#run=")) return null;
+  try {
+    return decodeURIComponent(hash.slice("#run=".length));
+  } catch (error) {
+    return null; // not an address this page made
+  }
+}
+
+function showRun(path) {
+  window.location.hash = path === null ? "" : `run=${encodeURIComponent(path)}`;
+}
+
+// One line per run. Under the whole picture each line opens that run's own; in a run's own
+// picture the one line heads it, with the way back. A run served alone (INPUT_DIR itself) is
+// the one line and opens nothing.
+function renderRuns(s, chosen) {
+  const card = $("runs-card");
+  card.hidden = s.runs.length === 0;
+  const pickable = chosen === null && s.runs.length > 1;
+  $("runs-title").textContent = chosen !== null ? "Run" : `Runs (${count(s.runs.length)})`;
+  $("all-runs").hidden = chosen === null;
+  $("runs-hint").hidden = !pickable;
+  const body = $("runs").tBodies[0];
+  body.replaceChildren();
+  for (const run of s.runs) {
+    const row = body.insertRow();
+    const where = row.insertCell();
+    where.className = "path";
+    where.title = `reads in ${run.output_dir}`;
+    const name = run.path === "." ? "INPUT_DIR" : run.path;
+    if (pickable) {
+      const link = document.createElement("a");
+      link.href = `#run=${encodeURIComponent(run.path)}`;
+      link.textContent = name;
+      where.append(link);
+      row.className = "pick";
+      row.addEventListener("click", () => showRun(run.path));
+    } else {
+      where.textContent = name;
+    }
+    const [label, tone] = phaseLabel(run.phase, run.files.failed);
+    const badge = document.createElement("span");
+    badge.className = `badge small ${tone}`;
+    badge.textContent = label;
+    row.insertCell().append(badge);
+    cell(row, String(run.priority), "num");
+    cell(row, run.paused ? "paused" : "", run.paused ? "warn" : "");
+    cell(row, count(run.files.pending), "num");
+    cell(row, count(run.files.leased), "num");
+    cell(row, count(run.files.done), "num");
+    cell(row, count(run.files.failed), run.files.failed ? "num bad" : "num");
+    cell(row, run.lag_seconds === null ? "–" : duration(run.lag_seconds), "num");
+    cell(row, perMinute(run.basecalled.files_per_minute), "num");
+    const eta = run.phase === "complete" ? "done"
+      : run.eta_seconds === null ? "–" : duration(run.eta_seconds);
+    cell(row, eta, "num");
+    cell(row, run.model || "–", run.model ? "" : "dim");
+  }
+}
+
 // How each bad end of a job is shown, and its colour; the reason is the cell's tooltip.
 const OUTCOMES = {
   FAILED: ["failed, retried", "warn"],
@@ -287,7 +357,8 @@ function renderLines(list, lines) {
   list.hidden = lines.length === 0;
 }
 
-function render(s) {
+function render(s, chosen) {
+  renderRuns(s, chosen);
   renderHeader(s);
   renderOverall(s);
   renderRates(s);
@@ -296,22 +367,37 @@ function render(s) {
   renderProblems(s);
 }
 
+let timer = null;
+let asked = 0; // the last request's number: an answer for a view left meanwhile is dropped
+
 async function poll() {
+  clearTimeout(timer);
+  const mine = ++asked;
+  const chosen = chosenRun();
   try {
-    const reply = await fetch("status", { cache: "no-store" });
+    const query = chosen === null ? "" : `?run=${encodeURIComponent(chosen)}`;
+    const reply = await fetch(`status${query}`, { cache: "no-store" });
+    if (mine !== asked) return;
     // The login cookie is gone or the read token changed: log in again.
     if (reply.status === 401) {
       window.location.href = "login";
       return;
     }
+    // The run is no longer served (or never was): back to every run.
+    if (reply.status === 404 && chosen !== null) {
+      showRun(null);
+      return;
+    }
     if (!reply.ok) throw new Error(`status ${reply.status}`);
-    latest = await reply.json();
-    render(latest);
+    const picture = await reply.json();
+    if (mine !== asked) return;
+    latest = picture;
+    render(latest, chosen);
     $("offline").hidden = true;
   } catch (error) {
-    $("offline").hidden = false;
+    if (mine === asked) $("offline").hidden = false;
   } finally {
-    setTimeout(poll, POLL_MS);
+    if (mine === asked) timer = setTimeout(poll, POLL_MS);
   }
 }
 
@@ -325,4 +411,6 @@ for (const button of document.querySelectorAll("[data-span]")) {
   });
 }
 window.addEventListener("resize", () => latest && renderChart(latest.history[span]));
+window.addEventListener("hashchange", poll);
+$("all-runs").addEventListener("click", () => showRun(null));
 poll();

@@ -1,0 +1,151 @@
+"""Which folders under INPUT_DIR are runs, and which of their folders hold raw files.
+
+Rules:
+
+- A folder named as MinKNOW names a run's folder (``BCM_RUN_FOLDER_PATTERN``, by default
+  ``YYYYMMDD_HHMM_<position>_<flow cell>_<hash>``) is a run. Every folder inside it that holds
+  raw files itself (``pod5/``, ``pod5_pass/barcode01/``, ``pod5_skip/``, ...) is one of its raw
+  folders.
+- Elsewhere, a folder that holds raw files itself is a run, its own one raw folder. So INPUT_DIR
+  pointed at one run's ``pod5/`` is the run ``.``, served as it always was.
+- Never looked into: job folders, bcmanager's temporary and set-aside names, hidden folders,
+  symbolic links (one could lead out of the root, or in a circle), folders named in bytes that
+  are not UTF-8 (the watcher cannot watch them; the log names them), folders deeper than
+  ``BCM_DISCOVERY_DEPTH`` below INPUT_DIR, and the runs the caller says to skip (sealed ones,
+  whose raw files need not be listed again).
+
+A raw folder is the unit a batch is made of: a batch never mixes two of them. Discovery only
+lists folders (names and entry types, no stat of each file); the raw folders' own scans probe
+their files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bcmanager.paths import (
+    TEMP_PREFIX,
+    is_aside_name,
+    is_raw_name,
+    is_utf8,
+    parse_job_folder,
+)
+
+HERE = "."  # the path of INPUT_DIR itself, as a run or a raw folder
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One raw folder and the run it belongs to, both relative to INPUT_DIR."""
+
+    run: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How runs are recognised: the run folder's name, and how deep to look."""
+
+    run_folder: re.Pattern[str]
+    depth: int
+
+
+def join(parent: str, name: str) -> str:
+    """A path relative to INPUT_DIR, ``.`` standing for INPUT_DIR itself."""
+    return name if parent == HERE else f"{parent}/{name}"
+
+
+def parent_of(path: str) -> str:
+    head, _, _ = path.rpartition("/")
+    return head or HERE
+
+
+def looked_into(name: str) -> bool:
+    """Whether a folder of this name may hold runs or raw files."""
+    return not (
+        name.startswith(".")
+        or name.startswith(TEMP_PREFIX)
+        or is_aside_name(name)
+        or parse_job_folder(name) is not None
+        or not is_utf8(name)
+    )
+
+
+def discover(
+    root: Path,
+    layout: Layout,
+    skip: Callable[[str], bool] = lambda path: False,
+    below: str = HERE,
+    visited: list[str] | None = None,
+) -> list[Found]:
+    """Every raw folder under ``root`` (at or below its folder ``below``), with its run, sorted
+    by path. A folder that cannot be read is passed over (the next discovery tries again);
+    ``skip`` names folders not to enter (sealed runs); ``visited`` receives each folder read."""
+    walked = [] if visited is None else visited
+    return sorted(_walk(root, layout, skip, below, walked), key=lambda found: found.source)
+
+
+def classify(path: str, holds_raw: bool, layout: Layout, root_name: str) -> Found | None:
+    """What the folder at ``path`` is, given whether it holds raw files itself: a raw folder
+    (of the run that encloses it, or its own run), or nothing (None)."""
+    if not holds_raw:
+        return None
+    return Found(run_of(path, layout, root_name) or path, path)
+
+
+def run_of(path: str, layout: Layout, root_name: str) -> str | None:
+    """The innermost folder on ``path`` (itself included) named like a run folder; None when
+    none is."""
+    parts = [] if path == HERE else path.split("/")
+    for end in range(len(parts), -1, -1):
+        name = parts[end - 1] if end else root_name
+        if layout.run_folder.fullmatch(name):
+            return "/".join(parts[:end]) or HERE
+    return None
+
+
+def _walk(
+    root: Path, layout: Layout, skip: Callable[[str], bool], below: str, visited: list[str]
+) -> Iterator[Found]:
+    if below != HERE and not all(looked_into(part) for part in below.split("/")):
+        return
+    pending = [(below, 0 if below == HERE else below.count("/") + 1)]
+    while pending:
+        path, depth = pending.pop()
+        if skip(path):
+            continue
+        folder = root if path == HERE else root / path
+        holds_raw = False
+        subfolders = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        if depth < layout.depth and looked_into(entry.name):
+                            subfolders.append(join(path, entry.name))
+                    elif (
+                        not holds_raw
+                        and is_raw_name(entry.name)
+                        and entry.is_file(follow_symlinks=False)
+                    ):
+                        holds_raw = True
+        except OSError:
+            continue
+        visited.append(path)
+        found = classify(path, holds_raw, layout, root.name)
+        if found is not None:
+            yield found
+        pending.extend((sub, depth + 1) for sub in subfolders)
+
+
+def relative(root: Path, folder: str | os.PathLike[str]) -> str | None:
+    """``folder`` as a path relative to ``root`` (``.`` for the root), or None outside it."""
+    try:
+        rel = Path(folder).relative_to(root)
+    except ValueError:
+        return None
+    return rel.as_posix() if rel.parts else HERE

@@ -1,0 +1,1037 @@
+"""The facility: every run under INPUT_DIR, served by one pool of engines.
+
+Rules:
+
+- A run's core (``Manager``: one raw folder's state machine, folders, recovery and progress)
+  knows nothing of other runs, nor of the other raw folders of its own run. This module holds
+  the runs, finds them (``discovery.py``), gives each its settings (``rules.py``), decides
+  whose files the next engine gets (``scheduler.py``), and knows when a run is finished,
+  complete and sealed (``runrecord.py``). The HTTP layer (``app.py``) only calls it.
+- Job ids are unique across the facility (random 128-bit), so the protocol's calls reach the
+  raw folder that leased the job without the engine saying which.
+- One misbehaving run never stalls the others: a raw folder whose recovery fails is reported
+  and left out; a run's completion command runs in the background.
+
+Theory of operation: start-up discovers the raw folders, reads each back from disk (sealed runs
+are not read: their seal is), and listens. From then on one watcher on the whole root hands each
+raw folder the changes to its raw files, sends a folder with new raw files to discovery, and
+notices MinKNOW's final summary; a rescan does all of it again every ``BCM_RESCAN_INTERVAL``
+seconds for what events miss (network filesystems). An engine's ``assignwork`` goes to the
+scheduler: among the raw folders with pending files, of runs not paused, it chooses the one
+that leases a batch, and the batch's bytes (``scheduler.py`` says by which rules). A run is
+finished when its final summary is there (and, when that names a number of raw files, that many
+were seen); complete when finished with nothing pending or leased. Then its completion command
+runs once and, but for a run that is INPUT_DIR itself, it is sealed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from watchfiles import Change, awatch
+
+from bcmanager import discovery, runrecord, scan
+from bcmanager.benching import Benched, Benching
+from bcmanager.discovery import HERE, Found, Layout
+from bcmanager.logs import log_event
+from bcmanager.manager import QUARANTINED_SHOWN, Manager, picture
+from bcmanager.models import (
+    BCBatch,
+    FileBytes,
+    FileCounts,
+    QuarantinedFile,
+    RunEntry,
+    RunPhase,
+    RunStatus,
+)
+from bcmanager.notify import Notifier
+from bcmanager.paths import (
+    ATTEMPT_FILE,
+    COMPLETION_LOG,
+    STATS_FILE,
+    FolderKind,
+    RunPaths,
+    is_final_summary_name,
+    is_raw_name,
+    job_folder,
+    parse_job_folder,
+)
+from bcmanager.pod5facts import Pod5Facts, read_facts
+from bcmanager.progress import Progress, run_phase
+from bcmanager.rules import Rules, RunSettings
+from bcmanager.runreport import write_run_report
+from bcmanager.scheduler import Queue, batch_bytes, choose
+from bcmanager.settings import Settings
+from bcmanager.state import FileState, Job, JobState, UnknownJob
+from bcmanager.watcher import DEBOUNCE_MS, STEP_MS, can_watch
+from bcmanager.yieldledger import JobStats, RunYield, read_job_stats, rebuild_yield
+
+log = logging.getLogger(__name__)
+
+FACTS_ATTEMPTS = 3
+"""Files of a run read for what its POD5 files say before it goes without (damaged files, or
+stand-ins that only look complete)."""
+
+
+# Seconds after which a watcher that starts again with more folders surely watches them.
+REWATCH_SECONDS = 0.2
+
+
+class UnknownRun(LookupError):
+    """No run has that path."""
+
+
+@dataclass(slots=True)
+class Run:
+    """One run: its raw folders' cores, its settings, and where it stands."""
+
+    path: str  # relative to INPUT_DIR; "." for INPUT_DIR itself
+    folder: Path
+    output: Path
+    settings: RunSettings
+    priority: int
+    sources: dict[str, Manager] = field(default_factory=dict)  # by raw folder path
+    paused: bool = False
+    final_summary: str | None = None  # MinKNOW's final summary, once it is there
+    expected_files: int | None = None  # raw files the final summary says were written
+    finished: bool = False  # sequencing stopped, and every file it wrote was seen
+    completed: bool = False  # complete, announced and its command started
+    seal: runrecord.Seal | None = None  # set while the run is sealed and not read back
+    facts: Pod5Facts | None = None  # what its POD5 files say of themselves, once one was read
+    facts_attempts: int = 0  # files read for them so far (at most FACTS_ATTEMPTS)
+    # What its reads came to (None until rebuilt from its DONE jobs' statistics at start-up;
+    # jobs that end meanwhile wait in ``unledgered``).
+    ledger: RunYield | None = None
+    unledgered: list[tuple[JobStats | str, float, str, float | None]] = field(default_factory=list)
+    rebuilding: bool = False
+    counting: int = 0  # DONE jobs whose statistics are being read
+
+    def counts(self) -> dict[FileState, int]:
+        if self.seal is not None:
+            return {state: self.seal.files.get(state.value, 0) for state in FileState}
+        total = dict.fromkeys(FileState, 0)
+        for source in self.sources.values():
+            for state, count in source.state.counts().items():
+                total[state] += count
+        return total
+
+    def bytes(self) -> dict[FileState, int]:
+        if self.seal is not None:
+            return {state: self.seal.bytes.get(state.value, 0) for state in FileState}
+        total = dict.fromkeys(FileState, 0)
+        for source in self.sources.values():
+            for state, size in source.progress.bytes_by_state().items():
+                total[state] += size
+        return total
+
+    def phase(self) -> RunPhase:
+        return run_phase(self.finished, self.counts())
+
+    def waited(self) -> float | None:
+        """How long its oldest pending file has waited (None: nothing pending)."""
+        waits = [wait for source in self.sources.values() if (wait := source.waited()) is not None]
+        return max(waits, default=None)
+
+    def job_ids(self, but: str | None = None) -> frozenset[str]:
+        """The jobs its raw folders know, but those of raw folder ``but``."""
+        return frozenset().union(
+            *(source.state.job_ids() for key, source in self.sources.items() if key != but)
+        )
+
+
+class Facility:
+    """Every run under INPUT_DIR; or, given one ``Manager``, that one raw folder as its only
+    run (tests that inject faults into one run's folders, and tools)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        manager: Manager | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rules: Rules | None = None,
+    ) -> None:
+        """``rules``: the runs file, read already (``serve`` reports a bad one before it takes
+        the locks); None: the one the settings name, read here."""
+        self.settings = settings
+        self.clock = manager.clock if manager is not None else clock
+        self.input_root = settings.input_dir.resolve()
+        self.output_root = settings.output_dir.resolve()
+        self.paths = RunPaths(self.input_root, self.output_root)
+        self.layout = Layout(settings.run_folder, settings.discovery_depth)
+        self.rules = rules if rules is not None else Rules.from_settings(settings)
+        self.runs: dict[str, Run] = {}
+        self.sources: dict[str, Manager] = {}  # every raw folder's core, by its path
+        self.run_of: dict[str, Run] = {}  # raw folder path -> its run
+        self._given = manager
+        self._jobs: dict[str, Manager] = {}  # live job -> the raw folder that leased it
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._discovering = asyncio.Lock()
+        # Folders the watcher watches (paths under INPUT_DIR), and what tells it to start again
+        # when there are more.
+        self._watched: set[str] = {HERE}
+        self._rewatch = asyncio.Event()
+        # Raw folders a discovery found and is still starting, by path -> run path.
+        self._pending_sources: dict[str, str] = {}
+        # Benching is the engine's, not a raw folder's: one that fails everything is benched
+        # for all runs at once.
+        self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
+        self.benching = Benching(
+            settings.bench_after,
+            settings.bench_seconds,
+            settings.bench_longest_seconds,
+            window=2 * settings.report_back_period,
+        )
+        self.started = clock()
+        self.last_activity = clock()
+        self.ready = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read every run back, then keep discovering, watching and rescanning. Returns (and
+        the server listens) once each raw folder's jobs are adopted and its oldest files can
+        be offered; each raw folder finishes its first scan in the background."""
+        self.notifier.start()
+        if self._given is not None:
+            run = self._add_run(HERE)
+            await self._add_source(run, HERE, self._given)
+            self._spawn("final summary", self._summary_forever())
+            self._spawn("readiness", self._until_ready())
+            return
+        await self._discover()
+        self._spawn("readiness", self._until_ready())
+        self._spawn("discovery", self._discover_forever())
+        if not self.settings.force_polling and can_watch(self.input_root):
+            self._spawn("watcher", self._watch())
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks.values(), *self._side_tasks]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for source in self.sources.values():
+            await source.stop()
+        await self.notifier.stop()
+
+    def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks[name] = asyncio.create_task(work, name=name)
+
+    def _side(self, work: Coroutine[Any, Any, None]) -> None:
+        """A task the facility starts and forgets (a completion command), cancelled at stop;
+        without an event loop (a tool ending jobs by hand) there is nothing to run it on."""
+        try:
+            task = asyncio.create_task(work)
+        except RuntimeError:
+            work.close()
+            return
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _until_ready(self) -> None:
+        while not all(source.ready for source in self.sources.values()):
+            await asyncio.sleep(0.02)
+        self.ready = True
+
+    # -- runs and raw folders ---------------------------------------------------------------
+
+    def _add_run(self, path: str) -> Run:
+        folder = self.input_root if path == HERE else self.input_root / path
+        output = self.output_root if path == HERE else self.output_root / path
+        settings = self.rules.settings_for(path)
+        run = Run(path, folder, output, settings, settings.priority)
+        self.runs[path] = run
+        self._log("found", run, priority=run.priority)
+        return run
+
+    async def _add_source(self, run: Run, path: str, given: Manager | None = None) -> None:
+        """Read one raw folder back and start serving it. Its recovery leaves alone the
+        output of the jobs of its run's other raw folders, found on disk or known live."""
+        folder = self.input_root if path == HERE else self.input_root / path
+        source = given or Manager(
+            self.settings,
+            clock=self.clock,
+            paths=RunPaths(folder, run.output, self.input_root, self.output_root),
+            own_watcher=False,
+            benching=self.benching,
+        )
+        on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
+        source.siblings = lambda: on_disk | run.job_ids(but=path)
+        source.on_ended = partial(self._job_ended, run, path)
+        self._start_ledger(run)
+        try:
+            await source.start()
+        except OSError as error:
+            log.error("raw folder %s cannot be served (%s); the other runs go on", path, error)
+            return
+        run.sources[path] = source
+        self.sources[path] = source
+        self.run_of[path] = run
+        for job in source.state.live_jobs():
+            self._jobs[job.jobid] = source
+        if run.finished:
+            source.sequencing_finished(run.final_summary or "")
+
+    def _sibling_folders(self, run: Run, path: str) -> list[Path]:
+        """The raw folders of ``run`` not yet served, but ``path``: their job folders may have
+        output in the run's output folder that ``path``'s recovery must not take for its own."""
+        return [
+            self.input_root / other
+            for other, found_run in self._pending_sources.items()
+            if found_run == run.path and other != path and other not in run.sources
+        ]
+
+    async def _discover(self, below: str = HERE) -> None:
+        """Find raw folders not served yet (below ``below`` only, after an event) and serve
+        them. Sealed runs are checked by their seal, not read; one that changed is unsealed
+        and read whole."""
+        async with self._discovering:
+            found = await self._walk(below)
+            for path in sorted({each.run for each in found}):
+                run = self.runs.get(path)
+                if run is not None and run.seal is not None:
+                    self._reopen(run, "its folders changed")
+                    if below != HERE:
+                        found += await self._walk(path)
+            new = {each.source: each for each in found if each.source not in self.sources}
+            self._pending_sources = {path: each.run for path, each in new.items()}
+            try:
+                for _, each in sorted(new.items()):
+                    run = self.runs.get(each.run) or self._add_run(each.run)
+                    await self._add_source(run, each.source)
+                    await self._look_for_summary(run)
+            finally:
+                self._pending_sources = {}
+
+    async def _walk(self, below: str) -> list[Found]:
+        """Discovery below a folder (in a worker thread). A sealed run whose folders are
+        unchanged is not entered: its seal stands for it. The folders walked, and those of
+        sealed runs, are watched from now on."""
+        visited: list[str] = []
+        seals: dict[str, runrecord.Seal] = {}
+
+        def sealed(path: str) -> bool:
+            run = self.runs.get(path)  # only read here: the loop owns the runs
+            if run is not None:
+                return run.seal is not None and runrecord.still_holds(self.input_root, run.seal)
+            if path == HERE:
+                return False
+            seal = runrecord.read_seal(self.output_root / path, path)
+            if seal is None or not runrecord.still_holds(self.input_root, seal):
+                return False
+            seals[path] = seal
+            return True
+
+        found = await asyncio.to_thread(
+            discovery.discover, self.input_root, self.layout, sealed, below, visited
+        )
+        for path, seal in sorted(seals.items()):
+            if path not in self.runs:
+                run = self._add_run(path)
+                run.seal, run.final_summary = seal, seal.final_summary
+                run.finished = run.completed = True
+                run.ledger = _ledger_of(seal)
+                visited += seal.folders  # a new file there unseals the run
+        self._watch_also(visited)
+        return found
+
+    def _reopen(self, run: Run, why: str) -> None:
+        """A complete run has work again: it is no longer complete, nor sealed."""
+        run.completed = False
+        if run.path == HERE:
+            return
+        run.seal = None
+        runrecord.remove_seal(run.output)
+        self._log("unsealed", run, reason=why)
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def assign(self, engine: str, batch_size: int) -> BCBatch:
+        """Lease the next batch the scheduler chooses; a batch of nothing when no run has
+        pending files for ``engine``."""
+        self.last_activity = self.clock()
+        queues = self._queues()
+        engines = max(1, self._engines_asking())
+        while queues:
+            chosen = choose(queues, engines)
+            if chosen is None:
+                break
+            queues.remove(chosen)
+            source = self.sources[chosen.key]
+            run = self.run_of[chosen.key]
+            source.batch_extras = _batch_extras(run)
+            batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
+            if batch.batch:
+                self._jobs[batch.jobid] = source
+                return _with_facts(batch, self._facts(run, source.paths.input_dir / batch.batch[0]))
+        return self._nothing(engine)
+
+    def _facts(self, run: Run, raw_file: Path) -> Pod5Facts | None:
+        """What the run's POD5 files say: read from ``raw_file`` (a few milliseconds: its
+        run-info table, not its signal) unless known, or FACTS_ATTEMPTS files did not read."""
+        if run.facts is None and run.facts_attempts < FACTS_ATTEMPTS:
+            run.facts_attempts += 1
+            run.facts = read_facts(raw_file)
+        return run.facts
+
+    def _nothing(self, engine: str) -> BCBatch:
+        """No work. A run served alone says so itself, as it always did (it counts the
+        engine's call); under a root, an engine's calls count where it holds or ends a job."""
+        if len(self.sources) == 1:
+            ((path, source),) = self.sources.items()
+            if not self.run_of[path].paused:
+                return source.assign(engine, 0)
+        return _empty(self.settings, engine, self.paths)
+
+    def _queues(self) -> list[Queue]:
+        """The raw folders with pending files, of runs not paused, as the scheduler sees them."""
+        queues = []
+        for run in self.runs.values():
+            if run.paused or not run.sources:
+                continue
+            pending = [
+                (key, source) for key, source in run.sources.items() if source.state.pending_count()
+            ]
+            if not pending:
+                continue
+            run_pending = sum(
+                source.progress.bytes_by_state()[FileState.PENDING] for _, source in pending
+            )
+            for key, source in pending:
+                queues.append(
+                    Queue(
+                        key=key,
+                        priority=run.priority,
+                        waited=source.waited() or 0.0,
+                        run_pending_bytes=run_pending,
+                        run_finished=run.finished,
+                        batch_bytes=run.settings.batch_bytes,
+                    )
+                )
+        return queues
+
+    def _engines_asking(self) -> int:
+        """Engines seen lately, across raw folders: a finished run's last files are spread
+        over them."""
+        engines: set[str] = set()
+        now = self.clock()
+        window = 2 * self.settings.report_back_period
+        for source in self.sources.values():
+            engines.update(
+                stats.engine
+                for stats in source.progress.engine_stats(now)
+                if now - stats.last_contact <= window
+            )
+        return len(engines)
+
+    def _source_of(self, jobid: str) -> Manager:
+        source = self._jobs.get(jobid)
+        if source is not None:
+            return source
+        for source in self.sources.values():
+            if source.state.has_job(jobid):
+                return source
+        raise UnknownJob(f"job {jobid} is not known to this manager")
+
+    def keepalive(self, jobid: str, reported: JobState) -> bool:
+        self.last_activity = self.clock()
+        try:
+            source = self._source_of(jobid)
+        except UnknownJob:
+            return True  # not ours (any more): the engine stops it
+        return source.keepalive(jobid, reported)
+
+    def complete(self, jobid: str, outcome: JobState) -> None:
+        self.last_activity = self.clock()
+        self._source_of(jobid).complete(jobid, outcome)
+
+    async def complete_async(self, jobid: str, outcome: JobState) -> None:
+        self.last_activity = self.clock()
+        await self._source_of(jobid).complete_async(jobid, outcome)
+
+    def _job_ended(
+        self,
+        run: Run,
+        path: str,
+        job: Job,
+        outcome: JobState,
+        reason: str | None,
+        benched: Benched | None,
+    ) -> None:
+        self._jobs.pop(job.jobid, None)
+        if outcome is JobState.DONE:
+            run.counting += 1
+            self._side(self._count_reads(run, job))
+        elif outcome is JobState.QUARANTINED:
+            for name in job.files:
+                self.notifier.file_quarantined(
+                    run.path, discovery.join(path, name), reason or "no record of why"
+                )
+        if benched is not None:
+            seconds = benched.until - self.clock()
+            self.notifier.engine_benched(benched.engine, seconds, benched.reason)
+        self._check_complete(run)
+
+    # -- what the reads came to -------------------------------------------------------------
+
+    def _start_ledger(self, run: Run) -> None:
+        """Rebuild a run's ledger from its DONE jobs' log folders, listed now (a job that ends
+        after this is counted when it ends), read in the background."""
+        if run.ledger is not None or run.rebuilding:
+            return
+        run.rebuilding = True
+        names = _names_in(run.output)
+        logs = [run.output / name for name in names if name.startswith(FolderKind.LOGOUTPUT.value)]
+        self._side(self._rebuild_ledger(run, logs))
+
+    async def _rebuild_ledger(self, run: Run, logs: list[Path]) -> None:
+        ledger = await asyncio.to_thread(rebuild_yield, logs)
+        for stats, ended_at, engine, seconds in run.unledgered:
+            _add_to(ledger, stats, ended_at, engine, seconds)
+        run.unledgered.clear()
+        run.ledger, run.rebuilding = ledger, False
+        self._check_complete(run)
+
+    async def _count_reads(self, run: Run, job: Job) -> None:
+        """A DONE job's statistics, as its agent wrote them (kept with its logs)."""
+        folder = run.output / job_folder(FolderKind.LOGOUTPUT, job.jobid, job.engine)
+        try:
+            stats, attempt = await asyncio.to_thread(_job_stats, folder)
+        finally:
+            run.counting -= 1
+        seconds = attempt.seconds if attempt is not None else None
+        if run.ledger is None:
+            run.unledgered.append((stats, time.time(), job.engine, seconds))
+        else:
+            _add_to(run.ledger, stats, time.time(), job.engine, seconds)
+
+    async def retry(self, names: list[str] | None) -> list[str]:
+        """Send quarantined files back: ``names`` are raw file names, or paths relative to
+        INPUT_DIR for a file in a raw folder below it; None sends all."""
+        sent: list[str] = []
+        for path, source in self.sources.items():
+            if names is None:
+                mine = None
+            else:
+                mine = [name for name in names if discovery.parent_of(name) == path]
+                mine += [name for name in names if "/" not in name and path != HERE]
+                mine = [name.rpartition("/")[2] for name in mine]
+                if not mine:
+                    continue
+            retried = await source.retry(mine)
+            sent += [discovery.join(path, name) for name in retried]
+            if retried:
+                run = self.run_of[path]
+                if run.completed:
+                    self._reopen(run, "an operator sent files back")
+        return sent
+
+    # -- runs: what an operator changes -----------------------------------------------------
+
+    def run(self, path: str) -> Run:
+        try:
+            return self.runs[path]
+        except KeyError:
+            raise UnknownRun(f"no run {path!r} under INPUT_DIR") from None
+
+    def set_priority(self, path: str, priority: int) -> Run:
+        run = self.run(path)
+        run.priority = priority
+        self._log("priority", run, priority=priority)
+        return run
+
+    def set_paused(self, path: str, paused: bool) -> Run:
+        run = self.run(path)
+        run.paused = paused
+        self._log("paused" if paused else "resumed", run)
+        return run
+
+    # -- finished, complete, sealed ---------------------------------------------------------
+
+    def _summary_folders(self, run: Run) -> list[Path]:
+        """Where MinKNOW writes the run's final summary: the run folder; for a run that is a
+        raw folder itself (a pod5/ served alone), also the folder above it."""
+        if run.path == HERE and self.settings.final_summary_dir is not None:
+            return [self.settings.final_summary_dir.resolve()]
+        if run.path in run.sources or (run.path == HERE and HERE in self.sources):
+            return [run.folder, run.folder.parent]
+        return [run.folder]
+
+    async def _look_for_summary(self, run: Run) -> None:
+        if run.finished:
+            return
+        if run.final_summary is None:
+            found = await asyncio.to_thread(scan.final_summary, self._summary_folders(run))
+            if found is None:
+                return
+            run.final_summary = str(found)
+            run.expected_files = await asyncio.to_thread(scan.files_in_final_dest, found)
+        seen = sum(count for state, count in run.counts().items() if state is not FileState.MISSING)
+        if run.expected_files is not None and seen < run.expected_files:
+            return  # MinKNOW wrote more files than were seen yet: wait for them
+        run.finished = True
+        self._log("finished", run, summary=run.final_summary)
+        self.notifier.sequencing_finished(run.path)
+        for source in run.sources.values():
+            source.sequencing_finished(run.final_summary)
+        self._check_complete(run)
+
+    def _check_complete(self, run: Run) -> None:
+        if run.completed or run.seal is not None or run.phase() is not RunPhase.COMPLETE:
+            return
+        if run.ledger is None:
+            return  # checked again once its ledger is rebuilt
+        run.completed = True
+        self._log("complete", run)
+        self._side(self._after_complete(run))
+
+    async def _after_complete(self, run: Run) -> None:
+        """The report, the completion command (once per run), then the seal (not for INPUT_DIR
+        itself). The DONE jobs' statistics still being read are waited for."""
+        while run.counting:
+            await asyncio.sleep(0.02)
+        await self._write_report(run)
+        if self.settings.on_run_complete:
+            await self._run_completion_command(run)
+        if run.path != HERE and run.phase() is RunPhase.COMPLETE:
+            await asyncio.to_thread(self._seal, run)
+
+    async def _write_report(self, run: Run) -> None:
+        ledger = run.ledger or RunYield()
+        raw_folders = [source.paths for source in run.sources.values()]
+        try:
+            _, html_path, report = await asyncio.to_thread(
+                write_run_report, run.path, run.output, raw_folders, ledger
+            )
+        except OSError as error:
+            log.error("run %s: could not write its report (%s)", run.path, error)
+            return
+        self._log("report", run, report=str(html_path))
+        self.notifier.run_complete(run.path, report, str(html_path))
+
+    async def _run_completion_command(self, run: Run) -> None:
+        record = await asyncio.to_thread(runrecord.read_completion, run.output)
+        if record is not None:
+            if "exit_status" not in record:
+                log.warning(
+                    "run %s: its completion command was started by an earlier manager that "
+                    "stopped before it ended; it is not run again",
+                    run.path,
+                )
+            return
+        words = _render(
+            shlex.split(self.settings.on_run_complete or ""),
+            {"run_path": run.path, "run_dir": str(run.folder), "output_dir": str(run.output)},
+        )
+        started = runrecord.now_text()
+        await asyncio.to_thread(
+            runrecord.write_completion, run.output, {"command": words, "started": started}
+        )
+        status: int | str
+        try:
+            with open(run.output / COMPLETION_LOG, "ab") as output:
+                process = await asyncio.create_subprocess_exec(
+                    *words, stdout=output, stderr=output, stdin=asyncio.subprocess.DEVNULL
+                )
+                status = await process.wait()
+        except OSError as error:
+            status = f"could not start: {error.strerror or error}"
+        await asyncio.to_thread(
+            runrecord.write_completion,
+            run.output,
+            {
+                "command": words,
+                "started": started,
+                "ended": runrecord.now_text(),
+                "exit_status": status,
+            },
+        )
+        self._log("command ended", run, exit_status=str(status))
+
+    def _seal(self, run: Run) -> None:
+        """Fold a complete run into its seal (in a worker thread: it stats its folders)."""
+        folders = _run_folders(run)
+        stamps = runrecord.mtimes(self.input_root, folders)
+        if stamps is None:
+            return
+        seal = runrecord.Seal(
+            run=run.path,
+            folders=stamps,
+            files={state.value: count for state, count in run.counts().items()},
+            bytes={state.value: size for state, size in run.bytes().items()},
+            final_summary=run.final_summary,
+            sealed_at=runrecord.now_text(),
+            ledger=None if run.ledger is None else run.ledger.to_record(),
+        )
+        try:
+            runrecord.write_seal(run.output, seal)
+        except OSError as error:
+            log.error("run %s: could not write its seal (%s)", run.path, error)
+            return
+        self._log("sealed", run)
+
+    # -- background -------------------------------------------------------------------------
+
+    async def _discover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rescan_interval)
+            try:
+                await self._discover()
+                for run in list(self.runs.values()):
+                    await self._look_for_summary(run)
+            except OSError as error:
+                log.error("discovery under %s failed: %s", self.input_root, error)
+
+    async def _summary_forever(self) -> None:
+        """One run served alone: its final summary is looked for at each rescan."""
+        while True:
+            for run in self.runs.values():
+                await self._look_for_summary(run)
+            await asyncio.sleep(self.settings.rescan_interval)
+
+    async def _watch(self) -> None:
+        """One watcher for the folders of the root that matter: each folder discovery walked
+        (raw folders and the folders above them) and the folders of sealed runs, each watched
+        alone, not recursively, so that a root full of finished runs costs a watch per folder,
+        not a walk of every file. Raw files go to their raw folder; raw files or a new folder
+        in a folder not served yet go to discovery; final summaries to their run. When
+        discovery adds folders, the watcher starts again with them."""
+        while True:
+            self._rewatch = asyncio.Event()
+            folders = [str(self._absolute(path)) for path in sorted(self._watched)]
+            try:
+                async for changes in awatch(
+                    *folders,
+                    watch_filter=_interesting,
+                    recursive=False,
+                    debounce=DEBOUNCE_MS,
+                    step=STEP_MS,
+                    stop_event=self._rewatch,
+                    force_polling=False,
+                ):
+                    await self._changed(changes)
+            except FileNotFoundError:
+                # A watched folder went away: watch those that are left.
+                self._watched = {path for path in self._watched if self._absolute(path).is_dir()}
+
+    def _absolute(self, path: str) -> Path:
+        return self.input_root if path == HERE else self.input_root / path
+
+    def _watch_also(self, folders: Iterable[str]) -> None:
+        """Watch these folders too. What is written in them before the watcher has started
+        again is found by a second look once it has (``_settle``)."""
+        new = set(folders) - self._watched
+        self._watched |= new
+        if new and "watcher" in self._tasks:
+            self._rewatch.set()
+            self._side(self._settle(new))
+
+    async def _settle(self, folders: set[str]) -> None:
+        await asyncio.sleep(REWATCH_SECONDS)
+        for folder in sorted(folders):
+            source = self.sources.get(folder)
+            if source is not None:
+                await source.rescan()
+            elif folder not in self._pending_sources:
+                await self._discover(folder)
+
+    async def _changed(self, changes: Iterable[tuple[Change, str]]) -> None:
+        by_folder: dict[str, tuple[list[str], list[str]]] = {}
+        summaries: set[str] = set()
+        unknown: set[str] = set()
+        for change, full in changes:
+            folder = discovery.relative(self.input_root, os.path.dirname(full))
+            if folder is None:
+                continue
+            name = os.path.basename(full)
+            if not is_raw_name(name) and not is_final_summary_name(name):
+                if change is Change.added and os.path.isdir(full):
+                    unknown.add(discovery.join(folder, name))  # a new folder: what is in it?
+                continue
+            if is_final_summary_name(name):
+                summaries.add(folder)
+                continue
+            if folder not in self.sources:
+                if change is not Change.deleted:
+                    unknown.add(folder)
+                continue
+            written, deleted = by_folder.setdefault(folder, ([], []))
+            (deleted if change is Change.deleted else written).append(name)
+        for folder, (written, deleted) in by_folder.items():
+            run = self.run_of[folder]
+            await self.sources[folder].on_changes(sorted(set(written)), sorted(set(deleted)))
+            if written and run.completed and run.phase() is not RunPhase.COMPLETE:
+                self._reopen(run, "new raw files")
+        for folder in sorted(unknown):
+            if folder in self.sources:
+                continue
+            self._watch_also([folder])
+            await self._discover(folder)
+        for folder in summaries:
+            for run in self.runs.values():
+                if folder in (run.path, discovery.parent_of(run.path)):
+                    await self._look_for_summary(run)
+
+    # -- what people and watchdogs ask ------------------------------------------------------
+
+    def status(self, path: str | None = None) -> RunStatus:
+        """The picture of every run together, or of run ``path`` alone, with the runs table.
+        O(raw folders + live jobs + listed engines), never O(files)."""
+        now = self.clock()
+        runs = list(self.runs.values()) if path is None else [self.run(path)]
+        sources = [source for run in runs for source in run.sources.values()]
+        counts, sizes = _summed(runs)
+        progress = _progress(sources, now)
+        quarantined = [
+            QuarantinedFile(
+                file=discovery.join(key, name), failed_on=source.state.failed_alone(name)
+            )
+            for run in runs
+            for key, source in run.sources.items()
+            for name in source.state.quarantined()
+        ]
+        # The summary of the one run shown; every run's own is in its entry.
+        summary = runs[0].final_summary if len(runs) == 1 else None
+        return picture(
+            progress,
+            now,
+            input_dir=str(runs[0].folder if path is not None else self.input_root),
+            output_dir=str(runs[0].output if path is not None else self.output_root),
+            ready=self.ready,
+            phase=runs[0].phase() if path is not None else self.phase(),
+            counts=counts,
+            sizes=sizes,
+            jobs=[job for source in sources for job in source.state.live_jobs()],
+            quarantined=sorted(quarantined, key=lambda each: each.file)[:QUARANTINED_SHOWN],
+            benched=self.benching.all_benched(now),
+            job_problems=[
+                line
+                for run in runs
+                for key, source in run.sources.items()
+                for line in _named(key, source.job_problems())
+            ],
+            final_summary=summary,
+            runs=self.entries() if path is None else [self.entry(runs[0], now)],
+        )
+
+    def entry(self, run: Run, now: float | None = None) -> RunEntry:
+        """One run's line in the runs table."""
+        now = self.clock() if now is None else now
+        counts = run.counts()
+        progress = _progress(list(run.sources.values()), now)
+        drain = progress.drain(now, counts)
+        return RunEntry(
+            path=run.path,
+            phase=run.phase(),
+            priority=run.priority,
+            paused=run.paused,
+            sealed=run.seal is not None,
+            raw_folders=len(run.sources) if run.seal is None else len(run.seal.folders),
+            output_dir=str(run.output),
+            files=FileCounts(**{state.value: count for state, count in counts.items()}),
+            bytes=FileBytes(**{state.value: size for state, size in run.bytes().items()}),
+            lag_seconds=None if (waited := run.waited()) is None else round(waited, 1),
+            basecalled=progress.rates(now).last_60_minutes.basecalled,
+            eta_seconds=drain.eta_seconds,
+            final_summary=run.final_summary,
+            model=run.settings.model,
+            modified_bases=run.settings.modified_bases,
+            kit=run.settings.kit,
+            reads=None if run.ledger is None else run.ledger.status(),
+        )
+
+    def entries(self, *, live_only: bool = False) -> list[RunEntry]:
+        now = self.clock()
+        return [
+            self.entry(run, now)
+            for _, run in sorted(self.runs.items())
+            if not (live_only and run.seal is not None)
+        ]
+
+    def totals(self) -> tuple[dict[FileState, int], dict[FileState, int]]:
+        """Files and bytes by state over every run."""
+        return _summed(list(self.runs.values()))
+
+    def progress(self, now: float) -> Progress:
+        """Every raw folder's progress together."""
+        return _progress(list(self.sources.values()), now)
+
+    def _log(self, event: str, run: Run, **facts: str | int | None) -> None:
+        """One line for a run's event, with the run's file counts (as a raw folder's are)."""
+        counts = {state.value: count for state, count in run.counts().items()}
+        log_event(log, event, counts, logging.INFO, run=run.path, **facts)
+
+    def inactivity(self) -> float:
+        return self.clock() - self.last_activity
+
+    def problems(self) -> list[str]:
+        found = []
+        if not os.access(self.input_root, os.R_OK | os.X_OK) or not self.input_root.is_dir():
+            found.append(f"INPUT_DIR {self.input_root} is not a readable folder")
+        for name, task in self._tasks.items():
+            if task.done() and name != "readiness":
+                found.append(f"the {name} has stopped")
+        for path, source in self.sources.items():
+            found += _named(path, source.problems())
+        return list(dict.fromkeys(found))  # INPUT_DIR served alone says its own once
+
+    def job_problems(self) -> list[str]:
+        return [
+            line
+            for path, source in self.sources.items()
+            for line in _named(path, source.job_problems())
+        ]
+
+    def phase(self) -> RunPhase:
+        """The facility's phase: complete when every run is; sequencing while one is."""
+        phases = {run.phase() for run in self.runs.values()}
+        if not phases or RunPhase.SEQUENCING in phases:
+            return RunPhase.SEQUENCING
+        if RunPhase.BASECALLING in phases:
+            return RunPhase.BASECALLING
+        return RunPhase.COMPLETE
+
+
+def _names_in(folder: Path) -> list[str]:
+    try:
+        return scan.names_in(folder)
+    except OSError:
+        return []
+
+
+def _job_stats(folder: Path) -> tuple[JobStats | str, scan.AttemptRecord | None]:
+    return read_job_stats(folder / STATS_FILE), scan.attempt_record(folder / ATTEMPT_FILE)
+
+
+def _add_to(
+    ledger: RunYield, stats: JobStats | str, ended_at: float, engine: str, seconds: float | None
+) -> None:
+    if isinstance(stats, str):
+        ledger.add_without_stats(engine, stats)
+    else:
+        ledger.add(stats, ended_at, engine=engine, busy_seconds=seconds)
+
+
+def _ledger_of(seal: runrecord.Seal) -> RunYield | None:
+    if seal.ledger is None:
+        return None
+    try:
+        return RunYield.from_record(seal.ledger)
+    except ValueError as error:
+        log.warning("run %s: its seal's yield cannot be read (%s)", seal.run, error)
+        return None
+
+
+def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]]:
+    counts = dict.fromkeys(FileState, 0)
+    sizes = dict.fromkeys(FileState, 0)
+    for run in runs:
+        for state, count in run.counts().items():
+            counts[state] += count
+        for state, size in run.bytes().items():
+            sizes[state] += size
+    return counts, sizes
+
+
+def _progress(sources: list[Manager], now: float) -> Progress:
+    """One raw folder's own progress, or several summed."""
+    if len(sources) == 1:
+        return sources[0].progress
+    return Progress.merged((source.progress for source in sources), now)
+
+
+def _named(path: str, problems: list[str]) -> list[str]:
+    """A raw folder's problems, named by its path under a root."""
+    return problems if path == HERE else [f"{path}: {problem}" for problem in problems]
+
+
+def _interesting(change: Change, path: str) -> bool:
+    """Raw files, final summaries, and new entries that may be folders to look into."""
+    name = os.path.basename(path)
+    if is_raw_name(name) or is_final_summary_name(name):
+        return change is not Change.deleted or is_raw_name(name)
+    return change is Change.added and discovery.looked_into(name)
+
+
+def _job_ids_on_disk(folders: list[Path]) -> frozenset[str]:
+    ids: set[str] = set()
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for name in scan.names_in(folder):
+                parsed = parse_job_folder(name)
+                if parsed is not None:
+                    ids.add(parsed.jobid)
+    return frozenset(ids)
+
+
+def _run_folders(run: Run) -> list[str]:
+    """The run's folder and every folder on the way to its raw folders: a new entry in any of
+    them changes its modification time."""
+    folders = {run.path}
+    for source in run.sources:
+        path = source
+        while path != run.path and path != HERE:
+            folders.add(path)
+            path = discovery.parent_of(path)
+    return sorted(folders)
+
+
+def _batch_extras(run: Run) -> dict[str, object]:
+    return {
+        "run_path": run.path,
+        "priority": run.priority,
+        "model": run.settings.model,
+        "modified_bases": run.settings.modified_bases,
+        "kit": run.settings.kit,
+    }
+
+
+def _with_facts(batch: BCBatch, facts: Pod5Facts | None) -> BCBatch:
+    """``batch`` with what its run's POD5 files say, when that is known."""
+    if facts is None:
+        return batch
+    return batch.model_copy(
+        update={
+            "sample_rate": facts.sample_rate,
+            "flow_cell_product": facts.flow_cell_product,
+            "sequencing_kit": facts.sequencing_kit,
+        }
+    )
+
+
+def _render(words: list[str], values: dict[str, str]) -> list[str]:
+    rendered = []
+    for word in words:
+        for key, value in values.items():
+            word = word.replace("{" + key + "}", value)
+        rendered.append(word)
+    return rendered
+
+
+def _empty(settings: Settings, engine: str, paths: RunPaths) -> BCBatch:
+    period = settings.report_back_period
+    return BCBatch(
+        report_back_period=period,
+        report_back_interval=period,
+        jobid="-1",
+        job_input_dir="",
+        job_output_dir="",
+        bc_engine_id=engine,
+        batch_size=0,
+        batch=[],
+        input_dir=str(paths.input_dir),
+        output_dir=str(paths.output_dir),
+    )

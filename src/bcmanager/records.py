@@ -1,0 +1,34 @@
+"""The small JSON records an agent leaves at the top of a job's output folder.
+
+Both the record of an attempt and the read statistics are read by the manager, possibly while
+the agent writes them, and possibly after a crash: so each is complete or absent, never half
+written.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import suppress
+from pathlib import Path
+
+
+def write_record(folder: Path, name: str, text: str) -> None:
+    """Write ``text`` as ``folder/name``: complete or not at all (a temporary name, fsynced,
+    renamed into place, removed if that fails). Never creates ``folder``: if it is gone (the
+    lease ran out and the manager set it aside), it is no longer this agent's to write in."""
+    data = text.encode()
+    partial = folder / f".{name}.partial"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, folder / name)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(partial)
+        raise
