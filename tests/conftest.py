@@ -260,9 +260,9 @@ class Server:
         certificate = env.get("BCM_TLS_CERTFILE")
         scheme = "https" if certificate else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=certificate) if certificate else True
-        )
+        # Made once: without a context of its own, every httpx call loads the CA bundle afresh,
+        # tens of milliseconds of CPU that slow each poll and the server starting beside it.
+        self.verify = ssl.create_default_context(cafile=certificate)
         self.log = log
         self.env = {
             **os.environ,

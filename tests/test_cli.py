@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from bcmanager.cli import build_parser
+from bcmanager.cli import COMMANDS, build_parser
 from bcmanager.urls import base_url
 from conftest import Run, Server
 
@@ -89,6 +89,27 @@ def test_old_spellings_are_still_accepted() -> None:
     assert (old.input_dir, old.output_dir) == (new.input_dir, new.output_dir) == ("/in", "/out")
     agent = parser.parse_args(["agent", "--url", "h:1"])
     assert agent.manager == "h:1"
+
+
+def test_a_command_alone_parses_alike_and_loads_no_other_commands_module() -> None:
+    walked = dict(commands())
+    assert {name for name in walked if " " not in name} == COMMANDS.keys()
+    for name in COMMANDS:
+        [alone] = [
+            action
+            for action in build_parser(name)._actions
+            if isinstance(action, argparse._SubParsersAction)
+        ]
+        assert alone.choices[name].format_help() == walked[name].format_help()
+    # An agent or a basecaller starts without the web app, or the other one's code.
+    probe = "import sys; from bcmanager.cli import build_parser; build_parser(sys.argv[1]); "
+    probe += "print(*sorted({'fastapi', 'pod5', 'bcmanager.agent', 'bcmanager.simulate'} "
+    probe += "& sys.modules.keys()))"
+    for command, loaded in (("agent", "bcmanager.agent"), ("simulate", "bcmanager.simulate pod5")):
+        shown = subprocess.run(
+            [sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=60
+        )
+        assert shown.stdout.split() == loaded.split(), shown.stderr
 
 
 @pytest.mark.parametrize(

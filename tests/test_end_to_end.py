@@ -55,7 +55,6 @@ def test_every_read_once_with_an_agent_killed_mid_run(
     processes: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
-    server = start_server(BCM_REPORT_BACK_PERIOD="3", BCM_DEFAULT_BATCH_SIZE="2")
     log = (tmp_path / "processes.log").open("ab")
     sequencer = subprocess.Popen(
         [
@@ -76,10 +75,13 @@ def test_every_read_once_with_an_agent_killed_mid_run(
         stderr=log,
     )
     processes.append(sequencer)
+    # Started first, so that its start-up overlaps the manager's: its first files may be
+    # half-written when the manager starts, as after a restart mid-run.
+    server = start_server(BCM_REPORT_BACK_PERIOD="3", BCM_DEFAULT_BATCH_SIZE="2")
     agents = {}
     for number in range(3):
         engine = f"gpu-{number}"
-        agents[engine] = simulated_agent(server.url, engine, log, seconds_per_read=0.2, poll=0.2)
+        agents[engine] = simulated_agent(server.url, engine, log, seconds_per_read=0.1, poll=0.2)
         processes.append(agents[engine])
 
     def gpu0_holds_a_job() -> bool:
@@ -116,7 +118,7 @@ def test_demo_runs_to_completion_and_ctrl_c_stops_every_process(tmp_path: Path) 
             "--files",
             "6",
             "--minutes",
-            "0.1",
+            "0.02",
             "--port",
             str(port),
             "--engines",

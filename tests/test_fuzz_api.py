@@ -23,7 +23,7 @@ ROOT = Path(__file__).parent.parent
 SCHEMA_PATH = ROOT / "openapi" / "openapi.json"
 SCHEMA = schemathesis.openapi.from_path(SCHEMA_PATH)
 TOKEN = "fuzz-token"
-EXAMPLES = int(os.environ.get("BCM_FUZZ_EXAMPLES") or 60)  # per operation and phase
+EXAMPLES = int(os.environ.get("BCM_FUZZ_EXAMPLES") or 30)  # per operation and phase
 
 
 FILES = 300

@@ -24,7 +24,7 @@ file of a DONE job in pass/, none of any other, none twice, and nothing left INP
 end a clean restart and a polite engine drain the run, and the oracle must find every read of
 every raw file the test kept exactly once, or its file failed.
 
-``BCM_PROPERTY_EXAMPLES`` (100 in ``make test``, 1000 in ``make soak``) sets the random runs; the
+``BCM_PROPERTY_EXAMPLES`` (50 in ``make test``, 1000 in ``make soak``) sets the random runs; the
 faults and hostile actions they met are printed at the end.
 """
 
@@ -697,7 +697,7 @@ def teardown_module() -> None:
 
 
 RunMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("BCM_PROPERTY_EXAMPLES") or 100),
+    max_examples=int(os.environ.get("BCM_PROPERTY_EXAMPLES") or 50),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -12,8 +12,6 @@ import asyncio
 import errno
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -23,13 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
+from bcmanager.check import Report, inspect
 from bcmanager.folders import DiskOps, RunFolders
 from bcmanager.manager import Manager
 from bcmanager.paths import RunPaths
 from bcmanager.state import FileState
-from conftest import Clock, Run, Server, serving
-
-CHECK = [sys.executable, "-m", "bcmanager", "check"]
+from conftest import Clock, Run, Server, serving, wait_for
 
 
 def assign(server: Server, engine: str, size: int) -> dict[str, Any]:
@@ -55,13 +52,10 @@ def read_ids(folder: Path) -> list[str]:
     return found
 
 
-def check(run: Run) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CHECK, "--input", str(run.input_dir), "--output", str(run.output_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def check(run: Run) -> Report:
+    """What ``bcmanager check`` finds in the run's folders, found in-process: the command itself
+    is run in tests/test_check.py."""
+    return inspect(RunPaths(run.input_dir.resolve(), run.output_dir.resolve()))
 
 
 # -- start-up copes with what engines leave behind ------------------------------------------
@@ -75,11 +69,8 @@ def test_a_late_engine_recreating_its_folder_again_and_again_never_stops_a_start
     job = assign(server, "gpu1", 2)
     output = run.output_dir / job["job_output_dir"]
     expired = output.with_name(output.name.replace("TMPOUTPUT_", "EXPIREDOUTPUT_"))
-    for _ in range(100):
-        if expired.is_dir():
-            break
-        server.get("/status")
-    assert expired.is_dir() and not output.exists()
+    wait_for(expired.is_dir, 10, "the lease to run out and the reaper to set its output aside")
+    assert not output.exists()
     # The suspended node wakes up: its script makes the folder again and writes into it, and
     # does so after every restart of the manager.
     for attempt in (1, 2):
@@ -95,7 +86,7 @@ def test_a_late_engine_recreating_its_folder_again_and_again_never_stops_a_start
         assert not output.exists()
     assert os.listdir(run.output_dir / "pass") == []
     assert (expired.parent / f"{expired.name}.~1~").is_dir()
-    assert check(run).returncode == 0
+    assert check(run).ok
     again = assign(server, "gpu2", 2)
     assert sorted(again["batch"]) == sorted(job["batch"])
 
@@ -122,7 +113,7 @@ def test_a_straggler_writing_after_done_is_set_aside_not_merged_twice(
         name.replace(".pod5", ".fastq") for name in job["batch"]
     )
     assert server.get("/status").json()["files"]["done"] == 2
-    assert check(run).returncode == 0
+    assert check(run).ok
 
 
 class RefusingOps(DiskOps):
@@ -167,8 +158,8 @@ async def test_one_job_whose_leftovers_cannot_be_handled_is_shown_and_the_rest_s
         [problem] = status["job_problems"]
         assert job.jobid in problem and "refused by the test" in problem
         assert beat.status_code == 200 and beat.json()["problems"] == [problem]
-        shown = check(run)
-        assert shown.returncode == 1 and "REPAIR" in shown.stdout
+        found = check(run)
+        assert not found.ok and any(line.startswith("REPAIR") for line in found.lines())
         ops.refusing = False  # the disk is mended: the next rescan finishes the job
         for _ in range(100):
             status = (await client.get("/status")).json()
@@ -207,7 +198,7 @@ async def test_a_symlinked_pass_folder_is_never_followed(run: Run, tmp_path: Pat
     assert sorted(p.name for p in run.input_dir.glob("*.pod5")) == sorted(names)
     assert os.listdir(run.output_dir / "pass") == []
     assert os.listdir(scratch) == ["elsewhere.fastq"]
-    assert check(run).returncode == 0
+    assert check(run).ok
 
 
 async def test_links_and_odd_files_inside_the_output_stay_with_the_logs(run: Run) -> None:

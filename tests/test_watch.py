@@ -121,7 +121,7 @@ async def test_file_being_written_waits_until_its_end_signature(run: Run, tmp_pa
     async with serving(Manager(settings)) as client:
         with (run.input_dir / "growing.pod5").open("wb") as sink:
             # Written in place, slowly, as a sequencer does: events and rescans both see it.
-            body, step = content[:-1], len(content) // 8 + 1
+            body, step = content[:-1], len(content) // 4 + 1
             for start in range(0, len(body), step):
                 sink.write(body[start : start + step])
                 sink.flush()
