@@ -226,17 +226,9 @@ def _model(run: RunEntry) -> Text:
 def _reads(run: RunEntry, reads: RunYieldStatus) -> RenderableType:
     """The run's reads: a line of headline numbers, what needs a look, where its report is once
     it is complete, and a compact table when its reads carry barcodes."""
-    n50 = "-" if reads.n50 is None else f"{reads.n50:,}"
-    mean_q = "-" if reads.mean_q is None else f"{reads.mean_q:.1f}"
-    passed = "-" if reads.pass_fraction is None else f"{reads.pass_fraction:.1%}"
     jobs = f"{reads.jobs:,} job" if reads.jobs == 1 else f"{reads.jobs:,} jobs"
     parts: list[RenderableType] = [
-        Text.assemble(
-            ("Reads ", "bold"),
-            (f"{reads.reads:,}", "bold"),
-            f" · {human_bases(reads.bases)} · N50 {n50} · mean Q {mean_q} · {passed} pass",
-            (f"  (from {jobs})", "dim"),
-        )
+        Text.assemble(("Reads ", "bold"), reads_summary(reads), (f"  (from {jobs})", "dim"))
     ]
     if reads.mixed_models:
         parts.append(
@@ -266,6 +258,17 @@ def _reads(run: RunEntry, reads: RunYieldStatus) -> RenderableType:
     if reads.more_barcodes is not None or any(b.barcode is not None for b in reads.barcodes):
         parts.append(_barcodes(reads))
     return Group(*parts)
+
+
+def reads_summary(reads: RunYieldStatus) -> str:
+    """A run's reads in one line: reads, bases, N50, mean Q and the share that passed."""
+    n50 = "-" if reads.n50 is None else f"{reads.n50:,}"
+    mean_q = "-" if reads.mean_q is None else f"{reads.mean_q:.1f}"
+    passed = "-" if reads.pass_fraction is None else f"{reads.pass_fraction:.1%}"
+    return (
+        f"{reads.reads:,} · {human_bases(reads.bases)} · N50 {n50} · mean Q {mean_q} · "
+        f"{passed} pass"
+    )
 
 
 def _barcodes(reads: RunYieldStatus) -> Table:
