@@ -218,11 +218,11 @@ class Facility:
             return ()
         folder = self.folders[chosen.key]
         budget = batch_bytes(chosen, len(self.plan.speeds))
-        job = folder.state.lease(
+        leased = folder.state.lease(
             jobid, "gpu", ENGINE_CAP, now, sizes=folder.sizes, max_bytes=budget
         )
-        assert job is not None, "a folder with a pending file leased nothing"
-        batch = tuple(folder.files[name] for name in job.files)
+        assert leased is not None, "a folder with a pending file leased nothing"
+        batch = tuple(folder.files[name] for name in leased.job.files)
         self.run_pending[folder.run] -= sum(raw.size for raw in batch)
         return batch
 
@@ -247,8 +247,8 @@ class Original:
         """The original knows nothing of runs."""
 
     def lease(self, jobid: str, now: float) -> tuple[RawFile, ...]:
-        job = self.state.lease(jobid, "gpu", ORIGINAL_BATCH, now)
-        return () if job is None else tuple(self.files[name] for name in job.files)
+        leased = self.state.lease(jobid, "gpu", ORIGINAL_BATCH, now)
+        return () if leased is None else tuple(self.files[name] for name in leased.job.files)
 
     def done(self, batch: tuple[RawFile, ...]) -> None:
         for raw in batch:

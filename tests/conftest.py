@@ -463,7 +463,7 @@ class Root:
         found = []
         for sub in ("pass", "fail"):
             for path in sorted((run_output / sub).rglob("*.fastq")):
-                found += [line[1:] for line in path.read_text().splitlines() if line[:1] == "@"]
+                found += [line[1:].split()[0] for line in path.read_text().splitlines()[::4]]
         return found
 
     def reads_in(self, run_folder: Path) -> list[str]:

@@ -325,3 +325,30 @@ async def test_the_run_whose_oldest_file_waited_longest_goes_first(root: Root) -
         batch = await assign(client, size=1)
     assert batch["run_path"] == old.relative_to(root.input_dir).as_posix()
     assert lags[batch["run_path"]] == pytest.approx(600, abs=30)
+
+
+async def test_batches_are_sized_by_the_runs_bytes_and_capped_by_the_engines_count(
+    root: Root,
+) -> None:
+    folder = root.run("exp", "s1", "FAX11111")
+    paths = root.add(folder / "pod5", 6)
+    size = max(path.stat().st_size for path in paths)
+    rules = root.input_dir.parent / "runs.toml"
+    rules.write_text(f'[[run]]\nmatch = "exp/**"\nbatch_bytes = {2 * size + size // 2}\n')
+    async with serving(root.settings(runs_file=rules)) as (client, _):
+        wide = await assign(client, size=10)
+        narrow = await assign(client, size=1)
+    assert len(wide["batch"]) == 2, "two files fit the run's batch_bytes, a third does not"
+    assert len(narrow["batch"]) == 1, "the engine's batchsize stays a cap on files"
+
+
+async def test_a_final_summary_is_seen_within_a_second_by_events(root: Root) -> None:
+    folder = root.run("exp", "s1", "FAX11111")
+    root.add(folder / "pod5", 1)
+    async with serving(root.settings(rescan_interval=60)) as (client, facility):
+        await drain(client, root)
+        summary(folder)
+        took = await until(
+            lambda: facility.entries()[0].phase.value == "complete", 5, "the summary"
+        )
+    assert took < 1.0, f"seen after {took:.2f} s"

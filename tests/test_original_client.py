@@ -3,12 +3,15 @@ with the original parameter names, reading only the original keys, against a rea
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
 from bcmanager.simulate import basecall
-from conftest import Run, Server
+from conftest import Root, Run, Server
 
 ORIGINAL_BATCH_KEYS = {
     "report_back_period",
@@ -65,3 +68,37 @@ def test_original_client_drives_one_job_to_done_and_one_to_failed(
     assert reads == sorted(read for name in names[:2] for read in run.reads[name])
     assert (run.input_dir / f"DONE_{first['jobid']}_gpu004").is_dir()
     assert (run.input_dir / f"FAILED_{second['jobid']}_gpu005").is_dir()
+
+
+def test_original_client_and_watchdog_work_unchanged_against_a_root(tmp_path: Path) -> None:
+    """Against a root of two runs the original client joins job_input_dir and job_output_dir
+    (now with subfolders) to its configured folders, as it always did, and each run's reads
+    land in that run's output; the watchdog sees the manager idle as before."""
+    root = Root(tmp_path)
+    one = root.run("exp", "s1", "FAX11111")
+    two = root.run("exp", "s2", "FAX22222")
+    root.add(one / "pod5", 2)
+    root.add(two / "pod5_pass", 2)
+    server = Server(
+        Run(root.input_dir, root.output_dir), tmp_path / "serve.log", BCM_SHUTDOWN_INTERVAL="1"
+    ).start()
+    base = server.url
+    try:
+        with httpx.Client(timeout=10) as http:
+            for _ in range(2):
+                batch = http.get(f"{base}/assignwork?engineid=gpu004&batchsize=10").json()
+                assert set(batch) >= ORIGINAL_BATCH_KEYS and batch["batch_size"] == 2
+                job_input = os.path.join(str(root.input_dir), batch["job_input_dir"])
+                job_output = os.path.join(str(root.output_dir), batch["job_output_dir"])
+                basecall(Path(job_input), Path(job_output), seconds_per_read=0)
+                done = http.get(f"{base}/completed?job_id={batch['jobid']}&job_state=DONE")
+                assert done.json() == {"ok": True}
+            deadline = time.monotonic() + 10
+            while http.get(f"{base}/heartbeat").json()["status"] != "true":
+                assert time.monotonic() < deadline, "the watchdog never saw the manager idle"
+                time.sleep(0.1)
+    finally:
+        server.stop()
+    for folder in (one, two):
+        out = root.output_dir / folder.relative_to(root.input_dir)
+        assert sorted(root.reads_out(out)) == sorted(root.reads_in(folder))

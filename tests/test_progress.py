@@ -1,5 +1,5 @@
-"""Rates, windows, ETA, bytes and per-engine tallies: the sans-IO progress module fed by the
-state machine, with a clock the test moves by hand."""
+"""Rates, windows, ETA, bytes and per-engine tallies: the sans-IO progress module fed the events
+of the state machine, with a clock the test moves by hand."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import tracemalloc
 import pytest
 from test_scaling import lines_executed
 
+from bcmanager.events import Facts
 from bcmanager.models import RunPhase
 from bcmanager.progress import (
     DRAIN_HORIZON,
@@ -23,7 +24,7 @@ MB = 1_000_000
 
 
 class Run:
-    """A RunState and a Progress fed together, as the manager feeds them."""
+    """A RunState whose events feed a Progress, as the manager's do."""
 
     def __init__(self, now: float = 1_000.0) -> None:
         self.now = now
@@ -31,27 +32,26 @@ class Run:
         self.progress = Progress(now)
         self.next_job = 0
 
-    def arrive(self, name: str, size: int = MB, *, written: float | None = None) -> None:
-        before = self.state.file_state(name)
-        after = self.state.observe(name, complete=True) or FileState.PENDING
-        at = self.now if written is None else written
-        self.progress.file_observed(name, before, after, size, at)
+    def arrive(
+        self, name: str, size: int = MB, *, written: float | None = None, complete: bool = True
+    ) -> None:
+        seen = self.state.observe(name, complete)
+        assert seen is not None
+        self.progress.apply(seen, self.now, Facts(size=size, at=written))
 
     def lease(self, engine: str, count: int) -> Job:
         self.next_job += 1
-        job = self.state.lease(str(self.next_job), engine, count, self.now)
-        assert job is not None
-        self.progress.job_assigned(job, self.now)
-        return job
+        leased = self.state.lease(str(self.next_job), engine, count, self.now)
+        assert leased is not None
+        self.progress.apply(leased, self.now)
+        return leased.job
 
     def end(self, job: Job, outcome: JobState) -> None:
-        if outcome is JobState.EXPIRED:
-            self.state.finish(job.jobid, outcome)
-        else:  # the engine reported FAILED, which the policy judged QUARANTINED
+        if outcome is not JobState.EXPIRED:
+            # The engine reported FAILED, which the policy judged QUARANTINED.
             reported = JobState.FAILED if outcome is JobState.QUARANTINED else outcome
             self.state.check_completion(job.jobid, reported, self.now)
-            self.state.finish(job.jobid, outcome)
-        self.progress.job_ended(job, outcome, self.now)
+        self.progress.apply(self.state.finish(job.jobid, outcome), self.now)
 
     def status(self) -> tuple[dict[FileState, int], dict[FileState, int]]:
         return self.state.counts(), self.progress.bytes_by_state()
@@ -145,9 +145,8 @@ def test_files_found_at_start_up_count_in_the_minute_they_were_written() -> None
 
 def test_bytes_follow_each_file_through_every_state() -> None:
     run = Run()
-    run.state.observe("growing.pod5", complete=False)
-    run.progress.file_observed("growing.pod5", None, FileState.WAITING, 100, run.now)
-    run.progress.file_observed("growing.pod5", FileState.WAITING, FileState.WAITING, 300, run.now)
+    run.arrive("growing.pod5", size=100, complete=False)
+    run.arrive("growing.pod5", size=300, complete=False)
     for index in range(6):
         run.arrive(f"f{index}.pod5", size=1000 + index)
     assert run.progress.bytes_by_state()[FileState.WAITING] == 300
@@ -158,8 +157,7 @@ def test_bytes_follow_each_file_through_every_state() -> None:
     run.end(stopped, JobState.STOPPED)
     run.end(expired, JobState.EXPIRED)
     # The growing file completes at last.
-    run.state.observe("growing.pod5", complete=True)
-    run.progress.file_observed("growing.pod5", FileState.WAITING, FileState.PENDING, 500, run.now)
+    run.arrive("growing.pod5", size=500)
     counts, sizes = run.status()
     assert sizes == {
         FileState.WAITING: 0,
@@ -379,16 +377,25 @@ def test_jobs_found_ended_at_start_up_count_in_tallies_and_rates() -> None:
     """After a restart, what the folders say was done feeds the engines' tallies and the last
     hour's rate, dated when each job ended; it leaves the window as the clock moves on."""
     run = Run(now=10_000.0)
-    run.progress.job_found_ended("old", JobState.DONE, 5, ended=10_000.0 - 7200)
-    run.progress.job_found_ended("gpu1", JobState.DONE, 30, ended=10_000.0 - 600)
-    run.progress.job_found_ended("gpu1", JobState.DONE, 30, ended=10_000.0 - 300)
-    run.progress.job_found_ended("gpu2", JobState.QUARANTINED, 1, ended=10_000.0 - 200)
+    for jobid, engine, outcome, files, ago in (
+        ("1", "old", JobState.DONE, 5, 7200),
+        ("2", "gpu1", JobState.DONE, 30, 600),
+        ("3", "gpu1", JobState.DONE, 30, 300),
+        ("4", "gpu2", JobState.QUARANTINED, 1, 200),
+        ("5", "gpu3", JobState.QUARANTINED, 2, None),  # its folder could not be dated
+    ):
+        found = run.state.record_ended(jobid, engine, outcome, run.now)
+        ended = None if ago is None else run.now - ago
+        run.progress.apply(found, run.now, Facts(at=ended, files=files))
     engines = {engine.engine: engine for engine in run.progress.engines(run.now)}
-    assert set(engines) == {"gpu1", "gpu2"}  # idle for two hours: retired
+    assert set(engines) == {"gpu1", "gpu2"}  # idle for two hours: retired; gpu3 not dated
     assert engines["gpu1"].jobs_done == 2 and engines["gpu1"].files_done == 60
     assert engines["gpu1"].seconds_since_contact == 300
     assert engines["gpu2"].files_failed == 1
     assert run.progress.retired_picture(run.now).files_done == 5
+    # Both quarantined folders wait for an operator, dated or not.
+    problems = run.progress.recent_problems(run.now)
+    assert [(p.jobid, p.files, p.seconds_ago) for p in problems] == [("5", 2, None), ("4", 1, None)]
     hour = run.progress.rates(run.now).last_60_minutes
     # The run went on two hours ago already: the whole hour is observed, not just 10 minutes.
     assert hour.basecalled.files_per_minute == pytest.approx(60 / 60, rel=0.01)

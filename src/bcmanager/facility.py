@@ -183,14 +183,18 @@ class Facility:
         self._rewatch = asyncio.Event()
         # Raw folders a discovery found and is still starting, by path -> run path.
         self._pending_sources: dict[str, str] = {}
+        self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
         # Benching is the engine's, not a raw folder's: one that fails everything is benched
         # for all runs at once.
-        self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
-        self.benching = Benching(
-            settings.bench_after,
-            settings.bench_seconds,
-            settings.bench_longest_seconds,
-            window=2 * settings.report_back_period,
+        self.benching = (
+            manager.benching
+            if manager is not None
+            else Benching(
+                settings.bench_after,
+                settings.bench_seconds,
+                settings.bench_longest_seconds,
+                window=2 * settings.report_back_period,
+            )
         )
         self.started = clock()
         self.last_activity = clock()

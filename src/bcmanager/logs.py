@@ -3,6 +3,9 @@
 An event line names the event first, then its facts as key=value, then the run's file counts
 after it, so `grep ' expired '` or a log collector answers "what happened to job X" and "how did
 the backlog move" alike. In JSON the same facts are keys of the line's object.
+
+The lines for changes of the run's state are written from the events ``RunState`` returns
+(``event_line``); the manager adds its own few (ready, finished, complete, benched).
 """
 
 from __future__ import annotations
@@ -12,7 +15,23 @@ import logging
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, NamedTuple, assert_never
+
+from bcmanager.events import (
+    Adopted,
+    Ended,
+    Event,
+    Facts,
+    FileMissing,
+    FileSeen,
+    FoundEnded,
+    KeptAlive,
+    Late,
+    Leased,
+    Restored,
+    Retried,
+)
+from bcmanager.state import FileState, Job, JobState
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 # Libraries whose INFO lines are chatter, not events of the run: watchfiles says "N changes
@@ -21,13 +40,71 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 CHATTY = ("watchfiles", "uvicorn.access")
 EVENT_KEY = "bcm_event"  # the LogRecord attribute that carries an event's facts
 
+# The event logged for each end of a job.
+ENDINGS = {
+    JobState.DONE: "done",
+    JobState.FAILED: "failed",
+    JobState.QUARANTINED: "quarantined",
+    JobState.STOPPED: "released",
+    JobState.EXPIRED: "expired",
+    JobState.EMPTY: "empty",
+}
+
+Value = str | int | None  # a fact of a line; None ones are left out
+
+
+class Line(NamedTuple):
+    """One event line, before the run's counts are added."""
+
+    event: str
+    level: int
+    facts: dict[str, Value]
+
+
+def event_line(event: Event, facts: Facts) -> Line | None:
+    """The line a change of the run's state is logged as, or None for one that is not: a file
+    that is still waiting, a lease kept alive (every few seconds per engine), and what a
+    start-up restored (it logs what it repaired instead)."""
+    match event:
+        case FileSeen():
+            if event.after is not FileState.PENDING:
+                return None
+            return Line("arrived", logging.INFO, {"file": event.name, "bytes": facts.size})
+        case FileMissing():
+            return Line("missing", logging.WARNING, {"file": event.name})
+        case Leased():
+            return _job_line("assigned", event.job)
+        case Adopted():
+            return _job_line("adopted", event.job)
+        case Late():
+            return Line("late", logging.INFO, {"jobid": event.jobid, "engine": event.engine})
+        case Ended():
+            reason = facts.record.describe() if facts.record is not None else None
+            return _job_line(ENDINGS[event.outcome], event.job, reason)
+        case Retried():
+            return Line("retried", logging.INFO, {"files": len(event.files)})
+        case KeptAlive() | FoundEnded() | Restored():
+            return None
+        case _:
+            assert_never(event)
+
+
+def _job_line(event: str, job: Job, reason: str | None = None) -> Line:
+    facts: dict[str, Value] = {
+        "jobid": job.jobid,
+        "engine": job.engine,
+        "files": len(job.files),
+        "reason": reason,
+    }
+    return Line(event, logging.INFO, facts)
+
 
 def log_event(
     logger: logging.Logger,
     event: str,
     counts: Mapping[str, int],
     level: int = logging.INFO,
-    **facts: str | int | None,
+    **facts: Value,
 ) -> None:
     """One line for ``event`` with its ``facts`` (None ones left out) and the run's ``counts``."""
     known = {key: value for key, value in facts.items() if value is not None}

@@ -12,8 +12,12 @@ loop: there is nothing to serve yet, and a worker thread would only add a hop. E
 is O(files in the run) after that, the rest of the first scan and the rescans, runs in worker
 threads, so that requests are answered meanwhile.
 
-Next to each change it records, the manager tells ``progress.py`` (sizes, rates, per-engine
-tallies) and logs one line for the event (``logs.py``).
+Every change follows one path: the disk changes (a raw file is written or deleted, a rename
+commits a job's change), the manager tells the state machine, which applies the change and
+returns its event (``events.py``), and ``_apply`` hands that event, with the sizes, times and
+records the disk gave, to ``Progress.apply`` (bytes, rates, per-engine tallies: what /status and
+/metrics read) and to the log (``logs.event_line``: one line per event). Nothing updates progress
+or writes a line beside a change by hand.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from typing import Any, TypeVar
 
 from bcmanager import scan
 from bcmanager.benching import Benched, Benching
+from bcmanager.events import NO_FACTS, Event, Facts, Late, Leased
 from bcmanager.folders import Recovered, RunFolders, Tail
-from bcmanager.logs import log_event
+from bcmanager.logs import event_line, log_event
 from bcmanager.models import (
     BCBatch,
     BenchedEngine,
@@ -45,7 +50,7 @@ from bcmanager.models import (
     RunPhase,
     RunStatus,
 )
-from bcmanager.paths import FolderKind, RunPaths
+from bcmanager.paths import FolderKind, JobFolderName, RunPaths
 from bcmanager.progress import Progress, run_phase
 from bcmanager.settings import Settings
 from bcmanager.state import (
@@ -55,7 +60,6 @@ from bcmanager.state import (
     Job,
     JobState,
     RunState,
-    UnknownJob,
 )
 from bcmanager.undecodable import UndecodableNames
 from bcmanager.watcher import can_watch, watch_raw_files
@@ -156,44 +160,42 @@ class Manager:
         done (a DONE_ folder, or FASTQ in pass/ or fail/) over leased (an ASSIGNED_ folder,
         adopted with a fresh lease) over quarantined (a QUARANTINED_ folder) over failed
         attempts (FAILED_ folders: retried where the bisection stopped). A file none of them
-        records is probed by the scan."""
+        records is probed by the scan. The ended jobs' events go to progress oldest first,
+        as it expects, so a restart does not show the engines' tallies and rates from zero."""
         done: list[list[str]] = []
         attempts: list[tuple[str, tuple[str, ...]]] = []
         quarantined: list[tuple[str, str]] = []
-        self._restore_progress(recovered, now)
+        found = []
+        wall = time.time()
         for folder, files in recovered.ended:
             outcome = ENDED_AS[folder.kind]
-            self.state.record_ended(folder.jobid, folder.engine, outcome, now)
+            event = self.state.record_ended(folder.jobid, folder.engine, outcome, now)
+            found.append((self._ended_at(folder, now, wall), len(files), event))
             if outcome is JobState.DONE:
                 done.append(files)
             elif outcome is JobState.QUARANTINED:
                 quarantined += [(folder.engine, name) for name in files]
-                self.progress.job_found_failed(folder.jobid, folder.engine, len(files))
             else:
                 attempts.append((folder.engine, tuple(files)))
-        self.state.restore_many(chain.from_iterable(done), FileState.DONE)
-        self.state.restore_many(recovered.done_by_fastq, FileState.DONE)
+        for ended, count, event in sorted(found, key=_oldest_first):
+            self._apply(event, now, Facts(at=ended, files=count))
+        self._apply(self.state.restore_many(chain.from_iterable(done), FileState.DONE), now)
+        self._apply(self.state.restore_many(recovered.done_by_fastq, FileState.DONE), now)
         for folder, files in recovered.assigned:
-            job = self.state.adopt(folder.jobid, folder.engine, files, now)
-            self.progress.job_adopted(job, now)
-            self._event("adopted", job)
-        self.state.restore_failures(attempts, quarantined)
+            self._apply(self.state.adopt(folder.jobid, folder.engine, files, now), now)
+        for restored in self.state.restore_failures(attempts, quarantined):
+            self._apply(restored, now)
 
-    def _restore_progress(self, recovered: Recovered, now: float) -> None:
-        """Give the engines' tallies and the rates what the ended folders record, so a restart
-        does not show them from zero. A job is dated by its folder's status-change time: the
-        rename that ended it (ASSIGNED_ to DONE_, FAILED_ or QUARANTINED_) sets it, while its
-        modification time is when it was assigned. Oldest first, as progress expects."""
-        wall = time.time()
-        dated = []
-        for folder, files in recovered.ended:
-            try:
-                changed = os.stat(self.paths.input_dir / folder.name).st_ctime
-            except OSError:
-                continue  # gone since recovery read it: nothing to count
-            dated.append((now - max(0.0, wall - changed), folder.engine, folder.kind, len(files)))
-        for ended, engine, kind, count in sorted(dated):
-            self.progress.job_found_ended(engine, ENDED_AS[kind], count, ended)
+    def _ended_at(self, folder: JobFolderName, now: float, wall: float) -> float | None:
+        """When an ended job folder ended, by this clock: its status-change time, which the
+        rename that ended it (ASSIGNED_ to DONE_, FAILED_ or QUARANTINED_) sets, while its
+        modification time is when it was assigned. None when it is gone since recovery read
+        it: there is nothing to date."""
+        try:
+            changed = os.stat(self.paths.input_dir / folder.name).st_ctime
+        except OSError:
+            return None
+        return now - max(0.0, wall - changed)
 
     async def stop(self) -> None:
         for task in self._tasks.values():
@@ -219,16 +221,16 @@ class Manager:
         size = self.batch_files(batch_size)
         if self.benching.benched(engine, now) is not None:
             return self._batch(engine, "-1", (), "", "")
-        job = self._lease_present(engine, size, now, max_bytes)
-        if job is None:
+        leased = self._lease_present(engine, size, now, max_bytes)
+        if leased is None:
             return self._batch(engine, "-1", (), "", "")
+        job = leased.job
         try:
             self.folders.build_job(job.jobid, engine, job.files)
         except OSError:
             self.state.abandon(job.jobid)
             raise
-        self.progress.job_assigned(job, now)
-        self._event("assigned", job)
+        self._apply(leased, now)
         return self._batch(
             engine,
             job.jobid,
@@ -244,12 +246,13 @@ class Manager:
 
     def _lease_present(
         self, engine: str, size: int, now: float, max_bytes: int | None = None
-    ) -> Job | None:
+    ) -> Leased | None:
         """Lease a batch of files that are still there: one that an operator moved or deleted
-        since it was seen is dropped as missing, never leased as a link to nothing."""
+        since it was seen is dropped as missing, never leased as a link to nothing. The lease
+        is not applied yet: its folders are to be built first."""
         steer = self.benching.others_working(engine, now)
         while True:
-            job = self.state.lease(
+            leased = self.state.lease(
                 str(uuid.uuid4().int),
                 engine,
                 size,
@@ -258,27 +261,22 @@ class Manager:
                 sizes=self.progress.sizes,
                 max_bytes=max_bytes,
             )
-            if job is None:
+            if leased is None:
                 return None
-            gone = scan.absent(self.paths.input_dir, job.files)
+            gone = scan.absent(self.paths.input_dir, leased.job.files)
             if not gone:
-                return job
-            self.state.abandon(job.jobid)
+                return leased
+            self.state.abandon(leased.job.jobid)
             self._vanished(gone)
 
     def keepalive(self, jobid: str, reported: JobState) -> bool:
         self._touch()
         now = self.clock()
-        late = self.state.keepalive(jobid, reported, now)
-        try:
-            job: Job | None = self.state.job(jobid)
-        except UnknownJob:
-            job = None
-        if job is not None:
-            self._contact(job.engine, now)
-        if late:
-            self._log("late", jobid=jobid, engine=job.engine if job else None)
-        return late
+        answer = self.state.keepalive(jobid, reported, now)
+        if answer.engine is not None:
+            self._contact(answer.engine, now)
+        self._apply(answer, now)
+        return isinstance(answer, Late)
 
     def complete(self, jobid: str, outcome: JobState) -> None:
         """Record a job's end, all on the calling thread (tests, and tools without a loop);
@@ -339,10 +337,10 @@ class Manager:
             excused = await asyncio.to_thread(
                 self.folders.retry, None if names is None else set(names)
             )
-        sent = self.state.retry(excused if names is None else names)
-        self.progress.files_retried(await asyncio.to_thread(scan.sizes, self.paths.input_dir, sent))
-        self._log("retried", files=len(sent))
-        return sent
+        retried = self.state.retry(excused if names is None else names)
+        sizes = await asyncio.to_thread(scan.sizes, self.paths.input_dir, retried.files)
+        self._apply(retried, self.clock(), Facts(sizes=tuple(sizes)))
+        return list(retried.files)
 
     def _contact(self, engine: str, now: float) -> None:
         self.progress.contact(engine, now)
@@ -368,11 +366,10 @@ class Manager:
     def _ended(
         self, ending: Ending, outcome: JobState, record: scan.AttemptRecord | None = None
     ) -> None:
-        """The job's end is on disk: record it, and tell progress, benching and the log."""
+        """The job's end is on disk: record it, judge the engine, and apply the event."""
         job, now = ending.job, self.clock()
-        self.state.finish(job.jobid, outcome, counted=ending.counted)
+        ended = self.state.finish(job.jobid, outcome, counted=ending.counted)
         reason = record.describe() if record is not None else None
-        self.progress.job_ended(job, outcome, now, record)
         benched: Benched | None = None
         if outcome is JobState.DONE:
             self.benching.succeeded(job.engine, now)
@@ -381,14 +378,21 @@ class Manager:
             benched = self.benching.failed(job.engine, now, reason or "no record of why")
             if benched is not None:
                 self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)
-        self._event(_ENDINGS[outcome], job, reason)
+        self._apply(ended, now, Facts(record=record))
         if FILES_AFTER[outcome] is FileState.PENDING:
             self._vanished(job.files)  # deleted while leased: missing, not pending
         if self.on_ended is not None:
             self.on_ended(job, outcome, reason, benched)
 
-    def _event(self, event: str, job: Job, reason: str | None = None) -> None:
-        self._log(event, jobid=job.jobid, engine=job.engine, files=len(job.files), reason=reason)
+    def _apply(
+        self, event: Event, now: float, facts: Facts = NO_FACTS, *, logged: bool = True
+    ) -> None:
+        """The one way a change of the state machine reaches the rest: progress (and through it
+        /status and /metrics) and the log, unless not ``logged`` (files found at start-up)."""
+        self.progress.apply(event, now, facts)
+        line = event_line(event, facts) if logged else None
+        if line is not None:
+            self._log(line.event, line.level, **line.facts)
 
     def _log(self, event: str, level: int = logging.INFO, **facts: str | int | None) -> None:
         counts = {state.value: count for state, count in self.state.counts().items()}
@@ -495,14 +499,10 @@ class Manager:
         found at start-up or by a late rescan land in the minute the sequencer wrote them."""
         now, wall = self.clock(), time.time()
         for name, probe in found:
-            before = self.state.file_state(name)
-            if before not in (None, FileState.WAITING, FileState.MISSING):
-                continue
-            after = self.state.observe(name, probe.complete) or FileState.WAITING
-            written = now - max(0.0, wall - probe.mtime)
-            self.progress.file_observed(name, before, after, probe.size, written)
-            if announce and after is FileState.PENDING:
-                self._log("arrived", file=name, bytes=probe.size)
+            seen = self.state.observe(name, probe.complete)
+            if seen is not None:
+                written = now - max(0.0, wall - probe.mtime)
+                self._apply(seen, now, Facts(size=probe.size, at=written), logged=announce)
 
     def sequencing_finished(self, summary: str) -> None:
         """Its run's sequencer wrote its final summary (the facility found it, and says when
@@ -542,11 +542,11 @@ class Manager:
     def _vanished(self, names: Iterable[str]) -> None:
         """Files an event, a listing or a lease found gone: checked once more, then MISSING."""
         gone = scan.absent(self.paths.input_dir, names)
+        now = self.clock()
         for name in gone:
-            before = self.state.file_state(name)
-            if before is not None and self.state.vanish(name):
-                self.progress.file_vanished(name, before)
-                self._log("missing", logging.WARNING, file=name)
+            missing = self.state.vanish(name)
+            if missing is not None:
+                self._apply(missing, now)
 
     async def _rescan_forever(self) -> None:
         while True:
@@ -695,12 +695,8 @@ ENDED_AS = {
     FolderKind.QUARANTINED: JobState.QUARANTINED,
 }
 
-# The event logged for each end of a job.
-_ENDINGS = {
-    JobState.DONE: "done",
-    JobState.FAILED: "failed",
-    JobState.QUARANTINED: "quarantined",
-    JobState.STOPPED: "released",
-    JobState.EXPIRED: "expired",
-    JobState.EMPTY: "empty",
-}
+
+def _oldest_first(found: tuple[float | None, int, object]) -> float:
+    """Sort key of ended jobs found at start-up: undated ones first, then by when they ended."""
+    ended = found[0]
+    return float("-inf") if ended is None else ended

@@ -1,10 +1,10 @@
 """How fast the run moves: bytes by state, arrival and basecalling rates, ETA, per-engine tallies,
 recent failed and expired jobs, and whether sequencing has finished.
 
-Like ``state.py`` this module does no I/O and reads no clock: the manager tells it what happened,
-with ``now`` (monotonic seconds), right after ``RunState`` recorded the same change. It never
-decides a file's or a job's state; it keeps what the state machine does not need: sizes, times
-and tallies.
+Like ``state.py`` this module does no I/O and reads no clock. It is fed the events that
+``RunState`` returns from each change (``apply``), with ``now`` (monotonic seconds) and the facts
+the manager learned on disk (sizes, times, an agent's record of a failure). It never decides a
+file's or a job's state; it keeps what the state machine does not need: sizes, times and tallies.
 
 Every call costs O(1) or O(batch), and so does every picture taken of it: rates come from fixed
 rings of time buckets (60 one-minute buckets serve the 5- and 60-minute windows, 144 half-hour
@@ -33,8 +33,23 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, assert_never
 
+from bcmanager.events import (
+    NO_FACTS,
+    Adopted,
+    Ended,
+    Event,
+    Facts,
+    FileMissing,
+    FileSeen,
+    FoundEnded,
+    KeptAlive,
+    Late,
+    Leased,
+    Restored,
+    Retried,
+)
 from bcmanager.models import (
     Drain,
     EngineStatus,
@@ -254,7 +269,7 @@ class Problem:
 
 
 class Progress:
-    """The run's motion, fed by the manager next to each change it records in ``RunState``."""
+    """The run's motion, fed the events of ``RunState`` (``apply``)."""
 
     __slots__ = (
         "_bytes",
@@ -342,13 +357,37 @@ class Progress:
         self.final_summary = summary
         return True
 
+    def apply(self, event: Event, now: float, facts: Facts = NO_FACTS) -> None:
+        """Take in one change of the run: ``event`` as ``RunState`` returned it at ``now``, with
+        what the disk said of it (``facts``: see which field each kind of event reads)."""
+        match event:
+            case FileSeen():
+                self._file_seen(event, facts.size, now if facts.at is None else facts.at)
+            case FileMissing():
+                self._file_missing(event)
+            case Leased():
+                self._job_assigned(event.job, now)
+            case Adopted():
+                self._job_adopted(event.job, now)
+            case Ended():
+                self._job_ended(event.job, event.outcome, now, facts.record)
+            case Retried():
+                self._files_retried(facts.sizes)
+            case FoundEnded():
+                self._job_found(event, facts.files, facts.at)
+            case KeptAlive() | Late() | Restored():
+                # A lease refreshed or refused moves nothing measured (the call itself is a
+                # ``contact``); files restored at start-up are sized later, by ``file_sized``.
+                pass
+            case _:
+                assert_never(event)
+
     # -- files ------------------------------------------------------------------------------
 
-    def file_observed(
-        self, name: str, before: FileState | None, after: FileState, size: int, at: float
-    ) -> None:
-        """A scan saw a new or a waiting file (now ``after``: waiting or pending) of ``size``
-        bytes, last written at ``at``. A file that became pending arrived at ``at``."""
+    def _file_seen(self, event: FileSeen, size: int, at: float) -> None:
+        """A new or a waiting file (now waiting or pending) of ``size`` bytes, last written at
+        ``at``. A file that became pending arrived at ``at``."""
+        name, before, after = event.name, event.before, event.after
         if before is not None:
             self._bytes[before] -= self._sizes.get(name, 0)
         self._sizes[name] = size
@@ -360,17 +399,17 @@ class Progress:
             if self._first_arrival is None or at < self._first_arrival:
                 self._first_arrival = at
 
+    def _file_missing(self, event: FileMissing) -> None:
+        """A waiting or pending file is gone: its bytes leave the totals (a missing file has
+        none) and its size is forgotten."""
+        self._bytes[event.before] -= self._sizes.pop(event.name, 0)
+        self._since.pop(event.name, None)
+
     def file_sized(self, name: str, state: FileState, size: int) -> None:
         """Start-up: the size of a file recovery found done, failed or leased."""
         self._bytes[state] += size
         if state not in (FileState.DONE, FileState.FAILED):
             self._sizes[name] = size
-
-    def file_vanished(self, name: str, before: FileState) -> None:
-        """A waiting or pending file is gone: its bytes leave the totals (a missing file has
-        none) and its size is forgotten."""
-        self._bytes[before] -= self._sizes.pop(name, 0)
-        self._since.pop(name, None)
 
     @property
     def sizes(self) -> Mapping[str, int]:
@@ -438,7 +477,7 @@ class Progress:
         stats.last_contact = now
         self._settle(stats, now)
 
-    def job_assigned(self, job: Job, now: float) -> None:
+    def _job_assigned(self, job: Job, now: float) -> None:
         stats = self._engine(job.engine, now)
         stats.last_contact = now
         stats.current[job.jobid] = now
@@ -447,22 +486,24 @@ class Progress:
         self._settle(stats, now)
         self._move_bytes(job.files, FileState.PENDING, FileState.LEASED)
 
-    def job_adopted(self, job: Job, now: float) -> None:
+    def _job_adopted(self, job: Job, now: float) -> None:
         """Start-up: an ASSIGNED_ folder got a fresh lease (its files are sized later)."""
         stats = self._engine(job.engine, now)
         stats.current[job.jobid] = job.started
         self._settle(stats, now)
 
-    def job_found_failed(self, jobid: str, engine: str, files: int) -> None:
-        """Start-up: a QUARANTINED_ folder waits for an operator."""
-        self.problems.appendleft(Problem(jobid, engine, JobState.QUARANTINED, files, None))
-
-    def job_found_ended(self, engine: str, outcome: JobState, files: int, ended: float) -> None:
-        """Start-up: a DONE_, FAILED_ or QUARANTINED_ folder of ``files`` files, ended at
-        ``ended`` (by its clock, before now). Its engine's tallies and the basecalling rates
-        count it, so a restart does not start them from zero; bytes are not known per job
-        then, so byte rates count only what ends after the start. Fed oldest first: engines
-        idle for long are retired as they would have been."""
+    def _job_found(self, event: FoundEnded, files: int, ended: float | None) -> None:
+        """Start-up: a DONE_, FAILED_ or QUARANTINED_ folder of ``files`` files. A QUARANTINED_
+        one waits for an operator: it is a problem to show. One that ended at ``ended`` (by
+        this clock, before now; None when its date is not known) counts in its engine's
+        tallies and the basecalling rates, so a restart does not start them from zero; bytes
+        are not known per job then, so byte rates count only what ends after the start. Fed
+        oldest first: engines idle for long are retired as they would have been."""
+        engine, outcome = event.engine, event.outcome
+        if outcome is JobState.QUARANTINED:
+            self.problems.appendleft(Problem(event.jobid, engine, outcome, files, None))
+        if ended is None:
+            return
         stats = self._engine(engine, ended)
         stats.last_contact = max(stats.last_contact, ended)
         stats.work.ended(outcome, files)
@@ -473,15 +514,15 @@ class Progress:
         if not stats.current:
             self._settle(stats, ended)
 
-    def files_retried(self, sized: Iterable[tuple[str, int]]) -> None:
+    def _files_retried(self, sized: Iterable[tuple[str, int]]) -> None:
         """An operator sent quarantined files back: pending again, with these sizes."""
         for name, size in sized:
             self._bytes[FileState.FAILED] -= size
             self._bytes[FileState.PENDING] += size
             self._sizes[name] = size
 
-    def job_ended(
-        self, job: Job, outcome: JobState, now: float, record: AttemptRecord | None = None
+    def _job_ended(
+        self, job: Job, outcome: JobState, now: float, record: AttemptRecord | None
     ) -> None:
         """``job`` ended as ``outcome`` at ``now``; ``record`` is what its agent recorded of a
         failure."""

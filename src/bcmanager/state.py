@@ -10,6 +10,13 @@ Rules of this module:
   ``InvalidTransition`` (or a subclass naming the case); nothing is silently ignored.
 - Every method costs O(1) or O(batch). Nothing walks all the files of a run, which can hold a
   million of them; files are names in one dict, not objects.
+- It tells no one. Each method that changes a file or a job checks the change, makes it, and
+  returns what happened as a record of ``events.py`` (None where nothing changed): ``observe``
+  a FileSeen, ``vanish`` a FileMissing, ``lease`` Leased, ``keepalive`` KeptAlive or Late,
+  ``finish`` Ended, ``retry`` Retried; recovery's ``adopt`` Adopted, ``record_ended``
+  FoundEnded, the ``restore`` methods Restored. The caller hands each one on to whatever
+  follows the run (progress, and through it /status and /metrics; the log), so a change and
+  what is told of it cannot drift apart.
 
 Theory of operation: a raw file enters as WAITING (its POD5 end signature is not there yet) or
 PENDING (complete), and PENDING files wait in a FIFO queue, oldest first. A waiting or pending
@@ -33,6 +40,11 @@ file list: memory follows what is live, not the run's history.
 A job past its deadline is late even before the reaper expires it: it gets no more
 keepalives and can no longer complete. After a restart, the caller rebuilds all of this from the
 job folders on disk with ``adopt`` and ``restore``.
+
+One change, end to end: the disk changes (MinKNOW closes a raw file; a rename commits an
+engine's report), the manager tells this module, which applies the change and returns its
+event, and the manager hands the event to ``Progress.apply`` (bytes, rates, tallies: what
+/status and /metrics show) and to the log (one line per event).
 """
 
 from __future__ import annotations
@@ -42,6 +54,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from itertools import filterfalse
+
+from bcmanager.events import (
+    Adopted,
+    Ended,
+    FileMissing,
+    FileSeen,
+    FoundEnded,
+    KeptAlive,
+    Late,
+    Leased,
+    Restored,
+    Retried,
+)
 
 
 class FileState(str, Enum):
@@ -275,39 +300,37 @@ class RunState:
     def job_ids(self) -> frozenset[str]:
         return frozenset(self._jobs)
 
-    def observe(self, name: str, complete: bool) -> FileState | None:
-        """A scan or a watch event saw raw file ``name``; returns its new state if it changed.
-
-        Known files keep their state, except a WAITING file that is now complete and a MISSING
-        file that is back.
-        """
+    def observe(self, name: str, complete: bool) -> FileSeen | None:
+        """A scan or a watch event saw raw file ``name``. A file new to the run, waiting or
+        missing is waiting or pending now, as ``complete`` says (a waiting file seen again is
+        reported too: its size grew); a file with a place (pending, leased, done, failed)
+        keeps it, and None says so."""
         current = self._files.get(name)
-        if current is None or current is FileState.MISSING:
+        if current is None or current is FileState.MISSING or current is FileState.WAITING:
             new = FileState.PENDING if complete else FileState.WAITING
-        elif current is FileState.WAITING and complete:
-            new = FileState.PENDING
-        else:
-            return None
-        self._move(name, new)
-        if new is FileState.PENDING:
-            self._pending.append(name)
-        return new
+            if new is not current:
+                self._move(name, new)
+                if complete:
+                    self._pending.append(name)
+            return FileSeen(name, current, new)
+        return None
 
-    def vanish(self, name: str) -> bool:
+    def vanish(self, name: str) -> FileMissing | None:
         """A waiting or pending file is gone from INPUT_DIR: it is MISSING, never leased as a
-        link to nothing. Returns whether that changed anything (leased, done and failed files
-        keep their state: their job folders record them). Its place in the queue is skipped
-        when ``lease`` reaches it."""
-        if self._files.get(name) not in (FileState.WAITING, FileState.PENDING):
-            return False
+        link to nothing. None when nothing changed (leased, done and failed files keep their
+        state: their job folders record them). Its place in the queue is skipped when
+        ``lease`` reaches it."""
+        current = self._files.get(name)
+        if current is not FileState.WAITING and current is not FileState.PENDING:
+            return None
         self._move(name, FileState.MISSING)
-        return True
+        return FileMissing(name, current)
 
-    def restore(self, name: str, state: FileState) -> None:
+    def restore(self, name: str, state: FileState) -> Restored:
         """Recovery: a file found in a DONE_ or FAILED_ folder, or with FASTQ in pass/fail."""
-        self.restore_many((name,), state)
+        return self.restore_many((name,), state)
 
-    def restore_many(self, names: Iterable[str], state: FileState) -> None:
+    def restore_many(self, names: Iterable[str], state: FileState) -> Restored:
         """``restore`` for many files at once: a start-up restores up to a million, so this
         works with whole dicts (in C). A file not known yet enters as done or failed
         (``FILE_TRANSITIONS[None]``); a known one keeps its state."""
@@ -318,6 +341,7 @@ class RunState:
             del restored[known]
         self._files.update(restored)
         self._counts[state] += len(restored)
+        return Restored(state, len(restored))
 
     def _move(self, name: str, new: FileState) -> None:
         current = self._files.get(name)
@@ -362,7 +386,7 @@ class RunState:
         *,
         sizes: Mapping[str, int] | None = None,
         max_bytes: int | None = None,
-    ) -> Job | None:
+    ) -> Leased | None:
         """Take up to ``batch_size`` pending files into a new job; None if none. A retry of
         failed files goes first, alone; else the oldest pending files. With ``steer`` (another
         engine works now), a retry that ``engine`` made by failing, or a file that failed
@@ -375,7 +399,8 @@ class RunState:
         still caps the batch. A retry group is leased as it stands: its halves are the
         bisection's, not a budget's.
 
-        The caller builds the job's folders next; if that fails it calls ``abandon``.
+        The caller builds the job's folders next, and hands the event on once they stand; if
+        that fails it calls ``abandon`` instead.
         """
         if jobid in self._jobs:
             raise InvalidTransition(f"job {jobid} exists already")
@@ -384,7 +409,7 @@ class RunState:
             for name in retry:
                 self._move(name, FileState.LEASED)
             job = Job(jobid, engine, retry, JobState.ASSIGNED, now, now, retry=True)
-            return self._start(job)
+            return Leased(self._start(job))
         files: list[str] = []
         taken = 0
         while len(files) < batch_size and (oldest := self._first_queued()) is not None:
@@ -397,10 +422,12 @@ class RunState:
             files.append(oldest)
         if not files:
             return None
-        return self._start(Job(jobid, engine, tuple(files), JobState.ASSIGNED, now, now))
+        return Leased(self._start(Job(jobid, engine, tuple(files), JobState.ASSIGNED, now, now)))
 
     def abandon(self, jobid: str) -> None:
-        """The job's folders could not be built: forget it, its files back in front."""
+        """The job's folders could not be built: forget it, its files back in front. Nothing
+        happened that anyone was told of (the lease's event is handed on only once the folders
+        stand), so this returns no event."""
         job = self.job(jobid)
         if job.state is not JobState.ASSIGNED:
             raise InvalidTransition(
@@ -446,9 +473,9 @@ class RunState:
         """The engines ``name`` failed alone on, one entry per attempt."""
         return list(self._failed_alone.get(name, ()))
 
-    def retry(self, names: Iterable[str]) -> list[str]:
+    def retry(self, names: Iterable[str]) -> Retried:
         """An operator sends files back: their failed attempts forgotten, and the quarantined
-        ones pending again, each alone. Returns those that were quarantined."""
+        ones pending again, each alone; the event names those."""
         names = list(names)
         for name in names:
             self._failed_alone.pop(name, None)
@@ -456,17 +483,19 @@ class RunState:
         for name in sent:
             self._move(name, FileState.PENDING)
             self._retries.append(Retry((name,)))
-        return sent
+        return Retried(tuple(sent))
 
     def restore_failures(
         self,
         attempts: Iterable[tuple[str, tuple[str, ...]]],
         quarantined: Iterable[tuple[str, str]],
-    ) -> None:
+    ) -> list[Restored]:
         """Recovery: the failed attempts found on disk, (engine, files) of each, and the
         quarantined files, (engine, file). Files recorded elsewhere keep their state. The
         others are quarantined, or pending as retries: the half of the smallest failed batch
-        that holds each (bisection goes on where it stopped), or alone."""
+        that holds each (bisection goes on where it stopped), or alone. The events count
+        both, quarantined first."""
+        set_aside = retried = 0
         smallest: dict[str, tuple[str, ...]] = {}
         for engine, files in attempts:
             for name in files:
@@ -478,6 +507,7 @@ class RunState:
             self._failed_alone.setdefault(name, []).append(engine)
             if name not in self._files:
                 self._move(name, FileState.FAILED)
+                set_aside += 1
         groups: dict[tuple[str, ...], None] = {}
         for name, files in smallest.items():
             if name in self._files:
@@ -487,9 +517,11 @@ class RunState:
             for name in group:
                 if name not in self._files:
                     self._move(name, FileState.PENDING)
+                    retried += 1
             self._retries.append(Retry(group))
+        return [Restored(FileState.FAILED, set_aside), Restored(FileState.PENDING, retried)]
 
-    def adopt(self, jobid: str, engine: str, files: Iterable[str], now: float) -> Job:
+    def adopt(self, jobid: str, engine: str, files: Iterable[str], now: float) -> Adopted:
         """Recovery: an ASSIGNED_ folder found on disk gets a fresh lease.
 
         A file already recorded elsewhere (done, failed, leased to another job) stays where it
@@ -498,33 +530,32 @@ class RunState:
         owned = tuple(dict.fromkeys(name for name in files if name not in self._files))
         for name in owned:
             self._move(name, FileState.LEASED)
-        return self._start(Job(jobid, engine, owned, JobState.ASSIGNED, now, now))
+        return Adopted(self._start(Job(jobid, engine, owned, JobState.ASSIGNED, now, now)))
 
-    def record_ended(self, jobid: str, engine: str, state: JobState, now: float) -> Job:
+    def record_ended(self, jobid: str, engine: str, state: JobState, now: float) -> FoundEnded:
         """Recovery: a DONE_ or FAILED_ folder found on disk, so that a retried completion of
         that job is answered ok. Its files are restored separately."""
         if state not in (JobState.DONE, JobState.FAILED, JobState.QUARANTINED):
             raise InvalidTransition(
                 f"only DONE, FAILED or QUARANTINED jobs are found on disk, not {state.value}"
             )
-        job = Job(jobid, engine, (), state, now, now)
-        self._jobs[jobid] = job
-        return job
+        self._jobs[jobid] = Job(jobid, engine, (), state, now, now)
+        return FoundEnded(jobid, engine, state)
 
-    def keepalive(self, jobid: str, reported: JobState, now: float) -> bool:
-        """Refresh a live job's lease; returns True when the job is late (stop working on it).
+    def keepalive(self, jobid: str, reported: JobState, now: float) -> KeptAlive | Late:
+        """Refresh a live job's lease; ``Late`` when the job is late (stop working on it).
 
         A job we do not hold is late, as the protocol says. ``reported`` is recorded when it is a
         live state; an engine that reports an end here has still to call /completed.
         """
         job = self._jobs.get(jobid)
         if job is None or not job.live or now >= job.deadline:
-            return True
+            return Late(jobid, None if job is None else job.engine)
         if reported in LIVE_JOB_STATES:
             self._transition(job, reported)
         job.deadline = now + self.lease_seconds
         self._live.move_to_end(jobid)
-        return False
+        return KeptAlive(jobid, job.engine)
 
     def check_completion(self, jobid: str, outcome: JobState, now: float) -> Completion:
         """Whether a completion may be carried out; raises if it may not."""
@@ -541,11 +572,11 @@ class RunState:
             )
         return Completion.APPLY
 
-    def finish(self, jobid: str, outcome: JobState, *, counted: bool = True) -> Job:
+    def finish(self, jobid: str, outcome: JobState, *, counted: bool = True) -> Ended:
         """The job's end is on disk: record it. DONE, FAILED, STOPPED and EMPTY follow the
-        engine's report, EXPIRED the reaper (see ``due``). Returns the job as it was, with its
-        files; the record kept of it from now on has none. A failure that is not ``counted``
-        (a benched engine's) is no evidence against its file."""
+        engine's report, EXPIRED the reaper (see ``due``). The event holds the job as it was,
+        with its files; the record kept of it from now on has none. A failure that is not
+        ``counted`` (a benched engine's) is no evidence against its file."""
         job = self.job(jobid)
         self._transition(job, outcome)
         self._end_live(job)
@@ -563,7 +594,7 @@ class RunState:
             for name in job.files:
                 self._move(name, after)
         self._jobs[jobid] = Job(jobid, job.engine, (), outcome, job.deadline, job.started)
-        return job
+        return Ended(job, outcome, counted)
 
     def due(self, now: float) -> list[Job]:
         """Live jobs whose lease has run out, oldest first. The caller takes each job's folder

@@ -1,0 +1,139 @@
+"""What changed: the records ``RunState`` returns from each change it makes.
+
+The state machine decides what happens to a file or a job; it does not tell anyone. Each of its
+methods that changes something checks the change, makes it and returns what happened, as one of
+the small records below (None where nothing changed). The manager hands each record, with
+``Facts`` it learned on disk, to the run's consumers: ``Progress.apply`` (bytes, rates, tallies,
+which /status and /metrics read) and the log (``logs.event_line``). So no consumer is updated
+by hand beside a change, and none can miss one: a new kind of change is a new class here, and
+the type checker makes every consumer's ``match`` handle it (each ends in ``assert_never``).
+
+Records are transient: made, applied, dropped. A job's record holds the ``Job`` as the change
+left it, with its files, for a batch is what its consumers count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # state.py makes these records: it imports this module, not the reverse
+    from bcmanager.scan import AttemptRecord
+    from bcmanager.state import FileState, Job, JobState
+
+
+@dataclass(frozen=True, slots=True)
+class FileSeen:
+    """A scan or a watch event saw a raw file that has no place yet: new to the run, still
+    waiting (it grows while MinKNOW writes it), complete at last, or back from missing."""
+
+    name: str
+    before: FileState | None  # None: new to the run; else WAITING or MISSING
+    after: FileState  # WAITING or PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class FileMissing:
+    """A waiting or pending file is gone from INPUT_DIR: dropped until it comes back."""
+
+    name: str
+    before: FileState  # WAITING or PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """A new job holds files: a group of failed files to retry, or the oldest pending ones."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """Recovery: the job of an ASSIGNED_ folder holds its files again, with a fresh lease."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class KeptAlive:
+    """A live job's lease runs ``lease_seconds`` from now."""
+
+    jobid: str
+    engine: str
+
+
+@dataclass(frozen=True, slots=True)
+class Late:
+    """A keepalive for a job that can no longer complete (ended, past its deadline, or never
+    handed out): its engine is to stop working on it."""
+
+    jobid: str
+    engine: str | None  # None: no job of that id
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A job ended as ``outcome``: its files are ``FILES_AFTER[outcome]`` now. ``job`` is as
+    it was, with its files; the record the state machine keeps of it has none."""
+
+    job: Job
+    outcome: JobState
+    counted: bool  # a failure held against its file (a benched engine's is not)
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """An operator sent files back: these were quarantined and are pending again, each alone."""
+
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FoundEnded:
+    """Recovery: a DONE_, FAILED_ or QUARANTINED_ folder records how a job ended."""
+
+    jobid: str
+    engine: str
+    outcome: JobState
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """Recovery: ``files`` files entered the run as ``state``: done or failed by what a job
+    folder or the reads in pass/ and fail/ record, or pending again as retries of failed
+    attempts. One record for a whole batch: a start-up restores up to a million files."""
+
+    state: FileState
+    files: int
+
+
+Event = (
+    FileSeen
+    | FileMissing
+    | Leased
+    | Adopted
+    | KeptAlive
+    | Late
+    | Ended
+    | Retried
+    | FoundEnded
+    | Restored
+)
+
+
+class Facts(NamedTuple):
+    """What the manager learned on disk with a change, which the state machine neither needs
+    nor keeps. Each consumer reads the fields of its event's kind; the others stay unset. A
+    tuple, not a dataclass: one is made per file a scan sees, a million at a start-up, and a
+    tuple is made in half the time."""
+
+    size: int = 0  # FileSeen: the file's bytes now
+    # Monotonic seconds, when this is not now. FileSeen: when the file was last written, so a
+    # file found late counts in the minute it arrived. FoundEnded: when its folder ended.
+    at: float | None = None
+    record: AttemptRecord | None = None  # Ended: what the agent recorded of its attempt
+    sizes: tuple[tuple[str, int], ...] = ()  # Retried: each file's bytes
+    files: int = 0  # FoundEnded: the files its folder records
+
+
+NO_FACTS = Facts()
