@@ -139,6 +139,12 @@ def test_demo_runs_to_completion_and_ctrl_c_stops_every_process(tmp_path: Path) 
                 break
         assert "run complete: all 6 files basecalled" in lines[-1], "".join(lines)
         assert any("files/min" in line for line in lines)
+        # The yield as it goes, then where the run's report is: there, and whole.
+        assert any(" | reads " in line for line in lines), "".join(lines)
+        assert ", reads 60 · " in lines[-1]
+        report = folder / "output" / "report.html"
+        assert f"Report: {report}. " in lines[-1]
+        assert report.read_text().rstrip().endswith("</html>")
         status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5).json()
         assert status["files"]["done"] == 6
         assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5).status_code == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -20,7 +21,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from bcmanager.progress import IDLE_LISTED
-from conftest import Run, Server, minknow_run
+from bcmanager.readstats import job_stats, write_job_stats
+from bcmanager.simulate import Layout, ReadsFormat, basecall
+from conftest import Run, Server, minknow_run, n50, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -327,3 +330,108 @@ def test_a_run_complete_with_quarantined_files_is_amber_on_the_page(
     assert phase.text == "Complete, 1 quarantined"
     assert "partial" in (phase.get_attribute("class") or "").split()
     assert phase.value_of_css_property("background-color") == "rgba(138, 90, 0, 1)"  # amber
+
+
+MARKUP = '<b>bc</b>&"x"'
+
+
+def fastq_lengths(output_dir: Path) -> list[int]:
+    """The length of every read merged into the run's pass/ and fail/ (read here, not by
+    bcmanager's parsers)."""
+    lengths = []
+    for path in sorted(output_dir.glob("[pf]a*/**/*.fastq")):
+        lines = path.read_text().splitlines()
+        lengths += [len(sequence) for sequence in lines[1::4]]
+    return lengths
+
+
+def test_a_runs_reads_are_shown_with_charts_barcodes_models_and_its_report(
+    run: Run, start_server: Callable[..., Server], browser: WebDriver
+) -> None:
+    """INPUT_DIR served as one run, basecalled in two jobs by the simulated Dorado (FASTQ, its
+    output tree, two barcodes) with two different models, each job's statistics counted as
+    the agent counts them: the runs table and the Reads panel show the read count and N50 of
+    the merged reads, the charts are drawn, the barcodes listed (one an agent named with
+    markup, shown as written), the two models flagged, and the complete run's report named
+    where it is."""
+    for index in range(2):
+        run.add(f"raw_{index}.pod5", read_count=12)
+    (run.input_dir / "final_summary_PAO12345_abc.txt").write_text("sequencing stopped\n")
+    server = start_server()
+    models = ("dna_r10.4.1_e8.2_400bps_hac@v5.0.0", "dna_r10.4.1_e8.2_400bps_sup@v5.0.0")
+    for engine, model in zip(("gpu1", "gpu2"), models, strict=True):
+        batch = server.get("/assignwork", engineid=engine, batchsize=1).json()
+        output = run.output_dir / batch["job_output_dir"]
+        basecall(
+            run.input_dir / batch["job_input_dir"],
+            output,
+            seconds_per_read=0,
+            reads_format=ReadsFormat.FASTQ,
+            layout=Layout.DORADO,
+            barcodes=2,
+            model=model,
+        )
+        stats = job_stats(output, ["dorado", "basecaller", model])
+        if engine == "gpu2":  # an agent may name a barcode anything: shown as written
+            for group in stats["groups"]:
+                if group["barcode"] == "barcode02":
+                    group["barcode"] = MARKUP
+        write_job_stats(output, stats)
+        server.get("/completed", job_id=batch["jobid"], job_state="DONE")
+    lengths = fastq_lengths(run.output_dir)
+    assert len(lengths) == 24
+
+    def counted() -> dict[str, Any] | None:
+        entry: dict[str, Any] = server.get("/status").json()["runs"][0]
+        return entry["reads"] if entry["reads"] and entry["reads"]["jobs"] == 2 else None
+
+    wait_for(lambda: counted() is not None, 10, "both jobs' statistics")
+    reads = counted()
+    assert reads is not None
+
+    def text(selector: str) -> str:
+        found: str = browser.execute_script(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent : ''",
+            selector,
+        )
+        return found
+
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 10, poll_frequency=0.1)
+    wait.until(lambda _: text("#reads-count") == "24")
+    shown_n50 = int(text("#reads-n50").replace(",", ""))
+    assert shown_n50 == reads["n50"]
+    assert abs(shown_n50 - n50(lengths)) <= reads["n50_resolution"]
+    cells = browser.execute_script(
+        "return [...document.querySelectorAll('#runs tbody td')].map((td) => td.textContent)"
+    )
+    assert cells[11] == "24" and cells[13] == f"{shown_n50:,}"
+    assert cells[-1] == "2 models"  # the run's line flags it too
+    for chart in ("yield-chart", "length-chart", "q-chart"):
+        bars = browser.find_elements(By.CSS_SELECTOR, f"#{chart} rect.bin")
+        assert bars and any(float(bar.get_attribute("height") or 0) > 0 for bar in bars), chart
+    assert browser.find_elements(By.CSS_SELECTOR, "#length-chart line.mark")
+    # The length bars as drawn on the screen stand in proportion to the histogram's counts.
+    histogram = reads["length_histogram"]
+    counts = histogram["counts"] + ([histogram["beyond"]] if histogram["beyond"] else [])
+    drawn = browser.execute_script(
+        "return [...document.querySelectorAll('#length-chart rect.bin')]"
+        ".map((bar) => bar.getBoundingClientRect().height)"
+    )
+    assert len(drawn) == len(counts)
+    for height, count in zip(drawn, counts, strict=True):
+        assert abs(height / max(drawn) - count / max(counts)) < 0.02, (drawn, counts)
+    barcodes = browser.execute_script(
+        "return [...document.querySelectorAll('#barcodes tbody tr')]"
+        ".map((row) => [row.cells[0].textContent, row.cells[1].textContent])"
+    )
+    assert sum(int(count) for _, count in barcodes) == 24
+    assert MARKUP in {name for name, _ in barcodes}
+    assert {name for name, _ in barcodes} <= {"barcode01", "barcode02", "unclassified", MARKUP}
+    assert browser.execute_script("return document.querySelectorAll('#reads-card b').length") == 0
+    alert = browser.find_element(By.CSS_SELECTOR, "#reads-warnings li.alert")
+    assert alert.is_displayed() and all(model in alert.text for model in models)
+    wait.until(lambda _: text("#report-path") == f"{run.output_dir}/report.html")
+    assert (run.output_dir / "report.html").exists()
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []

@@ -15,13 +15,19 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from test_facility import assign, complete, summary, until
+from test_facility import serving as serving_root
 
 from bcmanager.cli import main
 from bcmanager.manager import Manager
 from bcmanager.models import BenchedEngine, RunPhase, RunStatus
+from bcmanager.paths import REPORT_HTML
 from bcmanager.progress import ENGINE_IDLE_SECONDS
+from bcmanager.readstats import job_stats, write_job_stats
+from bcmanager.report import human_bases
+from bcmanager.simulate import Layout, ReadsFormat, basecall
 from bcmanager.status_view import human_bytes, human_duration, render
-from conftest import Clock, Run, Server, minknow_run, serving
+from conftest import Clock, Root, Run, Server, minknow_run, n50, serving
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -237,3 +243,79 @@ def test_status_lists_the_runs_of_a_root_and_shows_one_run_alone(
     assert "Runs" not in alone and one not in alone
     code, unknown = shown("--run", "no/such/run")
     assert code == 1 and "404: no run 'no/such/run'" in unknown
+
+
+def merged_fastq(run_output: Path) -> dict[str | None, list[int]]:
+    """The lengths of the reads merged into a run's pass/ and fail/, by barcode folder (None:
+    none), read here rather than by bcmanager's parsers."""
+    found: dict[str | None, list[int]] = {}
+    for path in sorted(run_output.glob("[pf]a*/**/*.fastq")):
+        parts = path.relative_to(run_output).parts
+        barcode = parts[1] if len(parts) == 3 else None
+        found.setdefault(barcode, []).extend(map(len, path.read_text().splitlines()[1::4]))
+    return found
+
+
+async def test_reads_of_each_run_and_of_the_run_shown_with_barcodes_models_and_report(
+    root: Root,
+) -> None:
+    """Two runs: one basecalled by the simulated Dorado (FASTQ in its output tree, two barcodes)
+    with two models, and complete; the other not basecalled yet. The runs table gives each its
+    reads and bases and flags the two models; the first run's own picture has its reads line,
+    the two models in red, where its report is, and its reads per barcode."""
+    one = root.run("exp", "s1", "FAX11111")
+    root.add(one / "pod5", 2, reads=6)
+    summary(one)
+    two = root.run("exp", "s2", "FAX22222")
+    root.add(two / "pod5", 1)
+    path_one, path_two = (run.relative_to(root.input_dir).as_posix() for run in (one, two))
+    out = root.output_dir / path_one
+    models = ("dna_r10.4.1_e8.2_400bps_hac@v5.0.0", "dna_r10.4.1_e8.2_400bps_sup@v5.0.0")
+    async with serving_root(root.settings()) as (client, facility):
+        facility.set_paused(path_two, True)
+        for model in models:
+            batch = await assign(client, size=1)
+            output = root.output_dir / batch["job_output_dir"]
+            basecall(
+                root.input_dir / batch["job_input_dir"],
+                output,
+                seconds_per_read=0,
+                reads_format=ReadsFormat.FASTQ,
+                layout=Layout.DORADO,
+                barcodes=2,
+                model=model,
+            )
+            write_job_stats(output, job_stats(output, ["dorado", "basecaller", model]))
+            await complete(client, batch["jobid"])
+        await until(lambda: (out / REPORT_HTML).exists(), 10, "the report")
+        every = RunStatus.model_validate((await client.get("/status")).json())
+        alone = RunStatus.model_validate(
+            (await client.get("/status", params={"run": path_one})).json()
+        )
+    merged = merged_fastq(out)
+    lengths = [length for found in merged.values() for length in found]
+    assert len(lengths) == len(root.reads_in(one)) == 12
+
+    def shown(status: RunStatus) -> str:
+        console = Console(record=True, width=250, file=io.StringIO())
+        console.print(render(status))
+        return console.export_text()
+
+    table = shown(every)
+    bases = human_bases(sum(lengths))
+    assert re.search(rf"│ {re.escape(path_one)}\s+│.*│\s+12 │\s+{bases} │ 2 models\s+│", table)
+    assert re.search(rf"│ {re.escape(path_two)}\s+│.*│\s+0 │\s+0 b │ -\s+│", table)
+    assert "Reads 12" not in table  # two runs together: no one run's reads line
+
+    text = shown(alone)
+    reads = alone.runs[0].reads
+    assert reads is not None and reads.n50 is not None
+    assert abs(reads.n50 - n50(lengths)) <= reads.n50_resolution
+    passed = f"{reads.pass_reads / 12:.1%}"
+    assert f"Reads 12 · {bases} · N50 {reads.n50:,} · mean Q " in text
+    assert f" · {passed} pass  (from 2 jobs)" in text
+    assert f"basecalled with 2 models ({', '.join(models)})" in text
+    assert f"report: {out / REPORT_HTML}" in text
+    for barcode, found in merged.items():
+        name = re.escape(barcode or "no barcode")
+        assert re.search(rf"│ {name}\s+│\s+{len(found)} │\s+{human_bases(sum(found))} │", text)

@@ -2,8 +2,9 @@
 
 The real manager serves a demo folder; a simulated sequencer writes real POD5 files into it over
 a couple of minutes; three real ``bcmanager agent`` processes basecall them with the simulated
-basecaller. The terminal shows the run's progress; when sequencing has stopped and the queue is
-drained it says so and keeps the manager up for /docs and /status. Ctrl-C stops everything.
+basecaller. The terminal shows the run's progress and what its reads come to as they are
+counted; when sequencing has stopped and the queue is drained it says so and where the run's
+report is, and keeps the manager up for /docs and /status. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from pathlib import Path
 import uvicorn
 
 from bcmanager.app import create_app
+from bcmanager.facility import Facility
 from bcmanager.manager import Manager
+from bcmanager.models import RunPhase
+from bcmanager.paths import REPORT_HTML
 from bcmanager.settings import Settings
 from bcmanager.simulate import run_sequencer
+from bcmanager.status_view import reads_summary
 
 MARKER = ".bcmanager-demo"  # a folder with this file was made by the demo and may be wiped
 REPORT_EVERY = 2.0
 DEMO_BARCODES = 4
+REPORT_WAIT = 30.0  # seconds a complete run's report is waited for before the demo says so
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,10 +76,13 @@ async def run_demo(args: argparse.Namespace) -> int:
         report_back_period=10,
         rescan_interval=5,
     )
-    manager = Manager(settings)
+    facility = Facility(settings, Manager(settings))
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, manager), host=args.host, port=args.port, log_level="warning"
+            create_app(settings, facility=facility),
+            host=args.host,
+            port=args.port,
+            log_level="warning",
         )
     )
     # uvicorn hands the Ctrl-C it caught back to the handlers it found: let those be harmless, so
@@ -102,7 +111,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         )
     )
     agents = await start_agents(url, args.engines, args.folder / "agents.log")
-    reporter = asyncio.create_task(report(manager, sequencer, args.files, url))
+    reporter = asyncio.create_task(report(facility, sequencer, args.files, url))
     await serving
     print("\ndemo: stopping the agents, the sequencer and the manager")
     reporter.cancel()
@@ -163,22 +172,37 @@ async def stop_agents(agents: list[asyncio.subprocess.Process]) -> None:
 
 
 async def report(
-    manager: Manager, sequencer: asyncio.Task[list[Path]], files: int, url: str
+    facility: Facility, sequencer: asyncio.Task[list[Path]], files: int, url: str
 ) -> None:
-    """A progress line every few seconds; one closing message when the run is complete."""
+    """A progress line every few seconds, with the reads counted so far; when the run is
+    complete, one closing message that says where its report is (once written, waited for a
+    bounded time)."""
     while True:
         await asyncio.sleep(REPORT_EVERY)
-        status = manager.status()
+        status = facility.status()
         counts = status.files
         shown = " · ".join(f"{state} {count}" for state, count in counts.model_dump().items())
         rate = status.rates.last_5_minutes.basecalled.files_per_minute
         line = f"{status.phase.value} | {shown} | {rate:.0f} files/min"
+        [run] = status.runs
+        if run.reads is not None and run.reads.reads:
+            line += f" | reads {reads_summary(run.reads)}"
         print(f"[{status.uptime_seconds:5.0f}s] {line}", flush=True)
-        if sequencer.done() and status.phase == "complete" and counts.done + counts.failed == files:
+        done = counts.done + counts.failed == files
+        if sequencer.done() and status.phase is RunPhase.COMPLETE and done:
+            report_path = Path(run.output_dir) / REPORT_HTML
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + REPORT_WAIT
+            while not report_path.exists() and loop.time() < deadline:
+                await asyncio.sleep(0.2)
+            missing = "" if report_path.exists() else f" (not written after {REPORT_WAIT:.0f}s)"
+            # Read again: the report is written once every DONE job's reads are counted.
+            reads = facility.status().runs[0].reads
+            counted = "" if reads is None else f", reads {reads_summary(reads)}"
             print(
                 f"demo: run complete: all {files} files basecalled in "
-                f"{status.uptime_seconds:.0f}s. The manager stays up: watch it at {url}/, "
-                f"the API at {url}/docs; Ctrl-C stops it.",
+                f"{status.uptime_seconds:.0f}s{counted}. Report: {report_path}{missing}. The "
+                f"manager stays up: watch it at {url}/, the API at {url}/docs; Ctrl-C stops it.",
                 flush=True,
             )
             return

@@ -222,8 +222,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     parts.append('<div class="tiles" id="headline">')
     for label, value in (
         ("reads", _count(out.reads)),
-        ("bases", _bases(out.bases)),
-        ("N50", _bases(out.n50) if out.n50 is not None else NONE),
+        ("bases", human_bases(out.bases)),
+        ("N50", human_bases(out.n50) if out.n50 is not None else NONE),
         ("mean Q", f"{out.mean_q:.2f}" if out.mean_q is not None else NONE),
         ("pass", f"{out.pass_fraction:.1%}" if out.pass_fraction is not None else NONE),
         ("duration", _duration(data.duration_seconds)),
@@ -244,14 +244,14 @@ def render_html(report: Mapping[str, Any]) -> str:
         )
     )
     parts.append(
-        f"<p>N50 is given to {_e(_bases(out.n50_resolution))} (the length histogram's bins); "
+        f"<p>N50 is given to {_e(human_bases(out.n50_resolution))} (the length histogram's bins); "
         f"{_count(data.files_done)} raw files done, {_count(data.files_quarantined)} "
         f"quarantined; {_count(out.jobs)} jobs.</p>"
     )
     parts.append("<h2>Yield over time</h2>")
     parts.append(_yield_chart(out.yield_over_time))
     parts.append("<h2>Read length</h2>")
-    parts.append(_histogram_chart(out.length_histogram, "read length", _bases, out.n50))
+    parts.append(_histogram_chart(out.length_histogram, "read length", human_bases, out.n50))
     parts.append("<h2>Mean Q-score</h2>")
     parts.append(_histogram_chart(out.q_histogram, "mean Q", str, None))
     parts.append("<h2>Barcodes</h2>")
@@ -261,7 +261,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         (
             barcode.barcode if barcode.barcode is not None else "no barcode",
             _count(barcode.reads),
-            _bases(barcode.bases),
+            human_bases(barcode.bases),
             f"{barcode.pass_reads / barcode.reads:.1%}" if barcode.reads else NONE,
             f"{barcode.mean_q:.2f}" if barcode.mean_q is not None else NONE,
         )
@@ -269,7 +269,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     ]
     if out.more_barcodes is not None:
         more = out.more_barcodes
-        rows.append(("(more barcodes)", _count(more.reads), _bases(more.bases), "", ""))
+        rows.append(("(more barcodes)", _count(more.reads), human_bases(more.bases), "", ""))
     parts.append(_table(("barcode", "reads", "bases", "pass", "mean Q"), rows, "barcodes"))
     parts.append("<h2>Basecallers</h2>")
     parts.append(
@@ -291,9 +291,9 @@ def render_html(report: Mapping[str, Any]) -> str:
                     engine.engine,
                     _count(engine.jobs),
                     _count(engine.reads),
-                    _bases(engine.bases),
+                    human_bases(engine.bases),
                     _duration(engine.busy_seconds),
-                    _bases(round(engine.bases_per_hour))
+                    human_bases(round(engine.bases_per_hour))
                     if engine.bases_per_hour is not None
                     else NONE,
                 )
@@ -328,7 +328,7 @@ def _count(value: int) -> str:
     return f"{value:,}"
 
 
-def _bases(value: int) -> str:
+def human_bases(value: int) -> str:
     """A number of bases, shortened: 950 b, 12.3 kb, 4.56 Gb."""
     for unit, size in (("Tb", 10**12), ("Gb", 10**9), ("Mb", 10**6), ("kb", 10**3)):
         if value >= size:
@@ -400,7 +400,7 @@ def _yield_chart(series: YieldSeries) -> str:
         datetime.fromtimestamp(start + index * series.bucket_seconds, UTC).strftime("%d %H:%M")
         for index in range(len(per_hour))
     ]
-    body = _bars("yield", per_hour, labels, f"{_bases(max(per_hour, default=0))}/h")
+    body = _bars("yield", per_hour, labels, f"{human_bases(max(per_hour, default=0))}/h")
     return _svg("yield-chart", body)
 
 

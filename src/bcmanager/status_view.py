@@ -1,9 +1,10 @@
 """``bcmanager status``: the run's picture in a terminal, printed once or refreshed in place.
 
 It reads GET /status of a running manager, the same picture the page at / shows: the runs
-(when INPUT_DIR holds more than one), progress, files and bytes by state, the sequencer's rate
-beside the basecalling rate, ETA, engines, and the jobs that failed or lost their lease; with
-``--run``, that run's own picture (GET /status?run=PATH). It sends ``BCM_READ_TOKEN`` (else
+(when INPUT_DIR holds more than one, with their reads and bases), progress, files and bytes by
+state, the sequencer's rate beside the basecalling rate, ETA, the reads of the run shown (when
+one is), engines, and the jobs that failed or lost their lease; with ``--run``, that run's own
+picture (GET /status?run=PATH). It sends ``BCM_READ_TOKEN`` (else
 ``BCM_OPERATOR_TOKEN``) when set, and verifies an https manager against ``BCM_CA_FILE`` (else
 the system's CAs).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ssl
 import time
+from pathlib import Path
 
 import httpx
 from pydantic import ValidationError
@@ -22,7 +24,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from bcmanager.models import RunEntry, RunPhase, RunStatus
+from bcmanager.models import ReadTally, RunEntry, RunPhase, RunStatus, RunYieldStatus
+from bcmanager.paths import REPORT_HTML
+from bcmanager.report import human_bases
 from bcmanager.settings import ClientSettings
 from bcmanager.urls import base_url
 
@@ -39,6 +43,7 @@ PHASE_STYLES = {
     RunPhase.BASECALLING: "bold black on yellow",
     RunPhase.COMPLETE: "bold white on green",
 }
+BARCODES_LISTED = 24  # barcode lines in the terminal; the rest are summed in one
 
 
 def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -143,6 +148,8 @@ def render(status: RunStatus) -> RenderableType:
         parts.append(_runs(status.runs))
     parts += [_progress(status), _states_and_rates(status)]
     parts.append(_outlook(status))
+    if len(status.runs) == 1 and status.runs[0].reads is not None:
+        parts.append(_reads(status.runs[0], status.runs[0].reads))
     parts.append(_engines(status))
     if status.recent_problems:
         parts.append(_problems(status))
@@ -182,8 +189,9 @@ def _runs(runs: list[RunEntry]) -> Table:
     table.add_column("Run", overflow="fold")
     table.add_column("Phase")
     table.add_column("Prio", justify="right")
-    for heading in ("Pending", "Leased", "Done", "Quar.", "Lag", "Rate/min", "ETA"):
+    for heading in ("Pending", "Leased", "Done", "Quar.", "Lag", "Rate/min", "ETA", "Reads"):
         table.add_column(heading, justify="right")
+    table.add_column("Bases", justify="right")
     table.add_column("Model")
     for run in runs:
         files = run.files
@@ -201,9 +209,103 @@ def _runs(runs: list[RunEntry]) -> Table:
             "-" if run.lag_seconds is None else human_duration(run.lag_seconds),
             _rate(run.basecalled.files_per_minute),
             "-" if run.eta_seconds is None else human_duration(run.eta_seconds),
-            Text(run.model or "-"),
+            "-" if run.reads is None else f"{run.reads.reads:,}",
+            "-" if run.reads is None else human_bases(run.reads.bases),
+            _model(run),
         )
     return table
+
+
+def _model(run: RunEntry) -> Text:
+    """The model its settings name; reads from two models are not one data set: said in red."""
+    if run.reads is not None and run.reads.mixed_models:
+        return Text(f"{len(run.reads.models)} models", style="bold red")
+    return Text(run.model or "-")
+
+
+def _reads(run: RunEntry, reads: RunYieldStatus) -> RenderableType:
+    """The run's reads: a line of headline numbers, what needs a look, where its report is once
+    it is complete, and a compact table when its reads carry barcodes."""
+    jobs = f"{reads.jobs:,} job" if reads.jobs == 1 else f"{reads.jobs:,} jobs"
+    parts: list[RenderableType] = [
+        Text.assemble(("Reads ", "bold"), reads_summary(reads), (f"  (from {jobs})", "dim"))
+    ]
+    if reads.mixed_models:
+        parts.append(
+            Text(
+                f"basecalled with {len(reads.models)} models ({', '.join(reads.models)}): "
+                "its reads are not all alike",
+                style="bold white on red",
+            )
+        )
+    if reads.jobs_without_stats:
+        parts.append(
+            Text(
+                f"{reads.jobs_without_stats:,} done jobs left no readable statistics: their "
+                "reads are missing from these numbers",
+                style="yellow",
+            )
+        )
+    if reads.files_unreadable:
+        parts.append(
+            Text(
+                f"{reads.files_unreadable:,} reads files could not be read by their agents",
+                style="yellow",
+            )
+        )
+    if run.phase is RunPhase.COMPLETE:
+        parts.append(Text(f"report: {Path(run.output_dir) / REPORT_HTML}"))
+    if reads.more_barcodes is not None or any(b.barcode is not None for b in reads.barcodes):
+        parts.append(_barcodes(reads))
+    return Group(*parts)
+
+
+def reads_summary(reads: RunYieldStatus) -> str:
+    """A run's reads in one line: reads, bases, N50, mean Q and the share that passed."""
+    n50 = "-" if reads.n50 is None else f"{reads.n50:,}"
+    mean_q = "-" if reads.mean_q is None else f"{reads.mean_q:.1f}"
+    passed = "-" if reads.pass_fraction is None else f"{reads.pass_fraction:.1%}"
+    return (
+        f"{reads.reads:,} · {human_bases(reads.bases)} · N50 {n50} · mean Q {mean_q} · "
+        f"{passed} pass"
+    )
+
+
+def _barcodes(reads: RunYieldStatus) -> Table:
+    table = Table(title="Barcodes", title_justify="left")
+    table.add_column("Barcode")
+    for heading in ("Reads", "Bases", "Pass", "Mean Q"):
+        table.add_column(heading, justify="right")
+    rows: list[tuple[str, ReadTally]] = [
+        (barcode.barcode or "no barcode", barcode) for barcode in reads.barcodes
+    ]
+    if reads.more_barcodes is not None:
+        rows.append(("(more barcodes)", reads.more_barcodes))
+    if len(rows) > BARCODES_LISTED:
+        rest = rows[BARCODES_LISTED - 1 :]
+        rows[BARCODES_LISTED - 1 :] = [(f"({len(rest)} more)", _summed_tallies(rest))]
+    for name, tally in rows:
+        table.add_row(
+            Text(name, style="dim" if name == "no barcode" else ""),
+            f"{tally.reads:,}",
+            human_bases(tally.bases),
+            f"{tally.pass_reads / tally.reads:.1%}" if tally.reads else "-",
+            "-" if tally.mean_q is None else f"{tally.mean_q:.1f}",
+        )
+    return table
+
+
+def _summed_tallies(rows: list[tuple[str, ReadTally]]) -> ReadTally:
+    """The barcodes beyond those listed, in one line (their mean Q weighted by reads)."""
+    reads = sum(tally.reads for _, tally in rows)
+    q_sum = sum(tally.mean_q * tally.reads for _, tally in rows if tally.mean_q is not None)
+    return ReadTally(
+        reads=reads,
+        bases=sum(tally.bases for _, tally in rows),
+        pass_reads=sum(tally.pass_reads for _, tally in rows),
+        pass_bases=sum(tally.pass_bases for _, tally in rows),
+        mean_q=round(q_sum / reads, 2) if reads else None,
+    )
 
 
 def phase_badge(phase: RunPhase, quarantined: int) -> Text:

@@ -42,6 +42,22 @@ function bytes(n) {
   return `${i === 0 ? n : n.toFixed(n >= 100 ? 0 : 1)} ${units[i]}`;
 }
 
+// A number of bases, shortened as the run's report writes it: 950 b, 12.3 kb, 4.56 Gb.
+function bases(n) {
+  for (const [unit, size] of [["Tb", 1e12], ["Gb", 1e9], ["Mb", 1e6], ["kb", 1e3]]) {
+    if (n >= size) return `${Number((n / size).toPrecision(3))} ${unit}`;
+  }
+  return `${n} b`;
+}
+
+function share(fraction) {
+  return fraction === null ? "–" : `${(100 * fraction).toFixed(1)}%`;
+}
+
+function meanQ(q) {
+  return q === null ? "–" : q.toFixed(1);
+}
+
 function duration(seconds) {
   if (seconds < 60) return `${Math.round(seconds)} s`;
   const minutes = Math.round(seconds / 60);
@@ -311,7 +327,163 @@ function renderRuns(s, chosen) {
     const eta = run.phase === "complete" ? "done"
       : run.eta_seconds === null ? "–" : duration(run.eta_seconds);
     cell(row, eta, "num");
-    cell(row, run.model || "–", run.model ? "" : "dim");
+    const reads = run.reads;
+    cell(row, reads ? count(reads.reads) : "–", "num");
+    cell(row, reads ? bases(reads.bases) : "–", "num");
+    cell(row, reads && reads.n50 !== null ? count(reads.n50) : "–", "num");
+    cell(row, reads ? meanQ(reads.mean_q) : "–", "num");
+    cell(row, reads ? share(reads.pass_fraction) : "–", "num");
+    // Reads from two models are not one data set: said in the model's cell, in red.
+    if (reads && reads.mixed_models) {
+      cell(row, `${reads.models.length} models`, "bad", reads.models.join(", "));
+    } else {
+      cell(row, run.model || "–", run.model ? "" : "dim");
+    }
+  }
+}
+
+// Vertical bars over the chart's width, the highest reaching the top, a label under every few
+// bars and the highest value at the top left; ``mark`` ({at, label}, ``at`` in bars from the
+// left) draws a line across, as the N50 on the length chart.
+function drawBars(svg, values, labels, topLabel, mark = null) {
+  const width = svg.clientWidth || 400;
+  const height = svg.clientHeight || 180;
+  const [left, right, top, bottom] = [64, 8, 10, 22];
+  const highest = Math.max(0, ...values);
+  const parts = [];
+  if (highest <= 0) {
+    parts.push(svgElement("text", { x: width / 2, y: height / 2, "text-anchor": "middle" },
+      "no reads yet"));
+  } else {
+    const plot = height - top - bottom;
+    // Bars at most 48 px wide: a young run's one hour is not a wall.
+    const step = Math.min((width - left - right) / values.length, 48);
+    const every = Math.ceil(values.length / Math.max(1, Math.floor((width - left - right) / 64)));
+    values.forEach((value, i) => {
+      const tall = (plot * value) / highest;
+      const x = left + i * step;
+      const bar = svgElement("rect", {
+        class: "bin", x: x.toFixed(1), y: (top + plot - tall).toFixed(1),
+        width: Math.max(step - 1, 0.5).toFixed(1), height: tall.toFixed(1),
+      });
+      bar.append(svgElement("title", {}, `${labels[i]}: ${count(value)}`));
+      parts.push(bar);
+      if (i % every === 0) {
+        parts.push(svgElement("text", { x: x + step / 2, y: height - 6, "text-anchor": "middle" },
+          labels[i]));
+      }
+    });
+    parts.push(svgElement("text", { x: left - 6, y: top + 10, "text-anchor": "end" }, topLabel));
+    parts.push(svgElement("text", { x: left - 6, y: top + plot, "text-anchor": "end" }, "0"));
+    if (mark !== null) {
+      const x = (left + Math.min(mark.at, values.length) * step).toFixed(1);
+      parts.push(svgElement("line", { class: "mark", x1: x, x2: x, y1: top, y2: top + plot }));
+      parts.push(svgElement("text", { class: "mark", x: Number(x) + 4, y: top + 10 },
+        mark.label));
+    }
+  }
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.replaceChildren(...parts);
+}
+
+// A histogram's bins from 0, with the long tail (``beyond``) as one last bar.
+function drawHistogram(svg, histogram, label, mark = null) {
+  const values = [...histogram.counts];
+  const labels = values.map((_, i) => label(i * histogram.bin_width));
+  if (histogram.beyond) {
+    values.push(histogram.beyond);
+    labels.push(`≥${label(histogram.counts.length * histogram.bin_width)}`);
+  }
+  drawBars(svg, values, labels, count(Math.max(0, ...values)), mark);
+}
+
+// Bases per hour, from the bases of the jobs that ended in each bucket.
+function drawYield(svg, series) {
+  const perHour = series.bases.map((b) => (b * 3600) / series.bucket_seconds);
+  const labels = perHour.map((_, i) => new Date((series.start + i * series.bucket_seconds) * 1000)
+    .toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+  drawBars(svg, perHour, labels, `${bases(Math.max(0, ...perHour))}/h`);
+}
+
+// What one run's reads came to: shown when one run is in view (a run's own picture, or
+// INPUT_DIR served as one run) and its yield is known.
+function renderReads(s) {
+  const run = s.runs.length === 1 ? s.runs[0] : null;
+  const card = $("reads-card");
+  card.hidden = run === null || !run.reads;
+  if (card.hidden) return;
+  const r = run.reads;
+  $("reads-jobs").textContent = `from ${count(r.jobs)} ${r.jobs === 1 ? "job" : "jobs"}`;
+  $("reads-count").textContent = count(r.reads);
+  $("reads-split").textContent = `${count(r.pass_reads)} pass · ${count(r.fail_reads)} fail`;
+  $("reads-bases").textContent = bases(r.bases);
+  $("bases-split").textContent = `${bases(r.pass_bases)} pass · ${bases(r.fail_bases)} fail`;
+  $("reads-n50").textContent = r.n50 === null ? "–" : count(r.n50);
+  $("n50-detail").textContent = `bases, to within ${count(r.n50_resolution)}`;
+  $("reads-q").textContent = meanQ(r.mean_q);
+  $("reads-pass").textContent = share(r.pass_fraction);
+  $("pass-detail").textContent = `of ${count(r.reads)} reads`;
+  const warnings = [];
+  if (r.mixed_models) {
+    warnings.push([`Basecalled with ${r.models.length} models (${r.models.join(", ")}): ` +
+      "its reads are not all alike", "alert"]);
+  }
+  if (r.jobs_without_stats) {
+    warnings.push([`${count(r.jobs_without_stats)} done jobs left no readable statistics: ` +
+      "their reads are missing from every number here", ""]);
+  }
+  if (r.files_unreadable) {
+    warnings.push([`${count(r.files_unreadable)} reads files could not be read by their agents`,
+      ""]);
+  }
+  for (const line of r.problems) warnings.push([line, ""]);
+  const list = $("reads-warnings");
+  list.replaceChildren(...warnings.map(([line, className]) => {
+    const item = document.createElement("li");
+    item.textContent = line;
+    item.className = className;
+    return item;
+  }));
+  list.hidden = warnings.length === 0;
+  const complete = run.phase === "complete";
+  $("reads-report").hidden = !complete;
+  $("report-path").textContent = complete ? `${run.output_dir}/report.html` : "";
+  drawYield($("yield-chart"), r.yield_over_time);
+  const n50 = r.n50 === null ? null
+    : { at: r.n50 / r.length_histogram.bin_width, label: `N50 ${bases(r.n50)}` };
+  drawHistogram($("length-chart"), r.length_histogram, bases, n50);
+  drawHistogram($("q-chart"), r.q_histogram, String);
+  renderBarcodes(r);
+  const body = $("models").tBodies[0];
+  body.replaceChildren();
+  for (const use of r.basecallers) {
+    const row = body.insertRow();
+    cell(row, use.name || "unknown", use.name ? "" : "dim");
+    cell(row, use.version || "–", use.version ? "" : "dim");
+    cell(row, use.model || "unknown", r.mixed_models ? "bad" : use.model ? "" : "dim");
+    cell(row, count(use.jobs), "num");
+  }
+}
+
+function renderBarcodes(r) {
+  const body = $("barcodes").tBodies[0];
+  body.replaceChildren();
+  const named = r.barcodes.some((b) => b.barcode !== null) || r.more_barcodes !== null;
+  $("no-barcodes").hidden = named;
+  if (!named) return;
+  const rows = [...r.barcodes];
+  if (r.more_barcodes !== null) rows.push({ ...r.more_barcodes, barcode: "(more barcodes)" });
+  for (const b of rows) {
+    const row = body.insertRow();
+    cell(row, b.barcode === null ? "no barcode" : b.barcode, b.barcode === null ? "dim" : "");
+    cell(row, count(b.reads), "num");
+    cell(row, bases(b.bases), "num");
+    cell(row, b.reads ? share(b.pass_reads / b.reads) : "–", "num");
+    cell(row, meanQ(b.mean_q), "num");
+    const bar = document.createElement("span");
+    bar.className = "share";
+    bar.style.width = `${r.reads ? (100 * b.reads) / r.reads : 0}%`;
+    row.insertCell().append(bar);
   }
 }
 
@@ -363,6 +535,7 @@ function render(s, chosen) {
   renderOverall(s);
   renderRates(s);
   renderChart(s.history[span]);
+  renderReads(s);
   renderEngines(s);
   renderProblems(s);
 }
@@ -410,7 +583,11 @@ for (const button of document.querySelectorAll("[data-span]")) {
     if (latest) renderChart(latest.history[span]);
   });
 }
-window.addEventListener("resize", () => latest && renderChart(latest.history[span]));
+window.addEventListener("resize", () => {
+  if (!latest) return;
+  renderChart(latest.history[span]);
+  renderReads(latest);
+});
 window.addEventListener("hashchange", poll);
 $("all-runs").addEventListener("click", () => showRun(null));
 poll();
