@@ -300,7 +300,7 @@ def create_app(
         operation_id="run_status",
         summary="The run's picture: files and bytes by state, rates, ETA, engines, leases",
         tags=["operations"],
-        responses={401: ERRORS[401]},
+        responses={401: ERRORS[401], 404: {"model": ErrorReply, "description": "No such run"}},
         dependencies=read,
         openapi_extra=TOKEN_OPTIONAL,
     )
@@ -378,7 +378,11 @@ def create_app(
     run_routes: dict[str, Any] = {
         "response_model": RunEntry,
         "tags": ["operations"],
-        "responses": {401: ERRORS[401], 404: {"model": ErrorReply, "description": "No such run"}},
+        "responses": {
+            400: {"model": ErrorReply, "description": "The body is not JSON"},
+            401: ERRORS[401],
+            404: {"model": ErrorReply, "description": "No such run"},
+        },
         "dependencies": operator,
         "openapi_extra": TOKEN_OPTIONAL,
     }

@@ -576,7 +576,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument(
         "--run",
         help="check this run alone: its path relative to INPUT_DIR, as /runs lists it (or "
-        "its absolute path)",
+        "its absolute path; default: every run)",
     )
     parser.set_defaults(func=run_check)
 

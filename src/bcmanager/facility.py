@@ -198,7 +198,7 @@ class Facility:
         )
         self.started = clock()
         self.last_activity = clock()
-        self.ready = False
+        self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -211,10 +211,10 @@ class Facility:
             run = self._add_run(HERE)
             await self._add_source(run, HERE, self._given)
             self._spawn("final summary", self._summary_forever())
-            self._spawn("readiness", self._until_ready())
+            self._started = True
             return
         await self._discover()
-        self._spawn("readiness", self._until_ready())
+        self._started = True
         self._spawn("discovery", self._discover_forever())
         if not self.settings.force_polling and can_watch(self.input_root):
             self._spawn("watcher", self._watch())
@@ -231,6 +231,11 @@ class Facility:
             await source.stop()
         await self.notifier.stop()
 
+    @property
+    def ready(self) -> bool:
+        """Once every raw folder served has finished its first scan."""
+        return self._started and all(source.ready for source in self.sources.values())
+
     def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self._tasks[name] = asyncio.create_task(work, name=name)
 
@@ -244,11 +249,6 @@ class Facility:
             return
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
-
-    async def _until_ready(self) -> None:
-        while not all(source.ready for source in self.sources.values()):
-            await asyncio.sleep(0.02)
-        self.ready = True
 
     # -- runs and raw folders ---------------------------------------------------------------
 
@@ -713,6 +713,9 @@ class Facility:
         not a walk of every file. Raw files go to their raw folder; raw files or a new folder
         in a folder not served yet go to discovery; final summaries to their run. When
         discovery adds folders, the watcher starts again with them."""
+        # What is written between start-up's discovery and the watcher's start is found by
+        # one more look, once it watches.
+        self._side(self._settle({HERE}))
         while True:
             self._rewatch = asyncio.Event()
             folders = [str(self._absolute(path)) for path in sorted(self._watched)]
@@ -886,7 +889,7 @@ class Facility:
         if not os.access(self.input_root, os.R_OK | os.X_OK) or not self.input_root.is_dir():
             found.append(f"INPUT_DIR {self.input_root} is not a readable folder")
         for name, task in self._tasks.items():
-            if task.done() and name != "readiness":
+            if task.done():
                 found.append(f"the {name} has stopped")
         for path, source in self.sources.items():
             found += _named(path, source.problems())
