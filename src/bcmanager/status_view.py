@@ -63,7 +63,8 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument(
         "--run",
-        help="show this run alone: its path relative to INPUT_DIR, as the runs table names it",
+        help="show this run alone: its path relative to INPUT_DIR, as the runs table names it "
+        "(default: every run together)",
     )
     parser.add_argument(
         "--watch", action="store_true", help="refresh in place until Ctrl-C (default: once)"
