@@ -28,8 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from bcmanager.core.scan import POD5_SIGNATURE
 from bcmanager.paths import FolderKind, RunPaths, final_fastq_name, job_folder, raw_stem
-from bcmanager.scan import POD5_SIGNATURE
 from bcmanager.simulate import RunIdentity
 
 RAW_BYTES = POD5_SIGNATURE + bytes(8) + POD5_SIGNATURE

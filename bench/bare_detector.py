@@ -3,7 +3,7 @@
 ``python bench/bare_detector.py events FOLDER`` waits for inotify events through watchfiles with
 the manager's own settings (bcmanager.watcher: non-recursive, same step and debounce);
 ``python bench/bare_detector.py poll FOLDER SECONDS`` lists the folder every SECONDS instead.
-Either way each changed raw file is probed with bcmanager.scan.probe, and the first time one is
+Either way each changed raw file is probed with bcmanager.core.scan.probe, and the first time one is
 complete a line ``<name> <time.monotonic()>`` is printed (CLOCK_MONOTONIC is shared by all
 processes of the machine, so the benchmark compares it with its own clock).
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
+from bcmanager.core.scan import probe
 from bcmanager.paths import is_raw_name
-from bcmanager.scan import probe
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS
 
 

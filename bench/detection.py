@@ -37,7 +37,7 @@ from _common import (
     run_alone,
 )
 
-from bcmanager.scan import POD5_SIGNATURE
+from bcmanager.core.scan import POD5_SIGNATURE
 
 EVENT_TARGET = 1.0
 POLL_MARGIN = 1.0  # polling target: the rescan interval plus this

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from _common import Row, ms, progress, run_alone, write_files
 
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
+from bcmanager.core.state import JobState
 from bcmanager.settings import Settings
-from bcmanager.state import JobState
 
 QUICK_FILES = 3_000
 FULL_FILES = 30_000

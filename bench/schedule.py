@@ -52,8 +52,8 @@ from typing import Protocol
 
 from _common import Row, machine, percentile, print_table, progress
 
-from bcmanager.scheduler import Queue, batch_bytes, choose
-from bcmanager.state import RunState
+from bcmanager.core.state import RunState
+from bcmanager.facility.scheduler import Queue, batch_bytes, choose
 
 MB = 1_000_000
 GB = 1_000_000_000

@@ -23,8 +23,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from bcmanager.app import create_app
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
+from bcmanager.http.app import create_app
 from bcmanager.settings import Settings
 from bcmanager.simulate import pod5_bytes, write_pod5
 from oracle import Verdict, judge

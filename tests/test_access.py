@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bcmanager import access as access_module
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
+from bcmanager.http import access as access_module
 from bcmanager.serve import exposure_refusal
 from conftest import Run, Server, serving, tree
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
 from conftest import Run, serving, tree
 
 BAD_REQUESTS = [

@@ -14,13 +14,13 @@ import pytest
 
 from bcmanager.check import UNDECODABLE, Severity, inspect
 from bcmanager.cli import main
-from bcmanager.folders import RunFolders
+from bcmanager.core.folders import RunFolders
+from bcmanager.core.manager import Manager
+from bcmanager.core.scan import POD5_SIGNATURE
+from bcmanager.core.state import JobState
 from bcmanager.lock import RunLock
-from bcmanager.manager import Manager
 from bcmanager.models import BCBatch
 from bcmanager.paths import RunPaths
-from bcmanager.scan import POD5_SIGNATURE
-from bcmanager.state import JobState
 from conftest import Run, minknow_run
 
 

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 
 from bcmanager import __version__
 from bcmanager.agent import ENV_PREFIX, AgentSettings
-from bcmanager.app import create_app
+from bcmanager.http.app import create_app
 from bcmanager.serve import exposure_refusal
 from bcmanager.settings import Settings
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from bcmanager.check import Severity, inspect
-from bcmanager.folders import DiskOps, RunFolders
-from bcmanager.manager import Manager
+from bcmanager.core.folders import DiskOps, RunFolders
+from bcmanager.core.manager import Manager
 from bcmanager.paths import RunPaths
 from conftest import Clock, Run, serving, tree
 

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 from test_metrics import samples, value
 
-from bcmanager.manager import Manager
-from bcmanager.metrics import FILE_COUNTERS, RETIRED
-from bcmanager.progress import IDLE_LISTED
+from bcmanager.core.manager import Manager
+from bcmanager.core.progress import IDLE_LISTED
+from bcmanager.http.metrics import FILE_COUNTERS, RETIRED
 from conftest import Run, started
 
 ENGINES = int(os.environ.get("BCM_CHURN_ENGINES") or 5_000)

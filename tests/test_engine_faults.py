@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from bcmanager.check import inspect
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
 from bcmanager.paths import RunPaths
 from bcmanager.simulate import basecall, pod5_bytes
 from conftest import Clock, Run, Server, serving

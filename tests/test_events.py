@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from bcmanager.events import (
+from bcmanager.core.events import (
     NO_FACTS,
     Adopted,
     Ended,
@@ -25,10 +25,10 @@ from bcmanager.events import (
     Restored,
     Retried,
 )
+from bcmanager.core.progress import Progress
+from bcmanager.core.scan import AttemptRecord
+from bcmanager.core.state import FILES_AFTER, FileState, Job, JobState, RunState
 from bcmanager.logs import event_line
-from bcmanager.progress import Progress
-from bcmanager.scan import AttemptRecord
-from bcmanager.state import FILES_AFTER, FileState, Job, JobState, RunState
 
 LEASE = 90.0
 W, P, L, D, F, M = (

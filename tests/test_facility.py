@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bcmanager import discovery
-from bcmanager.app import create_app
-from bcmanager.discovery import Found, Layout
-from bcmanager.facility import Facility
+from bcmanager.facility import discovery
+from bcmanager.facility.discovery import Found, Layout
+from bcmanager.facility.facility import Facility
+from bcmanager.http.app import create_app
 from bcmanager.settings import Settings
 from conftest import RUN_NAME, Root
 

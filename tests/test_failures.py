@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bcmanager.benching import Benching
-from bcmanager.manager import Manager
+from bcmanager.core.benching import Benching
+from bcmanager.core.manager import Manager
 from conftest import Clock, Run, Server, serving, simulated_agent, wait_for
 
 BCM = [sys.executable, "-m", "bcmanager"]

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
 from bcmanager.simulate import write_pod5
 from conftest import Run, Server, serving
 

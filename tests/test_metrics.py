@@ -7,8 +7,8 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bcmanager.app import create_app
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
+from bcmanager.http.app import create_app
 from conftest import Run, serving
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bcmanager.notify import EventKind, Notifier
-from bcmanager.report import build_report
+from bcmanager.facility.notify import EventKind, Notifier
+from bcmanager.facility.report import build_report
+from bcmanager.facility.yieldledger import JobStats, RunYield
 from bcmanager.settings import Settings
-from bcmanager.yieldledger import JobStats, RunYield
 from conftest import job_stats, known_reads
 
 
@@ -291,4 +291,4 @@ def test_the_url_is_a_setting(tmp_path: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def _log_warnings(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="bcmanager.notify")
+    caplog.set_level(logging.WARNING, logger="bcmanager.facility.notify")

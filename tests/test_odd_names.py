@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from bcmanager.check import Severity, inspect
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
 from bcmanager.paths import RunPaths
 from conftest import Run, Server, serving, wait_for
 

@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from bcmanager.progress import IDLE_LISTED
+from bcmanager.core.progress import IDLE_LISTED
 from bcmanager.readstats import job_stats, write_job_stats
 from bcmanager.simulate import Layout, ReadsFormat, basecall
 from conftest import Run, Server, minknow_run, n50, wait_for

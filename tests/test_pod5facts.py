@@ -15,10 +15,10 @@ import numpy as np
 import pod5  # type: ignore[import-untyped]
 import pytest
 
-from bcmanager.facility import FACTS_ATTEMPTS
-from bcmanager.manager import Manager
-from bcmanager.pod5facts import Pod5Facts, read_facts
-from bcmanager.scan import POD5_SIGNATURE
+from bcmanager.core.manager import Manager
+from bcmanager.core.scan import POD5_SIGNATURE
+from bcmanager.facility.facility import FACTS_ATTEMPTS
+from bcmanager.facility.pod5facts import Pod5Facts, read_facts
 from bcmanager.simulate import FLOW_CELL_ID, SAMPLE_RATE, RunIdentity, write_pod5
 from conftest import Run, serving
 
@@ -63,7 +63,7 @@ def test_a_truncated_or_foreign_file_gives_none_and_one_log_line(
         (tmp_path / name).write_bytes(content)
     (tmp_path / "folder.pod5").mkdir()
 
-    with caplog.at_level(logging.WARNING, logger="bcmanager.pod5facts"):
+    with caplog.at_level(logging.WARNING, logger="bcmanager.facility.pod5facts"):
         for name in [*cases, "folder.pod5", "absent.pod5"]:
             assert read_facts(tmp_path / name) is None, name
 
@@ -79,7 +79,7 @@ def test_damaged_files_never_take_the_process_down(tmp_path: Path) -> None:
         """
         import logging, random, sys
         from pathlib import Path
-        from bcmanager.pod5facts import read_facts
+        from bcmanager.facility.pod5facts import read_facts
         logging.disable()
         data = Path("whole.pod5").read_bytes()
         damaged = Path("damaged.pod5")
@@ -180,7 +180,7 @@ async def test_the_first_whole_file_among_the_first_batches_gives_the_run_its_fa
 ) -> None:
     names = run.add_many(4)
     damage(run, names[:2])  # the oldest, leased first
-    with caplog.at_level(logging.WARNING, logger="bcmanager.pod5facts"):
+    with caplog.at_level(logging.WARNING, logger="bcmanager.facility.pod5facts"):
         rates = await sample_rates(Manager(run.settings()), 4)
     assert rates == [None, None, SAMPLE_RATE, SAMPLE_RATE]
     assert len(caplog.records) == 2
@@ -190,7 +190,7 @@ async def test_a_run_of_unreadable_files_costs_a_few_reads_not_one_per_batch(
     run: Run, caplog: pytest.LogCaptureFixture
 ) -> None:
     damage(run, run.add_many(6))
-    with caplog.at_level(logging.WARNING, logger="bcmanager.pod5facts"):
+    with caplog.at_level(logging.WARNING, logger="bcmanager.facility.pod5facts"):
         rates = await sample_rates(Manager(run.settings()), 6)
     assert rates == [None] * 6
     assert len(caplog.records) == FACTS_ATTEMPTS

@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 
 from bcmanager.check import Severity, inspect
-from bcmanager.folders import DiskOps, RunFolders
-from bcmanager.manager import Manager
+from bcmanager.core.folders import DiskOps, RunFolders
+from bcmanager.core.manager import Manager
+from bcmanager.core.state import FileState, JobState
 from bcmanager.paths import RunPaths
-from bcmanager.state import FileState, JobState
 from conftest import Clock, Run
 
 CUTS = int(os.environ.get("BCM_POWER_CUTS") or 40)

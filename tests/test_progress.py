@@ -8,9 +8,8 @@ import tracemalloc
 import pytest
 from test_scaling import lines_executed
 
-from bcmanager.events import Facts
-from bcmanager.models import RunPhase
-from bcmanager.progress import (
+from bcmanager.core.events import Facts
+from bcmanager.core.progress import (
     DRAIN_HORIZON,
     ENGINE_IDLE_SECONDS,
     IDLE_LISTED,
@@ -18,7 +17,8 @@ from bcmanager.progress import (
     RateRing,
     run_phase,
 )
-from bcmanager.state import FileState, Job, JobState, RunState
+from bcmanager.core.state import FileState, Job, JobState, RunState
+from bcmanager.models import RunPhase
 
 MB = 1_000_000
 

@@ -48,12 +48,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from bcmanager.check import Severity, inspect
-from bcmanager.folders import DiskOps, RunFolders
-from bcmanager.manager import Manager
-from bcmanager.paths import FolderKind, RunPaths, raw_stem
-from bcmanager.settings import Settings
-from bcmanager.simulate import pod5_bytes
-from bcmanager.state import (
+from bcmanager.core.folders import DiskOps, RunFolders
+from bcmanager.core.manager import Manager
+from bcmanager.core.state import (
     ENDS_OF,
     FileState,
     InvalidTransition,
@@ -61,6 +58,9 @@ from bcmanager.state import (
     LeaseExpired,
     UnknownJob,
 )
+from bcmanager.paths import FolderKind, RunPaths, raw_stem
+from bcmanager.settings import Settings
+from bcmanager.simulate import pod5_bytes
 from conftest import Clock, fastq
 from oracle import judge
 

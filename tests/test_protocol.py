@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
 from conftest import Run, serving, tree
 
 BATCH_KEYS = {

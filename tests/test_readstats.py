@@ -27,6 +27,7 @@ import pytest
 
 from bcmanager import __version__
 from bcmanager.agent import Agent, AgentSettings, Attempt, Job, Lease, LeaseEnd
+from bcmanager.facility.yieldledger import rebuild_yield
 from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder
 from bcmanager.readstats import (
     CUT_SHORT,
@@ -46,7 +47,6 @@ from bcmanager.simulate import (
     basecall,
     write_pod5,
 )
-from bcmanager.yieldledger import rebuild_yield
 from conftest import Run, Server, wait_for
 
 MODEL = "dna_r10.4.1_e8.2_400bps_sup@v5.0.0"

@@ -14,9 +14,9 @@ import pytest
 from selenium.webdriver.common.by import By
 from test_page import OFFLINE_ARGS, chromium
 
+from bcmanager.facility.report import Quarantined, build_report, render_html, write_report
+from bcmanager.facility.yieldledger import JobStats, RunYield
 from bcmanager.paths import REPORT_HTML, REPORT_JSON
-from bcmanager.report import Quarantined, build_report, render_html, write_report
-from bcmanager.yieldledger import JobStats, RunYield
 from conftest import Read, job_stats, known_reads, n50
 
 T0 = 1_764_000_000.0

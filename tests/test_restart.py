@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bcmanager.app import create_app
+from bcmanager.core.manager import Manager
+from bcmanager.http.app import create_app
 from bcmanager.lock import AlreadyManaged, RunLock
-from bcmanager.manager import Manager
 from bcmanager.paths import RunPaths
 from conftest import Run, Server, free_port, serving, tree
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 import bcmanager
-from bcmanager import scan
-from bcmanager.folders import DiskOps, RunFolders
-from bcmanager.manager import Manager
+from bcmanager.core import scan
+from bcmanager.core.folders import DiskOps, RunFolders
+from bcmanager.core.manager import Manager
+from bcmanager.core.state import JobState
 from bcmanager.paths import RunPaths
-from bcmanager.state import JobState
 from conftest import Run, serving
 
 PACKAGE = str(Path(bcmanager.__file__).parent)
@@ -62,7 +62,7 @@ def cost_of_a_job_cycle(run: Run, pending: int, done: int) -> tuple[int, int]:
     manager = Manager(run.settings(), RunFolders(paths, ops))
     manager.folders.prepare()
     for index in range(done):
-        manager.state.restore(f"done_{index}.pod5", bcmanager.state.FileState.DONE)
+        manager.state.restore(f"done_{index}.pod5", bcmanager.core.state.FileState.DONE)
     for index in range(pending):
         manager.state.observe(f"raw_{index}.pod5", complete=True)
     for index in range(20):  # the files leased are looked at: those must be there

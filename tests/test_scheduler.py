@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from bcmanager.scheduler import Queue, batch_bytes, choose, in_tail
+from bcmanager.facility.scheduler import Queue, batch_bytes, choose, in_tail
 
 GB = 1_000_000_000
 ENGINES = 16

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bcmanager.events import FileMissing, FileSeen, KeptAlive, Late, Restored, Retried
-from bcmanager.state import (
+from bcmanager.core.events import FileMissing, FileSeen, KeptAlive, Late, Restored, Retried
+from bcmanager.core.state import (
     Completion,
     FileState,
     InvalidTransition,

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from test_scaling import lines_executed
 
-from bcmanager.manager import Manager
-from bcmanager.state import FileState, JobState
+from bcmanager.core.manager import Manager
+from bcmanager.core.state import FileState, JobState
 from conftest import Clock, Run, serving
 
 

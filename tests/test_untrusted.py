@@ -22,10 +22,10 @@ import httpx
 import pytest
 
 from bcmanager.check import Report, inspect
-from bcmanager.folders import DiskOps, RunFolders
-from bcmanager.manager import Manager
+from bcmanager.core.folders import DiskOps, RunFolders
+from bcmanager.core.manager import Manager
+from bcmanager.core.state import FileState
 from bcmanager.paths import RunPaths
-from bcmanager.state import FileState
 from conftest import Clock, Run, Server, serving, wait_for
 
 

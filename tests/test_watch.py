@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 
-from bcmanager.folders import Recovered, RunFolders
-from bcmanager.manager import Manager
+from bcmanager.core.folders import Recovered, RunFolders
+from bcmanager.core.manager import Manager
+from bcmanager.core.scan import POD5_SIGNATURE
 from bcmanager.paths import RunPaths
-from bcmanager.scan import POD5_SIGNATURE
 from bcmanager.simulate import write_pod5
 from conftest import Run, serving
 

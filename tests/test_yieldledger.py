@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from bcmanager.paths import ATTEMPT_FILE, STATS_FILE
-from bcmanager.yieldledger import (
+from bcmanager.facility.yieldledger import (
     BARCODES_MAX,
     BASECALLERS_MAX,
     ENGINES_MAX,
@@ -27,6 +26,7 @@ from bcmanager.yieldledger import (
     read_job_stats,
     rebuild_yield,
 )
+from bcmanager.paths import ATTEMPT_FILE, STATS_FILE
 from conftest import Read, job_stats, known_reads, n50
 
 BARCODES = (None, "barcode01", "barcode02", "unclassified")

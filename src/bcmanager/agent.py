@@ -67,8 +67,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bcmanager import paths, readstats
+from bcmanager.core.state import JobState
 from bcmanager.records import write_record
-from bcmanager.state import JobState
 from bcmanager.urls import base_url
 
 log = logging.getLogger(__name__)

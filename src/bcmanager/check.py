@@ -39,9 +39,11 @@ from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
-from bcmanager import discovery, scan
-from bcmanager.discovery import HERE, Found, Layout
-from bcmanager.facility import UnknownRun
+from bcmanager.core import scan
+from bcmanager.core.state import FileState
+from bcmanager.facility import discovery
+from bcmanager.facility.discovery import HERE, Found, Layout
+from bcmanager.facility.facility import UnknownRun
 from bcmanager.lock import RunLock
 from bcmanager.paths import (
     FAILED_KINDS,
@@ -58,7 +60,6 @@ from bcmanager.paths import (
     shown,
 )
 from bcmanager.serve import load_settings
-from bcmanager.state import FileState
 
 K = TypeVar("K")
 

@@ -25,7 +25,7 @@ COMMANDS = {
     "runs": "runs_cli",
     "check": "check",
     "retry": "retry",
-    "report": "runreport",
+    "report": "facility.runreport",
 }
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import uvicorn
 
-from bcmanager.app import create_app
-from bcmanager.facility import Facility
-from bcmanager.manager import Manager
+from bcmanager.core.manager import Manager
+from bcmanager.facility.facility import Facility
+from bcmanager.http.app import create_app
 from bcmanager.models import RunPhase
 from bcmanager.paths import REPORT_HTML
 from bcmanager.settings import Settings

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal, NamedTuple, assert_never
 
-from bcmanager.events import (
+from bcmanager.core.events import (
     Adopted,
     Ended,
     Event,
@@ -31,7 +31,7 @@ from bcmanager.events import (
     Restored,
     Retried,
 )
-from bcmanager.state import FileState, Job, JobState
+from bcmanager.core.state import FileState, Job, JobState
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 # Libraries whose INFO lines are chatter, not events of the run: watchfiles says "N changes

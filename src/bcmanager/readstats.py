@@ -39,7 +39,7 @@ from typing import Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from bcmanager.folders import output_entries
+from bcmanager.core.folders import output_entries
 from bcmanager.paths import (
     FASTQ_SUFFIXES,
     PASS,

@@ -23,7 +23,7 @@ import httpx
 from pydantic import ValidationError
 
 from bcmanager import audit
-from bcmanager.folders import RunFolders
+from bcmanager.core.folders import RunFolders
 from bcmanager.lock import RunLock
 from bcmanager.paths import RunPaths, shown
 from bcmanager.serve import load_settings

@@ -14,13 +14,13 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
-from bcmanager.app import create_app
-from bcmanager.facility import Facility
+from bcmanager.facility.facility import Facility
+from bcmanager.facility.rules import Rules, RulesError
+from bcmanager.http.app import create_app
 from bcmanager.lock import AlreadyManaged, hold_run
 from bcmanager.logs import configure_logging
 from bcmanager.paths import RunPaths
 from bcmanager.roots import UnusableRoot
-from bcmanager.rules import Rules, RulesError
 from bcmanager.settings import Settings, describe_error
 
 log = logging.getLogger(__name__)

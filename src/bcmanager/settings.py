@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bcmanager.rules import DEFAULT_BATCH_BYTES, parse_size
+from bcmanager.facility.rules import DEFAULT_BATCH_BYTES, parse_size
 
 
 class Settings(BaseSettings):

@@ -24,9 +24,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from bcmanager.facility.report import human_bases
 from bcmanager.models import ReadTally, RunEntry, RunPhase, RunStatus, RunYieldStatus
 from bcmanager.paths import REPORT_HTML
-from bcmanager.report import human_bases
 from bcmanager.settings import ClientSettings
 from bcmanager.urls import base_url
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # state.py makes these records: it imports this module, not the reverse
-    from bcmanager.scan import AttemptRecord
-    from bcmanager.state import FileState, Job, JobState
+    from bcmanager.core.scan import AttemptRecord
+    from bcmanager.core.state import FileState, Job, JobState
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bcmanager.facility.yieldledger import HOUR, RunYield
 from bcmanager.models import Histogram, RunYieldStatus, Shown, YieldSeries
 from bcmanager.paths import REPORT_HTML, REPORT_JSON
-from bcmanager.yieldledger import HOUR, RunYield
 
 QUARANTINED_LISTED = 1000  # the page and report.json name at most this many quarantined files
 BARCODES_CHARTED = 100

@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from bcmanager.core.scan import attempt_record
 from bcmanager.models import (
     BarcodeYield,
     BasecallerUse,
@@ -46,7 +47,6 @@ from bcmanager.models import (
     YieldSeries,
 )
 from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder, shown
-from bcmanager.scan import attempt_record
 
 STATS_MAX = 1 << 20  # an engine writes it: read no more than this
 Q_MAX = 100  # no read's mean Q-score is above it (phred scores in FASTQ stop at 93)

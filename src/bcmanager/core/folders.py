@@ -48,7 +48,7 @@ from enum import Enum
 from itertools import chain, count
 from pathlib import Path
 
-from bcmanager import scan
+from bcmanager.core import scan
 from bcmanager.paths import (
     ATTEMPT_FILE,
     TEMP_PREFIX,

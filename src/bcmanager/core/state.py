@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from enum import Enum
 from itertools import filterfalse
 
-from bcmanager.events import (
+from bcmanager.core.events import (
     Adopted,
     Ended,
     FileMissing,

@@ -28,11 +28,12 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bcmanager import __version__, audit
-from bcmanager.access import BEARERS, COOKIE, COOKIE_MAX_AGE, READ_COOKIE, Access, Caller, Kind
-from bcmanager.facility import Facility, UnknownRun
+from bcmanager.core.manager import Manager
+from bcmanager.core.state import InvalidTransition, JobState, UnknownJob
+from bcmanager.facility.facility import Facility, UnknownRun
+from bcmanager.http.access import BEARERS, COOKIE, COOKIE_MAX_AGE, READ_COOKIE, Access, Caller, Kind
+from bcmanager.http.metrics import Metrics, RequestTimer
 from bcmanager.lock import RunLocks, hold_run
-from bcmanager.manager import Manager
-from bcmanager.metrics import Metrics, RequestTimer
 from bcmanager.models import (
     BCBatch,
     CompletedReply,
@@ -50,7 +51,6 @@ from bcmanager.models import (
 )
 from bcmanager.paths import ENGINE_ID_MAX, ENGINE_ID_PATTERN, JOB_ID_PATTERN
 from bcmanager.settings import Settings
-from bcmanager.state import InvalidTransition, JobState, UnknownJob
 
 
 class ReportedState(str, Enum):

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bcmanager import scan
-from bcmanager.discovery import HERE, Layout, discover
+from bcmanager.core import scan
+from bcmanager.facility.discovery import HERE, Layout, discover
+from bcmanager.facility.pod5facts import read_facts
+from bcmanager.facility.report import Quarantined, build_report, write_report
+from bcmanager.facility.yieldledger import RunYield, rebuild_yield
 from bcmanager.paths import ATTEMPT_FILE, FolderKind, RunPaths, raw_names_among
-from bcmanager.pod5facts import read_facts
-from bcmanager.report import Quarantined, build_report, write_report
-from bcmanager.yieldledger import RunYield, rebuild_yield
 
 
 @dataclass(slots=True)

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
+from bcmanager.facility.report import Report
 from bcmanager.paths import shown
-from bcmanager.report import Report
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from prometheus_client.core import (
 )
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bcmanager.facility import Facility
+from bcmanager.core.progress import Tallies
+from bcmanager.facility.facility import Facility
 from bcmanager.models import RunEntry, RunPhase
-from bcmanager.progress import Tallies
 
 # The engine label of the series that sums the retired engines (see progress.py); it cannot be
 # an engine id, which has no parentheses.

@@ -40,11 +40,20 @@ from typing import Any
 
 from watchfiles import Change, awatch
 
-from bcmanager import discovery, runrecord, scan
-from bcmanager.benching import Benched, Benching
-from bcmanager.discovery import HERE, Found, Layout
+from bcmanager.core import scan
+from bcmanager.core.benching import Benched, Benching
+from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, picture
+from bcmanager.core.progress import Progress, run_phase
+from bcmanager.core.state import FileState, Job, JobState, UnknownJob
+from bcmanager.facility import discovery, runrecord
+from bcmanager.facility.discovery import HERE, Found, Layout
+from bcmanager.facility.notify import Notifier
+from bcmanager.facility.pod5facts import Pod5Facts, read_facts
+from bcmanager.facility.rules import Rules, RunSettings
+from bcmanager.facility.runreport import write_run_report
+from bcmanager.facility.scheduler import Queue, batch_bytes, choose
+from bcmanager.facility.yieldledger import JobStats, RunYield, read_job_stats, rebuild_yield
 from bcmanager.logs import log_event
-from bcmanager.manager import QUARANTINED_SHOWN, Manager, picture
 from bcmanager.models import (
     BCBatch,
     FileBytes,
@@ -54,7 +63,6 @@ from bcmanager.models import (
     RunPhase,
     RunStatus,
 )
-from bcmanager.notify import Notifier
 from bcmanager.paths import (
     ATTEMPT_FILE,
     COMPLETION_LOG,
@@ -66,15 +74,8 @@ from bcmanager.paths import (
     job_folder,
     parse_job_folder,
 )
-from bcmanager.pod5facts import Pod5Facts, read_facts
-from bcmanager.progress import Progress, run_phase
-from bcmanager.rules import Rules, RunSettings
-from bcmanager.runreport import write_run_report
-from bcmanager.scheduler import Queue, batch_bytes, choose
 from bcmanager.settings import Settings
-from bcmanager.state import FileState, Job, JobState, UnknownJob
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS, can_watch
-from bcmanager.yieldledger import JobStats, RunYield, read_job_stats, rebuild_yield
 
 log = logging.getLogger(__name__)
 

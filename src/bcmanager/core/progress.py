@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, assert_never
 
-from bcmanager.events import (
+from bcmanager.core.events import (
     NO_FACTS,
     Adopted,
     Ended,
@@ -50,6 +50,8 @@ from bcmanager.events import (
     Restored,
     Retried,
 )
+from bcmanager.core.scan import AttemptRecord
+from bcmanager.core.state import FILES_AFTER, FileState, Job, JobState
 from bcmanager.models import (
     Drain,
     EngineStatus,
@@ -62,8 +64,6 @@ from bcmanager.models import (
     RunPhase,
     WindowRates,
 )
-from bcmanager.scan import AttemptRecord
-from bcmanager.state import FILES_AFTER, FileState, Job, JobState
 
 MINUTE = 60.0
 RECENT_PROBLEMS = 20  # failed and expired jobs kept for the page, newest first

@@ -34,10 +34,19 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, TypeVar
 
-from bcmanager import scan
-from bcmanager.benching import Benched, Benching
-from bcmanager.events import NO_FACTS, Event, Facts, Late, Leased
-from bcmanager.folders import Recovered, RunFolders, Tail
+from bcmanager.core import scan
+from bcmanager.core.benching import Benched, Benching
+from bcmanager.core.events import NO_FACTS, Event, Facts, Late, Leased
+from bcmanager.core.folders import Recovered, RunFolders, Tail
+from bcmanager.core.progress import Progress, run_phase
+from bcmanager.core.state import (
+    FILES_AFTER,
+    Completion,
+    FileState,
+    Job,
+    JobState,
+    RunState,
+)
 from bcmanager.logs import event_line, log_event
 from bcmanager.models import (
     BCBatch,
@@ -51,16 +60,7 @@ from bcmanager.models import (
     RunStatus,
 )
 from bcmanager.paths import FolderKind, JobFolderName, RunPaths
-from bcmanager.progress import Progress, run_phase
 from bcmanager.settings import Settings
-from bcmanager.state import (
-    FILES_AFTER,
-    Completion,
-    FileState,
-    Job,
-    JobState,
-    RunState,
-)
 from bcmanager.undecodable import UndecodableNames
 from bcmanager.watcher import can_watch, watch_raw_files
 
