@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -291,7 +292,10 @@ def test_with_a_read_token_the_browser_logs_in_once_and_the_token_stays_out_of_t
     run.add_many(3)
     server = start_server(BCM_READ_TOKEN=token, BCM_API_TOKEN="engine-only")
     browser.get(f"{server.url}/")
-    wait = WebDriverWait(browser, 10, poll_frequency=0.1)
+    # The form posts and the page is replaced: an element found on the old one goes stale.
+    wait = WebDriverWait(
+        browser, 10, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException]
+    )
     wait.until(lambda _: browser.current_url == f"{server.url}/login")
     browser.find_element(By.ID, "token").send_keys("engine-only")
     browser.find_element(By.ID, "login").click()
