@@ -66,6 +66,7 @@ from bcmanager.models import (
 from bcmanager.paths import (
     ATTEMPT_FILE,
     COMPLETION_LOG,
+    REPORT_JSON,
     STATS_FILE,
     FolderKind,
     RunPaths,
@@ -116,6 +117,7 @@ class Run:
     unledgered: list[tuple[JobStats | str, float, str, float | None]] = field(default_factory=list)
     rebuilding: bool = False
     counting: int = 0  # DONE jobs whose statistics are being read
+    touched: bool = False  # a job of it ended, or a raw file came, since this manager started
 
     def counts(self) -> dict[FileState, int]:
         if self.seal is not None:
@@ -253,13 +255,14 @@ class Facility:
 
     # -- runs and raw folders ---------------------------------------------------------------
 
-    def _add_run(self, path: str) -> Run:
+    def _add_run(self, path: str, *, quiet: bool = False) -> Run:
         folder = self.input_root if path == HERE else self.input_root / path
         output = self.output_root if path == HERE else self.output_root / path
         settings = self.rules.settings_for(path)
         run = Run(path, folder, output, settings, settings.priority)
         self.runs[path] = run
-        self._log("found", run, priority=run.priority)
+        if not quiet:
+            self._log("found", run, priority=run.priority)
         return run
 
     async def _add_source(self, run: Run, path: str, given: Manager | None = None) -> None:
@@ -323,8 +326,9 @@ class Facility:
 
     async def _walk(self, below: str) -> list[Found]:
         """Discovery below a folder (in a worker thread). A sealed run whose folders are
-        unchanged is not entered: its seal stands for it. The folders walked, and those of
-        sealed runs, are watched from now on."""
+        unchanged is not entered: its seal stands for it, and the rescan, not the watcher,
+        looks at its folders (a watch per folder of every finished run would cost each start
+        of the watcher). The folders walked are watched from now on."""
         visited: list[str] = []
         seals: dict[str, runrecord.Seal] = {}
 
@@ -343,13 +347,15 @@ class Facility:
         found = await asyncio.to_thread(
             discovery.discover, self.input_root, self.layout, sealed, below, visited
         )
-        for path, seal in sorted(seals.items()):
-            if path not in self.runs:
-                run = self._add_run(path)
-                run.seal, run.final_summary = seal, seal.final_summary
-                run.finished = run.completed = True
-                run.ledger = _ledger_of(seal)
-                visited += seal.folders  # a new file there unseals the run
+        sealed_now = [path for path in sorted(seals) if path not in self.runs]
+        for path in sealed_now:
+            seal = seals[path]
+            # A sealed run is one line of the log for all of them, its yield read when shown.
+            run = self._add_run(path, quiet=True)
+            run.seal, run.final_summary = seal, seal.final_summary
+            run.finished = run.completed = True
+        if sealed_now:
+            log_event(log, "sealed runs", {}, logging.INFO, runs=len(sealed_now))
         self._watch_also(visited)
         return found
 
@@ -358,6 +364,7 @@ class Facility:
         run.completed = False
         if run.path == HERE:
             return
+        _ledger(run)
         run.seal = None
         runrecord.remove_seal(run.output)
         self._log("unsealed", run, reason=why)
@@ -477,6 +484,7 @@ class Facility:
         benched: Benched | None,
     ) -> None:
         self._jobs.pop(job.jobid, None)
+        run.touched = True
         if outcome is JobState.DONE:
             run.counting += 1
             self._side(self._count_reads(run, job))
@@ -608,7 +616,8 @@ class Facility:
         itself). The DONE jobs' statistics still being read are waited for."""
         while run.counting:
             await asyncio.sleep(0.02)
-        await self._write_report(run)
+        if run.touched or not (run.output / REPORT_JSON).exists():
+            await self._write_report(run)  # not again for a run found complete, reported
         if self.settings.on_run_complete:
             await self._run_completion_command(run)
         if run.path != HERE and run.phase() is RunPhase.COMPLETE:
@@ -781,6 +790,7 @@ class Facility:
         for folder, (written, deleted) in by_folder.items():
             run = self.run_of[folder]
             await self.sources[folder].on_changes(sorted(set(written)), sorted(set(deleted)))
+            run.touched = run.touched or bool(written)
             if written and run.completed and run.phase() is not RunPhase.COMPLETE:
                 self._reopen(run, "new raw files")
         for folder in sorted(unknown):
@@ -858,7 +868,7 @@ class Facility:
             model=run.settings.model,
             modified_bases=run.settings.modified_bases,
             kit=run.settings.kit,
-            reads=None if run.ledger is None else run.ledger.status(),
+            reads=None if (ledger := _ledger(run)) is None else ledger.status(),
         )
 
     def entries(self, *, live_only: bool = False) -> list[RunEntry]:
@@ -933,14 +943,15 @@ def _add_to(
         ledger.add(stats, ended_at, engine=engine, busy_seconds=seconds)
 
 
-def _ledger_of(seal: runrecord.Seal) -> RunYield | None:
-    if seal.ledger is None:
-        return None
-    try:
-        return RunYield.from_record(seal.ledger)
-    except ValueError as error:
-        log.warning("run %s: its seal's yield cannot be read (%s)", seal.run, error)
-        return None
+def _ledger(run: Run) -> RunYield | None:
+    """The run's ledger; a sealed run's is read from its seal the first time it is asked for."""
+    seal = run.seal
+    if run.ledger is None and seal is not None and seal.ledger is not None:
+        try:
+            run.ledger = RunYield.from_record(seal.ledger)
+        except ValueError as error:
+            log.warning("run %s: its seal's yield cannot be read (%s)", seal.run, error)
+    return run.ledger
 
 
 def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]]:

@@ -44,8 +44,9 @@ class Pod5Facts:
     reads: int  # reads in this file
 
 
-def read_facts(path: Path) -> Pod5Facts | None:
-    """The facts of the POD5 file at ``path``; None (logged) if it cannot be read as one."""
+def read_facts(path: Path, *, quiet: bool = False) -> Pod5Facts | None:
+    """The facts of the POD5 file at ``path``; None (logged, unless ``quiet``: a caller that
+    reads a run's every file counts them instead) if it cannot be read as one."""
     try:
         with pod5.Reader(path) as reader:
             run_info = reader.run_info_table.read_all()
@@ -57,6 +58,8 @@ def read_facts(path: Path) -> Pod5Facts | None:
             raise ValueError("its run-info table is empty")
         return _facts(rows[0], reads)
     except Exception as error:  # any fault of a file we did not write: it has no facts
+        if quiet:
+            return None
         log.warning("cannot read the run info of %s: %s", shown(str(path)), _reason(error))
         return None
 
