@@ -14,11 +14,12 @@ import loop_lag
 import memory
 import request_cost
 import schedule
+import sealed
 import startup
 import throughput
 from _common import Row, arguments, machine, print_table, progress
 
-FIGURES = (startup, throughput, request_cost, detection, memory, loop_lag, schedule)
+FIGURES = (startup, throughput, request_cost, detection, memory, loop_lag, schedule, sealed)
 
 
 def main() -> None:
