@@ -223,3 +223,32 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
     } <= merged
     logs = root.output_dir / f"LOGOUTPUT_{jobs[None]}_gpu1"
     assert (logs / "sequencing_summary.txt").exists()
+
+
+async def test_a_quarantined_file_and_a_benched_engine_are_told_to_the_webhook(
+    root: Root, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """A file that fails alone on two engines is quarantined, an engine that fails every fresh
+    job while another succeeds is benched: each is one message, with its run and reason."""
+    url, received = webhook
+    folder = root.run("exp", "s1", "FAX11111")
+    root.add(folder / "pod5", 8)
+    path = folder.relative_to(root.input_dir).as_posix()
+    async with serving(root.settings(notify_url=url, report_back_period=600)) as (client, _):
+        first = await assign(client, "bad", 1)
+        await complete(client, first["jobid"], "FAILED")
+        again = await assign(client, "other", 1)  # the failed file goes first, elsewhere
+        assert again["batch"] == first["batch"]
+        await complete(client, again["jobid"], "FAILED")
+        await complete(client, (await assign(client, "bad", 1))["jobid"], "FAILED")
+        redone = await assign(client, "good", 1)  # its retry, done by another engine
+        root.basecall(redone)
+        await complete(client, redone["jobid"])
+        await complete(client, (await assign(client, "bad", 1))["jobid"], "FAILED")
+        await until(lambda: len(received) >= 2, 10, "the messages")
+    events = {message["event"]: message for message in received}
+    assert set(events) == {"file_quarantined", "engine_benched"}
+    assert events["engine_benched"]["engine"] == "bad"
+    quarantined = events["file_quarantined"]
+    assert quarantined["run"] == path
+    assert quarantined["file"] == f"{path}/pod5/{first['batch'][0]}"
