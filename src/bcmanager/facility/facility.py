@@ -13,15 +13,18 @@ Rules:
   and left out; a run's completion command runs in the background.
 
 Theory of operation: start-up discovers the raw folders, reads each back from disk (sealed runs
-are not read: their seal is), and listens. From then on one watcher on the whole root hands each
-raw folder the changes to its raw files, sends a folder with new raw files to discovery, and
-notices MinKNOW's final summary; a rescan does all of it again every ``BCM_RESCAN_INTERVAL``
-seconds for what events miss (network filesystems). An engine's ``assignwork`` goes to the
+are not read: their seal is), and listens. From then on one watcher, on each folder discovery
+walked, hands each raw folder the changes to its raw files, sends a new folder, or raw files in
+a folder not served yet, to discovery, and notices MinKNOW's final summary; a rescan does all of
+it again every ``BCM_RESCAN_INTERVAL`` seconds for what events miss (network filesystems, and
+the folders of sealed runs, which are not watched). An engine's ``assignwork`` goes to the
 scheduler: among the raw folders with pending files, of runs not paused, it chooses the one
 that leases a batch, and the batch's bytes (``scheduler.py`` says by which rules). A run is
 finished when its final summary is there (and, when that names a number of raw files, that many
 were seen); complete when finished with nothing pending or leased. Then its completion command
-runs once and, but for a run that is INPUT_DIR itself, it is sealed.
+runs once and, but for a run that is INPUT_DIR itself, it is sealed. Each DONE job's statistics
+(what its agent counted of its reads) go into its run's yield ledger, and a complete run gets
+its report; ``notify.py`` tells a webhook of a run's end, a quarantined file, a benched engine.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class Run:
     # What its reads came to (None until rebuilt from its DONE jobs' statistics at start-up;
     # jobs that end meanwhile wait in ``unledgered``).
     ledger: RunYield | None = None
-    unledgered: list[tuple[JobStats | str, float, str, float | None]] = field(default_factory=list)
+    unledgered: list[tuple[Job, JobStats | str, float, float | None]] = field(default_factory=list)
     rebuilding: bool = False
     counting: int = 0  # DONE jobs whose statistics are being read
     touched: bool = False  # a job of it ended, or a raw file came, since this manager started
@@ -199,8 +202,7 @@ class Facility:
                 window=2 * settings.report_back_period,
             )
         )
-        self.started = clock()
-        self.last_activity = clock()
+        self.last_activity = self.clock()
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -279,12 +281,12 @@ class Facility:
         on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
         source.siblings = lambda: on_disk | run.job_ids(but=path)
         source.on_ended = partial(self._job_ended, run, path)
-        self._start_ledger(run)
         try:
             await source.start()
         except OSError as error:
             log.error("raw folder %s cannot be served (%s); the other runs go on", path, error)
             return
+        self._start_ledger(run)  # after recovery, which may finish a DONE job's output
         run.sources[path] = source
         self.sources[path] = source
         self.run_of[path] = run
@@ -512,8 +514,8 @@ class Facility:
 
     async def _rebuild_ledger(self, run: Run, logs: list[Path]) -> None:
         ledger = await asyncio.to_thread(rebuild_yield, logs)
-        for stats, ended_at, engine, seconds in run.unledgered:
-            _add_to(ledger, stats, ended_at, engine, seconds)
+        for job, stats, ended_at, seconds in run.unledgered:
+            _add_to(ledger, job, stats, ended_at, seconds)
         run.unledgered.clear()
         run.ledger, run.rebuilding = ledger, False
         self._check_complete(run)
@@ -527,9 +529,9 @@ class Facility:
             run.counting -= 1
         seconds = attempt.seconds if attempt is not None else None
         if run.ledger is None:
-            run.unledgered.append((stats, time.time(), job.engine, seconds))
+            run.unledgered.append((job, stats, time.time(), seconds))
         else:
-            _add_to(run.ledger, stats, time.time(), job.engine, seconds)
+            _add_to(run.ledger, job, stats, time.time(), seconds)
 
     async def retry(self, names: list[str] | None) -> list[str]:
         """Send quarantined files back: ``names`` are raw file names, or paths relative to
@@ -935,12 +937,12 @@ def _job_stats(folder: Path) -> tuple[JobStats | str, scan.AttemptRecord | None]
 
 
 def _add_to(
-    ledger: RunYield, stats: JobStats | str, ended_at: float, engine: str, seconds: float | None
+    ledger: RunYield, job: Job, stats: JobStats | str, ended_at: float, seconds: float | None
 ) -> None:
     if isinstance(stats, str):
-        ledger.add_without_stats(engine, stats)
+        ledger.add_without_stats(job.jobid, stats)
     else:
-        ledger.add(stats, ended_at, engine=engine, busy_seconds=seconds)
+        ledger.add(stats, ended_at, engine=job.engine, busy_seconds=seconds)
 
 
 def _ledger(run: Run) -> RunYield | None:
