@@ -352,3 +352,26 @@ async def test_a_final_summary_is_seen_within_a_second_by_events(root: Root) -> 
             lambda: facility.entries()[0].phase.value == "complete", 5, "the summary"
         )
     assert took < 1.0, f"seen after {took:.2f} s"
+
+
+async def test_a_retry_reads_back_a_sealed_run_with_quarantined_files(root: Root) -> None:
+    folder = root.run("exp", "s1", "FAX11111")
+    bad, good = root.add(folder / "pod5", 2)
+    summary(folder)
+    out = root.output_dir / folder.relative_to(root.input_dir)
+    async with serving(root.settings()) as (client, _):
+        for engine in ("gpu1", "gpu2"):  # fails alone on two engines: quarantined
+            batch = await assign(client, engine, size=1)
+            assert batch["batch"] == [bad.name]
+            await complete(client, batch["jobid"], "FAILED")
+        await drain(client, root)
+        await until(lambda: (out / "bcm-run.json").exists(), 10, "the seal")
+    async with serving(root.settings()) as (client, facility):
+        assert facility.entries()[0].sealed and facility.entries()[0].files.failed == 1
+        reply = await client.post("/retry", json={"files": [bad.name]})
+        assert reply.status_code == 200, reply.text
+        path = bad.relative_to(root.input_dir).as_posix()
+        assert reply.json()["retried"] == [path]
+        assert not (out / "bcm-run.json").exists()
+        batch = await assign(client, size=10)
+    assert batch["batch"] == [bad.name] and good.name not in batch["batch"]

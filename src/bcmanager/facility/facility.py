@@ -535,9 +535,14 @@ class Facility:
 
     async def retry(self, names: list[str] | None) -> list[str]:
         """Send quarantined files back: ``names`` are raw file names, or paths relative to
-        INPUT_DIR for a file in a raw folder below it; None sends all."""
+        INPUT_DIR for a file in a raw folder below it; None sends all. A sealed run with
+        quarantined files is read back from its folders first."""
+        for run in list(self.runs.values()):
+            if run.seal is not None and run.seal.files.get(FileState.FAILED.value):
+                self._reopen(run, "an operator sends files back")
+                await self._discover(run.path)
         sent: list[str] = []
-        for path, source in self.sources.items():
+        for path, source in list(self.sources.items()):
             if names is None:
                 mine = None
             else:
