@@ -111,6 +111,8 @@ class Manager:
         self.batch_extras: dict[str, object] = {}
         # Called once the end of a job is recorded: the facility's run bookkeeping.
         self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
+        # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied).
+        self.done_at_start: list[tuple[str, str]] = []
         # Job ids of the other raw folders that share this one's output folder: recovery
         # leaves their output alone.
         self.siblings: Callable[[], frozenset[str]] = frozenset
@@ -173,6 +175,7 @@ class Manager:
             found.append((self._ended_at(folder, now, wall), len(files), event))
             if outcome is JobState.DONE:
                 done.append(files)
+                self.done_at_start.append((folder.jobid, folder.engine))
             elif outcome is JobState.QUARANTINED:
                 quarantined += [(folder.engine, name) for name in files]
             else:

@@ -30,6 +30,7 @@ from pathlib import Path
 from bcmanager.paths import (
     TEMP_PREFIX,
     is_aside_name,
+    is_final_summary_name,
     is_raw_name,
     is_utf8,
     parse_job_folder,
@@ -81,12 +82,15 @@ def discover(
     skip: Callable[[str], bool] = lambda path: False,
     below: str = HERE,
     visited: list[str] | None = None,
+    summaries: dict[str, str] | None = None,
 ) -> list[Found]:
     """Every raw folder under ``root`` (at or below its folder ``below``), with its run, sorted
     by path. A folder that cannot be read is passed over (the next discovery tries again);
-    ``skip`` names folders not to enter (sealed runs); ``visited`` receives each folder read."""
+    ``skip`` names folders not to enter (sealed runs); ``visited`` receives each folder read,
+    ``summaries`` the final summary each holds (by folder), so nothing is listed twice."""
     walked = [] if visited is None else visited
-    return sorted(_walk(root, layout, skip, below, walked), key=lambda found: found.source)
+    found = summaries if summaries is not None else {}
+    return sorted(_walk(root, layout, skip, below, walked, found), key=lambda each: each.source)
 
 
 def classify(path: str, holds_raw: bool, layout: Layout, root_name: str) -> Found | None:
@@ -109,7 +113,12 @@ def run_of(path: str, layout: Layout, root_name: str) -> str | None:
 
 
 def _walk(
-    root: Path, layout: Layout, skip: Callable[[str], bool], below: str, visited: list[str]
+    root: Path,
+    layout: Layout,
+    skip: Callable[[str], bool],
+    below: str,
+    visited: list[str],
+    summaries: dict[str, str],
 ) -> Iterator[Found]:
     if below != HERE and not all(looked_into(part) for part in below.split("/")):
         return
@@ -133,6 +142,8 @@ def _walk(
                         and entry.is_file(follow_symlinks=False)
                     ):
                         holds_raw = True
+                    elif is_final_summary_name(entry.name) and entry.is_file():
+                        summaries[path] = entry.path
         except OSError:
             continue
         visited.append(path)

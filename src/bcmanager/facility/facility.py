@@ -55,7 +55,7 @@ from bcmanager.facility.pod5facts import Pod5Facts, read_facts
 from bcmanager.facility.rules import Rules, RunSettings
 from bcmanager.facility.runreport import write_run_report
 from bcmanager.facility.scheduler import Queue, batch_bytes, choose
-from bcmanager.facility.yieldledger import JobStats, RunYield, read_job_stats, rebuild_yield
+from bcmanager.facility.yieldledger import RunYield, read_logged_job
 from bcmanager.logs import log_event
 from bcmanager.models import (
     BCBatch,
@@ -67,10 +67,8 @@ from bcmanager.models import (
     RunStatus,
 )
 from bcmanager.paths import (
-    ATTEMPT_FILE,
     COMPLETION_LOG,
     REPORT_JSON,
-    STATS_FILE,
     FolderKind,
     RunPaths,
     is_final_summary_name,
@@ -114,12 +112,10 @@ class Run:
     seal: runrecord.Seal | None = None  # set while the run is sealed and not read back
     facts: Pod5Facts | None = None  # what its POD5 files say of themselves, once one was read
     facts_attempts: int = 0  # files read for them so far (at most FACTS_ATTEMPTS)
-    # What its reads came to (None until rebuilt from its DONE jobs' statistics at start-up;
-    # jobs that end meanwhile wait in ``unledgered``).
+    # What its reads came to: the DONE jobs' statistics, those that ended before this manager
+    # started read in the background (None for a sealed run until its seal's is read).
     ledger: RunYield | None = None
-    unledgered: list[tuple[Job, JobStats | str, float, float | None]] = field(default_factory=list)
-    rebuilding: bool = False
-    counting: int = 0  # DONE jobs whose statistics are being read
+    counting: int = 0  # DONE jobs whose statistics are still being read
     touched: bool = False  # a job of it ended, or a raw file came, since this manager started
 
     def counts(self) -> dict[FileState, int]:
@@ -187,6 +183,9 @@ class Facility:
         # when there are more.
         self._watched: set[str] = {HERE}
         self._rewatch = asyncio.Event()
+        # MinKNOW's final summaries seen in folders under INPUT_DIR (by discovery's walks and
+        # the watcher), by folder: a run's is looked up here, its folder not listed again.
+        self._summaries: dict[str, str] = {}
         # Raw folders a discovery found and is still starting, by path -> run path.
         self._pending_sources: dict[str, str] = {}
         self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
@@ -261,7 +260,7 @@ class Facility:
         folder = self.input_root if path == HERE else self.input_root / path
         output = self.output_root if path == HERE else self.output_root / path
         settings = self.rules.settings_for(path)
-        run = Run(path, folder, output, settings, settings.priority)
+        run = Run(path, folder, output, settings, settings.priority, ledger=RunYield())
         self.runs[path] = run
         if not quiet:
             self._log("found", run, priority=run.priority)
@@ -286,7 +285,14 @@ class Facility:
         except OSError as error:
             log.error("raw folder %s cannot be served (%s); the other runs go on", path, error)
             return
-        self._start_ledger(run)  # after recovery, which may finish a DONE job's output
+        # The DONE jobs recovery found; those that end from now on are counted as they end.
+        logs = [
+            run.output / job_folder(FolderKind.LOGOUTPUT, jobid, engine)
+            for jobid, engine in source.done_at_start
+        ]
+        source.done_at_start = []
+        run.counting += 1
+        self._side(self._count_reads(run, logs, after_start=True))
         run.sources[path] = source
         self.sources[path] = source
         self.run_of[path] = run
@@ -333,6 +339,7 @@ class Facility:
         of the watcher). The folders walked are watched from now on."""
         visited: list[str] = []
         seals: dict[str, runrecord.Seal] = {}
+        summaries: dict[str, str] = {}
 
         def sealed(path: str) -> bool:
             run = self.runs.get(path)  # only read here: the loop owns the runs
@@ -347,14 +354,15 @@ class Facility:
             return True
 
         found = await asyncio.to_thread(
-            discovery.discover, self.input_root, self.layout, sealed, below, visited
+            discovery.discover, self.input_root, self.layout, sealed, below, visited, summaries
         )
+        self._summaries.update(summaries)
         sealed_now = [path for path in sorted(seals) if path not in self.runs]
         for path in sealed_now:
             seal = seals[path]
             # A sealed run is one line of the log for all of them, its yield read when shown.
             run = self._add_run(path, quiet=True)
-            run.seal, run.final_summary = seal, seal.final_summary
+            run.seal, run.final_summary, run.ledger = seal, seal.final_summary, None
             run.finished = run.completed = True
         if sealed_now:
             log_event(log, "sealed runs", {}, logging.INFO, runs=len(sealed_now))
@@ -489,7 +497,8 @@ class Facility:
         run.touched = True
         if outcome is JobState.DONE:
             run.counting += 1
-            self._side(self._count_reads(run, job))
+            folder = run.output / job_folder(FolderKind.LOGOUTPUT, job.jobid, job.engine)
+            self._side(self._count_reads(run, [folder]))
         elif outcome is JobState.QUARANTINED:
             for name in job.files:
                 self.notifier.file_quarantined(
@@ -502,36 +511,22 @@ class Facility:
 
     # -- what the reads came to -------------------------------------------------------------
 
-    def _start_ledger(self, run: Run) -> None:
-        """Rebuild a run's ledger from its DONE jobs' log folders, listed now (a job that ends
-        after this is counted when it ends), read in the background."""
-        if run.ledger is not None or run.rebuilding:
-            return
-        run.rebuilding = True
-        names = _names_in(run.output)
-        logs = [run.output / name for name in names if name.startswith(FolderKind.LOGOUTPUT.value)]
-        self._side(self._rebuild_ledger(run, logs))
-
-    async def _rebuild_ledger(self, run: Run, logs: list[Path]) -> None:
-        ledger = await asyncio.to_thread(rebuild_yield, logs)
-        for job, stats, ended_at, seconds in run.unledgered:
-            _add_to(ledger, job, stats, ended_at, seconds)
-        run.unledgered.clear()
-        run.ledger, run.rebuilding = ledger, False
-        self._check_complete(run)
-
-    async def _count_reads(self, run: Run, job: Job) -> None:
-        """A DONE job's statistics, as its agent wrote them (kept with its logs)."""
-        folder = run.output / job_folder(FolderKind.LOGOUTPUT, job.jobid, job.engine)
+    async def _count_reads(self, run: Run, logs: list[Path], *, after_start: bool = False) -> None:
+        """DONE jobs' statistics, as their agents wrote them (kept with their logs), read in a
+        worker thread and counted in the run's ledger. What start-up found waits until every
+        raw folder is ready, so that it slows no first offer."""
         try:
-            stats, attempt = await asyncio.to_thread(_job_stats, folder)
+            while after_start and not self.ready:
+                await asyncio.sleep(0.05)
+            read = await asyncio.to_thread(lambda: [read_logged_job(folder) for folder in logs])
+            ledger = _ledger(run)
+            if ledger is None:
+                ledger = run.ledger = RunYield()
+            for job in read:
+                job.add_to(ledger)
         finally:
             run.counting -= 1
-        seconds = attempt.seconds if attempt is not None else None
-        if run.ledger is None:
-            run.unledgered.append((job, stats, time.time(), seconds))
-        else:
-            _add_to(run.ledger, job, stats, time.time(), seconds)
+        self._check_complete(run)
 
     async def retry(self, names: list[str] | None) -> list[str]:
         """Send quarantined files back: ``names`` are raw file names, or paths relative to
@@ -590,11 +585,24 @@ class Facility:
             return [run.folder, run.folder.parent]
         return [run.folder]
 
+    async def _find_summary(self, run: Run) -> Path | None:
+        """The run's final summary: from what discovery and the watcher saw for its folders
+        under INPUT_DIR; a folder outside INPUT_DIR (above a run that is INPUT_DIR, or
+        BCM_FINAL_SUMMARY_DIR), and INPUT_DIR served alone, are listed."""
+        outside = []
+        for folder in self._summary_folders(run):
+            path = None if self._given is not None else discovery.relative(self.input_root, folder)
+            if path is None:
+                outside.append(folder)
+            elif path in self._summaries:
+                return Path(self._summaries[path])
+        return await asyncio.to_thread(scan.final_summary, outside) if outside else None
+
     async def _look_for_summary(self, run: Run) -> None:
         if run.finished:
             return
         if run.final_summary is None:
-            found = await asyncio.to_thread(scan.final_summary, self._summary_folders(run))
+            found = await self._find_summary(run)
             if found is None:
                 return
             run.final_summary = str(found)
@@ -612,8 +620,8 @@ class Facility:
     def _check_complete(self, run: Run) -> None:
         if run.completed or run.seal is not None or run.phase() is not RunPhase.COMPLETE:
             return
-        if run.ledger is None:
-            return  # checked again once its ledger is rebuilt
+        if run.counting:
+            return  # checked again once the statistics are counted
         run.completed = True
         self._log("complete", run)
         self._side(self._after_complete(run))
@@ -621,8 +629,6 @@ class Facility:
     async def _after_complete(self, run: Run) -> None:
         """The report, the completion command (once per run), then the seal (not for INPUT_DIR
         itself). The DONE jobs' statistics still being read are waited for."""
-        while run.counting:
-            await asyncio.sleep(0.02)
         if run.touched or not (run.output / REPORT_JSON).exists():
             await self._write_report(run)  # not again for a run found complete, reported
         if self.settings.on_run_complete:
@@ -787,6 +793,7 @@ class Facility:
                 continue
             if is_final_summary_name(name):
                 summaries.add(folder)
+                self._summaries[folder] = full
                 continue
             if folder not in self.sources:
                 if change is not Change.deleted:
@@ -928,26 +935,6 @@ class Facility:
         if RunPhase.BASECALLING in phases:
             return RunPhase.BASECALLING
         return RunPhase.COMPLETE
-
-
-def _names_in(folder: Path) -> list[str]:
-    try:
-        return scan.names_in(folder)
-    except OSError:
-        return []
-
-
-def _job_stats(folder: Path) -> tuple[JobStats | str, scan.AttemptRecord | None]:
-    return read_job_stats(folder / STATS_FILE), scan.attempt_record(folder / ATTEMPT_FILE)
-
-
-def _add_to(
-    ledger: RunYield, job: Job, stats: JobStats | str, ended_at: float, seconds: float | None
-) -> None:
-    if isinstance(stats, str):
-        ledger.add_without_stats(job.jobid, stats)
-    else:
-        ledger.add(stats, ended_at, engine=job.engine, busy_seconds=seconds)
 
 
 def _ledger(run: Run) -> RunYield | None:

@@ -609,33 +609,49 @@ def read_job_stats(path: Path) -> JobStats | str:
         return f"{path.name} is not valid: {_first_error(error)}"
 
 
+@dataclass(frozen=True, slots=True)
+class LoggedJob:
+    """What a DONE job's log folder says of its reads: its statistics (or why there are none),
+    when it ended (its folder's status-change time: the rename that ended it) and how long its
+    basecaller ran."""
+
+    job: str
+    engine: str | None
+    stats: JobStats | str
+    ended_at: float
+    busy_seconds: float | None
+
+    def add_to(self, ledger: RunYield) -> None:
+        if isinstance(self.stats, str):
+            ledger.add_without_stats(self.job, self.stats)
+        else:
+            ledger.add(
+                self.stats, self.ended_at, engine=self.engine, busy_seconds=self.busy_seconds
+            )
+
+
+def read_logged_job(folder: Path) -> LoggedJob:
+    """One DONE job's ``LOGOUTPUT_<jobid>_<engine>`` folder, read (one small file or two)."""
+    parsed = parse_job_folder(folder.name)
+    job, engine = (
+        (parsed.jobid, parsed.engine)
+        if parsed is not None and parsed.kind is FolderKind.LOGOUTPUT
+        else (shown(folder.name), None)
+    )
+    stats: JobStats | str = read_job_stats(folder / STATS_FILE)
+    try:
+        ended_at = os.stat(folder).st_ctime
+    except OSError as error:
+        return LoggedJob(job, engine, f"cannot be dated: {error.strerror or error}", 0.0, None)
+    attempt = attempt_record(folder / ATTEMPT_FILE)
+    return LoggedJob(job, engine, stats, ended_at, attempt.seconds if attempt else None)
+
+
 def rebuild_yield(log_folders: Iterable[Path]) -> RunYield:
     """A run's ledger from the output folders its DONE jobs left (``LOGOUTPUT_<jobid>_<engine>``,
-    where the agent's statistics and attempt record stay): each job is dated by its folder's
-    status-change time, the rename that ended it. Reads one small file or two per job: run it
-    in a worker thread. ``scan.list_output`` names a run's LOGOUTPUT_ folders."""
+    where the agent's statistics and attempt record stay). Reads one small file or two per
+    job: run it in a worker thread. ``scan.list_output`` names a run's LOGOUTPUT_ folders."""
     ledger = RunYield()
     for folder in log_folders:
-        parsed = parse_job_folder(folder.name)
-        job, engine = (
-            (parsed.jobid, parsed.engine)
-            if parsed is not None and parsed.kind is FolderKind.LOGOUTPUT
-            else (shown(folder.name), None)
-        )
-        stats = read_job_stats(folder / STATS_FILE)
-        if isinstance(stats, str):
-            ledger.add_without_stats(job, stats)
-            continue
-        try:
-            ended_at = os.stat(folder).st_ctime
-        except OSError as error:
-            ledger.add_without_stats(job, f"cannot be dated: {error.strerror or error}")
-            continue
-        attempt = attempt_record(folder / ATTEMPT_FILE)
-        ledger.add(
-            stats,
-            ended_at,
-            engine=engine,
-            busy_seconds=attempt.seconds if attempt is not None else None,
-        )
+        read_logged_job(folder).add_to(ledger)
     return ledger
