@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,29 +129,51 @@ def _walk(
         if skip(path):
             continue
         folder = root if path == HERE else root / path
-        holds_raw = False
-        subfolders = []
         try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        if depth < layout.depth and looked_into(entry.name):
-                            subfolders.append(join(path, entry.name))
-                    elif (
-                        not holds_raw
-                        and is_raw_name(entry.name)
-                        and entry.is_file(follow_symlinks=False)
-                    ):
-                        holds_raw = True
-                    elif is_final_summary_name(entry.name) and entry.is_file():
-                        summaries[path] = entry.path
+            holds_raw, subfolders, summary = _look_into(folder, depth < layout.depth)
         except OSError:
             continue
+        if summary is not None:
+            summaries[path] = summary
+        subfolders = [join(path, name) for name in subfolders]
         visited.append(path)
         found = classify(path, holds_raw, layout, root.name)
         if found is not None:
             yield found
         pending.extend((sub, depth + 1) for sub in subfolders)
+
+
+def _look_into(folder: Path, deeper: bool) -> tuple[bool, list[str], str | None]:
+    """Whether ``folder`` holds a raw file (a regular file, not a link), the subfolders to look
+    into (when ``deeper``), and its final summary. Names only, with ``os.listdir``: a raw
+    folder holds up to a million entries, and a ``DirEntry`` each costs three times as much.
+    Only a name that could be a subfolder is looked at (an ``lstat``); a name shaped like a
+    raw file is taken for one once a first such name proved a regular file."""
+    holds_raw = False
+    subfolders: list[str] = []
+    summary = None
+    for name in os.listdir(folder):
+        if is_raw_name(name):
+            holds_raw = holds_raw or _is_regular(folder / name)
+        elif is_final_summary_name(name):
+            summary = summary or str(folder / name)
+        elif deeper and looked_into(name) and _is_folder(folder / name):
+            subfolders.append(name)
+    return holds_raw, subfolders, summary
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def relative(root: Path, folder: str | os.PathLike[str]) -> str | None:
