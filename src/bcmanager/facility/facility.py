@@ -287,7 +287,7 @@ class Facility:
             return
         # The DONE jobs recovery found; those that end from now on are counted as they end.
         logs = [
-            run.output / job_folder(FolderKind.LOGOUTPUT, jobid, engine)
+            job_folder(FolderKind.LOGOUTPUT, jobid, engine)
             for jobid, engine in source.done_at_start
         ]
         source.done_at_start = []
@@ -497,7 +497,7 @@ class Facility:
         run.touched = True
         if outcome is JobState.DONE:
             run.counting += 1
-            folder = run.output / job_folder(FolderKind.LOGOUTPUT, job.jobid, job.engine)
+            folder = job_folder(FolderKind.LOGOUTPUT, job.jobid, job.engine)
             self._side(self._count_reads(run, [folder]))
         elif outcome is JobState.QUARANTINED:
             for name in job.files:
@@ -511,14 +511,17 @@ class Facility:
 
     # -- what the reads came to -------------------------------------------------------------
 
-    async def _count_reads(self, run: Run, logs: list[Path], *, after_start: bool = False) -> None:
-        """DONE jobs' statistics, as their agents wrote them (kept with their logs), read in a
-        worker thread and counted in the run's ledger. What start-up found waits until every
-        raw folder is ready, so that it slows no first offer."""
+    async def _count_reads(self, run: Run, logs: list[str], *, after_start: bool = False) -> None:
+        """DONE jobs' statistics, as their agents wrote them (kept with their log folders,
+        named in ``logs``), read in a worker thread and counted in the run's ledger. What
+        start-up found waits until every raw folder is ready, so that it slows no first
+        offer."""
         try:
             while after_start and not self.ready:
                 await asyncio.sleep(0.05)
-            read = await asyncio.to_thread(lambda: [read_logged_job(folder) for folder in logs])
+            read = await asyncio.to_thread(
+                lambda: [read_logged_job(run.output / name) for name in logs]
+            )
             ledger = _ledger(run)
             if ledger is None:
                 ledger = run.ledger = RunYield()
