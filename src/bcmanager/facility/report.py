@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from pydantic import BaseModel, Field
 from bcmanager.facility.yieldledger import HOUR, RunYield
 from bcmanager.models import Histogram, RunYieldStatus, Shown, YieldSeries
 from bcmanager.paths import REPORT_HTML, REPORT_JSON
+from bcmanager.records import write_record
 
 QUARANTINED_LISTED = 1000  # the page and report.json name at most this many quarantined files
 BARCODES_CHARTED = 100
@@ -151,30 +151,12 @@ def _iso(at: float) -> str:
 
 
 def write_report(folder: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.html`` into ``folder``, each under a hidden name first,
-    made durable, then renamed into place. Returns their paths."""
-    json_path, html_path = folder / REPORT_JSON, folder / REPORT_HTML
-    _write_durably(json_path, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
-    _write_durably(html_path, render_html(report).encode())
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return json_path, html_path
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(partial, path)
+    """Write ``report.json`` and ``report.html`` into ``folder``, each whole
+    (``records.write_record``). Returns their paths."""
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    write_record(folder, REPORT_JSON, text)
+    write_record(folder, REPORT_HTML, render_html(report), durable_name=True)
+    return folder / REPORT_JSON, folder / REPORT_HTML
 
 
 # -- the page ---------------------------------------------------------------------------------

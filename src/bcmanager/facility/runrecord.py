@@ -27,7 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bcmanager.paths import COMPLETION_FILE, SEAL_FILE, TEMP_PREFIX
+from bcmanager.paths import COMPLETION_FILE, SEAL_FILE
+from bcmanager.records import fsync_folder, write_record
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def remove_seal(output: Path) -> None:
         os.unlink(output / SEAL_FILE)
     except FileNotFoundError:
         return
-    _fsync_folder(output)
+    fsync_folder(output)
 
 
 def read_completion(output: Path) -> dict[str, Any] | None:
@@ -162,19 +163,6 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _write(path: Path, value: dict[str, Any]) -> None:
-    """Atomically and durably: a crash leaves the old record or the new one."""
-    temp = path.with_name(f"{TEMP_PREFIX}{path.name}")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=1, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    """Whole and durably: a crash leaves the old record or the new one."""
+    text = json.dumps(value, indent=1, ensure_ascii=False)
+    write_record(path.parent, path.name, text, durable_name=True)
