@@ -36,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TypeVar
 
 from bcmanager.core import scan
@@ -232,24 +232,14 @@ def inspect_root(
         sources[each.run].append(each.source)
     if run is not None and run not in sources:
         raise UnknownRun(f"no run {run!r} under {input_root}")
-    on_the_way = _on_the_way(each.source for each in found)
-    runs_on_the_way = _on_the_way(sources)
+    on_the_way = discovery.on_the_way(each.source for each in found)
+    runs_on_the_way = discovery.on_the_way(sources)
     for path in sorted(sources) if run is None else [run]:
         output = output_root if path == HERE else output_root / path
         report.runs.append(
             inspect_run(input_root, output, path, sources[path], on_the_way, runs_on_the_way)
         )
     return report
-
-
-def _on_the_way(paths: Iterable[str]) -> frozenset[str]:
-    """Every folder on the way to each of ``paths`` (relative to a root), them included."""
-    folders: set[str] = set()
-    for path in paths:
-        while path != HERE and path not in folders:
-            folders.add(path)
-            path = discovery.parent_of(path)
-    return frozenset(folders)
 
 
 def _holds_job_folders(folder: Path) -> bool:
@@ -587,7 +577,7 @@ def run_check(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     input_root, output_root = settings.input_dir.resolve(), settings.output_dir.resolve()
-    run = None if args.run is None else _run_path(input_root, args.run)
+    run = None if args.run is None else discovery.named_run(input_root, args.run)
     if args.run is not None and run is None:
         print(f"bcmanager check: {shown(args.run)} is not under {input_root}", file=sys.stderr)
         return 2
@@ -602,12 +592,3 @@ def run_check(args: argparse.Namespace) -> int:
         return 2
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
-
-
-def _run_path(root: Path, text: str) -> str | None:
-    """A run named as /runs names it ("exp/sample/run", "." for INPUT_DIR), or by its absolute
-    path; None when that is not under INPUT_DIR."""
-    if os.path.isabs(text):
-        return discovery.relative(root, Path(text).resolve())
-    path = PurePosixPath(text).as_posix()
-    return HERE if path in ("", HERE) else path

@@ -24,9 +24,9 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bcmanager.paths import (
     TEMP_PREFIX,
@@ -64,6 +64,26 @@ def join(parent: str, name: str) -> str:
 def parent_of(path: str) -> str:
     head, _, _ = path.rpartition("/")
     return head or HERE
+
+
+def on_the_way(paths: Iterable[str], up_to: str = HERE) -> frozenset[str]:
+    """Every folder on the way from ``up_to`` down to each of ``paths`` (relative to INPUT_DIR),
+    them included, ``up_to`` not."""
+    folders: set[str] = set()
+    for path in paths:
+        while path not in (up_to, HERE) and path not in folders:
+            folders.add(path)
+            path = parent_of(path)
+    return frozenset(folders)
+
+
+def named_run(root: Path, text: str) -> str | None:
+    """A run named on a command line: as /runs names it ("exp/sample/run", "." for INPUT_DIR),
+    or by its absolute path; None when that is not under INPUT_DIR."""
+    if os.path.isabs(text):
+        return relative(root, Path(text).resolve())
+    path = PurePosixPath(text).as_posix()
+    return HERE if path in ("", HERE) else path
 
 
 def looked_into(name: str) -> bool:

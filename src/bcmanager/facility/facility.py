@@ -996,13 +996,7 @@ def _job_ids_on_disk(folders: list[Path]) -> frozenset[str]:
 def _run_folders(run: Run) -> list[str]:
     """The run's folder and every folder on the way to its raw folders: a new entry in any of
     them changes its modification time."""
-    folders = {run.path}
-    for source in run.sources:
-        path = source
-        while path != run.path and path != HERE:
-            folders.add(path)
-            path = discovery.parent_of(path)
-    return sorted(folders)
+    return sorted({run.path} | discovery.on_the_way(run.sources, up_to=run.path))
 
 
 def _batch_extras(run: Run) -> dict[str, object]:

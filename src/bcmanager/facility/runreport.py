@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bcmanager.core import scan
-from bcmanager.facility.discovery import HERE, Layout, discover
+from bcmanager.facility.discovery import HERE, Layout, discover, named_run
 from bcmanager.facility.pod5facts import read_facts
 from bcmanager.facility.report import Quarantined, build_report, write_report
 from bcmanager.facility.yieldledger import RunYield, rebuild_yield
@@ -134,7 +134,10 @@ def run_report_command(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     input_root, output_root = settings.input_dir.resolve(), settings.output_dir.resolve()
-    run = args.run.strip("/") or HERE
+    run = named_run(input_root, args.run)
+    if run is None:
+        print(f"bcmanager report: {args.run} is not under {input_root}", file=sys.stderr)
+        return 1
     layout = Layout(settings.run_folder, settings.discovery_depth)
     found = [each for each in discover(input_root, layout, below=run) if each.run == run]
     if not found:
