@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import random
-import re
 import shlex
 import signal
 import ssl
@@ -69,6 +68,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bcmanager import paths, readstats
 from bcmanager.core.state import JobState
 from bcmanager.records import write_record
+from bcmanager.template import fill
 from bcmanager.urls import base_url
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,6 @@ than inside the script, so that a path with spaces stays one word:
 (one line; broken here to fit)
 """
 
-_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -240,8 +239,8 @@ def split_template(template: str) -> list[str]:
 
 
 def render_command(words: Sequence[str], values: Mapping[str, str]) -> list[str]:
-    """The argv of one job: the known placeholders replaced in each word, all else verbatim."""
-    return [_PLACEHOLDER.sub(lambda match: values[match[1]], word) for word in words]
+    """The argv of one job: the placeholders replaced in each word, all else verbatim."""
+    return fill(words, {name: values[name] for name in PLACEHOLDERS if name in values})
 
 
 class BatchReply(BaseModel):

@@ -404,20 +404,15 @@ class Manager:
     def _batch(
         self, engine: str, jobid: str, files: Iterable[str], input_dir: str, output_dir: str
     ) -> BCBatch:
-        batch = list(files)
-        period = self.settings.report_back_period
-        return BCBatch(
-            report_back_period=period,
-            report_back_interval=period,
-            jobid=jobid,
-            job_input_dir=input_dir,
-            job_output_dir=output_dir,
-            bc_engine_id=engine,
-            batch_size=len(batch),
-            batch=batch,
-            input_dir=str(self.paths.input_root or self.paths.input_dir),
-            output_dir=str(self.paths.output_root or self.paths.output_dir),
-            **(self.batch_extras if batch else {}),
+        return batch_reply(
+            self.settings,
+            self.paths,
+            engine,
+            jobid,
+            list(files),
+            input_dir,
+            output_dir,
+            self.batch_extras,
         )
 
     # -- what people and watchdogs ask ------------------------------------------------------
@@ -612,6 +607,35 @@ class Manager:
             log.error("job %s: could not take its lease back (%s); retrying", job.jobid, error)
             return False
         return True
+
+
+def batch_reply(
+    settings: Settings,
+    paths: RunPaths,
+    engine: str,
+    jobid: str = "-1",
+    batch: list[str] | None = None,
+    input_dir: str = "",
+    output_dir: str = "",
+    extras: dict[str, object] | None = None,
+) -> BCBatch:
+    """A BCBatch for ``engine``: by default the no-work reply (jobid "-1", nothing in it). The
+    folders are named under the roots; a run's ``extras`` go only with work."""
+    files = batch or []
+    period = settings.report_back_period
+    return BCBatch(
+        report_back_period=period,
+        report_back_interval=period,
+        jobid=jobid,
+        job_input_dir=input_dir,
+        job_output_dir=output_dir,
+        bc_engine_id=engine,
+        batch_size=len(files),
+        batch=files,
+        input_dir=str(paths.input_root or paths.input_dir),
+        output_dir=str(paths.output_root or paths.output_dir),
+        **((extras or {}) if files else {}),
+    )
 
 
 def picture(

@@ -45,7 +45,7 @@ from watchfiles import Change, awatch
 
 from bcmanager.core import scan
 from bcmanager.core.benching import Benched, Benching
-from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, picture
+from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, batch_reply, picture
 from bcmanager.core.progress import Progress, run_phase
 from bcmanager.core.state import FileState, Job, JobState, UnknownJob
 from bcmanager.facility import discovery, runrecord
@@ -77,6 +77,7 @@ from bcmanager.paths import (
     parse_job_folder,
 )
 from bcmanager.settings import Settings
+from bcmanager.template import fill
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS, can_watch
 
 log = logging.getLogger(__name__)
@@ -416,7 +417,7 @@ class Facility:
             ((path, source),) = self.sources.items()
             if not self.run_of[path].paused:
                 return source.assign(engine, 0)
-        return _empty(self.settings, engine, self.paths)
+        return batch_reply(self.settings, self.paths, engine)
 
     def _queues(self) -> list[Queue]:
         """The raw folders with pending files, of runs not paused, as the scheduler sees them."""
@@ -662,7 +663,7 @@ class Facility:
                     run.path,
                 )
             return
-        words = _render(
+        words = fill(
             shlex.split(self.settings.on_run_complete or ""),
             {"run_path": run.path, "run_dir": str(run.folder), "output_dir": str(run.output)},
         )
@@ -1019,29 +1020,4 @@ def _with_facts(batch: BCBatch, facts: Pod5Facts | None) -> BCBatch:
             "flow_cell_product": facts.flow_cell_product,
             "sequencing_kit": facts.sequencing_kit,
         }
-    )
-
-
-def _render(words: list[str], values: dict[str, str]) -> list[str]:
-    rendered = []
-    for word in words:
-        for key, value in values.items():
-            word = word.replace("{" + key + "}", value)
-        rendered.append(word)
-    return rendered
-
-
-def _empty(settings: Settings, engine: str, paths: RunPaths) -> BCBatch:
-    period = settings.report_back_period
-    return BCBatch(
-        report_back_period=period,
-        report_back_interval=period,
-        jobid="-1",
-        job_input_dir="",
-        job_output_dir="",
-        bc_engine_id=engine,
-        batch_size=0,
-        batch=[],
-        input_dir=str(paths.input_dir),
-        output_dir=str(paths.output_dir),
     )
