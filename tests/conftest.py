@@ -25,8 +25,11 @@ from fastapi import FastAPI
 
 from bcmanager.core.manager import Manager
 from bcmanager.http.app import create_app
+from bcmanager.readstats import JobStats as AgentStats
+from bcmanager.readstats import job_stats as count_job_stats
+from bcmanager.readstats import write_job_stats
 from bcmanager.settings import Settings
-from bcmanager.simulate import pod5_bytes, write_pod5
+from bcmanager.simulate import Layout, ReadsFormat, basecall, pod5_bytes, write_pod5
 from oracle import Verdict, judge
 
 
@@ -478,3 +481,30 @@ class Root:
 @pytest.fixture
 def root(tmp_path: Path) -> Root:
     return Root(tmp_path)
+
+
+def simulated_dorado(
+    input_root: Path,
+    output_root: Path,
+    batch: dict[str, Any],
+    model: str,
+    reads_format: ReadsFormat = ReadsFormat.FASTQ,
+    edit: Callable[[AgentStats], None] | None = None,
+) -> None:
+    """What an agent does with a batch: the simulated Dorado writes its --output-dir tree with
+    two barcodes, then the statistics are counted and written as the agent writes them
+    (``edit`` may change them first)."""
+    output = output_root / batch["job_output_dir"]
+    basecall(
+        input_root / batch["job_input_dir"],
+        output,
+        seconds_per_read=0,
+        reads_format=reads_format,
+        layout=Layout.DORADO,
+        barcodes=2,
+        model=model,
+    )
+    stats = count_job_stats(output, ["dorado", "basecaller", model])
+    if edit is not None:
+        edit(stats)
+    write_job_stats(output, stats)

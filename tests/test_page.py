@@ -22,9 +22,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from bcmanager.core.progress import IDLE_LISTED
-from bcmanager.readstats import job_stats, write_job_stats
-from bcmanager.simulate import Layout, ReadsFormat, basecall
-from conftest import Run, Server, minknow_run, n50, wait_for
+from conftest import AgentStats, Run, Server, minknow_run, n50, simulated_dorado, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -349,6 +347,13 @@ def fastq_lengths(output_dir: Path) -> list[int]:
     return lengths
 
 
+def rename_barcode02(stats: AgentStats) -> None:
+    """An agent may name a barcode anything: it is shown as written."""
+    for group in stats["groups"]:
+        if group["barcode"] == "barcode02":
+            group["barcode"] = MARKUP
+
+
 def test_a_runs_reads_are_shown_with_charts_barcodes_models_and_its_report(
     run: Run, start_server: Callable[..., Server], browser: WebDriver
 ) -> None:
@@ -365,22 +370,13 @@ def test_a_runs_reads_are_shown_with_charts_barcodes_models_and_its_report(
     models = ("dna_r10.4.1_e8.2_400bps_hac@v5.0.0", "dna_r10.4.1_e8.2_400bps_sup@v5.0.0")
     for engine, model in zip(("gpu1", "gpu2"), models, strict=True):
         batch = server.get("/assignwork", engineid=engine, batchsize=1).json()
-        output = run.output_dir / batch["job_output_dir"]
-        basecall(
-            run.input_dir / batch["job_input_dir"],
-            output,
-            seconds_per_read=0,
-            reads_format=ReadsFormat.FASTQ,
-            layout=Layout.DORADO,
-            barcodes=2,
-            model=model,
+        simulated_dorado(
+            run.input_dir,
+            run.output_dir,
+            batch,
+            model,
+            edit=rename_barcode02 if engine == "gpu2" else None,
         )
-        stats = job_stats(output, ["dorado", "basecaller", model])
-        if engine == "gpu2":  # an agent may name a barcode anything: shown as written
-            for group in stats["groups"]:
-                if group["barcode"] == "barcode02":
-                    group["barcode"] = MARKUP
-        write_job_stats(output, stats)
         server.get("/completed", job_id=batch["jobid"], job_state="DONE")
     lengths = fastq_lengths(run.output_dir)
     assert len(lengths) == 24

@@ -21,14 +21,13 @@ from typing import Any
 
 import pytest
 
-from bcmanager.readstats import job_stats, write_job_stats
 from bcmanager.simulate import Layout, ReadsFormat, basecall
 
 pysam = pytest.importorskip("pysam")
 
 from test_facility import assign, complete, serving, summary, until  # noqa: E402
 
-from conftest import Root  # noqa: E402
+from conftest import Root, simulated_dorado  # noqa: E402
 
 MODEL = "dna_r10.4.1_e8.2_400bps_hac@v5.0.0"
 
@@ -61,19 +60,8 @@ def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 
 def engine_work(root: Root, batch: dict[str, Any], model: str = MODEL) -> None:
-    """The simulated Dorado on the batch, then the statistics, as the agent counts them."""
-    job_input = root.input_dir / batch["job_input_dir"]
-    job_output = root.output_dir / batch["job_output_dir"]
-    basecall(
-        job_input,
-        job_output,
-        seconds_per_read=0,
-        reads_format=ReadsFormat.BAM,
-        layout=Layout.DORADO,
-        barcodes=2,
-        model=model,
-    )
-    write_job_stats(job_output, job_stats(job_output, ["dorado", "basecaller", model]))
+    """The simulated Dorado's BAM on the batch, then the statistics, as the agent counts them."""
+    simulated_dorado(root.input_dir, root.output_dir, batch, model, ReadsFormat.BAM)
 
 
 def merged_reads(run_output: Path) -> dict[str, int]:

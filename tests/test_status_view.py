@@ -24,10 +24,8 @@ from bcmanager.core.progress import ENGINE_IDLE_SECONDS
 from bcmanager.facility.report import human_bases
 from bcmanager.models import BenchedEngine, RunPhase, RunStatus
 from bcmanager.paths import REPORT_HTML
-from bcmanager.readstats import job_stats, write_job_stats
-from bcmanager.simulate import Layout, ReadsFormat, basecall
 from bcmanager.status_view import human_bytes, human_duration, render
-from conftest import Clock, Root, Run, Server, minknow_run, n50, serving
+from conftest import Clock, Root, Run, Server, minknow_run, n50, serving, simulated_dorado
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -275,17 +273,7 @@ async def test_reads_of_each_run_and_of_the_run_shown_with_barcodes_models_and_r
         facility.set_paused(path_two, True)
         for model in models:
             batch = await assign(client, size=1)
-            output = root.output_dir / batch["job_output_dir"]
-            basecall(
-                root.input_dir / batch["job_input_dir"],
-                output,
-                seconds_per_read=0,
-                reads_format=ReadsFormat.FASTQ,
-                layout=Layout.DORADO,
-                barcodes=2,
-                model=model,
-            )
-            write_job_stats(output, job_stats(output, ["dorado", "basecaller", model]))
+            simulated_dorado(root.input_dir, root.output_dir, batch, model)
             await complete(client, batch["jobid"])
         await until(lambda: (out / REPORT_HTML).exists(), 10, "the report")
         every = RunStatus.model_validate((await client.get("/status")).json())
