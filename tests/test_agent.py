@@ -62,13 +62,16 @@ ENGINE = "gpu-test"
 FAKE_BASECALLER = '''\
 """A basecaller stand-in, run as: MODE INPUT_DIR OUTPUT_DIR JOBID WORKDIR.
 
-ok: one FASTQ per raw file into OUTPUT_DIR/pass, exit 0. fail: exit 1 and write nothing.
+ok: one FASTQ per raw file (a record per read) into OUTPUT_DIR/pass, exit 0. fail: exit 1,
+write nothing.
 hang: start a grandchild that ignores SIGTERM, record both pids in WORKDIR, wait for WORKDIR/go,
 then do as ok. stubborn: as hang, and ignore SIGTERM too. Every wait ends after 60 s.
 sequence: the nth job of the test does as the nth letter of WORKDIR/sequence says: F fail, O ok.
 """
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
+
+import pod5
 
 mode, input_dir, output_dir, jobid, work = sys.argv[1:6]
 input_dir, output_dir, work = Path(input_dir), Path(output_dir), Path(work)
@@ -110,7 +113,8 @@ if mode in ("hang", "stubborn"):
 for raw in sorted(input_dir.iterdir()):
     if raw.name.endswith(".pod5"):
         fastq = output_dir / "pass" / (raw.name[: -len(".pod5")] + ".fastq")
-        fastq.write_text(f"@{raw.name}\\nACGT\\n+\\n!!!!\\n")
+        with pod5.Reader(raw) as reader:
+            fastq.write_text("".join(f"@{read}\\nACGT\\n+\\n!!!!\\n" for read in reader.read_ids))
 '''
 
 
@@ -619,10 +623,10 @@ def test_a_process_left_holding_stderr_does_not_hold_up_the_job(bench: Bench) ->
     # A helper left running with the basecaller's stderr (its pid recorded to be killed after).
     script = (
         f"sleep 60 & echo $! > {shlex.quote(str(bench.work))}/helper.pid; "
-        'mkdir -p "$1/pass" && printf "@r\\nACGT\\n+\\n!!!!\\n" > "$1/pass/r.fastq"; '
-        'echo "basecalled" >&2'
+        f"{shlex.quote(sys.executable)} -m bcmanager simulate basecaller "
+        '--seconds-per-read 0 "$1" "$2" 2>/dev/null; echo "basecalled" >&2'
     )
-    command = shlex.join(["sh", "-c", script, "sh"]) + " {output_dir}"
+    command = shlex.join(["sh", "-c", script, "sh"]) + " {input_dir} {output_dir}"
     agent = bench.agent_running(manager, command)
 
     assert agent.wait(30) == 0, agent.text()

@@ -20,8 +20,8 @@ import pytest
 from bcmanager.check import Severity, inspect
 from bcmanager.core.folders import DiskOps, RunFolders
 from bcmanager.core.manager import Manager
-from bcmanager.paths import RunPaths
-from conftest import Clock, Run, serving, tree
+from bcmanager.paths import ACCOUNT_FILE, RunPaths
+from conftest import Clock, Run, fastq, serving, tree
 
 ERRNOS = [errno.ENOSPC, errno.EIO, errno.EACCES]
 
@@ -104,7 +104,7 @@ def write_output(run: Run, batch: dict) -> None:
     output = run.output_dir / batch["job_output_dir"]
     (output / "pass").mkdir()
     for name in batch["batch"]:
-        (output / "pass" / name.replace(".pod5", ".fastq")).write_text(f"@{name}\nA\n+\n!\n")
+        (output / "pass" / name.replace(".pod5", ".fastq")).write_text(fastq(run.reads[name]))
     (output / "basecaller.log").write_text("log")
 
 
@@ -195,7 +195,14 @@ async def test_completion_refused_by_the_disk_before_or_after_its_commit(
         assert beat.status_code == 200 and beat.json()["problems"] == shown
     else:
         assert_refused(first, code)
-        assert after_first == before
+        # Nothing changed but the account of the job's reads, made before the commit (and
+        # made again when the engine reports again).
+        input_after, output_after, *rest = after_first
+        assert isinstance(output_after, dict)
+        if ending == "DONE":
+            account = f"{batch['job_output_dir']}/{ACCOUNT_FILE}"
+            assert output_after.pop(account).endswith(" bytes")
+        assert (input_after, output_after, *rest) == before
         assert alive.json() == {"late": False}
     assert retry.json() == {"ok": True}
     assert status["files"][FILES_AFTER[ending]] == 2 and status["jobs"] == []

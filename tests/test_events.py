@@ -24,6 +24,7 @@ from bcmanager.core.events import (
     Leased,
     Restored,
     Retried,
+    Split,
 )
 from bcmanager.core.progress import Progress
 from bcmanager.core.scan import AttemptRecord
@@ -107,8 +108,14 @@ CASES: list[Case] = [
             (JobState.QUARANTINED, "quarantined"),
             (JobState.STOPPED, "released"),
             (JobState.EXPIRED, "expired"),
-            (JobState.EMPTY, "empty"),
         )
+    ),
+    (
+        "split",
+        lambda s: s.split("1", ("l",), "7"),
+        Split(replace(JOB, files=()), replace(JOB, jobid="7")),
+        {"l": L},
+        None,
     ),
     (
         "ends FAILED, not counted",
@@ -230,7 +237,17 @@ class Walk:
             self.apply(state.keepalive(jobid, JobState.PROCESSING, self.now))
         elif move in (6, 7) and state.live_jobs():
             job = pick(state.live_jobs())
-            outcome = pick([JobState.DONE, JobState.FAILED, JobState.STOPPED, JobState.EMPTY])
+            outcome = pick([JobState.DONE, JobState.FAILED, JobState.STOPPED, None])
+            if outcome is None and job.files:  # a DONE whose account rejects some files
+                self.jobs += 1
+                rejected = tuple(self.random.sample(job.files, min(2, len(job.files))))
+                part = str(self.jobs) + "p"
+                self.apply(state.split(job.jobid, rejected, part))
+                judged = state.judge_failure(part, attempts=2, others_working=False)
+                self.apply(state.finish(part, judged))
+                outcome = JobState.DONE
+            if outcome is None:
+                outcome = JobState.DONE
             if outcome is JobState.FAILED:
                 outcome = state.judge_failure(job.jobid, attempts=2, others_working=False)
             self.apply(state.finish(job.jobid, outcome))
@@ -276,5 +293,6 @@ def test_progress_fed_only_events_shows_the_state_machines_picture(seed: int) ->
         "KeptAlive",
         "Late",
         "Retried",
+        "Split",
         *(outcome.value for outcome in FILES_AFTER),
     }

@@ -16,7 +16,7 @@ import httpx
 from bcmanager.check import Severity, inspect
 from bcmanager.core.manager import Manager
 from bcmanager.paths import RunPaths
-from conftest import Run, Server, serving, wait_for
+from conftest import Run, Server, fastq, serving, wait_for
 
 LATIN1 = b"caf\xe9"  # "café" as a Latin-1 share spells it: not UTF-8
 ODD_RAW = os.fsdecode(LATIN1 + b".pod5")  # how Python lists it: 'caf\udce9.pod5'
@@ -33,10 +33,11 @@ def write_named(folder: Path, name: bytes, content: bytes) -> str:
     return os.fsdecode(name)
 
 
-def write_fastq(output: Path, batch: list[str]) -> None:
+def write_fastq(run: Run, output: Path, batch: list[str]) -> None:
+    """A FASTQ per raw file of ``batch``, with its reads (the test's own ledger)."""
     (output / "pass").mkdir(exist_ok=True)
     for name in batch:
-        (output / "pass" / name.replace(".pod5", ".fastq")).write_text(f"@{name}\nA\n+\n!\n")
+        (output / "pass" / name.replace(".pod5", ".fastq")).write_text(fastq(run.reads[name]))
 
 
 def notes(paths: RunPaths) -> list[str]:
@@ -76,7 +77,7 @@ def test_a_raw_file_named_in_latin1_is_never_offered_and_breaks_no_route(
                 )
                 continue
             offered += batch["batch"]
-            write_fastq(run.output_dir / batch["job_output_dir"], batch["batch"])
+            write_fastq(run, run.output_dir / batch["job_output_dir"], batch["batch"])
             done = client.get("/completed", params={"job_id": batch["jobid"], "job_state": "DONE"})
             assert done.json() == {"ok": True}
     status = server.get("/status").json()
@@ -139,7 +140,7 @@ async def test_odd_links_in_job_folders_are_no_files_of_their_jobs(run: Run) -> 
         }
         await every_route_answers(client)
         assert (await assign(client, 5))["batch"] == [names[2]]
-        write_fastq(run.output_dir / "TMPOUTPUT_7_gpu9", [names[0]])
+        write_fastq(run, run.output_dir / "TMPOUTPUT_7_gpu9", [names[0]])
         await complete(client, "7")
         assert (await assign(client, 5))["batch"] == []
         await every_route_answers(client)
@@ -162,8 +163,9 @@ async def test_odd_fastq_names_are_merged_and_stand_for_no_raw_file(run: Run) ->
     async with serving(Manager(run.settings())) as client:
         batch = await assign(client, 2)
         output = run.output_dir / batch["job_output_dir"]
-        write_fastq(output, batch["batch"])
-        engine_fastq = write_named(output / "pass", b"r\xe9ads.fastq", b"@r\nA\n+\n!\n")
+        write_fastq(run, output, batch["batch"][:1])
+        second = fastq(run.reads[batch["batch"][1]]).encode()
+        engine_fastq = write_named(output / "pass", b"r\xe9ads.fastq", second)
         await complete(client, batch["jobid"])
         await every_route_answers(client)
     merged = f"job_id_{batch['jobid']}_{engine_fastq}"
@@ -192,7 +194,7 @@ async def test_an_odd_final_summary_name_finishes_the_run(run: Run) -> None:
     write_named(run.input_dir.parent, b"final_summary_" + LATIN1 + b".txt", b"stopped\n")
     async with serving(Manager(run.settings(rescan_interval=0.05))) as client:
         batch = await assign(client, 1)
-        write_fastq(run.output_dir / batch["job_output_dir"], batch["batch"])
+        write_fastq(run, run.output_dir / batch["job_output_dir"], batch["batch"])
         await complete(client, batch["jobid"])
         deadline = time.monotonic() + 5
         while (status := (await client.get("/status")).json())["phase"] != "complete":

@@ -192,8 +192,8 @@ async def test_a_symlinked_pass_folder_is_never_followed(run: Run, tmp_path: Pat
             status = (await client.get("/status")).json()
             assert status["files"]["pending"] == 2 and status["files"]["done"] == 0
             problem = status["recent_problems"][0]
-            assert problem["outcome"] == "EMPTY" and "no reads file" in problem["reason"]
-            kept = output.with_name(output.name.replace("TMPOUTPUT_", "EMPTYOUTPUT_"))
+            assert problem["outcome"] == "FAILED" and " reads came out" in problem["reason"]
+            kept = output.with_name(output.name.replace("TMPOUTPUT_", "FAILEDOUTPUT_"))
             assert (kept / "pass").is_symlink()
     assert sorted(p.name for p in run.input_dir.glob("*.pod5")) == sorted(names)
     assert os.listdir(run.output_dir / "pass") == []
@@ -284,6 +284,7 @@ async def test_pass_on_another_filesystem_is_copied_then_renamed_into_place(
 
 
 async def test_done_without_any_reads_file_is_not_done(run: Run) -> None:
+    """Every file's reads are missing: each is a failed attempt of its own, retried alone."""
     names = run.add_many(2)
     async with serving(Manager(run.settings())) as client:
         batch = (
@@ -299,12 +300,16 @@ async def test_done_without_any_reads_file_is_not_done(run: Run) -> None:
         ).json()
     assert first.json() == again.json() == {"ok": True}
     assert status["files"]["done"] == 0 and status["files"]["pending"] == 2
-    [problem] = status["recent_problems"]
-    assert problem["jobid"] == batch["jobid"] and problem["outcome"] == "EMPTY"
-    assert problem["reason"].startswith("no output")
-    assert offered["batch"] == names  # back in front, oldest first
+    problems = status["recent_problems"]
+    assert [problem["outcome"] for problem in problems] == ["FAILED", "FAILED"]
+    assert batch["jobid"] in {problem["jobid"] for problem in problems}
+    assert sorted(problem["reason"] for problem in problems) == [
+        f"{name}: 0 of {len(run.reads[name])} reads came out" for name in names
+    ]
+    assert len(offered["batch"]) == 1 and offered["batch"][0] in names  # a retry, alone
     assert not list(run.input_dir.glob("DONE_*"))
-    kept = run.output_dir / batch["job_output_dir"].replace("TMPOUTPUT_", "EMPTYOUTPUT_")
+    assert len(list(run.input_dir.glob("FAILED_*"))) == 2
+    kept = run.output_dir / batch["job_output_dir"].replace("TMPOUTPUT_", "FAILEDOUTPUT_")
     assert (kept / "dorado.log").read_text() == "wrote BAM to stdout"
 
 

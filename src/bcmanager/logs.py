@@ -30,6 +30,7 @@ from bcmanager.core.events import (
     Leased,
     Restored,
     Retried,
+    Split,
 )
 from bcmanager.core.state import FileState, Job, JobState
 
@@ -47,7 +48,6 @@ ENDINGS = {
     JobState.QUARANTINED: "quarantined",
     JobState.STOPPED: "released",
     JobState.EXPIRED: "expired",
-    JobState.EMPTY: "empty",
 }
 
 Value = str | int | None  # a fact of a line; None ones are left out
@@ -78,6 +78,8 @@ def event_line(event: Event, facts: Facts) -> Line | None:
             return _job_line("adopted", event.job)
         case Late():
             return Line("late", logging.INFO, {"jobid": event.jobid, "engine": event.engine})
+        case Split():
+            return None  # the part's end is logged, with its reason
         case Ended():
             reason = facts.record.describe() if facts.record is not None else None
             return _job_line(ENDINGS[event.outcome], event.job, reason)

@@ -269,13 +269,16 @@ class RetiredEngines(EngineTallies):
 
 class ProblemJob(BaseModel):
     """A job that failed (FAILED: its files are tried again; QUARANTINED: its one file is set
-    aside), lost its lease, or reported DONE with no reads file (EMPTY: its files went back to
-    pending)."""
+    aside; a DONE whose reads did not all come out counts as failed too) or lost its lease
+    (EXPIRED)."""
 
     jobid: str
     engine: str
-    outcome: Literal["FAILED", "QUARANTINED", "EXPIRED", "EMPTY"]
-    reason: str = Field(description="Why, in words.")
+    outcome: Literal["FAILED", "QUARANTINED", "EXPIRED"]
+    reason: str = Field(
+        description="Why, in words: for a DONE whose reads did not all come out, what the "
+        "account of its reads found (e.g. 'f3.pod5: 0 of 4,000 reads came out')."
+    )
     exit_code: int | None = Field(
         None, description="The basecaller's exit code, as its agent recorded it (failures)."
     )
@@ -381,7 +384,7 @@ class RunStatus(BaseModel):
     )
     jobs: list[LeasedJob] = Field(description="Jobs holding a lease now.")
     recent_problems: list[ProblemJob] = Field(
-        description="The last failed, expired or empty jobs, newest first (at most 20)."
+        description="The last failed or expired jobs, newest first (at most 20)."
     )
     quarantined: list[QuarantinedFile] = Field(
         default_factory=list,

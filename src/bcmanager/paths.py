@@ -31,6 +31,11 @@ ATTEMPT_FILE = "bcm-attempt.json"
 # What the agent writes beside it when the basecaller succeeded: the job's read statistics
 # (readstats.py). Kept with the logs, where the manager reads it.
 STATS_FILE = "bcm-stats.json"
+# What the manager writes there before it commits a DONE: the account of the job's reads, each
+# raw file's reads in against those that came out (core/account.py). A reads file the account
+# rejects is renamed with REJECTED_SUFFIX, so that no merge, now or after a crash, moves it.
+ACCOUNT_FILE = "bcm-account.json"
+REJECTED_SUFFIX = ".rejected"
 # What the manager keeps at the top of a run's output folder: the seal of a complete run (its
 # counts and its folders' modification times, read at start-up instead of its raw files) and
 # the record of the run's completion command (run once, its exit status kept).
@@ -87,7 +92,8 @@ class FolderKind(str, Enum):
     LOGOUTPUT = "LOGOUTPUT_"  # OUTPUT_DIR: what stays of a done job's output (logs)
     FAILEDOUTPUT = "FAILEDOUTPUT_"  # OUTPUT_DIR: a failed job's output
     EXPIREDOUTPUT = "EXPIREDOUTPUT_"  # OUTPUT_DIR: output of a job that lost its lease
-    EMPTYOUTPUT = "EMPTYOUTPUT_"  # OUTPUT_DIR: output of a DONE that held no reads file
+    # OUTPUT_DIR: output of a DONE that held no reads file, as earlier versions kept it aside
+    EMPTYOUTPUT = "EMPTYOUTPUT_"
 
 
 INPUT_KINDS = (

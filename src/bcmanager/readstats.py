@@ -21,7 +21,6 @@ first ``QSCORE_START`` bases of a read longer than that.
 from __future__ import annotations
 
 import array
-import gzip
 import hashlib
 import io
 import json
@@ -39,6 +38,7 @@ from typing import Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 
+from bcmanager.core.account import ReadsFileError, open_fastq, read_line
 from bcmanager.core.folders import output_entries
 from bcmanager.paths import (
     FASTQ_SUFFIXES,
@@ -58,7 +58,6 @@ Q_BIN = 1  # phred units per bin of the mean Q-score histogram
 QSCORE_START = 60
 Q_DECIMALS = 6  # a mean Q-score is rounded so that a whole number stays in its own bin
 FINGERPRINT_MODULUS = 1 << 256
-MAX_LINE = 1 << 26  # the longest FASTQ line read (64 MiB; the longest reads are ~4 Mb)
 MAX_FILES_LISTED = 1000  # files listed one by one; beyond, a count (the file stays small)
 MAX_ERRORS_LISTED = 100
 CHECK_EVERY = 1024  # reads between two looks at the cancel flag
@@ -97,10 +96,6 @@ class JobStats(TypedDict):
     groups: list[dict[str, object]]
     files: list[dict[str, object]]
     errors: list[str]
-
-
-class ReadsFileError(Exception):
-    """A reads file cannot be read to its end; the message says why."""
 
 
 def mean_qscore(error_table: npt.NDArray[np.float64], codes: npt.NDArray[np.uint8]) -> float:
@@ -355,7 +350,7 @@ def _read_file(walk: _Walk, path: Path, tally: Tally) -> None:
 
 def _read_fastq(walk: _Walk, path: Path, tally: Tally) -> None:
     try:
-        with _open_fastq(path) as stream:
+        with open_fastq(path) as stream:
             for number, (read_id, length, qscore) in enumerate(_fastq_records(stream), 1):
                 tally.add(read_id, length, qscore)
                 if number % CHECK_EVERY == 0 and walk.cancelled():
@@ -364,25 +359,19 @@ def _read_fastq(walk: _Walk, path: Path, tally: Tally) -> None:
         raise ReadsFileError(_reason(error)) from error
 
 
-def _open_fastq(path: Path) -> io.BufferedIOBase:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return path.open("rb")
-
-
 def _fastq_records(stream: io.BufferedIOBase) -> Iterator[tuple[str, int, float]]:
     """(read id, length, mean Q-score) of each four-line FASTQ record; blank lines between
     records are passed over."""
     line = 0
     while True:
-        header = _line(stream)
+        header = read_line(stream)
         line += 1
         while header and not header.strip():
-            header = _line(stream)
+            header = read_line(stream)
             line += 1
         if not header:
             return
-        bases, plus, qualities = _line(stream), _line(stream), _line(stream)
+        bases, plus, qualities = read_line(stream), read_line(stream), read_line(stream)
         if not qualities:
             raise ReadsFileError(f"the record at line {line} is cut short")
         if not header.startswith(b"@") or not plus.startswith(b"+"):
@@ -395,13 +384,6 @@ def _fastq_records(stream: io.BufferedIOBase) -> Iterator[tuple[str, int, float]
         codes = np.frombuffer(qualities, dtype=np.uint8)
         yield read_id, len(bases), mean_qscore(_ERROR_BY_CHAR, codes)
         line += 3
-
-
-def _line(stream: io.BufferedIOBase) -> bytes:
-    line = stream.readline(MAX_LINE)
-    if len(line) == MAX_LINE and not line.endswith(b"\n"):
-        raise ReadsFileError(f"a line longer than {MAX_LINE} bytes")
-    return line
 
 
 def _read_hts(walk: _Walk, path: Path, tally: Tally) -> None:

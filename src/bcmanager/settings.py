@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         "placeholders {run_path}, {run_dir}, {output_dir}; its exit status is recorded in "
         "the run's output folder, and it is never run twice for one run.",
     )
+    may_drop_reads: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="The share of a raw file's reads the basecaller may leave out on purpose "
+        "(e.g. Dorado's --min-qscore without --output-dir drops reads below it) before the "
+        "file is rejected; 0: every read must come out.",
+    )
     quarantine_attempts: PositiveInt = Field(
         3,
         description="Failed attempts of a file alone, on one engine, after which it is "

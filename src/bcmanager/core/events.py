@@ -72,6 +72,15 @@ class Late:
 
 
 @dataclass(frozen=True, slots=True)
+class Split:
+    """The account of a DONE set some files of a live job apart: ``part`` holds them now, with
+    the same engine and lease, to be ended as a failed attempt; ``job`` keeps the rest."""
+
+    job: Job
+    part: Job
+
+
+@dataclass(frozen=True, slots=True)
 class Ended:
     """A job ended as ``outcome``: its files are ``FILES_AFTER[outcome]`` now. ``job`` is as
     it was, with its files; the record the state machine keeps of it has none."""
@@ -114,6 +123,7 @@ Event = (
     | Adopted
     | KeptAlive
     | Late
+    | Split
     | Ended
     | Retried
     | FoundEnded

@@ -5,19 +5,20 @@ is fsynced before the change is reported done, so an answer an engine got surviv
 
 - assign:   build ``.bcm-tmp-ASSIGNED_x`` with the symlinks and create ``TMPOUTPUT_x``, then rename
             the temp folder to ``ASSIGNED_x``. Before the rename nothing is leased.
-- done:     look for reads files in ``TMPOUTPUT_x`` first: with none for a non-empty batch, the
-            job ends EMPTY (as a release that keeps the output as ``EMPTYOUTPUT_x``). Otherwise
-            rename ``ASSIGNED_x`` to ``DONE_x`` (the commit), then move the reads files into
-            pass/ and fail/ and rename ``TMPOUTPUT_x`` to ``LOGOUTPUT_x``. Start-up rolls the rest
-            forward.
+- done:     the account of the job's reads first (``account.py``): the raw files it rejects
+            are committed as failed attempts of their own (``set_apart``), the reads files it
+            rejects renamed out of the merge's way (``set_aside_reads``), the account written
+            as ``ACCOUNT_FILE``. Then rename ``ASSIGNED_x`` to ``DONE_x`` (the commit), move the
+            reads files into pass/ and fail/ and rename ``TMPOUTPUT_x`` to ``LOGOUTPUT_x``.
+            Start-up rolls the rest forward.
 - failed:   rename ``ASSIGNED_x`` to ``FAILED_x`` (an attempt: its files are retried) or to
             ``QUARANTINED_x`` (its one file is set aside), then ``TMPOUTPUT_x`` to
             ``FAILEDOUTPUT_x``. An operator's retry renames a file's one-file ``FAILED_`` and
             ``QUARANTINED_`` folders to ``EXCUSED_``: kept, out of the count. A benched engine's
             failure is committed as ``EXCUSED_`` at once.
-- stopped, expired and empty: rename ``ASSIGNED_x`` to a temp name (the commit: its files are no
-            longer leased), then discard (stopped) or keep aside as ``EXPIREDOUTPUT_x`` or
-            ``EMPTYOUTPUT_x`` the output, and remove the temp folder.
+- stopped and expired: rename ``ASSIGNED_x`` to a temp name (the commit: its files are no
+            longer leased), then discard (stopped) or keep aside as ``EXPIREDOUTPUT_x`` the
+            output, and remove the temp folder.
 
 Engines are not trusted. The merge walks the job's own output folder without following a
 symlink, moves only regular files named like reads (``paths.merge_target``) and never replaces a
@@ -42,7 +43,8 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import chain, count
@@ -50,19 +52,22 @@ from pathlib import Path
 
 from bcmanager.core import scan
 from bcmanager.paths import (
+    ACCOUNT_FILE,
     ATTEMPT_FILE,
+    INDEX_SUFFIXES,
+    REJECTED_SUFFIX,
     TEMP_PREFIX,
     FolderKind,
     JobFolderName,
     RunPaths,
     aside_name,
     final_fastq_name,
-    is_reads_name,
     job_folder,
     merge_target,
     raw_names_among,
     temp_name,
 )
+from bcmanager.records import write_record
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +168,11 @@ class Tail(str, Enum):
     DONE = "move its reads into pass/ and fail/"
     FAILED = "set its output aside"
     EXPIRED = "set its output aside and remove its retired lease"
-    EMPTY = "set its empty output aside and remove its retired lease"
     DISCARD = "remove its output and its retired or half-built lease"
 
 
 # Where a released job's output is kept, by the tail that releases it (DISCARD keeps nothing).
-KEPT_AS = {Tail.EXPIRED: FolderKind.EXPIREDOUTPUT, Tail.EMPTY: FolderKind.EMPTYOUTPUT}
+KEPT_AS = {Tail.EXPIRED: FolderKind.EXPIREDOUTPUT}
 
 
 @dataclass(slots=True)
@@ -233,15 +237,6 @@ class RunFolders:
 
     # -- end of a job -----------------------------------------------------------------------
 
-    def has_reads(self, jobid: str, engine: str) -> bool:
-        """Whether the job's output folder holds a reads file the merge would move (the walk
-        stops at the first)."""
-        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
-        return any(
-            refused is None and is_reads_name(parts[-1]) and merge_target(parts) is not None
-            for _, parts, refused in output_entries(output)
-        )
-
     def commit_done(self, jobid: str, engine: str) -> None:
         """Commit with the DONE_ rename (raises if that fails), then merge the output.
 
@@ -252,6 +247,58 @@ class RunFolders:
         self._commit(assigned, assigned.with_name(job_folder(FolderKind.DONE, jobid, engine)))
         self._finish(jobid, engine, Tail.DONE)
 
+    def set_apart(
+        self,
+        jobid: str,
+        engine: str,
+        part_id: str,
+        files: tuple[str, ...],
+        kind: FolderKind,
+        account: str,
+    ) -> None:
+        """Commit files of a live job whose account rejected them as a failed attempt of their
+        own: ``FAILEDOUTPUT_<part>`` holding ``account`` (``ACCOUNT_FILE``: why), their links
+        out of ``ASSIGNED_<job>``, then ``FAILED_<part>`` (or QUARANTINED_) built under a
+        temporary name and renamed into place: the commit. A crash before it leaves the files
+        in no job folder, pending again at the next start; a link already gone (a repeated
+        report) is passed over."""
+        assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
+        output = self.paths.output_folder(FolderKind.FAILEDOUTPUT, part_id, engine)
+        self.ops.mkdir(output)
+        write_record(output, ACCOUNT_FILE, account)
+        self.ops.fsync(self.paths.output_dir)
+        for name in files:
+            with suppress(FileNotFoundError):
+                self.ops.unlink(assigned / name)
+        self.ops.fsync(assigned)
+        final = self.paths.input_folder(kind, part_id, engine)
+        building = final.with_name(temp_name(final.name))
+        try:
+            self.ops.mkdir(building)
+            for name in files:
+                self.ops.symlink(os.path.join(os.pardir, name), building / name)
+            self.ops.fsync(building)
+            self._commit(building, final)
+        except OSError:
+            with suppress(OSError):
+                self._remove_temp(building.name)
+            raise
+
+    def set_aside_reads(self, jobid: str, engine: str, inside: Iterable[str]) -> None:
+        """Rename the reads files an account rejected (paths inside the job's output folder),
+        with their indexes, so that no merge moves them: they stay with the logs."""
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, jobid, engine)
+        for each in inside:
+            source = output / each
+            indexes = {source.name + s for s in INDEX_SUFFIXES} | {
+                source.stem + s for s in INDEX_SUFFIXES
+            }
+            for name in (source.name, *sorted(indexes)):
+                path = source.with_name(name)
+                with suppress(FileNotFoundError):
+                    _rename_aside(self.ops, path, path.with_name(name + REJECTED_SUFFIX))
+            self.ops.fsync(source.parent)
+
     def commit_failed(self, jobid: str, engine: str, kind: FolderKind) -> None:
         """Commit a failed attempt as FAILED_ (retried), QUARANTINED_ or EXCUSED_, then set its
         output aside as FAILEDOUTPUT_, where the agent's record says why."""
@@ -260,9 +307,14 @@ class RunFolders:
         self._finish(jobid, engine, Tail.FAILED)
 
     def failed_attempt(self, jobid: str, engine: str) -> scan.AttemptRecord | None:
-        """What the agent recorded of a failed job, from its FAILEDOUTPUT_ folder."""
+        """What the agent recorded of a failed job, and why the account of its reads rejected
+        it, if it did, from its FAILEDOUTPUT_ folder."""
         output = self.paths.output_folder(FolderKind.FAILEDOUTPUT, jobid, engine)
-        return scan.attempt_record(output / ATTEMPT_FILE)
+        account = scan.json_record(output / ACCOUNT_FILE) or {}
+        rejected = account.get("rejected")
+        return scan.attempt_record(
+            output / ATTEMPT_FILE, rejected[:300] if isinstance(rejected, str) else None
+        )
 
     def retry(self, names: set[str] | None) -> list[str]:
         """Send files back: each FAILED_ or QUARANTINED_ folder that holds one of ``names``
@@ -289,7 +341,7 @@ class RunFolders:
         return sorted(sent)
 
     def commit_release(self, jobid: str, engine: str, tail: Tail) -> None:
-        """Take the lease back: STOPPED (``Tail.DISCARD``), EXPIRED or EMPTY (output kept)."""
+        """Take the lease back: STOPPED (``Tail.DISCARD``) or EXPIRED (output kept)."""
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
         self._commit(assigned, assigned.with_name(temp_name(assigned.name)))
         self._finish(jobid, engine, tail)

@@ -35,6 +35,7 @@ from itertools import chain
 from typing import Any, TypeVar
 
 from bcmanager.core import scan
+from bcmanager.core.account import JobAccount, account_job, account_record, skipped_by_basecaller
 from bcmanager.core.benching import Benched, Benching
 from bcmanager.core.events import NO_FACTS, Event, Facts, Late, Leased
 from bcmanager.core.folders import Recovered, RunFolders, Tail
@@ -59,7 +60,8 @@ from bcmanager.models import (
     RunPhase,
     RunStatus,
 )
-from bcmanager.paths import FolderKind, JobFolderName, RunPaths
+from bcmanager.paths import ACCOUNT_FILE, ATTEMPT_FILE, FolderKind, JobFolderName, RunPaths
+from bcmanager.records import write_record
 from bcmanager.settings import Settings
 from bcmanager.undecodable import UndecodableNames
 from bcmanager.watcher import can_watch, watch_raw_files
@@ -80,6 +82,29 @@ class Ending:
     job: Job
     outcome: JobState  # as judged: a DONE may still end EMPTY once its output is looked at
     counted: bool = True  # a failure held against its files (not a benched engine's)
+    bench: bool = True  # judged for benching (a part a DONE's account set apart is not)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Files of a DONE that its account rejected, ended as a failed attempt of their own."""
+
+    jobid: str
+    files: tuple[str, ...]
+    outcome: JobState  # FAILED or QUARANTINED, as the failure policy judged it
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accounted:
+    """How the manager carries out a DONE once the account of its reads is made: the parts
+    set apart as failed attempts, and the rest done. When the account rejected every file,
+    the job itself ends as the last part's failure (``last``), its reason in its output."""
+
+    ending: Ending
+    account: JobAccount
+    parts: tuple[Part, ...]
+    last: Part | None
 
 
 # The folder that records a failed attempt, by how it was judged.
@@ -285,15 +310,27 @@ class Manager:
         """Record a job's end, all on the calling thread (tests, and tools without a loop);
         raises StateError (nothing changes) or OSError (nothing changes, the engine may retry)."""
         ending = self._completion(jobid, outcome)
-        if ending is not None:
-            self._ended(ending, *self._carry_out(ending))
+        if ending is None:
+            return
+        if ending.outcome is JobState.DONE:
+            accounted = self._plan(ending, self._account(ending.job))
+            self._ended_accounted(accounted, *self._carry_out_accounted(accounted))
+            return
+        self._ended(ending, *self._carry_out(ending))
 
     async def complete_async(self, jobid: str, outcome: JobState) -> None:
         """``complete`` for the server: the disk work runs in a worker thread."""
         await self._settled(jobid)
         ending = self._completion(jobid, outcome)
-        if ending is not None:
-            self._ended(ending, *await self._off_loop(jobid, self._carry_out, ending))
+        if ending is None:
+            return
+        if ending.outcome is JobState.DONE:
+            account = await self._off_loop(jobid, self._account, ending.job)
+            accounted = self._plan(ending, account)
+            carried = await self._off_loop(jobid, self._carry_out_accounted, accounted)
+            self._ended_accounted(accounted, *carried)
+            return
+        self._ended(ending, *await self._off_loop(jobid, self._carry_out, ending))
 
     def _completion(self, jobid: str, outcome: JobState) -> Ending | None:
         """How to end the job now, or None for a repeated report (answered ok, nothing
@@ -315,22 +352,108 @@ class Manager:
         )
 
     def _carry_out(self, ending: Ending) -> tuple[JobState, scan.AttemptRecord | None]:
-        """The disk part of an engine's report, safe in a worker thread: it touches only this
-        job's folders. Returns how the job ended (a DONE with no reads for a non-empty batch
-        ends EMPTY, its files pending again) and, for a failure, what the agent recorded."""
+        """The disk part of a FAILED or STOPPED report, safe in a worker thread: it touches
+        only this job's folders. Returns how the job ended and, for a failure, what the agent
+        recorded."""
         job, outcome = ending.job, ending.outcome
-        if outcome is JobState.DONE:
-            if job.files and not self.folders.has_reads(job.jobid, job.engine):
-                self.folders.commit_release(job.jobid, job.engine, Tail.EMPTY)
-                return JobState.EMPTY, None
-            self.folders.commit_done(job.jobid, job.engine)
-        elif outcome in (JobState.FAILED, JobState.QUARANTINED):
+        if outcome in (JobState.FAILED, JobState.QUARANTINED):
             kind = FAILED_FOLDER[outcome] if ending.counted else FolderKind.EXCUSED
             self.folders.commit_failed(job.jobid, job.engine, kind)
             return outcome, self.folders.failed_attempt(job.jobid, job.engine)
-        else:
-            self.folders.commit_release(job.jobid, job.engine, Tail.DISCARD)
+        self.folders.commit_release(job.jobid, job.engine, Tail.DISCARD)
         return outcome, None
+
+    def _account(self, job: Job) -> JobAccount:
+        """The account of a DONE job's reads (``account.py``), in a worker thread: what its
+        output holds, against its raw files' read ids and what its agent's stderr said."""
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, job.jobid, job.engine)
+        record = scan.json_record(output / ATTEMPT_FILE) or {}
+        tail = record.get("stderr_tail")
+        return account_job(
+            self.paths.input_dir,
+            job.files,
+            output,
+            skipped=skipped_by_basecaller(tail) if isinstance(tail, str) else None,
+            may_drop=self.settings.may_drop_reads,
+        )
+
+    def _plan(self, ending: Ending, account: JobAccount) -> Accounted:
+        """On the loop: what becomes of each file the account rejected. Each file rejected on
+        its own evidence is an attempt of its own (no halving needed: the account named it);
+        files rejected for a reads file they share are one attempt, halved if retried. Each is
+        judged by the failure policy as a failure of that engine."""
+        job = ending.job
+        alone = [each for each in account.rejected() if each.alone]
+        shared = [each for each in account.rejected() if not each.alone]
+        groups = [[each] for each in alone] + ([shared] if shared else [])
+        others = self.benching.others_working(job.engine, self.clock())
+        parts = []
+        for group in groups:
+            files = tuple(each.name for each in group)
+            outcome = self.state.judge_files(
+                files, job.engine, self.settings.quarantine_attempts, others
+            )
+            reason = str(group[0].rejected)
+            if len(group) > 1:
+                reason += f" (and {len(group) - 1:,} more files)"
+            parts.append(Part(str(uuid.uuid4().int), files, outcome, reason))
+        last = parts.pop() if parts and not account.accepted() else None
+        return Accounted(ending, account, tuple(parts), last)
+
+    def _carry_out_accounted(
+        self, accounted: Accounted
+    ) -> tuple[list[Part], JobState | None, scan.AttemptRecord | None, OSError | None]:
+        """The disk part of a DONE, safe in a worker thread: each rejected part set apart and
+        committed as a failed attempt, the rejected reads files renamed out of the merge's way,
+        the account written, then the DONE_ commit and the merge (or, when every file was
+        rejected, the job's own failure). Returns the parts committed, how the job ended (None
+        if it did not) and what its failure recorded; an error stops the steps and is returned
+        with what was committed before it."""
+        job, account = accounted.ending.job, accounted.account
+        committed: list[Part] = []
+        try:
+            for part in accounted.parts:
+                record = account_record(account, part.files, part.reason)
+                kind = FAILED_FOLDER[part.outcome]
+                self.folders.set_apart(job.jobid, job.engine, part.jobid, part.files, kind, record)
+                committed.append(part)
+            self.folders.set_aside_reads(job.jobid, job.engine, account.rejected_reads_files)
+            output = self.paths.output_folder(FolderKind.TMPOUTPUT, job.jobid, job.engine)
+            last = accounted.last
+            reason = last.reason if last is not None else None
+            write_record(output, ACCOUNT_FILE, account_record(account, job.files, reason))
+            if last is not None:
+                self.folders.commit_failed(job.jobid, job.engine, FAILED_FOLDER[last.outcome])
+                return (
+                    committed,
+                    last.outcome,
+                    self.folders.failed_attempt(job.jobid, job.engine),
+                    None,
+                )
+            self.folders.commit_done(job.jobid, job.engine)
+        except OSError as error:
+            return committed, None, None, error
+        return committed, JobState.DONE, None, None
+
+    def _ended_accounted(
+        self,
+        accounted: Accounted,
+        committed: list[Part],
+        outcome: JobState | None,
+        record: scan.AttemptRecord | None,
+        error: OSError | None,
+    ) -> None:
+        """On the loop: record what ``_carry_out_accounted`` committed, in its order; raise its
+        error after (the engine may report again: the rest is carried out then)."""
+        job, now = accounted.ending.job, self.clock()
+        for part in committed:
+            self._apply(self.state.split(job.jobid, part.files, part.jobid), now)
+            ended = Ending(self.state.job(part.jobid), part.outcome, bench=False)
+            self._ended(ended, part.outcome, scan.AttemptRecord(0, None, None, None, part.reason))
+        if error is not None:
+            raise error
+        assert outcome is not None
+        self._ended(Ending(self.state.job(job.jobid), outcome), outcome, record)
 
     async def retry(self, names: list[str] | None) -> list[str]:
         """An operator sends files back: the named ones (None: every quarantined file) have
@@ -376,8 +499,7 @@ class Manager:
         benched: Benched | None = None
         if outcome is JobState.DONE:
             self.benching.succeeded(job.engine, now)
-        elif outcome in (JobState.FAILED, JobState.QUARANTINED) and not job.retry:
-            # A retry that fails is the bisection at work, no sign of a bad engine.
+        elif outcome in (JobState.FAILED, JobState.QUARANTINED) and _counts_for_bench(ending):
             benched = self.benching.failed(job.engine, now, reason or "no record of why")
             if benched is not None:
                 self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)
@@ -713,6 +835,15 @@ def _collection_paused() -> Iterator[None]:
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def _counts_for_bench(ending: Ending) -> bool:
+    """Whether a failure is held against its engine: a fresh job's is; a retry's only when the
+    engine failed that batch before (it keeps drawing the halves of its own failures), as a
+    retry that fails on another engine is the bisection at work; a part a DONE's account set
+    apart is not (the job it came from is judged instead)."""
+    job = ending.job
+    return ending.bench and (not job.retry or job.failed_by == job.engine)
 
 
 # How a job folder found at start-up ended.

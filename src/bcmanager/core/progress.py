@@ -49,6 +49,7 @@ from bcmanager.core.events import (
     Leased,
     Restored,
     Retried,
+    Split,
 )
 from bcmanager.core.scan import AttemptRecord
 from bcmanager.core.state import FILES_AFTER, FileState, Job, JobState
@@ -206,8 +207,6 @@ class Tallies:
     files_released: int = 0
     jobs_expired: int = 0
     files_expired: int = 0
-    jobs_empty: int = 0
-    files_empty: int = 0
 
     def ended(self, outcome: JobState, files: int) -> None:
         if outcome is JobState.DONE:
@@ -219,9 +218,6 @@ class Tallies:
         elif outcome is JobState.STOPPED:
             self.jobs_released += 1
             self.files_released += files
-        elif outcome is JobState.EMPTY:
-            self.jobs_empty += 1
-            self.files_empty += files
         else:
             self.jobs_expired += 1
             self.files_expired += files
@@ -251,7 +247,6 @@ REASONS = {
     JobState.FAILED: "the engine reported FAILED: its files are tried again",
     JobState.QUARANTINED: "failed alone often enough: set aside until `bcmanager retry`",
     JobState.EXPIRED: "no keepalive within the lease",
-    JobState.EMPTY: "no output: reported DONE, but its folder held no reads file",
 }
 
 
@@ -369,6 +364,8 @@ class Progress:
                 self._job_assigned(event.job, now)
             case Adopted():
                 self._job_adopted(event.job, now)
+            case Split():
+                self._job_split(event)
             case Ended():
                 self._job_ended(event.job, event.outcome, now, facts.record)
             case Retried():
@@ -491,6 +488,12 @@ class Progress:
         stats = self._engine(job.engine, now)
         stats.current[job.jobid] = job.started
         self._settle(stats, now)
+
+    def _job_split(self, event: Split) -> None:
+        """Files of a job set apart: the part runs since the job started, on its engine."""
+        stats = self._engines.get(event.job.engine)
+        if stats is not None and event.job.jobid in stats.current:
+            stats.current[event.part.jobid] = stats.current[event.job.jobid]
 
     def _job_found(self, event: FoundEnded, files: int, ended: float | None) -> None:
         """Start-up: a DONE_, FAILED_ or QUARANTINED_ folder of ``files`` files. A QUARANTINED_
@@ -639,7 +642,7 @@ class Progress:
                 jobid=problem.jobid,
                 engine=problem.engine,
                 outcome=problem.outcome.value,
-                reason=REASONS[problem.outcome],
+                reason=(problem.record and problem.record.rejected) or REASONS[problem.outcome],
                 exit_code=problem.record.exit_code if problem.record else None,
                 signal=problem.record.signal if problem.record else None,
                 last_line=problem.record.last_line if problem.record else None,

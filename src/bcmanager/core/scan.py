@@ -275,9 +275,14 @@ class AttemptRecord:
     signal: str | None
     last_line: str | None
     seconds: float | None = None  # how long the basecaller ran
+    rejected: str | None = None  # why the account of its reads rejected a DONE
 
     def describe(self) -> str:
-        """In words, for a person: "exit 127: sh: dorado: not found"."""
+        """In words, for a person: "exit 127: sh: dorado: not found"; "exit 0, but f3.pod5:
+        0 of 4,000 reads came out"."""
+        if self.rejected:
+            how = "" if self.exit_code is None else f"exit {self.exit_code}, but "
+            return how + self.rejected
         how = (
             f"killed by {self.signal}"
             if self.signal
@@ -291,9 +296,34 @@ class AttemptRecord:
 ATTEMPT_RECORD_MAX = 64 * 1024  # an engine writes it: read no more than this
 
 
-def attempt_record(path: Path) -> AttemptRecord | None:
+def attempt_record(path: Path, rejected: str | None = None) -> AttemptRecord | None:
     """The record an agent left, or None when there is none or it is not one (an engine wrote
-    it: any bytes, any size, any JSON; nothing here raises)."""
+    it: any bytes, any size, any JSON; nothing here raises). ``rejected``: why the account of
+    the job's reads rejected it, which makes a record of its own where the agent left none."""
+    record = json_record(path) or {}
+    if not record and rejected is None:
+        return None
+    code, signal, line, seconds = (
+        record.get("exit_code"),
+        record.get("signal"),
+        record.get("stderr_last_line"),
+        record.get("seconds"),
+    )
+    return AttemptRecord(
+        code if isinstance(code, int) and not isinstance(code, bool) else None,
+        _text(signal[:32]) if isinstance(signal, str) else None,
+        _text(line[:300]) if isinstance(line, str) and line else None,
+        float(seconds)
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < 1e9
+        else None,
+        rejected,
+    )
+
+
+def json_record(path: Path) -> dict[str, object] | None:
+    """A small JSON object a process left in a job's output folder (an agent's record, the
+    account of a job), or None when there is none or it is not one: read through no symlink
+    and no more than ``ATTEMPT_RECORD_MAX`` bytes; nothing here raises."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -312,22 +342,7 @@ def attempt_record(path: Path) -> AttemptRecord | None:
         record = json.loads(data.decode("utf-8", errors="replace"))
     except ValueError:
         return None
-    if not isinstance(record, dict):
-        return None
-    code, signal, line, seconds = (
-        record.get("exit_code"),
-        record.get("signal"),
-        record.get("stderr_last_line"),
-        record.get("seconds"),
-    )
-    return AttemptRecord(
-        code if isinstance(code, int) and not isinstance(code, bool) else None,
-        _text(signal[:32]) if isinstance(signal, str) else None,
-        _text(line[:300]) if isinstance(line, str) and line else None,
-        float(seconds)
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < 1e9
-        else None,
-    )
+    return record if isinstance(record, dict) else None
 
 
 def _text(value: str) -> str:

@@ -23,11 +23,13 @@ PENDING (complete), and PENDING files wait in a FIFO queue, oldest first. A wait
 file that disappears from INPUT_DIR (an operator moved or deleted it) becomes MISSING, and comes
 back if it reappears. ``lease`` takes a batch
 off the front and makes a Job that holds those files until ``report_back_period`` seconds after
-its last keepalive. A job ends in exactly one of six ways: DONE (its files are done), FAILED
+its last keepalive. A job ends in exactly one of five ways: DONE (its files are done), FAILED
 (an attempt failed: its files are retried), QUARANTINED (its one file has failed often enough to
-be set aside), STOPPED (the engine gave it back), EXPIRED (its lease ran out) or EMPTY (the
-engine said DONE, but its output held no reads). The last three put the files back at the
-*front* of the queue, so returned work goes out before newer files.
+be set aside), STOPPED (the engine gave it back) or EXPIRED (its lease ran out). The last two
+put the files back at the *front* of the queue, so returned work goes out before newer files.
+An engine's DONE is checked against the reads that came out first (``account.py``): the files
+it rejects are set apart (``split``) and end as a failed attempt of their own, and when it
+rejects all of them the job itself ends as that failure.
 
 Failures (docs/reliability.md). A failed attempt is not a bad file. The files of a FAILED job of
 n > 1 files are retried in two halves, each its own job, recursively, so a bad file ends alone;
@@ -66,6 +68,7 @@ from bcmanager.core.events import (
     Leased,
     Restored,
     Retried,
+    Split,
 )
 
 
@@ -91,7 +94,6 @@ class JobState(str, Enum):
     QUARANTINED = "QUARANTINED"  # reported FAILED, and its one file has failed enough: set aside
     STOPPED = "STOPPED"  # the engine gave the batch back unfinished: files pending again
     EXPIRED = "EXPIRED"  # no keepalive within the lease: files pending again, output never merged
-    EMPTY = "EMPTY"  # reported DONE with no reads file: files pending again, output kept aside
 
 
 LIVE_JOB_STATES = frozenset({JobState.ASSIGNED, JobState.STARTED, JobState.PROCESSING})
@@ -102,15 +104,15 @@ ENDED_JOB_STATES = frozenset(
         JobState.QUARANTINED,
         JobState.STOPPED,
         JobState.EXPIRED,
-        JobState.EMPTY,
     }
 )
 # What an engine may report through /completed.
 COMPLETION_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.STOPPED})
-# How the manager may carry out what an engine reported: a DONE without reads ends EMPTY, a
-# FAILED may quarantine. A repeated report is answered as the first one was, whichever way.
+# How the manager may carry out what an engine reported: a DONE whose account rejects every
+# file ends as a failure (see ``account.py``), a FAILED may quarantine. A repeated report is
+# answered as the first one was, whichever way.
 ENDS_OF: dict[JobState, frozenset[JobState]] = {
-    JobState.DONE: frozenset({JobState.DONE, JobState.EMPTY}),
+    JobState.DONE: frozenset({JobState.DONE, JobState.FAILED, JobState.QUARANTINED}),
     JobState.FAILED: frozenset({JobState.FAILED, JobState.QUARANTINED}),
     JobState.STOPPED: frozenset({JobState.STOPPED}),
 }
@@ -135,7 +137,6 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.STOPPED: frozenset(),
     JobState.EXPIRED: frozenset(),
-    JobState.EMPTY: frozenset(),
     JobState.QUARANTINED: frozenset(),
 }
 
@@ -146,7 +147,6 @@ FILES_AFTER: dict[JobState, FileState] = {
     JobState.QUARANTINED: FileState.FAILED,
     JobState.STOPPED: FileState.PENDING,
     JobState.EXPIRED: FileState.PENDING,
-    JobState.EMPTY: FileState.PENDING,
 }
 
 
@@ -177,6 +177,7 @@ class Job:
     deadline: float  # monotonic second at which the lease runs out; meaningless once ended
     started: float  # monotonic second the job was assigned (or adopted)
     retry: bool = False  # a retry of failed files: given back, it stays a batch of its own
+    failed_by: str | None = None  # a retry: the engine whose failure made its group
 
     @property
     def live(self) -> bool:
@@ -404,11 +405,11 @@ class RunState:
         """
         if jobid in self._jobs:
             raise InvalidTransition(f"job {jobid} exists already")
-        retry = self._take_retry(engine, batch_size, steer)
+        retry, failed_by = self._take_retry(engine, batch_size, steer)
         if retry:
             for name in retry:
                 self._move(name, FileState.LEASED)
-            job = Job(jobid, engine, retry, JobState.ASSIGNED, now, now, retry=True)
+            job = Job(jobid, engine, retry, JobState.ASSIGNED, now, now, True, failed_by)
             return Leased(self._start(job))
         files: list[str] = []
         taken = 0
@@ -437,10 +438,14 @@ class RunState:
         del self._jobs[jobid]
         self._return_to_front(job)
 
-    def _take_retry(self, engine: str, batch_size: int, steer: bool) -> tuple[str, ...]:
+    def _take_retry(
+        self, engine: str, batch_size: int, steer: bool
+    ) -> tuple[tuple[str, ...], str | None]:
         """The first group of failed files that ``engine`` may have (at most ``batch_size`` of
-        it; the rest stays a group). Costs O(groups): only failing files are in groups."""
+        it; the rest stays a group), and the engine whose failure made it. Costs O(groups):
+        only failing files are in groups."""
         chosen: tuple[str, ...] = ()
+        failed_by: str | None = None
         kept: deque[Retry] = deque()
         while self._retries:
             group = self._retries.popleft()
@@ -451,20 +456,26 @@ class RunState:
             if chosen or (steer and (engine == group.avoid or engine in alone_on)):
                 kept.append(Retry(files, group.avoid))
                 continue
-            chosen, rest = files[:batch_size], files[batch_size:]
+            chosen, rest, failed_by = files[:batch_size], files[batch_size:], group.avoid
             if rest:
                 kept.append(Retry(rest, group.avoid))
         self._retries = kept
-        return chosen
+        return chosen, failed_by
 
     def judge_failure(self, jobid: str, attempts: int, others_working: bool) -> JobState:
         """How an engine's FAILED report of a live job ends: QUARANTINED when its one file has
         now failed alone on two engines, or ``attempts`` times while ``others_working`` is
         false; FAILED (its files retried) otherwise."""
         job = self.job(jobid)
-        if len(job.files) != 1:
+        return self.judge_files(job.files, job.engine, attempts, others_working)
+
+    def judge_files(
+        self, files: tuple[str, ...], engine: str, attempts: int, others_working: bool
+    ) -> JobState:
+        """``judge_failure`` for ``files`` failing on ``engine``: a job's, or a part of one."""
+        if len(files) != 1:
             return JobState.FAILED
-        engines = [*self._failed_alone.get(job.files[0], ()), job.engine]
+        engines = [*self._failed_alone.get(files[0], ()), engine]
         if len(set(engines)) >= 2 or (not others_working and len(engines) >= attempts):
             return JobState.QUARANTINED
         return JobState.FAILED
@@ -573,7 +584,7 @@ class RunState:
         return Completion.APPLY
 
     def finish(self, jobid: str, outcome: JobState, *, counted: bool = True) -> Ended:
-        """The job's end is on disk: record it. DONE, FAILED, STOPPED and EMPTY follow the
+        """The job's end is on disk: record it. DONE, FAILED and STOPPED follow the
         engine's report, EXPIRED the reaper (see ``due``). The event holds the job as it was,
         with its files; the record kept of it from now on has none. A failure that is not
         ``counted`` (a benched engine's) is no evidence against its file."""
@@ -595,6 +606,31 @@ class RunState:
                 self._move(name, after)
         self._jobs[jobid] = Job(jobid, job.engine, (), outcome, job.deadline, job.started)
         return Ended(job, outcome, counted)
+
+    def split(self, jobid: str, files: tuple[str, ...], part_id: str) -> Split:
+        """Set ``files`` of a live job apart as a job of their own (``part_id``), with the same
+        engine and lease: the account of a DONE rejected them, and the caller ends that part
+        as a failed attempt (``finish``) while the job goes on to DONE with the rest."""
+        job = self.job(jobid)
+        moving = set(files)
+        if not job.live or not files or not moving <= set(job.files):
+            raise InvalidTransition(f"job {jobid} cannot set apart {len(files)} of its files")
+        if part_id in self._jobs:
+            raise InvalidTransition(f"job {part_id} exists already")
+        job.files = tuple(name for name in job.files if name not in moving)
+        part = Job(
+            part_id,
+            job.engine,
+            files,
+            job.state,
+            job.deadline,
+            job.started,
+            job.retry,
+            job.failed_by,
+        )
+        self._jobs[part_id] = part
+        self._live[part_id] = part
+        return Split(job, part)
 
     def due(self, now: float) -> list[Job]:
         """Live jobs whose lease has run out, oldest first. The caller takes each job's folder

@@ -55,11 +55,6 @@ FILE_COUNTERS: tuple[tuple[str, str, Callable[[Tallies], int]], ...] = (
         "Files taken back from the engine when its lease ran out.",
         lambda s: s.files_expired,
     ),
-    (
-        "bcmanager_files_empty",
-        "Files of the engine's jobs reported DONE with no reads file (pending again).",
-        lambda s: s.files_empty,
-    ),
 )
 
 

@@ -1,0 +1,399 @@
+"""The account of a job's reads: each raw file's read ids against the read ids that came out.
+
+An engine's DONE is a claim. Dorado skips a POD5 file it cannot open and still exits 0; a
+basecaller that crashes mid-write leaves a reads file cut short; a confused wrapper can write a
+read twice. None of that shows in an exit code or in a count of files, so before a DONE is
+committed the manager reads the batch's raw read ids (``pod5``) and the read ids of every reads
+file the merge would move, and judges each raw file by its own reads:
+
+- A reads file must be whole: a FASTQ whose last record is complete, a gzip stream that ends,
+  a BAM (and a bgzipped SAM) ending with the BGZF end-of-file block, a CRAM ending with its
+  end-of-file container, a SAM ending with a newline.
+- A read came out when a record carries its id, or names it as its parent (``pi:Z:``, Dorado's
+  split reads: one raw read, several records). Each raw read must come out, and once: a record
+  id seen twice, or a read that came out both whole and split, is a read twice.
+- A raw file is rejected when reads of it are missing (beyond the share the run's settings let a
+  basecaller drop on purpose, none by default), when one came out twice, when its reads cannot
+  be read, when the basecaller's stderr says it could not open it, or when some of its reads are
+  in a reads file that is rejected. A reads file is rejected when it is not whole, holds reads of
+  no raw file of the batch, or holds reads of a rejected raw file: nothing of a rejected file's
+  output is merged, so its retry cannot double a read. The rule is applied until nothing changes.
+- A raw file gone from INPUT_DIR (an operator deleted it while it was leased) cannot be read: it
+  is not checked, and reads of no known file are then not held against the reads files.
+
+The manager reads everything itself, so an engine that writes no account of its own (the
+original BCProcessor, or any wrapper) is checked the same way. The work is O(reads of the
+batch) in time and memory, in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pod5  # type: ignore[import-untyped]
+
+from bcmanager.core.folders import output_entries
+from bcmanager.paths import FASTQ_SUFFIXES, is_reads_name, merge_target, shown
+
+# htslib's BGZF end-of-file marker: an empty block that every whole BAM (and .sam.gz) ends with.
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+# The end-of-file container of CRAM 3.x (the format's specification, section 9).
+CRAM3_EOF = bytes.fromhex(
+    "0f000000ffffffff0fe0454f4600000000010005bdd94f0001000606010001000100ee63014b"
+)
+FORMAT = "bcmanager-job-account"
+VERSION = 1
+MAX_LINE = 1 << 26  # the longest FASTQ line read (64 MiB; the longest reads are ~4 Mb)
+# Dorado's line for a POD5 file it skips (since 1.1.0): POD5 Failed to open file - '<error>'
+# @ '<file>' (<batch>,<row>).
+_SKIPPED = re.compile(r"POD5 Failed to open file - '(?P<error>.*)' @ '(?P<file>[^']*)'")
+_PARENT = b"pi:Z:"
+
+
+class ReadsFileError(Exception):
+    """A reads file that is not whole, or cannot be read; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileAccount:
+    """One raw file of the batch: its reads in, and how they came out."""
+
+    name: str
+    reads_in: int | None  # None: its read ids could not be read
+    came_out: int = 0  # raw reads that came out, whole or split
+    split: int = 0  # of those, reads that came out split (as the parent of several records)
+    twice: int = 0  # raw reads that came out more than once
+    rejected: str | None = None  # why its reads are not taken, or None
+    alone: bool = True  # rejected on its own evidence (else for a reads file it shares)
+
+    @property
+    def missing(self) -> int:
+        return 0 if self.reads_in is None else self.reads_in - self.came_out
+
+
+@dataclass(slots=True)
+class JobAccount:
+    """The account of one job: a line per raw file and the reads files not to merge."""
+
+    files: list[FileAccount]
+    records_out: int = 0  # records of the reads files that are merged
+    rejected_reads_files: dict[str, str] = field(default_factory=dict)  # path inside -> why
+
+    def accepted(self) -> tuple[str, ...]:
+        return tuple(each.name for each in self.files if each.rejected is None)
+
+    def rejected(self) -> list[FileAccount]:
+        return [each for each in self.files if each.rejected is not None]
+
+
+@dataclass(slots=True)
+class _ReadsFile:
+    """What reading one reads file found."""
+
+    path: Path
+    inside: str
+    owners: set[int] = field(default_factory=set)  # raw files (by index) with reads in it
+    records: int = 0
+    strangers: int = 0  # records of no raw file of the batch
+    problem: str | None = None
+
+
+def account_record(account: JobAccount, files: Iterable[str], rejected: str | None) -> str:
+    """The JSON text of ``paths.ACCOUNT_FILE`` for the job, or the part of it, that holds
+    ``files``: a line per raw file; for a job that is done, the records merged and the reads
+    files that were not; ``rejected``: why the files are not done, if they are not."""
+    wanted = set(files)
+    record: dict[str, object] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "rejected": rejected,
+        "files": [
+            {
+                "name": each.name,
+                "reads_in": each.reads_in,
+                "came_out": each.came_out,
+                "split": each.split,
+                "twice": each.twice,
+                "rejected": each.rejected,
+            }
+            for each in account.files
+            if each.name in wanted
+        ],
+    }
+    if rejected is None:
+        record["records_out"] = account.records_out
+        record["rejected_reads_files"] = {
+            shown(inside): why for inside, why in account.rejected_reads_files.items()
+        }
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def skipped_by_basecaller(stderr: str) -> dict[str, str]:
+    """The raw files a basecaller's stderr says it skipped, by file name, with its error."""
+    return {os.path.basename(found["file"]): found["error"] for found in _SKIPPED.finditer(stderr)}
+
+
+def account_job(
+    input_dir: Path,
+    files: Iterable[str],
+    output: Path,
+    *,
+    skipped: dict[str, str] | None = None,
+    may_drop: float = 0.0,
+) -> JobAccount:
+    """The account of a job of raw ``files`` (names in ``input_dir``) whose output folder is
+    ``output``. ``skipped``: files the basecaller said it could not open (by name, with its
+    error); ``may_drop``: the share of a file's reads a basecaller may drop on purpose."""
+    names = list(files)
+    owner: dict[str, int] = {}
+    reads_in: list[int | None] = []
+    problems: list[str | None] = []
+    gone = False
+    for index, name in enumerate(names):
+        try:
+            ids = raw_read_ids(input_dir / name)
+        except FileNotFoundError:
+            gone = True
+            reads_in.append(None)
+            problems.append(None)
+            continue
+        except Exception as error:  # pod5 raises what its Arrow reader raises
+            reads_in.append(None)
+            problems.append(f"{shown(name)} cannot be read: {_reason(error)}")
+            continue
+        reads_in.append(len(ids))
+        problems.append(None)
+        owner.update(dict.fromkeys(ids, index))
+    plain: Counter[str] = Counter()  # a raw read's whole records
+    children: Counter[str] = Counter()  # a raw read's split records
+    record_ids: Counter[str] = Counter()
+    reads_files: list[_ReadsFile] = []
+    for path, parts, refused in output_entries(output):
+        if refused is not None or not parts or not is_reads_name(parts[-1]):
+            continue
+        if merge_target(parts) is None:
+            continue
+        found = _ReadsFile(path, shown("/".join(parts)))
+        reads_files.append(found)
+        try:
+            for read_id, parent in reads_of(path):
+                found.records += 1
+                record_ids[read_id] += 1
+                key = parent or read_id
+                (children if parent else plain)[key] += 1
+                owned = owner.get(key)
+                if owned is None:
+                    found.strangers += 1
+                else:
+                    found.owners.add(owned)
+        except ReadsFileError as error:
+            found.problem = f"{found.inside} {error}"
+    for found in reads_files:
+        if found.problem is None and found.strangers and not gone:
+            found.problem = f"{found.inside} holds {found.strangers:,} reads of no file of this job"
+    doubled = {read_id for read_id, seen in record_ids.items() if seen > 1}
+    accounts = _judge(names, reads_in, problems, owner, plain, children, doubled, skipped, may_drop)
+    _spread(accounts, reads_files)
+    return JobAccount(
+        accounts,
+        records_out=sum(each.records for each in reads_files if each.problem is None),
+        rejected_reads_files={
+            str(each.path.relative_to(output)): each.problem
+            for each in reads_files
+            if each.problem is not None
+        },
+    )
+
+
+def _judge(
+    names: list[str],
+    reads_in: list[int | None],
+    problems: list[str | None],
+    owner: dict[str, int],
+    plain: Counter[str],
+    children: Counter[str],
+    doubled: set[str],
+    skipped: dict[str, str] | None,
+    may_drop: float,
+) -> list[FileAccount]:
+    """Each raw file judged by its own reads."""
+    came_out = [0] * len(names)
+    split = [0] * len(names)
+    twice = [0] * len(names)
+    for read_id, index in owner.items():
+        whole, parts = plain.get(read_id, 0), children.get(read_id, 0)
+        if whole or parts:
+            came_out[index] += 1
+        if parts:
+            split[index] += 1
+        if whole > 1 or (whole and parts) or read_id in doubled:
+            twice[index] += 1
+    accounts = []
+    for index, name in enumerate(names):
+        shown_name, count = shown(name), reads_in[index]
+        problem = problems[index]
+        if problem is None and skipped and name in skipped:
+            problem = f"{shown_name}: the basecaller could not open it ({skipped[name]})"
+        if problem is None and count is not None:
+            missing: int = count - came_out[index]
+            if missing > may_drop * count:
+                problem = f"{shown_name}: {came_out[index]:,} of {count:,} reads came out"
+            elif twice[index]:
+                problem = f"{shown_name}: {twice[index]:,} reads came out more than once"
+        accounts.append(
+            FileAccount(name, count, came_out[index], split[index], twice[index], problem)
+        )
+    return accounts
+
+
+def _spread(accounts: list[FileAccount], reads_files: list[_ReadsFile]) -> None:
+    """Reject every reads file that holds reads of a rejected raw file, and every raw file
+    with reads in a rejected reads file, until nothing changes."""
+    changed = True
+    while changed:
+        changed = False
+        for found in reads_files:
+            if found.problem is None:
+                bad = [i for i in sorted(found.owners) if accounts[i].rejected is not None]
+                if bad:
+                    first = shown(accounts[bad[0]].name)
+                    found.problem = f"{found.inside} holds reads of {first}, which is rejected"
+                    changed = True
+            if found.problem is None:
+                continue
+            for index in found.owners:
+                if accounts[index].rejected is None:
+                    why = f"its reads are in a rejected reads file ({found.problem})"
+                    accounts[index] = _rejected(accounts[index], why)
+                    changed = True
+
+
+def _rejected(account: FileAccount, why: str) -> FileAccount:
+    return FileAccount(
+        account.name,
+        account.reads_in,
+        account.came_out,
+        account.split,
+        account.twice,
+        f"{shown(account.name)}: {why}",
+        alone=False,
+    )
+
+
+def raw_read_ids(path: Path) -> list[str]:
+    """The read ids of one POD5 file."""
+    with pod5.Reader(path) as reader:
+        ids: list[str] = reader.read_ids
+    return ids
+
+
+def reads_of(path: Path) -> Iterator[tuple[str, str | None]]:
+    """(read id, parent id or None) of each primary record of a reads file, which must be
+    whole; raises ReadsFileError."""
+    name = path.name
+    try:
+        if name.endswith(FASTQ_SUFFIXES):
+            yield from _fastq_reads(path)
+        else:
+            _check_ending(path)
+            yield from _hts_reads(path)
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, StopIteration) as error:
+        raise ReadsFileError(_reason(error)) from error
+
+
+def open_fastq(path: Path) -> io.BufferedIOBase:
+    """A FASTQ file's bytes, gunzipped when its name says so."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return path.open("rb")
+
+
+def _fastq_reads(path: Path) -> Iterator[tuple[str, str | None]]:
+    with open_fastq(path) as stream:
+        line = 0
+        while True:
+            header = read_line(stream)
+            line += 1
+            while header and not header.strip():
+                header = read_line(stream)
+                line += 1
+            if not header:
+                return
+            bases, plus, qualities = read_line(stream), read_line(stream), read_line(stream)
+            if not header.startswith(b"@") or (plus and not plus.startswith(b"+")):
+                raise ReadsFileError(f"holds no FASTQ record at line {line}")
+            if not qualities or len(bases.rstrip(b"\r\n")) != len(qualities.rstrip(b"\r\n")):
+                raise ReadsFileError(f"is cut short: the record at line {line} is not whole")
+            words = header[1:].split()
+            read_id = words[0].decode("utf-8", "replace") if words else ""
+            parent = next((w[5:] for w in words[1:] if w.startswith(_PARENT)), None)
+            yield read_id, parent.decode("utf-8", "replace") if parent else None
+            line += 3
+
+
+def read_line(stream: io.BufferedIOBase) -> bytes:
+    """One line of a FASTQ file, bounded (an engine decides what is in it)."""
+    line = stream.readline(MAX_LINE)
+    if len(line) == MAX_LINE and not line.endswith(b"\n"):
+        raise ReadsFileError(f"has a line longer than {MAX_LINE} bytes")
+    return line
+
+
+def _check_ending(path: Path) -> None:
+    """Whether a SAM, BAM or CRAM file ends as a whole one does (a crash mid-write cuts it)."""
+    name = path.name
+    with path.open("rb") as stream:
+        size = stream.seek(0, os.SEEK_END)
+        if name.endswith(".sam"):
+            if size:
+                stream.seek(size - 1)
+                if stream.read(1) != b"\n":
+                    raise ReadsFileError("is cut short: its last line is not whole")
+            return
+        stream.seek(0)
+        head = stream.read(6)
+        if name.endswith(".cram"):
+            if head[4:5] == b"\x03" and not _ends_with(stream, size, CRAM3_EOF):
+                raise ReadsFileError("has no end-of-file container: it is cut short")
+            return
+        if not _ends_with(stream, size, BGZF_EOF):
+            raise ReadsFileError("has no EOF block: it is cut short")
+
+
+def _ends_with(stream: io.BufferedReader, size: int, ending: bytes) -> bool:
+    if size < len(ending):
+        return False
+    stream.seek(size - len(ending))
+    return stream.read(len(ending)) == ending
+
+
+_HTS_MODES = ((".bam", "rb"), (".cram", "rc"), (".sam", "r"), (".sam.gz", "r"))
+
+
+def _hts_reads(path: Path) -> Iterator[tuple[str, str | None]]:
+    import pysam
+
+    mode = next(mode for suffix, mode in _HTS_MODES if path.name.endswith(suffix))
+    save = pysam.set_verbosity(0)
+    try:
+        with pysam.AlignmentFile(str(path), mode, check_sq=False) as reads:
+            for record in reads.fetch(until_eof=True):
+                if record.is_secondary or record.is_supplementary:
+                    continue
+                parent = record.get_tag("pi") if record.has_tag("pi") else None
+                yield record.query_name or "", str(parent) if parent else None
+    finally:
+        pysam.set_verbosity(save)
+
+
+def _reason(error: BaseException) -> str:
+    return shown(str(error) or type(error).__name__)
