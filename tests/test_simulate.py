@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import pod5
@@ -24,6 +27,7 @@ from bcmanager.simulate import (
     barcode_of,
     basecall,
     run_sequencer,
+    split_children,
     write_pod5,
 )
 
@@ -271,6 +275,7 @@ def test_help_says_it_is_a_simulator(
         ["basecaller", "in", "out", "--barcodes", "100"],
         ["basecaller", "in", "out", "--layout", "nested"],
         ["basecaller", "in", "out", "--format", "cram"],
+        ["basecaller", "in", "out", "--split-fraction", "2"],
         ["sequencer", "out", "--files", "0"],
         ["sequencer", "out", "--interval", "nan"],
     ],
@@ -392,3 +397,99 @@ def test_the_same_job_gives_the_same_bytes(tmp_path: Path) -> None:
     first = {p.relative_to(job_output): p.read_bytes() for p in job_output.rglob("*.fastq")}
     second = {p.relative_to(again): p.read_bytes() for p in again.rglob("*.fastq")}
     assert first == second and len(first) >= 3
+
+
+# Dorado's behaviours that lose or change reads. Each test judges the output with its own
+# parsing; the helpers of bcmanager.simulate only say what the seed chose.
+
+
+def dorado_child_id(parent: str, index: int) -> str:
+    """Dorado's utils::derive_uuid(parent, to_string(index)), written out here on its own."""
+    raw = bytearray(hashlib.sha256(f"{parent}{index}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def all_bam_records(job_output: Path) -> list[pysam.AlignedSegment]:
+    records = []
+    for path in sorted(job_output.rglob("*.bam")):
+        with pysam.AlignmentFile(str(path), "rb", check_sq=False) as bam:
+            records += list(bam.fetch(until_eof=True))
+    return records
+
+
+def test_the_helpers_follow_seed_and_fraction_and_name_pieces_as_dorado() -> None:
+    ids = [f"{uuid.UUID(int=n, version=4)}" for n in range(400)]
+
+    assert all(split_children(read_id, 3, 0.0) == [] for read_id in ids)
+    everything = [split_children(read_id, 3, 1.0) for read_id in ids]
+    assert {len(children) for children in everything} == {2, 3}
+    for read_id, children in zip(ids, everything, strict=True):
+        assert children == [dorado_child_id(read_id, n) for n in range(len(children))]
+    some = sum(bool(split_children(read_id, 3, 0.25)) for read_id in ids)
+    assert 60 < some < 140
+    assert [split_children(read_id, 3, 0.25) for read_id in ids[:50]] == [
+        split_children(read_id, 3, 0.25) for read_id in ids[:50]
+    ]
+    assert [split_children(read_id, 4, 0.25) for read_id in ids] != [
+        split_children(read_id, 3, 0.25) for read_id in ids
+    ]
+
+
+def test_split_reads_come_out_as_dorados_pieces_with_pi_naming_their_parent(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [10, 10, 10])
+    ledger = job_ledger(job_input)
+
+    process = run_cli(
+        "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+        "--format", "bam", "--split-fraction", "0.4", "--seed", "5",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    whole: list[str] = []
+    pieces: dict[str, list[pysam.AlignedSegment]] = defaultdict(list)
+    for record in all_bam_records(job_output):
+        if record.has_tag("pi"):
+            assert record.get_tag("pi") in ledger
+            pieces[str(record.get_tag("pi"))].append(record)
+        else:
+            whole.append(record.query_name or "")
+    assert pieces and whole
+    assert sorted(whole + list(pieces)) == sorted(r for reads in expected.values() for r in reads)
+    for parent, records in pieces.items():
+        assert len(records) in (2, 3)
+        names = [record.query_name for record in records]
+        assert names == [dorado_child_id(parent, n) for n in range(len(records))]
+        assert names == split_children(parent, 5, 0.4)
+        assert "".join(record.query_sequence or "" for record in records) == ledger[parent].bases
+        starts = [record.get_tag("sp") for record in records]
+        assert starts[0] == 0 and starts == sorted(set(starts))
+    assert all(split_children(read_id, 5, 0.4) == [] for read_id in whole)
+
+
+def test_split_reads_in_fastq_are_named_as_dorado_names_them_and_carry_no_parent(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [10, 10])
+    ledger = job_ledger(job_input)
+
+    basecall(job_input, job_output, seconds_per_read=0, split_fraction=0.5, seed=2)
+
+    split = 0
+    for stem, reads in expected.items():
+        lines = (job_output / "pass" / f"{stem}.fastq").read_text().splitlines()
+        records = [lines[n : n + 4] for n in range(0, len(lines), 4)]
+        assert not any("pi:Z:" in header for header, *_ in records)
+        by_name = {header[1:].split()[0]: bases for header, bases, *_ in records}
+        wanted = []
+        for read_id in reads:
+            children = split_children(read_id, 2, 0.5) or [read_id]
+            split += len(children) > 1
+            assert "".join(by_name[child] for child in children) == ledger[read_id].bases
+            wanted += children
+        assert list(by_name) == wanted
+    assert 0 < split < 20
