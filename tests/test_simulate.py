@@ -26,6 +26,7 @@ from bcmanager.simulate import (
     SimulatorError,
     barcode_of,
     basecall,
+    file_unreadable,
     run_sequencer,
     split_children,
     write_pod5,
@@ -275,6 +276,7 @@ def test_help_says_it_is_a_simulator(
         ["basecaller", "in", "out", "--barcodes", "100"],
         ["basecaller", "in", "out", "--layout", "nested"],
         ["basecaller", "in", "out", "--format", "cram"],
+        ["basecaller", "in", "out", "--unreadable-fraction", "-0.1"],
         ["basecaller", "in", "out", "--split-fraction", "2"],
         ["sequencer", "out", "--files", "0"],
         ["sequencer", "out", "--interval", "nan"],
@@ -402,6 +404,8 @@ def test_the_same_job_gives_the_same_bytes(tmp_path: Path) -> None:
 # Dorado's behaviours that lose or change reads. Each test judges the output with its own
 # parsing; the helpers of bcmanager.simulate only say what the seed chose.
 
+DORADO_TIME = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] "
+
 
 def dorado_child_id(parent: str, index: int) -> str:
     """Dorado's utils::derive_uuid(parent, to_string(index)), written out here on its own."""
@@ -435,6 +439,67 @@ def test_the_helpers_follow_seed_and_fraction_and_name_pieces_as_dorado() -> Non
     assert [split_children(read_id, 4, 0.25) for read_id in ids] != [
         split_children(read_id, 3, 0.25) for read_id in ids
     ]
+    stems = [f"run_{n}" for n in range(400)]
+    assert not any(file_unreadable(stem, 1, 0.0) for stem in stems)
+    assert all(file_unreadable(stem, 1, 1.0) for stem in stems)
+    assert 60 < sum(file_unreadable(stem, 1, 0.25) for stem in stems) < 140
+
+
+def test_unreadable_files_are_named_as_dorado_names_them_and_skipped_with_exit_0(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [2, 3, 2, 3, 2, 3])
+    skipped = {stem for stem in expected if file_unreadable(stem, 0, 0.5)}
+    assert 0 < len(skipped) < len(expected)  # seed 0 skips some files, not all
+
+    process = run_cli(
+        "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+        "--unreadable-fraction", "0.5",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    named = re.findall(
+        rf"^{DORADO_TIME}\[error\] POD5 Failed to open file - "
+        r"'IOError: Invalid signature in file' @ '(.+)'\.$",
+        stderr,
+        re.MULTILINE,
+    )
+    assert sorted(named) == sorted(str(job_input / f"{stem}.pod5") for stem in skipped)
+    assert fastq_by_stem(job_output, "pass") == {
+        stem: reads for stem, reads in expected.items() if stem not in skipped
+    }
+
+
+def test_a_corrupt_pod5_is_skipped_with_skip_unreadable_as_dorado_skips_it(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [2, 2])
+    corrupt = job_input / "run_1.pod5"
+    data = corrupt.read_bytes()
+    (job_input.parent / "run_1.pod5").write_bytes(data[: len(data) // 2])
+
+    process = run_cli(
+        "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+        "--skip-unreadable",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    line = f"[error] POD5 Failed to open file - 'IOError: Invalid signature in file' @ '{corrupt}'."
+    assert [row.split("] ", 1)[1] for row in stderr.splitlines() if "POD5" in row] == [line]
+    assert fastq_by_stem(job_output, "pass") == {"run_0": expected["run_0"]}
+
+
+def test_with_no_file_it_can_open_it_fails_as_dorado_does(tmp_path: Path) -> None:
+    job_input, job_output, _ = make_job(tmp_path, [2, 2])
+
+    process = run_cli("basecaller", str(job_input), str(job_output), "--unreadable-fraction", "1")
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 1
+    assert re.search(rf"^{DORADO_TIME}\[error\] No reads found in path: {job_input}$", stderr, re.M)
+    assert list(job_output.iterdir()) == []
 
 
 def test_split_reads_come_out_as_dorados_pieces_with_pi_naming_their_parent(

@@ -9,8 +9,8 @@ fills it only on ``close()``. So files are built in a private scratch folder and
 then placed where they belong: atomically for test fixtures, in timed chunks for the sequencer,
 which thereby leaves a half-written file under its final name for a while, as MinKNOW does.
 
-The basecaller can also change reads the ways Dorado does (split reads), so that the manager is
-tested against them.
+The basecaller can also lose or change reads the ways Dorado does (a file it cannot open, split
+reads), so that the manager is tested against them.
 
 The sequencer is a coroutine and the basecaller a plain function, so the demo can run them
 in-process; ``bcmanager simulate`` is a thin command-line layer over both.
@@ -295,6 +295,8 @@ MIN_QSCORE = 9
 _Q_SPREAD = 4  # a base's quality differs from its read's centre by up to this much
 _SPLIT_PIECES = (2, 2, 2, 3)  # a split read comes out as 2 records, now and then as 3
 _MIN_BASES = max(_SPLIT_PIECES)  # a base for each piece a read may be split into
+# What pod5 (and so Dorado) says of a file that is not a whole POD5 file.
+_POD5_BAD_SIGNATURE = "IOError: Invalid signature in file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +386,12 @@ def _derived_read_id(parent_id: str, index: int) -> str:
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
+def file_unreadable(stem: str, seed: int, unreadable_fraction: float) -> bool:
+    """Whether the simulated basecaller pretends it cannot open the raw file ``stem``: a share
+    of files near ``unreadable_fraction``, chosen by ``seed`` and the stem."""
+    return random.Random(f"unreadable:{seed}:{stem}").random() < unreadable_fraction
+
+
 def barcode_of(read_id: str, barcodes: int) -> str | None:
     """The barcode folder a read goes to when reads are spread over ``barcodes`` barcodes:
     barcode01..NN or unclassified, each about as likely; None with no barcodes."""
@@ -404,6 +412,8 @@ def basecall(
     layout: Layout = Layout.PASS_FAIL,
     barcodes: int = 0,
     model: str = DEFAULT_MODEL,
+    unreadable_fraction: float = 0.0,
+    skip_unreadable: bool = False,
     split_fraction: float = 0.0,
     progress: Progress | None = None,
 ) -> list[BasecalledFile]:
@@ -417,8 +427,11 @@ def basecall(
     layout after each raw file, otherwise at the end), so a basecaller killed at any instant
     leaves no partial file under a reads file's name.
 
-    The rest reproduces Dorado's ways of changing reads, so the manager can be tested against
-    them: a share of reads near ``split_fraction`` comes out split (``SimulatedRead.split``).
+    The rest reproduces Dorado's ways of losing or changing reads, so the manager can be tested
+    against them: files it cannot open are skipped with Dorado's error on stderr (a share near
+    ``unreadable_fraction`` chosen by ``file_unreadable``, and with ``skip_unreadable`` those
+    pod5 cannot open; otherwise such a file is a ``SimulatorError``); a share of reads near
+    ``split_fraction`` comes out split (``SimulatedRead.split``).
     """
     say = progress or _ignore
     for folder in (input_dir, output_dir):
@@ -426,9 +439,17 @@ def basecall(
             raise SimulatorError(f"{folder} is not a folder")
     raw_files = sorted(path for path in input_dir.iterdir() if is_raw_name(path.name))
     say(f"simulated basecaller (not Dorado): {len(raw_files)} POD5 files in {input_dir}")
+    unreadable = _unreadable_files(raw_files, seed, unreadable_fraction, skip_unreadable)
+    if raw_files and len(unreadable) == len(raw_files):
+        _dorado_error(f"No reads found in path: {input_dir}")
+        raise SimulatorError(f"no POD5 file in {input_dir} could be opened")
     outputs = _Outputs(output_dir, reads_format, model)
     try:
         for raw in raw_files:
+            if raw in unreadable:
+                _dorado_error(f"POD5 Failed to open file - '{unreadable[raw]}' @ '{raw}'.")
+                say(f"simulated basecaller: {raw.name}: skipped, it cannot be opened")
+                continue
             stem = raw_stem(raw.name)
             file_fails = _file_fails(stem, fail_fraction, seed)
             count = 0
@@ -451,6 +472,35 @@ def basecall(
     finally:
         outputs.abandon()
     return outputs.written
+
+
+def _unreadable_files(
+    raw_files: list[Path], seed: int, unreadable_fraction: float, skip_unreadable: bool
+) -> dict[Path, str]:
+    """The raw files the basecaller skips, each with the error pod5 gives for it; each is named
+    on stderr as Dorado's first look at its input names it (``Failed to open file``)."""
+    unreadable: dict[Path, str] = {}
+    for raw in raw_files:
+        if file_unreadable(raw_stem(raw.name), seed, unreadable_fraction):
+            unreadable[raw] = _POD5_BAD_SIGNATURE
+        elif skip_unreadable:
+            try:
+                pod5.Reader(raw).close()
+            except (OSError, RuntimeError, ValueError) as exc:
+                unreadable[raw] = str(exc)
+    for raw, error in unreadable.items():
+        _dorado_error(f"Failed to open file {raw}: {error}")
+    return unreadable
+
+
+def _dorado_error(message: str) -> None:
+    """Write an error on stderr as Dorado logs it (spdlog: local time to the millisecond)."""
+    now = datetime.datetime.now()
+    print(
+        f"[{now:%Y-%m-%d %H:%M:%S}.{now.microsecond // 1000:03d}] [error] {message}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _file_fails(stem: str, fail_fraction: float, seed: int) -> bool:
@@ -735,7 +785,7 @@ def _add_basecaller_command(
         type=int,
         default=0,
         metavar="S",
-        help="chooses the files that fail and the reads that are split",
+        help="chooses the files that fail or cannot be opened and the reads that are split",
     )
     parser.add_argument(
         "--format",
@@ -763,9 +813,25 @@ def _add_basecaller_command(
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the model a BAM's header names")
     losses = parser.add_argument_group(
-        "Dorado's ways of changing reads",
+        "Dorado's ways of losing or changing reads",
         "Each reproduces what Dorado does, for testing what receives its output; choices "
         "follow --seed and the file or read id.",
+    )
+    losses.add_argument(
+        "--unreadable-fraction",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="share of POD5 files treated as unopenable: as Dorado (1.1 and later) does with a "
+        "corrupt file, each is named on stderr (\"[error] POD5 Failed to open file - '<error>' "
+        "@ '<file>'.\") and skipped, no read of it written, exit code 0; with every file "
+        'skipped, "No reads found in path" and exit code 1, as Dorado',
+    )
+    losses.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip a POD5 file that really cannot be opened the same way, as Dorado does, "
+        "instead of failing",
     )
     losses.add_argument(
         "--split-fraction",
@@ -812,6 +878,8 @@ def _basecaller_main(args: argparse.Namespace) -> int:
             layout=args.layout,
             barcodes=args.barcodes,
             model=args.model,
+            unreadable_fraction=args.unreadable_fraction,
+            skip_unreadable=args.skip_unreadable,
             split_fraction=args.split_fraction,
             progress=_print_progress,
         ),
