@@ -19,9 +19,11 @@ import pytest
 from bcmanager.cli import main
 from bcmanager.paths import FolderKind, job_folder
 from bcmanager.simulate import (
+    CRASH_EXIT_CODE,
     POD5_SIGNATURE,
     Layout,
     ReadsFormat,
+    SimulatedCrash,
     SimulatedRead,
     SimulatorError,
     barcode_of,
@@ -278,6 +280,7 @@ def test_help_says_it_is_a_simulator(
         ["basecaller", "in", "out", "--format", "cram"],
         ["basecaller", "in", "out", "--unreadable-fraction", "-0.1"],
         ["basecaller", "in", "out", "--split-fraction", "2"],
+        ["basecaller", "in", "out", "--crash-after", "-1"],
         ["sequencer", "out", "--files", "0"],
         ["sequencer", "out", "--interval", "nan"],
     ],
@@ -404,6 +407,7 @@ def test_the_same_job_gives_the_same_bytes(tmp_path: Path) -> None:
 # Dorado's behaviours that lose or change reads. Each test judges the output with its own
 # parsing; the helpers of bcmanager.simulate only say what the seed chose.
 
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 DORADO_TIME = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] "
 
 
@@ -558,3 +562,58 @@ def test_split_reads_in_fastq_are_named_as_dorado_names_them_and_carry_no_parent
             wanted += children
         assert list(by_name) == wanted
     assert 0 < split < 20
+
+
+@pytest.mark.parametrize("reads_format", ["fastq", "bam"])
+def test_cut_leaves_the_last_reads_file_cut_short_and_exits_0(
+    tmp_path: Path, reads_format: str
+) -> None:
+    job_input, _, _ = make_job(tmp_path, [3, 4])
+    outputs = {}
+    for name, cut in (("whole", []), ("cut", ["--cut"])):
+        outputs[name] = tmp_path / name
+        outputs[name].mkdir()
+        process = run_cli(
+            "basecaller", str(job_input), str(outputs[name]), "--seconds-per-read", "0",
+            "--format", reads_format, *cut,
+        )  # fmt: skip
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+
+    first, last = (f"pass/run_{n}.{reads_format}" for n in (0, 1))
+    assert (outputs["cut"] / first).read_bytes() == (outputs["whole"] / first).read_bytes()
+    whole, cut_short = ((outputs[name] / last).read_bytes() for name in ("whole", "cut"))
+    if reads_format == "bam":
+        assert whole.endswith(BGZF_EOF)
+        assert cut_short == whole[: -len(BGZF_EOF)]
+        with pytest.raises(OSError, match="EOF marker"):
+            pysam.AlignmentFile(str(outputs["cut"] / last), "rb", check_sq=False)
+    else:
+        lines = cut_short.decode().split("\n")
+        assert lines[-2:] == ["+", ""] and len(lines) % 4 == 0
+        assert whole.decode().split("\n")[:-2] == lines[:-1]
+
+
+def test_crash_after_dies_mid_batch_with_sigabrts_code_leaving_what_was_done(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [3, 3, 3, 3])
+
+    process = run_cli(
+        "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+        "--crash-after", "7",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == CRASH_EXIT_CODE == 134
+    assert "crashed on purpose after 7 reads" in stderr
+    done = {p.stem: [r[0] for r in parse_fastq(p)] for p in job_output.glob("pass/*.fastq")}
+    assert done == {"run_0": expected["run_0"], "run_1": expected["run_1"]}
+    assert sorted(p.name for p in (job_output / "pass").iterdir()) == [
+        ".run_2.fastq.partial", "run_0.fastq", "run_1.fastq"
+    ]  # fmt: skip
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(SimulatedCrash):
+        basecall(job_input, again, seconds_per_read=0, crash_after=0)
+    assert list(again.iterdir()) == []

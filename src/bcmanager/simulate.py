@@ -10,7 +10,7 @@ then placed where they belong: atomically for test fixtures, in timed chunks for
 which thereby leaves a half-written file under its final name for a while, as MinKNOW does.
 
 The basecaller can also lose or change reads the ways Dorado does (a file it cannot open, split
-reads), so that the manager is tested against them.
+reads, a reads file cut short, a crash), so that the manager is tested against them.
 
 The sequencer is a coroutine and the basecaller a plain function, so the demo can run them
 in-process; ``bcmanager simulate`` is a thin command-line layer over both.
@@ -59,6 +59,15 @@ Progress = Callable[[str], None]
 
 class SimulatorError(Exception):
     """A simulated sequencer or basecaller cannot go on; the message says why."""
+
+
+class SimulatedCrash(Exception):
+    """The simulated basecaller dies on purpose (``crash_after``), as Dorado aborting mid-run."""
+
+
+# The exit status a shell reports for a process killed by SIGABRT (128 + 6), which the
+# command-line basecaller exits with when it crashes on purpose.
+CRASH_EXIT_CODE = 134
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +304,7 @@ MIN_QSCORE = 9
 _Q_SPREAD = 4  # a base's quality differs from its read's centre by up to this much
 _SPLIT_PIECES = (2, 2, 2, 3)  # a split read comes out as 2 records, now and then as 3
 _MIN_BASES = max(_SPLIT_PIECES)  # a base for each piece a read may be split into
+_BGZF_EOF_SIZE = 28  # the empty BGZF block that ends every complete BAM file
 # What pod5 (and so Dorado) says of a file that is not a whole POD5 file.
 _POD5_BAD_SIGNATURE = "IOError: Invalid signature in file"
 
@@ -415,6 +425,8 @@ def basecall(
     unreadable_fraction: float = 0.0,
     skip_unreadable: bool = False,
     split_fraction: float = 0.0,
+    cut: bool = False,
+    crash_after: int | None = None,
     progress: Progress | None = None,
 ) -> list[BasecalledFile]:
     """Stand in for Dorado on one job: a record per read of every POD5 file in input_dir.
@@ -431,7 +443,9 @@ def basecall(
     against them: files it cannot open are skipped with Dorado's error on stderr (a share near
     ``unreadable_fraction`` chosen by ``file_unreadable``, and with ``skip_unreadable`` those
     pod5 cannot open; otherwise such a file is a ``SimulatorError``); a share of reads near
-    ``split_fraction`` comes out split (``SimulatedRead.split``).
+    ``split_fraction`` comes out split (``SimulatedRead.split``); ``cut`` leaves the last reads
+    file written cut short, as a crash mid-write does; ``crash_after`` raises
+    ``SimulatedCrash`` when that many raw reads are done and another one comes.
     """
     say = progress or _ignore
     for folder in (input_dir, output_dir):
@@ -444,6 +458,7 @@ def basecall(
         _dorado_error(f"No reads found in path: {input_dir}")
         raise SimulatorError(f"no POD5 file in {input_dir} could be opened")
     outputs = _Outputs(output_dir, reads_format, model)
+    raw_reads = 0
     try:
         for raw in raw_files:
             if raw in unreadable:
@@ -454,6 +469,9 @@ def basecall(
             file_fails = _file_fails(stem, fail_fraction, seed)
             count = 0
             for raw_read, samples, run_info, header in _simulated_reads(raw, seconds_per_read):
+                if raw_reads == crash_after:
+                    raise SimulatedCrash(f"crashed on purpose after {raw_reads} reads")
+                raw_reads += 1
                 for read in raw_read.split(samples, seed, split_fraction):
                     barcode = barcode_of(read.read_id, barcodes)
                     if layout is Layout.PASS_FAIL:
@@ -469,8 +487,15 @@ def basecall(
             if layout is Layout.PASS_FAIL:
                 outputs.finish(say)
         outputs.finish(say)
-    finally:
+    except SimulatedCrash:
+        raise  # a crash closes nothing: the hidden files stay as they are
+    except BaseException:
         outputs.abandon()
+        raise
+    if cut and outputs.written:
+        last = outputs.written[-1].path
+        _cut_short(last, reads_format)
+        say(f"simulated basecaller: cut {last.relative_to(output_dir)} short, as a crash would")
     return outputs.written
 
 
@@ -501,6 +526,17 @@ def _dorado_error(message: str) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def _cut_short(path: Path, reads_format: ReadsFormat) -> None:
+    """Leave ``path`` as a basecaller dying mid-write leaves it (dorado issue #262): a BAM file
+    without its BGZF end-of-file block, a FASTQ file ending after its last record's '+' line."""
+    if reads_format is ReadsFormat.BAM:
+        keep = path.stat().st_size - _BGZF_EOF_SIZE
+    else:
+        data = path.read_bytes()
+        keep = data.rindex(b"\n", 0, len(data) - 1) + 1
+    os.truncate(path, keep)
 
 
 def _file_fails(stem: str, fail_fraction: float, seed: int) -> bool:
@@ -843,6 +879,20 @@ def _add_basecaller_command(
         "bases in order; in BAM each has pi:Z:<parent id> and sp:i:<start in its signal> (in "
         "FASTQ, as in Dorado's, the parent is not named)",
     )
+    losses.add_argument(
+        "--cut",
+        action="store_true",
+        help="leave the last reads file cut short, as a basecaller crashing mid-write does "
+        "(dorado issue #262), and still exit 0: a FASTQ file ends after its last record's '+' "
+        "line, a BAM file lacks its BGZF end-of-file block",
+    )
+    losses.add_argument(
+        "--crash-after",
+        type=_non_negative_int,
+        metavar="N",
+        help=f"die after N reads, mid-batch, with exit code {CRASH_EXIT_CODE} (as SIGABRT): "
+        "files completed so far stay, the rest stay hidden partial files",
+    )
     parser.set_defaults(func=_basecaller_main)
 
 
@@ -866,24 +916,30 @@ def _sequencer_main(args: argparse.Namespace) -> int:
 
 
 def _basecaller_main(args: argparse.Namespace) -> int:
-    return _exit_code(
-        "basecaller",
-        lambda: basecall(
-            args.input_dir,
-            args.output_dir,
-            seconds_per_read=args.seconds_per_read,
-            fail_fraction=args.fail_fraction,
-            seed=args.seed,
-            reads_format=args.reads_format,
-            layout=args.layout,
-            barcodes=args.barcodes,
-            model=args.model,
-            unreadable_fraction=args.unreadable_fraction,
-            skip_unreadable=args.skip_unreadable,
-            split_fraction=args.split_fraction,
-            progress=_print_progress,
-        ),
-    )
+    try:
+        return _exit_code(
+            "basecaller",
+            lambda: basecall(
+                args.input_dir,
+                args.output_dir,
+                seconds_per_read=args.seconds_per_read,
+                fail_fraction=args.fail_fraction,
+                seed=args.seed,
+                reads_format=args.reads_format,
+                layout=args.layout,
+                barcodes=args.barcodes,
+                model=args.model,
+                unreadable_fraction=args.unreadable_fraction,
+                skip_unreadable=args.skip_unreadable,
+                split_fraction=args.split_fraction,
+                cut=args.cut,
+                crash_after=args.crash_after,
+                progress=_print_progress,
+            ),
+        )
+    except SimulatedCrash as crash:
+        print(f"bcmanager simulate basecaller: {crash}", file=sys.stderr, flush=True)
+        os._exit(CRASH_EXIT_CODE)  # at once, as a crash: no clean-up, no buffers flushed
 
 
 def _exit_code(simulator: str, run: Callable[[], object]) -> int:
@@ -903,6 +959,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
