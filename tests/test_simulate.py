@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import pod5
@@ -16,14 +19,18 @@ import pytest
 from bcmanager.cli import main
 from bcmanager.paths import FolderKind, job_folder
 from bcmanager.simulate import (
+    CRASH_EXIT_CODE,
     POD5_SIGNATURE,
     Layout,
     ReadsFormat,
+    SimulatedCrash,
     SimulatedRead,
     SimulatorError,
     barcode_of,
     basecall,
+    file_unreadable,
     run_sequencer,
+    split_children,
     write_pod5,
 )
 
@@ -271,6 +278,9 @@ def test_help_says_it_is_a_simulator(
         ["basecaller", "in", "out", "--barcodes", "100"],
         ["basecaller", "in", "out", "--layout", "nested"],
         ["basecaller", "in", "out", "--format", "cram"],
+        ["basecaller", "in", "out", "--unreadable-fraction", "-0.1"],
+        ["basecaller", "in", "out", "--split-fraction", "2"],
+        ["basecaller", "in", "out", "--crash-after", "-1"],
         ["sequencer", "out", "--files", "0"],
         ["sequencer", "out", "--interval", "nan"],
     ],
@@ -392,3 +402,218 @@ def test_the_same_job_gives_the_same_bytes(tmp_path: Path) -> None:
     first = {p.relative_to(job_output): p.read_bytes() for p in job_output.rglob("*.fastq")}
     second = {p.relative_to(again): p.read_bytes() for p in again.rglob("*.fastq")}
     assert first == second and len(first) >= 3
+
+
+# Dorado's behaviours that lose or change reads. Each test judges the output with its own
+# parsing; the helpers of bcmanager.simulate only say what the seed chose.
+
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+DORADO_TIME = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] "
+
+
+def dorado_child_id(parent: str, index: int) -> str:
+    """Dorado's utils::derive_uuid(parent, to_string(index)), written out here on its own."""
+    raw = bytearray(hashlib.sha256(f"{parent}{index}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def all_bam_records(job_output: Path) -> list[pysam.AlignedSegment]:
+    records = []
+    for path in sorted(job_output.rglob("*.bam")):
+        with pysam.AlignmentFile(str(path), "rb", check_sq=False) as bam:
+            records += list(bam.fetch(until_eof=True))
+    return records
+
+
+def test_the_helpers_follow_seed_and_fraction_and_name_pieces_as_dorado() -> None:
+    ids = [f"{uuid.UUID(int=n, version=4)}" for n in range(400)]
+
+    assert all(split_children(read_id, 3, 0.0) == [] for read_id in ids)
+    everything = [split_children(read_id, 3, 1.0) for read_id in ids]
+    assert {len(children) for children in everything} == {2, 3}
+    for read_id, children in zip(ids, everything, strict=True):
+        assert children == [dorado_child_id(read_id, n) for n in range(len(children))]
+    some = sum(bool(split_children(read_id, 3, 0.25)) for read_id in ids)
+    assert 60 < some < 140
+    assert [split_children(read_id, 3, 0.25) for read_id in ids[:50]] == [
+        split_children(read_id, 3, 0.25) for read_id in ids[:50]
+    ]
+    assert [split_children(read_id, 4, 0.25) for read_id in ids] != [
+        split_children(read_id, 3, 0.25) for read_id in ids
+    ]
+    stems = [f"run_{n}" for n in range(400)]
+    assert not any(file_unreadable(stem, 1, 0.0) for stem in stems)
+    assert all(file_unreadable(stem, 1, 1.0) for stem in stems)
+    assert 60 < sum(file_unreadable(stem, 1, 0.25) for stem in stems) < 140
+
+
+def test_unreadable_files_are_named_as_dorado_names_them_and_skipped_with_exit_0(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [2, 3, 2, 3, 2, 3])
+    skipped = {stem for stem in expected if file_unreadable(stem, 0, 0.5)}
+    assert 0 < len(skipped) < len(expected)  # seed 0 skips some files, not all
+
+    process = run_cli(
+        "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+        "--unreadable-fraction", "0.5",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    named = re.findall(
+        rf"^{DORADO_TIME}\[error\] POD5 Failed to open file - "
+        r"'IOError: Invalid signature in file' @ '(.+)'\.$",
+        stderr,
+        re.MULTILINE,
+    )
+    assert sorted(named) == sorted(str(job_input / f"{stem}.pod5") for stem in skipped)
+    assert fastq_by_stem(job_output, "pass") == {
+        stem: reads for stem, reads in expected.items() if stem not in skipped
+    }
+
+
+def test_a_corrupt_pod5_is_skipped_with_skip_unreadable_as_dorado_skips_it(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [2, 2])
+    corrupt = job_input / "run_1.pod5"
+    data = corrupt.read_bytes()
+    (job_input.parent / "run_1.pod5").write_bytes(data[: len(data) // 2])
+
+    process = run_cli(
+        "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+        "--skip-unreadable",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    line = f"[error] POD5 Failed to open file - 'IOError: Invalid signature in file' @ '{corrupt}'."
+    assert [row.split("] ", 1)[1] for row in stderr.splitlines() if "POD5" in row] == [line]
+    assert fastq_by_stem(job_output, "pass") == {"run_0": expected["run_0"]}
+
+
+def test_with_no_file_it_can_open_it_fails_as_dorado_does(tmp_path: Path) -> None:
+    job_input, job_output, _ = make_job(tmp_path, [2, 2])
+
+    process = run_cli("basecaller", str(job_input), str(job_output), "--unreadable-fraction", "1")
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 1
+    assert re.search(rf"^{DORADO_TIME}\[error\] No reads found in path: {job_input}$", stderr, re.M)
+    assert list(job_output.iterdir()) == []
+
+
+def test_split_reads_come_out_as_dorados_pieces_with_pi_naming_their_parent(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [10, 10, 10])
+    ledger = job_ledger(job_input)
+
+    process = run_cli(
+        "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+        "--format", "bam", "--split-fraction", "0.4", "--seed", "5",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    whole: list[str] = []
+    pieces: dict[str, list[pysam.AlignedSegment]] = defaultdict(list)
+    for record in all_bam_records(job_output):
+        if record.has_tag("pi"):
+            assert record.get_tag("pi") in ledger
+            pieces[str(record.get_tag("pi"))].append(record)
+        else:
+            whole.append(record.query_name or "")
+    assert pieces and whole
+    assert sorted(whole + list(pieces)) == sorted(r for reads in expected.values() for r in reads)
+    for parent, records in pieces.items():
+        assert len(records) in (2, 3)
+        names = [record.query_name for record in records]
+        assert names == [dorado_child_id(parent, n) for n in range(len(records))]
+        assert names == split_children(parent, 5, 0.4)
+        assert "".join(record.query_sequence or "" for record in records) == ledger[parent].bases
+        starts = [record.get_tag("sp") for record in records]
+        assert starts[0] == 0 and starts == sorted(set(starts))
+    assert all(split_children(read_id, 5, 0.4) == [] for read_id in whole)
+
+
+def test_split_reads_in_fastq_are_named_as_dorado_names_them_and_carry_no_parent(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [10, 10])
+    ledger = job_ledger(job_input)
+
+    basecall(job_input, job_output, seconds_per_read=0, split_fraction=0.5, seed=2)
+
+    split = 0
+    for stem, reads in expected.items():
+        lines = (job_output / "pass" / f"{stem}.fastq").read_text().splitlines()
+        records = [lines[n : n + 4] for n in range(0, len(lines), 4)]
+        assert not any("pi:Z:" in header for header, *_ in records)
+        by_name = {header[1:].split()[0]: bases for header, bases, *_ in records}
+        wanted = []
+        for read_id in reads:
+            children = split_children(read_id, 2, 0.5) or [read_id]
+            split += len(children) > 1
+            assert "".join(by_name[child] for child in children) == ledger[read_id].bases
+            wanted += children
+        assert list(by_name) == wanted
+    assert 0 < split < 20
+
+
+@pytest.mark.parametrize("reads_format", ["fastq", "bam"])
+def test_cut_leaves_the_last_reads_file_cut_short_and_exits_0(
+    tmp_path: Path, reads_format: str
+) -> None:
+    job_input, _, _ = make_job(tmp_path, [3, 4])
+    outputs = {}
+    for name, cut in (("whole", []), ("cut", ["--cut"])):
+        outputs[name] = tmp_path / name
+        outputs[name].mkdir()
+        process = run_cli(
+            "basecaller", str(job_input), str(outputs[name]), "--seconds-per-read", "0",
+            "--format", reads_format, *cut,
+        )  # fmt: skip
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+
+    first, last = (f"pass/run_{n}.{reads_format}" for n in (0, 1))
+    assert (outputs["cut"] / first).read_bytes() == (outputs["whole"] / first).read_bytes()
+    whole, cut_short = ((outputs[name] / last).read_bytes() for name in ("whole", "cut"))
+    if reads_format == "bam":
+        assert whole.endswith(BGZF_EOF)
+        assert cut_short == whole[: -len(BGZF_EOF)]
+        with pytest.raises(OSError, match="EOF marker"):
+            pysam.AlignmentFile(str(outputs["cut"] / last), "rb", check_sq=False)
+    else:
+        lines = cut_short.decode().split("\n")
+        assert lines[-2:] == ["+", ""] and len(lines) % 4 == 0
+        assert whole.decode().split("\n")[:-2] == lines[:-1]
+
+
+def test_crash_after_dies_mid_batch_with_sigabrts_code_leaving_what_was_done(
+    tmp_path: Path,
+) -> None:
+    job_input, job_output, expected = make_job(tmp_path, [3, 3, 3, 3])
+
+    process = run_cli(
+        "basecaller", str(job_input), str(job_output), "--seconds-per-read", "0",
+        "--crash-after", "7",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == CRASH_EXIT_CODE == 134
+    assert "crashed on purpose after 7 reads" in stderr
+    done = {p.stem: [r[0] for r in parse_fastq(p)] for p in job_output.glob("pass/*.fastq")}
+    assert done == {"run_0": expected["run_0"], "run_1": expected["run_1"]}
+    assert sorted(p.name for p in (job_output / "pass").iterdir()) == [
+        ".run_2.fastq.partial", "run_0.fastq", "run_1.fastq"
+    ]  # fmt: skip
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(SimulatedCrash):
+        basecall(job_input, again, seconds_per_read=0, crash_after=0)
+    assert list(again.iterdir()) == []

@@ -9,6 +9,9 @@ fills it only on ``close()``. So files are built in a private scratch folder and
 then placed where they belong: atomically for test fixtures, in timed chunks for the sequencer,
 which thereby leaves a half-written file under its final name for a while, as MinKNOW does.
 
+The basecaller can also lose or change reads the ways Dorado does (a file it cannot open, split
+reads, a reads file cut short, a crash), so that the manager is tested against them.
+
 The sequencer is a coroutine and the basecaller a plain function, so the demo can run them
 in-process; ``bcmanager simulate`` is a thin command-line layer over both.
 """
@@ -19,6 +22,7 @@ import argparse
 import array
 import asyncio
 import datetime
+import hashlib
 import itertools
 import math
 import os
@@ -55,6 +59,15 @@ Progress = Callable[[str], None]
 
 class SimulatorError(Exception):
     """A simulated sequencer or basecaller cannot go on; the message says why."""
+
+
+class SimulatedCrash(Exception):
+    """The simulated basecaller dies on purpose (``crash_after``), as Dorado aborting mid-run."""
+
+
+# The exit status a shell reports for a process killed by SIGABRT (128 + 6), which the
+# command-line basecaller exits with when it crashes on purpose.
+CRASH_EXIT_CODE = 134
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +302,11 @@ DEFAULT_MODEL = "dna_r10.4.1_e8.2_400bps_hac@v5.0.0"
 # default --min-qscore for its hac models sends it.
 MIN_QSCORE = 9
 _Q_SPREAD = 4  # a base's quality differs from its read's centre by up to this much
+_SPLIT_PIECES = (2, 2, 2, 3)  # a split read comes out as 2 records, now and then as 3
+_MIN_BASES = max(_SPLIT_PIECES)  # a base for each piece a read may be split into
+_BGZF_EOF_SIZE = 28  # the empty BGZF block that ends every complete BAM file
+# What pod5 (and so Dorado) says of a file that is not a whole POD5 file.
+_POD5_BAD_SIGNATURE = "IOError: Invalid signature in file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,13 +325,15 @@ class SimulatedRead:
     read_id: str
     bases: str
     qualities: bytes  # phred scores, one per base
+    parent_id: str | None = None  # the raw read a piece of a split read comes from
+    split_point: int = 0  # where a piece starts in its parent's signal, in samples
 
     @classmethod
     def of(cls, read_id: str, samples: int) -> SimulatedRead:
         """Lengths spread around one base per ``SAMPLES_PER_BASE`` samples, and each read's
         qualities around a centre of its own, so both histograms have some shape."""
         rng = random.Random(read_id)
-        length = max(1, round(samples / SAMPLES_PER_BASE * rng.uniform(0.3, 1.7)))
+        length = max(_MIN_BASES, round(samples / SAMPLES_PER_BASE * rng.uniform(0.3, 1.7)))
         bases = "".join(rng.choices("ACGT", k=length))
         centre = min(35, max(3, round(rng.gauss(14, 5))))
         qualities = bytes(
@@ -329,6 +349,57 @@ class SimulatedRead:
     def fastq(self, header: str) -> str:
         quality_text = "".join(chr(33 + phred) for phred in self.qualities)
         return f"@{self.read_id} {header}\n{self.bases}\n+\n{quality_text}\n"
+
+    def split(self, samples: int, seed: int, split_fraction: float) -> list[SimulatedRead]:
+        """The records this read comes out as: itself, or the pieces Dorado's read splitting
+        would make of it (``split_children`` names them), which together hold its bases and
+        qualities in order; ``samples`` is its signal's length, to place each piece in it."""
+        pieces, rng = _split_plan(self.read_id, seed, split_fraction)
+        if pieces == 1:
+            return [self]
+        length = len(self.bases)
+        cuts = [0, *sorted(rng.sample(range(1, length), pieces - 1)), length]
+        return [
+            SimulatedRead(
+                _derived_read_id(self.read_id, index),
+                self.bases[start:end],
+                self.qualities[start:end],
+                parent_id=self.read_id,
+                split_point=start * samples // length,
+            )
+            for index, (start, end) in enumerate(itertools.pairwise(cuts))
+        ]
+
+
+def split_children(read_id: str, seed: int, split_fraction: float) -> list[str]:
+    """The read ids a raw read comes out as when split, in order; empty when it is not.
+
+    Which reads are split follows from ``seed`` and the read id; the pieces are named as Dorado
+    names them, so the same rule finds them in Dorado's own output.
+    """
+    pieces, _ = _split_plan(read_id, seed, split_fraction)
+    return [_derived_read_id(read_id, index) for index in range(pieces)] if pieces > 1 else []
+
+
+def _split_plan(read_id: str, seed: int, split_fraction: float) -> tuple[int, random.Random]:
+    """How many records a read comes out as, and the generator that goes on to place its cuts."""
+    rng = random.Random(f"split:{seed}:{read_id}")
+    if rng.random() >= split_fraction:
+        return 1, rng
+    return rng.choice(_SPLIT_PIECES), rng
+
+
+def _derived_read_id(parent_id: str, index: int) -> str:
+    """Dorado's id for piece ``index`` of a split read (its ``utils::derive_uuid``): the first
+    16 bytes of SHA-256(parent id + the index in decimal), marked as a version-4 uuid."""
+    digest = hashlib.sha256(f"{parent_id}{index}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def file_unreadable(stem: str, seed: int, unreadable_fraction: float) -> bool:
+    """Whether the simulated basecaller pretends it cannot open the raw file ``stem``: a share
+    of files near ``unreadable_fraction``, chosen by ``seed`` and the stem."""
+    return random.Random(f"unreadable:{seed}:{stem}").random() < unreadable_fraction
 
 
 def barcode_of(read_id: str, barcodes: int) -> str | None:
@@ -351,6 +422,11 @@ def basecall(
     layout: Layout = Layout.PASS_FAIL,
     barcodes: int = 0,
     model: str = DEFAULT_MODEL,
+    unreadable_fraction: float = 0.0,
+    skip_unreadable: bool = False,
+    split_fraction: float = 0.0,
+    cut: bool = False,
+    crash_after: int | None = None,
     progress: Progress | None = None,
 ) -> list[BasecalledFile]:
     """Stand in for Dorado on one job: a record per read of every POD5 file in input_dir.
@@ -362,6 +438,14 @@ def basecall(
     is written under a hidden name and renamed into place when complete (in the pass-fail
     layout after each raw file, otherwise at the end), so a basecaller killed at any instant
     leaves no partial file under a reads file's name.
+
+    The rest reproduces Dorado's ways of losing or changing reads, so the manager can be tested
+    against them: files it cannot open are skipped with Dorado's error on stderr (a share near
+    ``unreadable_fraction`` chosen by ``file_unreadable``, and with ``skip_unreadable`` those
+    pod5 cannot open; otherwise such a file is a ``SimulatorError``); a share of reads near
+    ``split_fraction`` comes out split (``SimulatedRead.split``); ``cut`` leaves the last reads
+    file written cut short, as a crash mid-write does; ``crash_after`` raises
+    ``SimulatedCrash`` when that many raw reads are done and another one comes.
     """
     say = progress or _ignore
     for folder in (input_dir, output_dir):
@@ -369,30 +453,90 @@ def basecall(
             raise SimulatorError(f"{folder} is not a folder")
     raw_files = sorted(path for path in input_dir.iterdir() if is_raw_name(path.name))
     say(f"simulated basecaller (not Dorado): {len(raw_files)} POD5 files in {input_dir}")
+    unreadable = _unreadable_files(raw_files, seed, unreadable_fraction, skip_unreadable)
+    if raw_files and len(unreadable) == len(raw_files):
+        _dorado_error(f"No reads found in path: {input_dir}")
+        raise SimulatorError(f"no POD5 file in {input_dir} could be opened")
     outputs = _Outputs(output_dir, reads_format, model)
+    raw_reads = 0
     try:
         for raw in raw_files:
+            if raw in unreadable:
+                _dorado_error(f"POD5 Failed to open file - '{unreadable[raw]}' @ '{raw}'.")
+                say(f"simulated basecaller: {raw.name}: skipped, it cannot be opened")
+                continue
             stem = raw_stem(raw.name)
             file_fails = _file_fails(stem, fail_fraction, seed)
             count = 0
-            for read, run_info, header in _simulated_reads(raw, seconds_per_read):
-                barcode = barcode_of(read.read_id, barcodes)
-                if layout is Layout.PASS_FAIL:
-                    where = _pass_fail_path(FAIL if file_fails else PASS, barcode, stem)
-                elif layout is Layout.DORADO:
-                    verdict = PASS if read.mean_qscore >= MIN_QSCORE else FAIL
-                    where = _dorado_path(run_info, reads_format, verdict, barcode)
-                else:
-                    where = Path("calls")
-                outputs.add(where, read, run_info, header, barcode)
-                count += 1
+            for raw_read, samples, run_info, header in _simulated_reads(raw, seconds_per_read):
+                if raw_reads == crash_after:
+                    raise SimulatedCrash(f"crashed on purpose after {raw_reads} reads")
+                raw_reads += 1
+                for read in raw_read.split(samples, seed, split_fraction):
+                    barcode = barcode_of(read.read_id, barcodes)
+                    if layout is Layout.PASS_FAIL:
+                        where = _pass_fail_path(FAIL if file_fails else PASS, barcode, stem)
+                    elif layout is Layout.DORADO:
+                        verdict = PASS if read.mean_qscore >= MIN_QSCORE else FAIL
+                        where = _dorado_path(run_info, reads_format, verdict, barcode)
+                    else:
+                        where = Path("calls")
+                    outputs.add(where, read, run_info, header, barcode)
+                    count += 1
             say(f"simulated basecaller: {raw.name}: {count} reads")
             if layout is Layout.PASS_FAIL:
                 outputs.finish(say)
         outputs.finish(say)
-    finally:
+    except SimulatedCrash:
+        raise  # a crash closes nothing: the hidden files stay as they are
+    except BaseException:
         outputs.abandon()
+        raise
+    if cut and outputs.written:
+        last = outputs.written[-1].path
+        _cut_short(last, reads_format)
+        say(f"simulated basecaller: cut {last.relative_to(output_dir)} short, as a crash would")
     return outputs.written
+
+
+def _unreadable_files(
+    raw_files: list[Path], seed: int, unreadable_fraction: float, skip_unreadable: bool
+) -> dict[Path, str]:
+    """The raw files the basecaller skips, each with the error pod5 gives for it; each is named
+    on stderr as Dorado's first look at its input names it (``Failed to open file``)."""
+    unreadable: dict[Path, str] = {}
+    for raw in raw_files:
+        if file_unreadable(raw_stem(raw.name), seed, unreadable_fraction):
+            unreadable[raw] = _POD5_BAD_SIGNATURE
+        elif skip_unreadable:
+            try:
+                pod5.Reader(raw).close()
+            except (OSError, RuntimeError, ValueError) as exc:
+                unreadable[raw] = str(exc)
+    for raw, error in unreadable.items():
+        _dorado_error(f"Failed to open file {raw}: {error}")
+    return unreadable
+
+
+def _dorado_error(message: str) -> None:
+    """Write an error on stderr as Dorado logs it (spdlog: local time to the millisecond)."""
+    now = datetime.datetime.now()
+    print(
+        f"[{now:%Y-%m-%d %H:%M:%S}.{now.microsecond // 1000:03d}] [error] {message}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _cut_short(path: Path, reads_format: ReadsFormat) -> None:
+    """Leave ``path`` as a basecaller dying mid-write leaves it (dorado issue #262): a BAM file
+    without its BGZF end-of-file block, a FASTQ file ending after its last record's '+' line."""
+    if reads_format is ReadsFormat.BAM:
+        keep = path.stat().st_size - _BGZF_EOF_SIZE
+    else:
+        data = path.read_bytes()
+        keep = data.rindex(b"\n", 0, len(data) - 1) + 1
+    os.truncate(path, keep)
 
 
 def _file_fails(stem: str, fail_fraction: float, seed: int) -> bool:
@@ -429,9 +573,9 @@ def _dorado_path(
 
 def _simulated_reads(
     raw: Path, seconds_per_read: float
-) -> Iterator[tuple[SimulatedRead, pod5.RunInfo, str]]:
+) -> Iterator[tuple[SimulatedRead, int, pod5.RunInfo, str]]:
     """Each read of ``raw`` as the simulator calls it, taking ``seconds_per_read`` each, with
-    its run and the rest of a FASTQ header line."""
+    its signal's length, its run and the rest of a FASTQ header line."""
     try:
         with pod5.Reader(raw) as reader:
             for record in reader.reads():
@@ -441,7 +585,8 @@ def _simulated_reads(
                     f"runid={run_info.acquisition_id} read={record.read_number} "
                     f"ch={record.pore.channel} simulator=bcmanager"
                 )
-                yield SimulatedRead.of(str(record.read_id), record.num_samples), run_info, header
+                samples = record.num_samples
+                yield SimulatedRead.of(str(record.read_id), samples), samples, run_info, header
     except (OSError, RuntimeError, ValueError) as exc:
         raise SimulatorError(f"cannot read POD5 file {raw}: {exc}") from exc
 
@@ -510,6 +655,10 @@ class _ReadsWriter(ABC):
 
 
 class _FastqWriter(_ReadsWriter):
+    """FASTQ with the simulator's own header words. A piece of a split read carries no parent
+    id: Dorado's FASTQ headers hold a fixed few SAM tags (RG, st, DS, qs, ch, ...), never
+    ``pi``, so its pieces are known only by their ids (``split_children``)."""
+
     def __init__(self, target: Path) -> None:
         super().__init__(target)
         self._file = self.partial.open("w", encoding="ascii")
@@ -526,7 +675,8 @@ class _FastqWriter(_ReadsWriter):
 class _BamWriter(_ReadsWriter):
     """Unaligned BAM as Dorado writes it: an @PG line for the basecaller and an @RG line
     whose description names the model (``basecall_model=``); each record carries its read
-    group, its mean Q-score (``qs``) and its barcode (``BC``) when it has one."""
+    group, its mean Q-score (``qs``) and its barcode (``BC``) when it has one, and a piece of
+    a split read its parent's id (``pi``) and where it starts in its parent's signal (``sp``)."""
 
     def __init__(self, target: Path, run_info: pod5.RunInfo, model: str) -> None:
         super().__init__(target)
@@ -571,6 +721,8 @@ class _BamWriter(_ReadsWriter):
         ]
         if barcode:
             tags.append(("BC", barcode, "Z"))
+        if read.parent_id:
+            tags += [("pi", read.parent_id, "Z"), ("sp", read.split_point, "i")]
         record.set_tags(tags)
         self._file.write(record)
         self.reads += 1
@@ -664,7 +816,13 @@ def _add_basecaller_command(
         metavar="F",
         help="share of files whose reads go to fail/ (pass-fail layout)",
     )
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="chooses which files fail")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="chooses the files that fail or cannot be opened and the reads that are split",
+    )
     parser.add_argument(
         "--format",
         dest="reads_format",
@@ -690,6 +848,51 @@ def _add_basecaller_command(
         help="spread reads over barcode01..N folders and unclassified (by read id); 0: none",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the model a BAM's header names")
+    losses = parser.add_argument_group(
+        "Dorado's ways of losing or changing reads",
+        "Each reproduces what Dorado does, for testing what receives its output; choices "
+        "follow --seed and the file or read id.",
+    )
+    losses.add_argument(
+        "--unreadable-fraction",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="share of POD5 files treated as unopenable: as Dorado (1.1 and later) does with a "
+        "corrupt file, each is named on stderr (\"[error] POD5 Failed to open file - '<error>' "
+        "@ '<file>'.\") and skipped, no read of it written, exit code 0; with every file "
+        'skipped, "No reads found in path" and exit code 1, as Dorado',
+    )
+    losses.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip a POD5 file that really cannot be opened the same way, as Dorado does, "
+        "instead of failing",
+    )
+    losses.add_argument(
+        "--split-fraction",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="share of reads split as Dorado's read splitting splits concatemers: 2 or 3 "
+        "records with new ids derived from the parent's id as Dorado derives them, holding its "
+        "bases in order; in BAM each has pi:Z:<parent id> and sp:i:<start in its signal> (in "
+        "FASTQ, as in Dorado's, the parent is not named)",
+    )
+    losses.add_argument(
+        "--cut",
+        action="store_true",
+        help="leave the last reads file cut short, as a basecaller crashing mid-write does "
+        "(dorado issue #262), and still exit 0: a FASTQ file ends after its last record's '+' "
+        "line, a BAM file lacks its BGZF end-of-file block",
+    )
+    losses.add_argument(
+        "--crash-after",
+        type=_non_negative_int,
+        metavar="N",
+        help=f"die after N reads, mid-batch, with exit code {CRASH_EXIT_CODE} (as SIGABRT): "
+        "files completed so far stay, the rest stay hidden partial files",
+    )
     parser.set_defaults(func=_basecaller_main)
 
 
@@ -713,21 +916,30 @@ def _sequencer_main(args: argparse.Namespace) -> int:
 
 
 def _basecaller_main(args: argparse.Namespace) -> int:
-    return _exit_code(
-        "basecaller",
-        lambda: basecall(
-            args.input_dir,
-            args.output_dir,
-            seconds_per_read=args.seconds_per_read,
-            fail_fraction=args.fail_fraction,
-            seed=args.seed,
-            reads_format=args.reads_format,
-            layout=args.layout,
-            barcodes=args.barcodes,
-            model=args.model,
-            progress=_print_progress,
-        ),
-    )
+    try:
+        return _exit_code(
+            "basecaller",
+            lambda: basecall(
+                args.input_dir,
+                args.output_dir,
+                seconds_per_read=args.seconds_per_read,
+                fail_fraction=args.fail_fraction,
+                seed=args.seed,
+                reads_format=args.reads_format,
+                layout=args.layout,
+                barcodes=args.barcodes,
+                model=args.model,
+                unreadable_fraction=args.unreadable_fraction,
+                skip_unreadable=args.skip_unreadable,
+                split_fraction=args.split_fraction,
+                cut=args.cut,
+                crash_after=args.crash_after,
+                progress=_print_progress,
+            ),
+        )
+    except SimulatedCrash as crash:
+        print(f"bcmanager simulate basecaller: {crash}", file=sys.stderr, flush=True)
+        os._exit(CRASH_EXIT_CODE)  # at once, as a crash: no clean-up, no buffers flushed
 
 
 def _exit_code(simulator: str, run: Callable[[], object]) -> int:
@@ -747,6 +959,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
