@@ -22,7 +22,6 @@ import argparse
 import array
 import asyncio
 import datetime
-import hashlib
 import itertools
 import math
 import os
@@ -41,6 +40,7 @@ import numpy as np
 import pod5  # type: ignore[import-untyped]
 
 from bcmanager import __version__, readstats
+from bcmanager.core.account import derived_read_id
 from bcmanager.paths import FAIL, PASS, is_raw_name, raw_stem
 
 POD5_SIGNATURE = b"\x8bPOD\r\n\x1a\n"  # first and last 8 bytes of every complete POD5 file
@@ -361,7 +361,7 @@ class SimulatedRead:
         cuts = [0, *sorted(rng.sample(range(1, length), pieces - 1)), length]
         return [
             SimulatedRead(
-                _derived_read_id(self.read_id, index),
+                derived_read_id(self.read_id, index),
                 self.bases[start:end],
                 self.qualities[start:end],
                 parent_id=self.read_id,
@@ -378,7 +378,7 @@ def split_children(read_id: str, seed: int, split_fraction: float) -> list[str]:
     names them, so the same rule finds them in Dorado's own output.
     """
     pieces, _ = _split_plan(read_id, seed, split_fraction)
-    return [_derived_read_id(read_id, index) for index in range(pieces)] if pieces > 1 else []
+    return [derived_read_id(read_id, index) for index in range(pieces)] if pieces > 1 else []
 
 
 def _split_plan(read_id: str, seed: int, split_fraction: float) -> tuple[int, random.Random]:
@@ -387,13 +387,6 @@ def _split_plan(read_id: str, seed: int, split_fraction: float) -> tuple[int, ra
     if rng.random() >= split_fraction:
         return 1, rng
     return rng.choice(_SPLIT_PIECES), rng
-
-
-def _derived_read_id(parent_id: str, index: int) -> str:
-    """Dorado's id for piece ``index`` of a split read (its ``utils::derive_uuid``): the first
-    16 bytes of SHA-256(parent id + the index in decimal), marked as a version-4 uuid."""
-    digest = hashlib.sha256(f"{parent_id}{index}".encode()).digest()
-    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 def file_unreadable(stem: str, seed: int, unreadable_fraction: float) -> bool:

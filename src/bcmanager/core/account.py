@@ -29,10 +29,12 @@ batch) in time and memory, in a worker thread, never on the event loop.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
 import re
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -103,7 +105,7 @@ class _ReadsFile:
     inside: str
     owners: set[int] = field(default_factory=set)  # raw files (by index) with reads in it
     records: int = 0
-    strangers: int = 0  # records of no raw file of the batch
+    strangers: list[str] = field(default_factory=list)  # ids of no raw file of the batch
     problem: str | None = None
 
 
@@ -192,14 +194,16 @@ def account_job(
                 (children if parent else plain)[key] += 1
                 owned = owner.get(key)
                 if owned is None:
-                    found.strangers += 1
+                    found.strangers.append(read_id)
                 else:
                     found.owners.add(owned)
         except ReadsFileError as error:
             found.problem = f"{found.inside} {error}"
+    _find_pieces(reads_files, owner, plain, children)
     for found in reads_files:
         if found.problem is None and found.strangers and not gone:
-            found.problem = f"{found.inside} holds {found.strangers:,} reads of no file of this job"
+            count = len(found.strangers)
+            found.problem = f"{found.inside} holds {count:,} reads of no file of this job"
     doubled = {read_id for read_id, seen in record_ids.items() if seen > 1}
     accounts = _judge(names, reads_in, problems, owner, plain, children, doubled, skipped, may_drop)
     _spread(accounts, reads_files)
@@ -212,6 +216,48 @@ def account_job(
             if each.problem is not None
         },
     )
+
+
+def derived_read_id(parent_id: str, index: int) -> str:
+    """Dorado's id for piece ``index`` of a split read (its ``derive_uuid``): the first 16 bytes
+    of SHA-256(parent id + the index in decimal), marked as a version-4 uuid."""
+    digest = hashlib.sha256(f"{parent_id}{index}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def _find_pieces(
+    reads_files: list[_ReadsFile],
+    owner: dict[str, int],
+    plain: Counter[str],
+    children: Counter[str],
+) -> None:
+    """Records of no raw read may be pieces of a split read in a format that does not name the
+    parent (Dorado writes ``pi`` into SAM tags, not into FASTQ headers): each raw read that did
+    not come out is tried as a parent, piece by piece, by Dorado's own naming of the pieces.
+    The cost is a hash per piece of a read that did not come out otherwise."""
+    strangers = {read_id for found in reads_files for read_id in found.strangers}
+    if not strangers:
+        return
+    parent_of: dict[str, str] = {}
+    for read_id in owner:
+        if read_id in plain or read_id in children:
+            continue
+        index = 0
+        while (piece := derived_read_id(read_id, index)) in strangers:
+            parent_of[piece] = read_id
+            index += 1
+    if not parent_of:
+        return
+    for found in reads_files:
+        left = []
+        for read_id in found.strangers:
+            parent = parent_of.get(read_id)
+            if parent is None:
+                left.append(read_id)
+                continue
+            children[parent] += 1
+            found.owners.add(owner[parent])
+        found.strangers = left
 
 
 def _judge(
