@@ -350,8 +350,10 @@ def reads_of(path: Path) -> Iterator[tuple[str, str | None]]:
         if name.endswith(FASTQ_SUFFIXES):
             yield from _fastq_reads(path)
         else:
-            _check_ending(path)
+            # Read to the end first: the records of a file cut short still say whose reads
+            # it holds.
             yield from _hts_reads(path)
+            _check_ending(path)
     except (OSError, EOFError, zlib.error, ValueError, KeyError, StopIteration) as error:
         raise ReadsFileError(_reason(error)) from error
 
@@ -431,7 +433,7 @@ def _hts_reads(path: Path) -> Iterator[tuple[str, str | None]]:
     mode = next(mode for suffix, mode in _HTS_MODES if path.name.endswith(suffix))
     save = pysam.set_verbosity(0)
     try:
-        with pysam.AlignmentFile(str(path), mode, check_sq=False) as reads:
+        with pysam.AlignmentFile(str(path), mode, check_sq=False, ignore_truncation=True) as reads:
             for record in reads.fetch(until_eof=True):
                 if record.is_secondary or record.is_supplementary:
                     continue
