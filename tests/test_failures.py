@@ -220,3 +220,70 @@ def test_benching_forgets_engines_that_succeed_or_went_quiet() -> None:
     for index in range(1000):
         benching.failed(f"pod-{index}", now=200 + index, reason="x")
     assert len(benching._streaks) < 150  # older than `longest`: forgotten
+
+
+async def test_an_engine_that_writes_nothing_is_benched_and_the_run_completes(run: Run) -> None:
+    """Exit 0 and no output: each file a failed attempt, counted for benching, never a loop."""
+    names = run.add_many(8)
+    clock = Clock()
+    manager = Manager(run.settings(bench_seconds=600, report_back_period=600), clock=clock)
+    async with serving(manager) as client:
+
+        async def job(engine: str) -> int:
+            batch = (
+                await client.get("/assignwork", params={"engineid": engine, "batchsize": 2})
+            ).json()
+            if batch["batch_size"] and engine == "good":
+                run.basecall(batch["job_output_dir"], batch["batch"])
+            if batch["batch_size"]:
+                done = {"job_id": batch["jobid"], "job_state": "DONE"}
+                assert (await client.get("/completed", params=done)).json() == {"ok": True}
+            clock.now += 1
+            return int(batch["batch_size"])
+
+        sizes = [await job("empty"), await job("good"), await job("empty"), await job("empty")]
+        benched = (await client.get("/status")).json()["benched"]
+        refused = await job("empty")
+        while await job("good"):
+            pass
+        picture = (await client.get("/status")).json()
+    assert sizes[0] == 2 and all(sizes) and refused == 0
+    [entry] = benched
+    assert entry["engine"] == "empty" and "reads came out" in entry["reason"]
+    assert picture["files"]["done"] == len(names) and picture["files"]["failed"] == 0
+    # One failed attempt per file it took, then no more: no pile of empty attempts.
+    assert len(job_folders(run, "FAILED_")) == sizes[0] + sizes[2] + sizes[3]
+    assert sorted(fastq_read_ids(run.output_dir / "pass")) == sorted(
+        read for name in names for read in run.reads[name]
+    )
+
+
+async def test_an_engine_drawing_the_halves_of_its_own_failures_is_benched(run: Run) -> None:
+    run.add_many(8)
+    clock = Clock()
+    settings = run.settings(bench_seconds=600, report_back_period=10, quarantine_attempts=9)
+    manager = Manager(settings, clock=clock)
+    async with serving(manager) as client:
+
+        async def job(engine: str, outcome: str, size: int = 4) -> dict[str, Any]:
+            batch: dict[str, Any] = (
+                await client.get("/assignwork", params={"engineid": engine, "batchsize": size})
+            ).json()
+            if batch["batch_size"]:
+                if outcome == "DONE":
+                    run.basecall(batch["job_output_dir"], batch["batch"])
+                done = {"job_id": batch["jobid"], "job_state": outcome}
+                assert (await client.get("/completed", params=done)).status_code == 200
+            return batch
+
+        first = await job("bad", "FAILED")
+        await job("good", "DONE")  # another engine succeeds since
+        clock.now += 30  # and goes quiet: the bad one draws its own halves
+        half = await job("bad", "FAILED")
+        quarter = await job("bad", "FAILED")
+        benched = await job("bad", "FAILED")
+        picture = (await client.get("/status")).json()
+    assert len(first["batch"]) == 4 and len(half["batch"]) == 2 and len(quarter["batch"]) == 1
+    assert set(half["batch"]) < set(first["batch"]) and set(quarter["batch"]) < set(half["batch"])
+    assert benched["batch_size"] == 0
+    assert [entry["engine"] for entry in picture["benched"]] == ["bad"]
