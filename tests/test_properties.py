@@ -444,16 +444,31 @@ class RunMachine(RuleBasedStateMachine):
         if expected is None and not repeat:
             self.ended_as(jobid, outcome)
 
-    def ended_as(self, jobid: str, outcome: JobState) -> None:
-        """The job ended as the engine reported: a DONE with nothing written EMPTY, a FAILED
-        FAILED (its files retried) or QUARANTINED (its one file set aside)."""
+    def rejected_all(self, jobid: str) -> bool:
+        """Whether the account of a DONE of this job rejects every file: none was written, and
+        none is deleted (a deleted file's reads cannot be checked)."""
         job = self.jobs[jobid]
-        ended = self.manager.state.job(jobid).state
-        empty = outcome is JobState.DONE and bool(job.files) and not job.output
-        assert ended in ({JobState.EMPTY} if empty else ENDS_OF[outcome] - {JobState.EMPTY})
+        return bool(job.files) and all(
+            name not in job.written and name not in self.deleted for name in job.files
+        )
+
+    def ended_as(self, jobid: str, outcome: JobState) -> None:
+        """The job ended as the engine reported: a DONE whose every file the account rejects
+        (nothing written) as a failure, a FAILED FAILED (its files retried) or QUARANTINED (its
+        one file set aside). Files a DONE's account rejects leave the job as failed attempts of
+        their own: the job keeps the rest."""
+        job = self.jobs[jobid]
+        found = self.manager.state.job(jobid)
+        ended = found.state
+        empty = outcome is JobState.DONE and self.rejected_all(jobid)
+        failures = {JobState.FAILED, JobState.QUARANTINED}
+        if outcome is JobState.DONE:
+            assert ended in (failures if empty else {JobState.DONE})
+        else:
+            assert ended in ENDS_OF[outcome]
         assert ended is not JobState.QUARANTINED or len(job.files) == 1  # a file failing alone
         job.state = ended.value
-        self.failures |= outcome is JobState.FAILED
+        self.failures |= outcome is JobState.FAILED or empty or set(job.files) != set(found.files)
         STATS["hostile: DONE with nothing written"] += empty
 
     @rule(seconds=st.floats(0, LEASE * 1.2))
@@ -576,7 +591,10 @@ class RunMachine(RuleBasedStateMachine):
         # Whatever instant it died at, the job is whole: still leased, or done with its output,
         # or (with no output to merge) released, and then forgotten by the restart.
         job = self.jobs[jobid]
-        assert job.state in ("live", "DONE") or (job.state == "unknown" and not job.output)
+        rejected = ("FAILED", "QUARANTINED") if self.rejected_all(jobid) else ()
+        assert job.state in ("live", "DONE", *rejected) or (
+            job.state == "unknown" and not job.output
+        )
 
     @precondition(has_live_jobs)
     @rule(crash=CRASHES, recovery=RECOVERY_FAULTS)
@@ -618,7 +636,17 @@ class RunMachine(RuleBasedStateMachine):
         try:
             self.complete_if_alive(jobid, outcome)
         except OSError:
-            assert self.snapshot() == before
+            after = self.snapshot()
+            if after != before:  # a DONE's rejected files were set apart before the error
+                assert outcome is JobState.DONE and self.manager.state.job(jobid).live
+                (files, leases), (files_after, leases_after) = before, after
+                apart = set(leases[jobid]) - set(leases_after[jobid])
+                assert apart and {files_after[name] for name in apart if name in files_after} <= {
+                    FileState.PENDING,
+                    FileState.FAILED,
+                }
+                assert {**files_after, **dict.fromkeys(apart)} == {**files, **dict.fromkeys(apart)}
+                self.failures = True
         STATS["disk errors in a request or expiry"] += self.ops.fired
         if not self.manager.state.job(jobid).live:
             self.ended_as(jobid, outcome)

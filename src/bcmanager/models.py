@@ -463,6 +463,31 @@ class EngineYield(BaseModel):
     )
 
 
+class ReadsAccount(BaseModel):
+    """Every read accounted for: the raw reads of a run's done files against what came out."""
+
+    reads_in: int = Field(description="Raw reads of the done files (their POD5 read ids).")
+    records_out: int = Field(description="Records merged into pass/ and fail/.")
+    split_reads: int = Field(
+        description="Raw reads that came out as several records (Dorado's split reads)."
+    )
+    reads_missing: int = Field(
+        description="Raw reads of done files that did not come out: 0 in a healthy run; "
+        "only what BCM_MAY_DROP_READS lets a basecaller drop on purpose."
+    )
+    files_unchecked: int = Field(
+        description="Done files whose raw reads could not be read (deleted while leased)."
+    )
+    jobs_without_account: int = Field(
+        description="DONE jobs with no account of their reads (done before there was one)."
+    )
+    files_rejected: int = Field(
+        description="Files a DONE's account rejected (reads missing, twice, or in a reads "
+        "file cut short), each attempt once: they went to the failure policy."
+    )
+    rejections: list[str] = Field(description="Why, for the last few, newest last.")
+
+
 class RunYieldStatus(BaseModel):
     """What a run's reads came to, from the statistics of its DONE jobs."""
 
@@ -504,4 +529,7 @@ class RunYieldStatus(BaseModel):
         description="True: the run's reads come from more than one basecaller model."
     )
     engines: list[EngineYield] = Field(description="Reads and bases by engine, most bases first.")
+    account: ReadsAccount = Field(
+        description="The account of the run's reads: raw reads in against records out."
+    )
     problems: ShownNames = Field(description="The last statistics that could not be counted.")

@@ -32,8 +32,10 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 from typing import Any, TypeVar
 
+from bcmanager import readstats
 from bcmanager.core import scan
 from bcmanager.core.account import JobAccount, account_job, account_record, skipped_by_basecaller
 from bcmanager.core.benching import Benched, Benching
@@ -60,7 +62,14 @@ from bcmanager.models import (
     RunPhase,
     RunStatus,
 )
-from bcmanager.paths import ACCOUNT_FILE, ATTEMPT_FILE, FolderKind, JobFolderName, RunPaths
+from bcmanager.paths import (
+    ACCOUNT_FILE,
+    ATTEMPT_FILE,
+    STATS_FILE,
+    FolderKind,
+    JobFolderName,
+    RunPaths,
+)
 from bcmanager.records import write_record
 from bcmanager.settings import Settings
 from bcmanager.undecodable import UndecodableNames
@@ -138,6 +147,8 @@ class Manager:
         self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
         # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied).
         self.done_at_start: list[tuple[str, str]] = []
+        # And the failed attempts, whose account may say why a DONE rejected their files.
+        self.failed_at_start: list[tuple[str, str]] = []
         # Job ids of the other raw folders that share this one's output folder: recovery
         # leaves their output alone.
         self.siblings: Callable[[], frozenset[str]] = frozenset
@@ -201,10 +212,12 @@ class Manager:
             if outcome is JobState.DONE:
                 done.append(files)
                 self.done_at_start.append((folder.jobid, folder.engine))
-            elif outcome is JobState.QUARANTINED:
-                quarantined += [(folder.engine, name) for name in files]
             else:
-                attempts.append((folder.engine, tuple(files)))
+                self.failed_at_start.append((folder.jobid, folder.engine))
+                if outcome is JobState.QUARANTINED:
+                    quarantined += [(folder.engine, name) for name in files]
+                else:
+                    attempts.append((folder.engine, tuple(files)))
         for ended, count, event in sorted(found, key=_oldest_first):
             self._apply(event, now, Facts(at=ended, files=count))
         self._apply(self.state.restore_many(chain.from_iterable(done), FileState.DONE), now)
@@ -417,11 +430,14 @@ class Manager:
                 kind = FAILED_FOLDER[part.outcome]
                 self.folders.set_apart(job.jobid, job.engine, part.jobid, part.files, kind, record)
                 committed.append(part)
-            self.folders.set_aside_reads(job.jobid, job.engine, account.rejected_reads_files)
             output = self.paths.output_folder(FolderKind.TMPOUTPUT, job.jobid, job.engine)
+            if account.rejected_reads_files:
+                self.folders.set_aside_reads(job.jobid, job.engine, account.rejected_reads_files)
+                _count_again(output)
             last = accounted.last
+            files = last.files if last is not None else account.accepted()
             reason = last.reason if last is not None else None
-            write_record(output, ACCOUNT_FILE, account_record(account, job.files, reason))
+            write_record(output, ACCOUNT_FILE, account_record(account, files, reason))
             if last is not None:
                 self.folders.commit_failed(job.jobid, job.engine, FAILED_FOLDER[last.outcome])
                 return (
@@ -835,6 +851,18 @@ def _collection_paused() -> Iterator[None]:
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def _count_again(output: Path) -> None:
+    """The agent's statistics of a job counted reads files the account then rejected: count
+    what is left to merge again, so that the run's yield holds only merged reads (the rejected
+    files' reads are counted when their retry is done). Nothing to do where it wrote none."""
+    if not (output / STATS_FILE).exists():
+        return
+    record = scan.json_record(output / ATTEMPT_FILE) or {}
+    command = record.get("command")
+    words = [w for w in command if isinstance(w, str)] if isinstance(command, list) else []
+    readstats.write_job_stats(output, readstats.job_stats(output, words))
 
 
 def _counts_for_bench(ending: Ending) -> bool:

@@ -55,7 +55,7 @@ from bcmanager.facility.pod5facts import Pod5Facts, read_facts
 from bcmanager.facility.rules import Rules, RunSettings
 from bcmanager.facility.runreport import write_run_report
 from bcmanager.facility.scheduler import Queue, batch_bytes, choose
-from bcmanager.facility.yieldledger import RunYield, read_logged_job
+from bcmanager.facility.yieldledger import RunYield, fold, read_job_output
 from bcmanager.logs import log_event
 from bcmanager.models import (
     BCBatch,
@@ -290,8 +290,12 @@ class Facility:
         logs = [
             job_folder(FolderKind.LOGOUTPUT, jobid, engine)
             for jobid, engine in source.done_at_start
+        ] + [
+            job_folder(FolderKind.FAILEDOUTPUT, jobid, engine)
+            for jobid, engine in source.failed_at_start
         ]
         source.done_at_start = []
+        source.failed_at_start = []
         run.counting += 1
         self._side(self._count_reads(run, logs, after_start=True))
         run.sources[path] = source
@@ -496,10 +500,12 @@ class Facility:
     ) -> None:
         self._jobs.pop(job.jobid, None)
         run.touched = True
-        if outcome is JobState.DONE:
+        if outcome is JobState.DONE or (
+            reason is not None and outcome in (JobState.FAILED, JobState.QUARANTINED)
+        ):
             run.counting += 1
-            folder = job_folder(FolderKind.LOGOUTPUT, job.jobid, job.engine)
-            self._side(self._count_reads(run, [folder]))
+            kind = FolderKind.LOGOUTPUT if outcome is JobState.DONE else FolderKind.FAILEDOUTPUT
+            self._side(self._count_reads(run, [job_folder(kind, job.jobid, job.engine)]))
         elif outcome is JobState.QUARANTINED:
             for name in job.files:
                 self.notifier.file_quarantined(
@@ -521,13 +527,13 @@ class Facility:
             while after_start and not self.ready:
                 await asyncio.sleep(0.05)
             read = await asyncio.to_thread(
-                lambda: [read_logged_job(run.output / name) for name in logs]
+                lambda: [read_job_output(run.output / name) for name in logs]
             )
             ledger = _ledger(run)
             if ledger is None:
                 ledger = run.ledger = RunYield()
-            for job in read:
-                job.add_to(ledger)
+            for found in read:
+                fold(ledger, found)
         finally:
             run.counting -= 1
         self._check_complete(run)

@@ -152,7 +152,7 @@ def run_report_command(args: argparse.Namespace) -> int:
         logs = [
             output / name
             for name in scan.names_in(output)
-            if name.startswith(FolderKind.LOGOUTPUT.value)
+            if name.startswith((FolderKind.LOGOUTPUT.value, FolderKind.FAILEDOUTPUT.value))
         ]
         json_path, html_path, report = write_run_report(
             run, output, raw_folders, rebuild_yield(logs)

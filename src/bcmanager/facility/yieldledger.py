@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -42,11 +42,19 @@ from bcmanager.models import (
     BasecallerUse,
     EngineYield,
     Histogram,
+    ReadsAccount,
     ReadTally,
     RunYieldStatus,
     YieldSeries,
 )
-from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder, shown
+from bcmanager.paths import (
+    ACCOUNT_FILE,
+    ATTEMPT_FILE,
+    STATS_FILE,
+    FolderKind,
+    parse_job_folder,
+    shown,
+)
 
 STATS_MAX = 1 << 20  # an engine writes it: read no more than this
 Q_MAX = 100  # no read's mean Q-score is above it (phred scores in FASTQ stop at 93)
@@ -76,6 +84,7 @@ REASON_MAX = 300
 LENGTH_TAIL = 0.005
 DISPLAY_BARS = 100
 
+_M = TypeVar("_M", bound=BaseModel)
 Label = Annotated[str, StringConstraints(max_length=LABEL_MAX), AfterValidator(shown)]
 Count = Annotated[int, Field(ge=0, le=COUNT_MAX)]
 
@@ -145,6 +154,56 @@ class JobStats(BaseModel):
             if group.qscore_sum > Q_MAX * group.reads:
                 raise ValueError(f"{where}.qscore_sum is more than Q{Q_MAX} a read")
         return self
+
+
+class AccountLine(BaseModel):
+    """One raw file's line of a job's account (``core/account.py``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Label
+    reads_in: Count | None
+    came_out: Count
+    split: Count
+    twice: Count
+    rejected: Annotated[str, AfterValidator(lambda text: _one_line(text))] | None = None
+
+
+class JobAccountRecord(BaseModel):
+    """The JSON object of ``paths.ACCOUNT_FILE``: a DONE job's account (its files done), or a
+    rejected part's (``rejected`` says why)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: Literal["bcmanager-job-account"]
+    version: Literal[1]
+    rejected: Annotated[str, AfterValidator(lambda text: _one_line(text))] | None = None
+    files: list[AccountLine] = Field(max_length=100_000)
+    records_out: Count = 0
+
+
+@dataclass(slots=True)
+class AccountTally:
+    """The account of a run's done files: raw reads in against the records merged."""
+
+    reads_in: int = 0  # raw reads of the done files whose read ids were read
+    came_out: int = 0
+    split: int = 0  # raw reads that came out as several records
+    records_out: int = 0
+    files_unchecked: int = 0  # done files whose raw reads could not be read (deleted)
+    jobs_without_account: int = 0  # DONE jobs with no account (made before there was one)
+    files_rejected: int = 0  # rejections of files, each attempt counted once
+
+    def record(self) -> list[int]:
+        return [
+            self.reads_in,
+            self.came_out,
+            self.split,
+            self.records_out,
+            self.files_unchecked,
+            self.jobs_without_account,
+            self.files_rejected,
+        ]
 
 
 class Bins:
@@ -295,6 +354,7 @@ class RunYield:
     """The per-run totals. Memory is bounded: see the module's constants."""
 
     __slots__ = (
+        "account",
         "barcodes",
         "basecallers",
         "engines",
@@ -307,6 +367,7 @@ class RunYield:
         "over_time",
         "problems",
         "qscores",
+        "rejections",
         "total",
     )
 
@@ -324,6 +385,32 @@ class RunYield:
         self.more_basecallers = 0
         self.engines: dict[str, EngineTally] = {}
         self.problems: deque[str] = deque(maxlen=PROBLEMS_KEPT)
+        self.account = AccountTally()
+        self.rejections: deque[str] = deque(maxlen=PROBLEMS_KEPT)
+
+    def add_account(self, record: JobAccountRecord | str | None) -> None:
+        """Fold in the account of one DONE job (None: it has none; a string: why it cannot be
+        read)."""
+        tally = self.account
+        if not isinstance(record, JobAccountRecord):
+            tally.jobs_without_account += 1
+            if record is not None:
+                self._problem(record)
+            return
+        for line in record.files:
+            if line.reads_in is None:
+                tally.files_unchecked += 1
+            else:
+                tally.reads_in += line.reads_in
+                tally.came_out += min(line.came_out, line.reads_in)
+                tally.split += line.split
+        tally.records_out += record.records_out
+
+    def add_rejection(self, record: JobAccountRecord) -> None:
+        """Fold in files a DONE's account rejected: a failed attempt of theirs, and why."""
+        self.account.files_rejected += len(record.files)
+        if record.rejected:
+            self.rejections.append(record.rejected)
 
     def add(
         self,
@@ -460,6 +547,20 @@ class RunYield:
                 for engine, tally in sorted(self.engines.items(), key=lambda item: -item[1].bases)
             ],
             problems=list(self.problems),
+            account=self._account_picture(),
+        )
+
+    def _account_picture(self) -> ReadsAccount:
+        tally = self.account
+        return ReadsAccount(
+            reads_in=tally.reads_in,
+            records_out=tally.records_out,
+            split_reads=tally.split,
+            reads_missing=tally.reads_in - tally.came_out,
+            files_unchecked=tally.files_unchecked,
+            jobs_without_account=tally.jobs_without_account,
+            files_rejected=tally.files_rejected,
+            rejections=list(self.rejections),
         )
 
     def _series(self) -> YieldSeries:
@@ -503,6 +604,8 @@ class RunYield:
                 for engine, t in self.engines.items()
             ],
             "problems": list(self.problems),
+            "account": self.account.record(),
+            "rejections": list(self.rejections),
         }
 
     @classmethod
@@ -530,6 +633,9 @@ class RunYield:
         for engine, jobs, reads, bases, busy, timed in record.engines[: ENGINES_MAX + 1]:
             ledger.engines[engine] = EngineTally(jobs, reads, bases, busy, timed)
         ledger.problems.extend(record.problems[-PROBLEMS_KEPT:])
+        if record.account is not None:
+            ledger.account = AccountTally(*record.account)
+        ledger.rejections.extend(record.rejections[-PROBLEMS_KEPT:])
         return ledger
 
 
@@ -559,6 +665,9 @@ class _Record(BaseModel):
     more_basecallers: Count
     engines: list[tuple[Label, Count, Count, Count, NonNegative, Count]]
     problems: list[str]
+    # Records made before the account of reads have neither.
+    account: tuple[Count, Count, Count, Count, Count, Count, Count] | None = None
+    rejections: list[str] = Field(default_factory=list)
 
 
 def _split(value: _SplitRecord) -> Split:
@@ -583,6 +692,18 @@ def _first_error(error: ValidationError) -> str:
 def read_job_stats(path: Path) -> JobStats | str:
     """One job's statistics, or why there are none, in one line. Never raises: an engine wrote
     the file (any bytes, any size, a symlink, a folder)."""
+    return _read_json(path, JobStats)
+
+
+def read_job_account(path: Path) -> JobAccountRecord | str | None:
+    """One job's account, why it cannot be read, or None where there is none (a job done
+    before there were accounts, or a failure no account rejected). Never raises."""
+    found = _read_json(path, JobAccountRecord)
+    return None if found == f"no {path.name}" else found
+
+
+def _read_json(path: Path, model: type[_M]) -> _M | str:
+    """A small JSON file in a job's output folder, validated, or why not, in one line."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -604,7 +725,7 @@ def read_job_stats(path: Path) -> JobStats | str:
     if size > STATS_MAX:
         return f"{path.name} is larger than {STATS_MAX // 1024} KiB"
     try:
-        return JobStats.model_validate_json(b"".join(chunks))
+        return model.model_validate_json(b"".join(chunks))
     except ValidationError as error:
         return f"{path.name} is not valid: {_first_error(error)}"
 
@@ -620,8 +741,10 @@ class LoggedJob:
     stats: JobStats | str
     ended_at: float
     busy_seconds: float | None
+    account: JobAccountRecord | str | None = None
 
     def add_to(self, ledger: RunYield) -> None:
+        ledger.add_account(self.account)
         if isinstance(self.stats, str):
             ledger.add_without_stats(self.job, self.stats)
         else:
@@ -644,14 +767,43 @@ def read_logged_job(folder: Path) -> LoggedJob:
     except OSError as error:
         return LoggedJob(job, engine, f"cannot be dated: {error.strerror or error}", 0.0, None)
     attempt = attempt_record(folder / ATTEMPT_FILE)
-    return LoggedJob(job, engine, stats, ended_at, attempt.seconds if attempt else None)
+    account = read_job_account(folder / ACCOUNT_FILE)
+    return LoggedJob(job, engine, stats, ended_at, attempt.seconds if attempt else None, account)
 
 
-def rebuild_yield(log_folders: Iterable[Path]) -> RunYield:
-    """A run's ledger from the output folders its DONE jobs left (``LOGOUTPUT_<jobid>_<engine>``,
-    where the agent's statistics and attempt record stay). Reads one small file or two per
-    job: run it in a worker thread. ``scan.list_output`` names a run's LOGOUTPUT_ folders."""
+def read_rejection(folder: Path) -> JobAccountRecord | None:
+    """The account of a failed attempt's ``FAILEDOUTPUT_`` folder when a DONE's account made
+    it (its files rejected, and why); None for any other failure."""
+    found = read_job_account(folder / ACCOUNT_FILE)
+    return found if isinstance(found, JobAccountRecord) and found.rejected else None
+
+
+JobOutput = LoggedJob | JobAccountRecord | None
+
+
+def read_job_output(folder: Path) -> JobOutput:
+    """What a job's output folder adds to its run's ledger: a DONE job's
+    (``LOGOUTPUT_<jobid>_<engine>``: the agent's statistics and attempt record, and the
+    account), a rejected part's (``FAILEDOUTPUT_`` whose account says why), or None."""
+    if folder.name.startswith(FolderKind.LOGOUTPUT.value):
+        return read_logged_job(folder)
+    if folder.name.startswith(FolderKind.FAILEDOUTPUT.value):
+        return read_rejection(folder)
+    return None
+
+
+def fold(ledger: RunYield, found: JobOutput) -> None:
+    """Add what ``read_job_output`` found to ``ledger``."""
+    if isinstance(found, LoggedJob):
+        found.add_to(ledger)
+    elif found is not None:
+        ledger.add_rejection(found)
+
+
+def rebuild_yield(job_folders: Iterable[Path]) -> RunYield:
+    """A run's ledger from the output folders its jobs left (``read_job_output``); other
+    folders are passed over. Reads one small file or two per job: run it in a worker thread."""
     ledger = RunYield()
-    for folder in log_folders:
-        read_logged_job(folder).add_to(ledger)
+    for folder in job_folders:
+        fold(ledger, read_job_output(folder))
     return ledger
