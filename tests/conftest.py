@@ -104,11 +104,13 @@ class Run:
     def basecall(self, job_output_dir: str, batch: Iterable[str], sub: str = "pass") -> None:
         """What a basecaller leaves in a job's output folder: ``<stem>.fastq`` in ``sub`` for
         each raw file, holding its read ids (a file the test did not write gets one read named
-        after it). A DONE without a reads file does not count as done."""
+        after it; one written below INPUT_DIR is found by its name). A DONE whose reads did not
+        all come out does not count as done."""
         folder = self.output_dir / job_output_dir / sub
         folder.mkdir(parents=True, exist_ok=True)
+        below = {key.rpartition("/")[2]: reads for key, reads in self.reads.items()}
         for name in batch:
-            reads = self.reads.get(name) or [name]
+            reads = self.reads.get(name) or below.get(name) or [name]
             (folder / name.replace(".pod5", ".fastq")).write_text(fastq(reads))
 
     def settings(self, **overrides: Any) -> Settings:
@@ -208,10 +210,17 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def simulated_agent(
-    url: str, engine: str, log: IO[bytes], *, seconds_per_read: float, poll: float
+    url: str,
+    engine: str,
+    log: IO[bytes],
+    *,
+    seconds_per_read: float,
+    poll: float,
+    basecaller_options: str = "",
 ) -> subprocess.Popen[bytes]:
-    """A real ``bcmanager agent`` process basecalling with the simulated basecaller."""
-    basecaller = f"{sys.executable} -m bcmanager simulate basecaller"
+    """A real ``bcmanager agent`` process basecalling with the simulated basecaller (given
+    ``basecaller_options``: what Dorado does to reads, on request)."""
+    basecaller = f"{sys.executable} -m bcmanager simulate basecaller {basecaller_options}"
     command = f"{basecaller} --seconds-per-read {seconds_per_read} {{input_dir}} {{output_dir}}"
     return subprocess.Popen(
         [

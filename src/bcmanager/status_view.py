@@ -24,7 +24,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from bcmanager.facility.report import human_bases
+from bcmanager.facility.report import account_line, account_warnings, human_bases
 from bcmanager.models import ReadTally, RunEntry, RunPhase, RunStatus, RunYieldStatus
 from bcmanager.paths import REPORT_HTML
 from bcmanager.settings import ClientSettings
@@ -239,6 +239,8 @@ def _reads(run: RunEntry, reads: RunYieldStatus) -> RenderableType:
                 style="bold white on red",
             )
         )
+    parts.append(Text.assemble(("Account ", "bold"), account_line(reads.account)))
+    parts.extend(Text(line, style="yellow") for line in account_warnings(reads.account))
     if reads.jobs_without_stats:
         parts.append(
             Text(

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from bcmanager.facility.yieldledger import HOUR, RunYield
-from bcmanager.models import Histogram, RunYieldStatus, Shown, YieldSeries
+from bcmanager.models import Histogram, ReadsAccount, RunYieldStatus, Shown, YieldSeries
 from bcmanager.paths import REPORT_HTML, REPORT_JSON
 from bcmanager.records import write_record
 
@@ -120,8 +120,41 @@ def build_report(
     return report.model_dump(mode="json")
 
 
-def _warnings(status: RunYieldStatus, reads_in: ReadsIn, quarantined: int) -> list[str]:
+def account_line(account: ReadsAccount) -> str:
+    """The account of a run's reads in one line (the report, the page and ``status``)."""
+    return (
+        f"{account.reads_in:,} raw reads in · {account.records_out:,} records out · "
+        f"{account.split_reads:,} split · {account.reads_missing:,} missing · "
+        f"{account.files_rejected:,} files rejected"
+    )
+
+
+def account_warnings(account: ReadsAccount) -> list[str]:
+    """What the account of a run's reads asks a person to look at, one line each: the files
+    rejected are named in their reasons."""
     found = []
+    if account.reads_missing:
+        found.append(
+            f"{account.reads_missing:,} reads of done files did not come out "
+            "(dropped on purpose, as BCM_MAY_DROP_READS allows)"
+        )
+    if account.files_rejected:
+        found.append(
+            f"{account.files_rejected:,} times a DONE's reads did not all come out and its "
+            f"files went to the failure policy; last: {'; '.join(account.rejections)}"
+        )
+    if account.files_unchecked:
+        found.append(
+            f"{account.files_unchecked:,} done raw files were gone before their reads could "
+            "be checked"
+        )
+    if account.jobs_without_account:
+        found.append(f"{account.jobs_without_account:,} done jobs have no account of their reads")
+    return found
+
+
+def _warnings(status: RunYieldStatus, reads_in: ReadsIn, quarantined: int) -> list[str]:
+    found = account_warnings(status.account)
     if status.mixed_models:
         found.append(
             f"basecalled with {len(status.models)} models ({', '.join(status.models)}): "
@@ -136,10 +169,10 @@ def _warnings(status: RunYieldStatus, reads_in: ReadsIn, quarantined: int) -> li
         found.append(f"{status.files_unreadable} reads files could not be read by their agents")
     if reads_in.files_unknown:
         found.append(f"{reads_in.files_unknown} done raw files' read counts are unknown")
-    elif not status.jobs_without_stats and reads_in.reads != status.reads:
+    elif status.account.jobs_without_account and reads_in.reads != status.account.reads_in:
         found.append(
-            f"reads out ({status.reads:,}) differ from reads in ({reads_in.reads:,}) by "
-            f"{status.reads - reads_in.reads:+,}"
+            f"raw reads counted by the accounts ({status.account.reads_in:,}) differ from "
+            f"those in the done files ({reads_in.reads:,}): some done jobs have no account"
         )
     if quarantined:
         found.append(f"{quarantined} raw files were quarantined and not basecalled")
@@ -225,6 +258,25 @@ def render_html(report: Mapping[str, Any]) -> str:
             "reads",
         )
     )
+    account = out.account
+    parts.append("<h2>Every read accounted for</h2>")
+    parts.append(
+        _table(
+            ("", "count"),
+            [
+                ("raw reads in the done files", _count(account.reads_in)),
+                ("records out, merged", _count(account.records_out)),
+                ("raw reads split into several records", _count(account.split_reads)),
+                ("raw reads missing", _count(account.reads_missing)),
+                ("files rejected (went to the failure policy)", _count(account.files_rejected)),
+            ],
+            "account",
+        )
+    )
+    if account.rejections:
+        parts.append('<ul id="rejections">')
+        parts.extend(f"<li>{_e(line)}</li>" for line in account.rejections)
+        parts.append("</ul>")
     parts.append(
         f"<p>N50 is given to {_e(human_bases(out.n50_resolution))} (the length histogram's bins); "
         f"{_count(data.files_done)} raw files done, {_count(data.files_quarantined)} "

@@ -423,7 +423,19 @@ function renderReads(s) {
   $("reads-q").textContent = meanQ(r.mean_q);
   $("reads-pass").textContent = share(r.pass_fraction);
   $("pass-detail").textContent = `of ${count(r.reads)} reads`;
+  const a = r.account;
+  $("reads-account").textContent = `${count(a.reads_in)} raw reads in · ` +
+    `${count(a.records_out)} records out · ${count(a.split_reads)} split · ` +
+    `${count(a.reads_missing)} missing · ${count(a.files_rejected)} files rejected`;
   const warnings = [];
+  if (a.reads_missing) {
+    warnings.push([`${count(a.reads_missing)} reads of done files did not come out ` +
+      "(dropped on purpose, as BCM_MAY_DROP_READS allows)", ""]);
+  }
+  if (a.files_rejected) {
+    warnings.push([`${count(a.files_rejected)} times a DONE's reads did not all come out and ` +
+      `its files went to the failure policy; last: ${a.rejections.join("; ")}`, ""]);
+  }
   if (r.mixed_models) {
     warnings.push([`Basecalled with ${r.models.length} models (${r.models.join(", ")}): ` +
       "its reads are not all alike", "alert"]);
