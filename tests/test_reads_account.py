@@ -6,6 +6,7 @@ in pass/ and fail/, read with pysam by the test itself.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -39,6 +40,8 @@ def test_files_dorado_skips_are_rejected_named_and_quarantined_the_rest_done_onc
     skipped = [name for name in names if file_unreadable(name[:-5], 0, SKIP)]
     assert 0 < len(skipped) < len(names)
     kept = [name for name in names if name not in skipped]
+    summary = run.input_dir / "final_summary_FAX00000_0123abcd_89abcdef.txt"
+    summary.write_text(f"instrument=X1\npod5_files_in_final_dest={len(names)}\n")
     server = start_server(BCM_QUARANTINE_ATTEMPTS="2", BCM_DEFAULT_BATCH_SIZE="4")
     with (tmp_path / "agent.log").open("ab") as log:
         agent = simulated_agent(
@@ -56,6 +59,7 @@ def test_files_dorado_skips_are_rejected_named_and_quarantined_the_rest_done_onc
                     files["done"] == len(kept)
                     and files["failed"] == len(skipped)
                     and rejected == len(skipped)
+                    and (run.output_dir / "report.json").exists()
                 )
 
             wait_for(settled, 90, "the good files done and the skipped ones quarantined")
@@ -83,6 +87,13 @@ def test_files_dorado_skips_are_rejected_named_and_quarantined_the_rest_done_onc
     assert {each["file"] for each in status["quarantined"]} == set(skipped)
     rejected = [p for p in status["recent_problems"] if "could not open it" in p["reason"]]
     assert {p["reason"].split(":")[0] for p in rejected} == set(skipped)
+    # The report says the same, and its warning names the files.
+    report = json.loads((run.output_dir / "report.json").read_text())
+    assert report["basecalled"]["account"] == account
+    [warning] = [line for line in report["warnings"] if "did not all come out" in line]
+    assert all(name in warning for name in skipped)
+    page = (run.output_dir / "report.html").read_text()
+    assert 'id="account"' in page and all(name in page for name in skipped)
     # bcmanager status says it in a line.
     shown = subprocess.run(
         [sys.executable, "-m", "bcmanager", "status", "--url", server.url],
