@@ -229,13 +229,16 @@ def _status_field(pid: int, key: str) -> int:
 
 
 def bcmanager_serve(run: SyntheticRun, **settings: str) -> Process:
-    """A real ``bcmanager serve`` on ``run`` (not started yet); ``settings`` are BCM_* values."""
+    """A real ``bcmanager serve`` on ``run`` (not started yet); ``settings`` are BCM_* values.
+    Its DONEs are not accounted (``BCM_ACCOUNT_READS``): the raw files hold no reads, and the
+    account's own cost is measured by figure 9 (account.py)."""
     port = free_port()
     env = {
         "BCM_INPUT_DIR": str(run.paths.input_dir),
         "BCM_OUTPUT_DIR": str(run.paths.output_dir),
         "BCM_HOST": HOST,
         "BCM_PORT": str(port),
+        "BCM_ACCOUNT_READS": "false",
         **{f"BCM_{key.upper()}": value for key, value in settings.items()},
     }
     command = [sys.executable, "-m", "bcmanager", "serve"]

@@ -431,7 +431,7 @@ async def test_statistics_that_cannot_be_written_do_not_fail_the_job(
 ) -> None:
     caplog.set_level(logging.INFO)
     run.add("raw_0.pod5", 2)
-    server = start_server()
+    server = start_server(BCM_ACCOUNT_READS="false")  # its reads are made up
     blocked = f'{WRITES_ONE_READ} && mkdir "$1/{STATS_FILE}"'
 
     await run_agent(server, f"sh -c {shlex.quote(blocked)} sh {{output_dir}}")
@@ -448,7 +448,7 @@ async def test_no_statistics_when_their_timeout_is_0(
 ) -> None:
     caplog.set_level(logging.INFO)
     run.add("raw_0.pod5", 2)
-    server = start_server()
+    server = start_server(BCM_ACCOUNT_READS="false")  # its reads are made up
 
     await run_agent(
         server, f"sh -c {shlex.quote(WRITES_ONE_READ)} sh {{output_dir}}", stats_timeout=0
@@ -464,7 +464,7 @@ async def test_statistics_that_take_too_long_are_cut_short_and_the_job_is_done(
 ) -> None:
     caplog.set_level(logging.INFO)
     run.add("raw_0.pod5", 2)
-    server = start_server()
+    server = start_server(BCM_ACCOUNT_READS="false")  # its reads are made up
     writer = (
         "import pathlib, sys; out = pathlib.Path(sys.argv[1], 'pass'); out.mkdir()\n"
         "records = (f'@r{n}\\nACGT\\n+\\nIIII\\n' for n in range(20000))\n"

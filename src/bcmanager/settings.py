@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         "placeholders {run_path}, {run_dir}, {output_dir}; its exit status is recorded in "
         "the run's output folder, and it is never run twice for one run.",
     )
+    account_reads: bool = Field(
+        True,
+        description="Check each DONE against its raw files' read ids before it is committed "
+        "(every read out once, reads files whole). Off: a DONE is trusted as the engine says, "
+        "and a file Dorado skipped, or a reads file cut short, is marked done; only for a "
+        "manager that cannot read the raw files and the output at their speed.",
+    )
     may_drop_reads: float = Field(
         0.0,
         ge=0.0,

@@ -41,8 +41,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pod5  # type: ignore[import-untyped]
-
 from bcmanager.core.folders import output_entries
 from bcmanager.paths import FASTQ_SUFFIXES, is_reads_name, merge_target, shown
 
@@ -54,11 +52,15 @@ CRAM3_EOF = bytes.fromhex(
 )
 FORMAT = "bcmanager-job-account"
 VERSION = 1
+CHUNK = 1 << 20  # bytes of a FASTQ file read at a time: its split holds the GIL for ~1 ms
+HTS_BATCH = 4096  # records of a SAM, BAM or CRAM file handed on at a time
 MAX_LINE = 1 << 26  # the longest FASTQ line read (64 MiB; the longest reads are ~4 Mb)
 # Dorado's line for a POD5 file it skips (since 1.1.0): POD5 Failed to open file - '<error>'
 # @ '<file>' (<batch>,<row>).
 _SKIPPED = re.compile(r"POD5 Failed to open file - '(?P<error>.*)' @ '(?P<file>[^']*)'")
 _PARENT = b"pi:Z:"
+_FASTQ_ID = re.compile(rb"^@(\S*)", re.MULTILINE)
+_FASTQ_PARENT = re.compile(rb"\spi:Z:(\S+)")
 
 
 class ReadsFileError(Exception):
@@ -103,10 +105,48 @@ class _ReadsFile:
 
     path: Path
     inside: str
-    owners: set[int] = field(default_factory=set)  # raw files (by index) with reads in it
+    keys: set[str] = field(default_factory=set)  # the raw read each record stands for
     records: int = 0
-    strangers: list[str] = field(default_factory=list)  # ids of no raw file of the batch
     problem: str | None = None
+    strangers: set[str] = field(default_factory=set)  # keys of no raw read of the batch
+
+    def owners(self, raw: list[set[str]]) -> list[int]:
+        """The raw files (by index) with reads in it."""
+        return [index for index, ids in enumerate(raw) if not ids.isdisjoint(self.keys)]
+
+
+@dataclass(slots=True)
+class _Out:
+    """What came out of all the reads files: each record counted under the raw read it
+    stands for, whole (its own id) or as a piece of a split read (its parent's)."""
+
+    whole: Counter[str] = field(default_factory=Counter)
+    split: Counter[str] = field(default_factory=Counter)
+    pieces: set[str] = field(default_factory=set)  # the ids of the pieces
+    doubled: set[str] = field(default_factory=set)  # raw reads with a piece out twice
+
+    def add(self, found: _ReadsFile, ids: list[str], parents: list[str | None] | None) -> None:
+        """A batch of records of one reads file; ``parents`` is None when none names one."""
+        found.records += len(ids)
+        if parents is None:
+            self.whole.update(ids)
+            found.keys.update(ids)
+            return
+        for read_id, parent in zip(ids, parents, strict=True):
+            if parent is None:
+                self.whole[read_id] += 1
+                found.keys.add(read_id)
+                continue
+            if read_id in self.pieces:
+                self.doubled.add(parent)
+            self.pieces.add(read_id)
+            self.split[parent] += 1
+            found.keys.add(parent)
+
+    def twice(self) -> set[str]:
+        """The raw reads that came out more than once."""
+        found = {read_id for read_id, count in self.whole.items() if count > 1}
+        return found | (self.whole.keys() & self.split.keys()) | self.doubled
 
 
 def account_record(account: JobAccount, files: Iterable[str], rejected: str | None) -> str:
@@ -154,30 +194,30 @@ def account_job(
 ) -> JobAccount:
     """The account of a job of raw ``files`` (names in ``input_dir``) whose output folder is
     ``output``. ``skipped``: files the basecaller said it could not open (by name, with its
-    error); ``may_drop``: the share of a file's reads a basecaller may drop on purpose."""
+    error); ``may_drop``: the share of a file's reads a basecaller may drop on purpose.
+
+    The work is done with whole sets (in C) wherever it can be: a job holds tens of thousands
+    of reads, and a Python step per read would cost more than reading them."""
     names = list(files)
-    owner: dict[str, int] = {}
+    raw: list[set[str]] = []
     reads_in: list[int | None] = []
     problems: list[str | None] = []
     gone = False
-    for index, name in enumerate(names):
+    for name in names:
+        ids: list[str] = []
+        problem = None
         try:
             ids = raw_read_ids(input_dir / name)
         except FileNotFoundError:
             gone = True
-            reads_in.append(None)
-            problems.append(None)
-            continue
         except Exception as error:  # pod5 raises what its Arrow reader raises
-            reads_in.append(None)
-            problems.append(f"{shown(name)} cannot be read: {_reason(error)}")
-            continue
-        reads_in.append(len(ids))
-        problems.append(None)
-        owner.update(dict.fromkeys(ids, index))
-    plain: Counter[str] = Counter()  # a raw read's whole records
-    children: Counter[str] = Counter()  # a raw read's split records
-    record_ids: Counter[str] = Counter()
+            problem = f"{shown(name)} cannot be read: {_reason(error)}"
+        known = problem is None and (ids or (input_dir / name).exists())
+        raw.append(set(ids))
+        reads_in.append(len(ids) if known else None)
+        problems.append(problem)
+    every_raw = set().union(*raw)
+    out = _Out()
     reads_files: list[_ReadsFile] = []
     for path, parts, refused in output_entries(output):
         if refused is not None or not parts or not is_reads_name(parts[-1]):
@@ -187,26 +227,18 @@ def account_job(
         found = _ReadsFile(path, shown("/".join(parts)))
         reads_files.append(found)
         try:
-            for read_id, parent in reads_of(path):
-                found.records += 1
-                record_ids[read_id] += 1
-                key = parent or read_id
-                (children if parent else plain)[key] += 1
-                owned = owner.get(key)
-                if owned is None:
-                    found.strangers.append(read_id)
-                else:
-                    found.owners.add(owned)
+            for ids, parents in reads_of(path):
+                out.add(found, ids, parents)
         except ReadsFileError as error:
             found.problem = f"{found.inside} {error}"
-    _find_pieces(reads_files, owner, plain, children)
+        found.strangers = found.keys - every_raw
+    _find_pieces(reads_files, raw, out)
     for found in reads_files:
         if found.problem is None and found.strangers and not gone:
             count = len(found.strangers)
             found.problem = f"{found.inside} holds {count:,} reads of no file of this job"
-    doubled = {read_id for read_id, seen in record_ids.items() if seen > 1}
-    accounts = _judge(names, reads_in, problems, owner, plain, children, doubled, skipped, may_drop)
-    _spread(accounts, reads_files)
+    accounts = _judge(names, raw, reads_in, problems, out, skipped, may_drop)
+    _spread(accounts, [(found, found.owners(raw)) for found in reads_files])
     return JobAccount(
         accounts,
         records_out=sum(each.records for each in reads_files if each.problem is None),
@@ -225,23 +257,16 @@ def derived_read_id(parent_id: str, index: int) -> str:
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
-def _find_pieces(
-    reads_files: list[_ReadsFile],
-    owner: dict[str, int],
-    plain: Counter[str],
-    children: Counter[str],
-) -> None:
+def _find_pieces(reads_files: list[_ReadsFile], raw: list[set[str]], out: _Out) -> None:
     """Records of no raw read may be pieces of a split read in a format that does not name the
     parent (Dorado writes ``pi`` into SAM tags, not into FASTQ headers): each raw read that did
     not come out is tried as a parent, piece by piece, by Dorado's own naming of the pieces.
     The cost is a hash per piece of a read that did not come out otherwise."""
-    strangers = {read_id for found in reads_files for read_id in found.strangers}
+    strangers = set().union(*(found.strangers for found in reads_files))
     if not strangers:
         return
     parent_of: dict[str, str] = {}
-    for read_id in owner:
-        if read_id in plain or read_id in children:
-            continue
+    for read_id in set().union(*raw) - out.whole.keys() - out.split.keys():
         index = 0
         while (piece := derived_read_id(read_id, index)) in strangers:
             parent_of[piece] = read_id
@@ -249,74 +274,63 @@ def _find_pieces(
     if not parent_of:
         return
     for found in reads_files:
-        left = []
-        for read_id in found.strangers:
-            parent = parent_of.get(read_id)
-            if parent is None:
-                left.append(read_id)
-                continue
-            children[parent] += 1
-            found.owners.add(owner[parent])
-        found.strangers = left
+        pieces = found.strangers & parent_of.keys()
+        for piece in pieces:
+            parent = parent_of[piece]
+            # A piece counted twice was one record twice: its whole count says so.
+            if out.whole[piece] > 1:
+                out.doubled.add(parent)
+            out.split[parent] += out.whole.pop(piece)
+            found.keys.add(parent)
+        found.keys -= pieces
+        found.strangers -= pieces
 
 
 def _judge(
     names: list[str],
+    raw: list[set[str]],
     reads_in: list[int | None],
     problems: list[str | None],
-    owner: dict[str, int],
-    plain: Counter[str],
-    children: Counter[str],
-    doubled: set[str],
+    out: _Out,
     skipped: dict[str, str] | None,
     may_drop: float,
 ) -> list[FileAccount]:
     """Each raw file judged by its own reads."""
-    came_out = [0] * len(names)
-    split = [0] * len(names)
-    twice = [0] * len(names)
-    for read_id, index in owner.items():
-        whole, parts = plain.get(read_id, 0), children.get(read_id, 0)
-        if whole or parts:
-            came_out[index] += 1
-        if parts:
-            split[index] += 1
-        if whole > 1 or (whole and parts) or read_id in doubled:
-            twice[index] += 1
+    came_out_keys = out.whole.keys() | out.split.keys()
+    twice_keys = out.twice()
     accounts = []
     for index, name in enumerate(names):
-        shown_name, count = shown(name), reads_in[index]
-        problem = problems[index]
+        ids, count, problem = raw[index], reads_in[index], problems[index]
+        came_out, split = len(ids & came_out_keys), len(ids & out.split.keys())
+        twice = len(ids & twice_keys)
+        shown_name = shown(name)
         if problem is None and skipped and name in skipped:
             problem = f"{shown_name}: the basecaller could not open it ({skipped[name]})"
         if problem is None and count is not None:
-            missing: int = count - came_out[index]
-            if missing > may_drop * count:
-                problem = f"{shown_name}: {came_out[index]:,} of {count:,} reads came out"
-            elif twice[index]:
-                problem = f"{shown_name}: {twice[index]:,} reads came out more than once"
-        accounts.append(
-            FileAccount(name, count, came_out[index], split[index], twice[index], problem)
-        )
+            if count - came_out > may_drop * count:
+                problem = f"{shown_name}: {came_out:,} of {count:,} reads came out"
+            elif twice:
+                problem = f"{shown_name}: {twice:,} reads came out more than once"
+        accounts.append(FileAccount(name, count, came_out, split, twice, problem))
     return accounts
 
 
-def _spread(accounts: list[FileAccount], reads_files: list[_ReadsFile]) -> None:
+def _spread(accounts: list[FileAccount], reads_files: list[tuple[_ReadsFile, list[int]]]) -> None:
     """Reject every reads file that holds reads of a rejected raw file, and every raw file
     with reads in a rejected reads file, until nothing changes."""
     changed = True
     while changed:
         changed = False
-        for found in reads_files:
+        for found, owners in reads_files:
             if found.problem is None:
-                bad = [i for i in sorted(found.owners) if accounts[i].rejected is not None]
+                bad = [i for i in owners if accounts[i].rejected is not None]
                 if bad:
                     first = shown(accounts[bad[0]].name)
                     found.problem = f"{found.inside} holds reads of {first}, which is rejected"
                     changed = True
             if found.problem is None:
                 continue
-            for index in found.owners:
+            for index in owners:
                 if accounts[index].rejected is None:
                     why = f"its reads are in a rejected reads file ({found.problem})"
                     accounts[index] = _rejected(accounts[index], why)
@@ -337,14 +351,20 @@ def _rejected(account: FileAccount, why: str) -> FileAccount:
 
 def raw_read_ids(path: Path) -> list[str]:
     """The read ids of one POD5 file."""
+    import pod5  # type: ignore[import-untyped]  # the agent reads FASTQ with this module
+
     with pod5.Reader(path) as reader:
         ids: list[str] = reader.read_ids
     return ids
 
 
-def reads_of(path: Path) -> Iterator[tuple[str, str | None]]:
-    """(read id, parent id or None) of each primary record of a reads file, which must be
-    whole; raises ReadsFileError."""
+Batch = tuple[list[str], list[str | None] | None]
+
+
+def reads_of(path: Path) -> Iterator[Batch]:
+    """The primary records of a reads file, which must be whole, in batches: (their read ids,
+    and their parents' ids, or None where no record of the batch names a parent); raises
+    ReadsFileError."""
     name = path.name
     try:
         if name.endswith(FASTQ_SUFFIXES):
@@ -365,27 +385,55 @@ def open_fastq(path: Path) -> io.BufferedIOBase:
     return path.open("rb")
 
 
-def _fastq_reads(path: Path) -> Iterator[tuple[str, str | None]]:
+def _fastq_reads(path: Path) -> Iterator[Batch]:
+    """The records of a FASTQ file, a chunk of the file at a time: the four lines of each
+    record are taken apart by slicing, and the ids out of the headers by one pattern over all
+    of them, so that the work per record is done in C."""
     with open_fastq(path) as stream:
-        line = 0
-        while True:
-            header = read_line(stream)
-            line += 1
-            while header and not header.strip():
-                header = read_line(stream)
-                line += 1
-            if not header:
-                return
-            bases, plus, qualities = read_line(stream), read_line(stream), read_line(stream)
-            if not header.startswith(b"@") or (plus and not plus.startswith(b"+")):
-                raise ReadsFileError(f"holds no FASTQ record at line {line}")
-            if not qualities or len(bases.rstrip(b"\r\n")) != len(qualities.rstrip(b"\r\n")):
-                raise ReadsFileError(f"is cut short: the record at line {line} is not whole")
-            words = header[1:].split()
-            read_id = words[0].decode("utf-8", "replace") if words else ""
-            parent = next((w[5:] for w in words[1:] if w.startswith(_PARENT)), None)
-            yield read_id, parent.decode("utf-8", "replace") if parent else None
-            line += 3
+        done = 0  # records before this chunk's
+        rest: list[bytes] = []
+        for lines in _line_chunks(stream):
+            lines = rest + lines
+            if not all(lines) or b"\r" in lines:
+                lines = [line for line in lines if line.strip()]  # blank lines: passed over
+            whole = len(lines) - len(lines) % 4
+            rest = lines[whole:]
+            if whole:
+                yield _fastq_batch(lines[:whole], done)
+            done += whole // 4
+        if rest:
+            raise ReadsFileError(f"is cut short: record {done + 1} is not whole")
+
+
+def _fastq_batch(lines: list[bytes], before: int) -> Batch:
+    """The ids (and parents) of whole FASTQ records, four lines each, after ``before``
+    records; raises ReadsFileError at the first that is no record or not whole."""
+    headers, bases, pluses, qualities = lines[0::4], lines[1::4], lines[2::4], lines[3::4]
+    joined = b"\n".join(headers)
+    if not (
+        joined.startswith(b"@")
+        and joined.count(b"\n@") == len(headers) - 1
+        and (b"\n".join(pluses) + b"\n").count(b"+") >= len(pluses)
+        and all(map(_starts_plus, pluses))
+    ):
+        bad = next(
+            n
+            for n, (h, p) in enumerate(zip(headers, pluses, strict=True))
+            if not (h.startswith(b"@") and p.startswith(b"+"))
+        )
+        raise ReadsFileError(f"holds no FASTQ record at record {before + bad + 1}")
+    if list(map(len, bases)) != list(map(len, qualities)):
+        for n, (b, q) in enumerate(zip(bases, qualities, strict=True)):
+            if len(b.rstrip(b"\r")) != len(q.rstrip(b"\r")):
+                raise ReadsFileError(f"is cut short: record {before + n + 1} is not whole")
+    ids = b"\n".join(_FASTQ_ID.findall(joined)).decode("utf-8", "replace").split("\n")
+    if _PARENT not in joined:
+        return ids, None
+    parents = []
+    for header in headers:
+        found = _FASTQ_PARENT.search(header)
+        parents.append(found[1].decode("utf-8", "replace") if found else None)
+    return ids, parents
 
 
 def read_line(stream: io.BufferedIOBase) -> bytes:
@@ -394,6 +442,24 @@ def read_line(stream: io.BufferedIOBase) -> bytes:
     if len(line) == MAX_LINE and not line.endswith(b"\n"):
         raise ReadsFileError(f"has a line longer than {MAX_LINE} bytes")
     return line
+
+
+def _starts_plus(line: bytes) -> bool:
+    return line.startswith(b"+")
+
+
+def _line_chunks(stream: io.BufferedIOBase) -> Iterator[list[bytes]]:
+    """The lines of a stream without their newlines, a chunk at a time, each at most
+    ``MAX_LINE`` bytes (an engine decides what is in it); the last one as it is."""
+    rest = b""
+    while chunk := stream.read(CHUNK):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_LINE:
+            raise ReadsFileError(f"has a line longer than {MAX_LINE} bytes")
+        yield lines
+    if rest:
+        yield [rest]
 
 
 def _check_ending(path: Path) -> None:
@@ -427,18 +493,25 @@ def _ends_with(stream: io.BufferedReader, size: int, ending: bytes) -> bool:
 _HTS_MODES = ((".bam", "rb"), (".cram", "rc"), (".sam", "r"), (".sam.gz", "r"))
 
 
-def _hts_reads(path: Path) -> Iterator[tuple[str, str | None]]:
+def _hts_reads(path: Path) -> Iterator[Batch]:
     import pysam
 
     mode = next(mode for suffix, mode in _HTS_MODES if path.name.endswith(suffix))
     save = pysam.set_verbosity(0)
     try:
         with pysam.AlignmentFile(str(path), mode, check_sq=False, ignore_truncation=True) as reads:
+            ids: list[str] = []
+            parents: list[str | None] = []
             for record in reads.fetch(until_eof=True):
                 if record.is_secondary or record.is_supplementary:
                     continue
-                parent = record.get_tag("pi") if record.has_tag("pi") else None
-                yield record.query_name or "", str(parent) if parent else None
+                ids.append(record.query_name or "")
+                parents.append(str(record.get_tag("pi")) if record.has_tag("pi") else None)
+                if len(ids) == HTS_BATCH:
+                    yield ids, parents if any(parents) else None
+                    ids, parents = [], []
+            if ids:
+                yield ids, parents if any(parents) else None
     finally:
         pysam.set_verbosity(save)
 

@@ -111,7 +111,7 @@ class Accounted:
     the job itself ends as the last part's failure (``last``), its reason in its output."""
 
     ending: Ending
-    account: JobAccount
+    account: JobAccount | None  # None: not checked (``Settings.account_reads``)
     parts: tuple[Part, ...]
     last: Part | None
 
@@ -376,9 +376,12 @@ class Manager:
         self.folders.commit_release(job.jobid, job.engine, Tail.DISCARD)
         return outcome, None
 
-    def _account(self, job: Job) -> JobAccount:
+    def _account(self, job: Job) -> JobAccount | None:
         """The account of a DONE job's reads (``account.py``), in a worker thread: what its
-        output holds, against its raw files' read ids and what its agent's stderr said."""
+        output holds, against its raw files' read ids and what its agent's stderr said. None
+        when the settings say not to check (``account_reads``)."""
+        if not self.settings.account_reads:
+            return None
         output = self.paths.output_folder(FolderKind.TMPOUTPUT, job.jobid, job.engine)
         record = scan.json_record(output / ATTEMPT_FILE) or {}
         tail = record.get("stderr_tail")
@@ -390,12 +393,14 @@ class Manager:
             may_drop=self.settings.may_drop_reads,
         )
 
-    def _plan(self, ending: Ending, account: JobAccount) -> Accounted:
+    def _plan(self, ending: Ending, account: JobAccount | None) -> Accounted:
         """On the loop: what becomes of each file the account rejected. Each file rejected on
         its own evidence is an attempt of its own (no halving needed: the account named it);
         files rejected for a reads file they share are one attempt, halved if retried. Each is
         judged by the failure policy as a failure of that engine."""
         job = ending.job
+        if account is None:
+            return Accounted(ending, account, (), None)
         alone = [each for each in account.rejected() if each.alone]
         shared = [each for each in account.rejected() if not each.alone]
         groups = [[each] for each in alone] + ([shared] if shared else [])
@@ -425,27 +430,29 @@ class Manager:
         job, account = accounted.ending.job, accounted.account
         committed: list[Part] = []
         try:
-            for part in accounted.parts:
-                record = account_record(account, part.files, part.reason)
-                kind = FAILED_FOLDER[part.outcome]
-                self.folders.set_apart(job.jobid, job.engine, part.jobid, part.files, kind, record)
-                committed.append(part)
-            output = self.paths.output_folder(FolderKind.TMPOUTPUT, job.jobid, job.engine)
-            if account.rejected_reads_files:
-                self.folders.set_aside_reads(job.jobid, job.engine, account.rejected_reads_files)
-                _count_again(output)
-            last = accounted.last
-            files = last.files if last is not None else account.accepted()
-            reason = last.reason if last is not None else None
-            write_record(output, ACCOUNT_FILE, account_record(account, files, reason))
-            if last is not None:
-                self.folders.commit_failed(job.jobid, job.engine, FAILED_FOLDER[last.outcome])
-                return (
-                    committed,
-                    last.outcome,
-                    self.folders.failed_attempt(job.jobid, job.engine),
-                    None,
-                )
+            if account is not None:
+                for part in accounted.parts:
+                    record = account_record(account, part.files, part.reason)
+                    kind = FAILED_FOLDER[part.outcome]
+                    self.folders.set_apart(
+                        job.jobid, job.engine, part.jobid, part.files, kind, record
+                    )
+                    committed.append(part)
+                output = self.paths.output_folder(FolderKind.TMPOUTPUT, job.jobid, job.engine)
+                if account.rejected_reads_files:
+                    self.folders.set_aside_reads(
+                        job.jobid, job.engine, account.rejected_reads_files
+                    )
+                    _count_again(output)
+                last = accounted.last
+                files = last.files if last is not None else account.accepted()
+                reason = last.reason if last is not None else None
+                write_record(output, ACCOUNT_FILE, account_record(account, files, reason))
+                if last is not None:
+                    kind = FAILED_FOLDER[last.outcome]
+                    self.folders.commit_failed(job.jobid, job.engine, kind)
+                    failure = self.folders.failed_attempt(job.jobid, job.engine)
+                    return committed, last.outcome, failure, None
             self.folders.commit_done(job.jobid, job.engine)
         except OSError as error:
             return committed, None, None, error
