@@ -91,8 +91,8 @@ async def test_completed_done_merges_output_once(run: Run) -> None:
     async with serving(Manager(run.settings())) as client:
         batch = await assign(client)
         jobid, out = batch["jobid"], run.output_dir / batch["job_output_dir"]
-        write_fastq(out, "pass", "raw_00000.fastq", ["r1"])
-        write_fastq(out, "fail", "raw_00001.fastq", ["r2"])
+        write_fastq(out, "pass", "raw_00000.fastq", run.reads["raw_00000.pod5"])
+        write_fastq(out, "fail", "raw_00001.fastq", run.reads["raw_00001.pod5"])
         (out / "dorado.log").write_text("log")
         params = {"job_id": jobid, "job_state": "DONE"}
         first = await client.get("/completed", params=params)

@@ -175,7 +175,14 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
             if layout is None:
                 alias = out / "bam_pass" / "patient_A"
                 alias.mkdir(parents=True)
-                (alias / "reads.bam").write_bytes(b"BAM\x01")
+                basecall(
+                    root.input_dir / batch["job_input_dir"],
+                    alias,
+                    seconds_per_read=0,
+                    reads_format=ReadsFormat.BAM,
+                    layout=Layout.FLAT,
+                )
+                (alias / "calls.bam").rename(alias / "reads.bam")
                 (alias / "reads.bam.bai").write_bytes(b"BAI\x01")
                 (out / "sequencing_summary.txt").write_text("read_id\n")
             else:
