@@ -286,6 +286,11 @@ class RunMachine(RuleBasedStateMachine):
             if found.jobid not in self.jobs:
                 self.jobs[found.jobid] = JobModel(found.engine, found.files, "live", found.deadline)
         self.failures |= any(job.state in ("FAILED", "QUARANTINED") for job in self.jobs.values())
+        # A DONE's account may have set files apart as failed attempts the model never saw.
+        self.failures |= any(
+            name.startswith(("FAILED_", "QUARANTINED_"))
+            for name in os.listdir(self.paths.input_dir)
+        )
 
     def snapshot(self) -> tuple[object, ...]:
         """Each file's state and the leases, but for deleted files (any request may find one
@@ -458,8 +463,7 @@ class RunMachine(RuleBasedStateMachine):
         one file set aside). Files a DONE's account rejects leave the job as failed attempts of
         their own: the job keeps the rest."""
         job = self.jobs[jobid]
-        found = self.manager.state.job(jobid)
-        ended = found.state
+        ended = self.manager.state.job(jobid).state
         empty = outcome is JobState.DONE and self.rejected_all(jobid)
         failures = {JobState.FAILED, JobState.QUARANTINED}
         if outcome is JobState.DONE:
@@ -468,7 +472,10 @@ class RunMachine(RuleBasedStateMachine):
             assert ended in ENDS_OF[outcome]
         assert ended is not JobState.QUARANTINED or len(job.files) == 1  # a file failing alone
         job.state = ended.value
-        self.failures |= outcome is JobState.FAILED or empty or set(job.files) != set(found.files)
+        rejected = outcome is JobState.DONE and any(
+            name not in job.written and name not in self.deleted for name in job.files
+        )
+        self.failures |= outcome is JobState.FAILED or rejected
         STATS["hostile: DONE with nothing written"] += empty
 
     @rule(seconds=st.floats(0, LEASE * 1.2))
@@ -646,6 +653,9 @@ class RunMachine(RuleBasedStateMachine):
                     FileState.FAILED,
                 }
                 assert {**files_after, **dict.fromkeys(apart)} == {**files, **dict.fromkeys(apart)}
+                job = self.jobs[jobid]
+                job.files = leases_after[jobid]
+                job.written &= set(job.files)
                 self.failures = True
         STATS["disk errors in a request or expiry"] += self.ops.fired
         if not self.manager.state.job(jobid).live:
@@ -687,6 +697,8 @@ class RunMachine(RuleBasedStateMachine):
             done=done,
             undone=undone,
         )
+        if verdict.problems:
+            print("PROBLEMS", verdict.problems, {j: (m.state, m.files, sorted(m.written)) for j, m in self.jobs.items()}, sorted(os.listdir(self.paths.input_dir)), self.deleted)
         assert verdict.problems == []
         assert {decoy: decoy.read_text() for decoy in self.decoys} == self.decoys
 
@@ -729,5 +741,6 @@ RunMachine.TestCase.settings = settings(
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
 )
 test_random_runs_keep_every_invariant = RunMachine.TestCase

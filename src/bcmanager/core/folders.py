@@ -162,6 +162,15 @@ def output_entries(output: Path) -> Iterator[tuple[Path, tuple[str, ...], str | 
                 yield path, inner, None
 
 
+class Unlinked(OSError):
+    """Files set apart from a live job left its ``ASSIGNED_`` folder, and then the disk refused
+    the rest: they are in no job folder (pending, as a restart would find them)."""
+
+    def __init__(self, error: OSError, files: tuple[str, ...]) -> None:
+        super().__init__(error.errno, error.strerror, error.filename)
+        self.files = files
+
+
 class Tail(str, Enum):
     """What is left to do after a commit point; the value says it in words for the logs."""
 
@@ -257,32 +266,41 @@ class RunFolders:
         account: str,
     ) -> None:
         """Commit files of a live job whose account rejected them as a failed attempt of their
-        own: ``FAILEDOUTPUT_<part>`` holding ``account`` (``ACCOUNT_FILE``: why), their links
-        out of ``ASSIGNED_<job>``, then ``FAILED_<part>`` (or QUARANTINED_) built under a
-        temporary name and renamed into place: the commit. A crash before it leaves the files
-        in no job folder, pending again at the next start; a link already gone (a repeated
-        report) is passed over."""
+        own: ``TMPOUTPUT_<part>`` holding ``account`` (``ACCOUNT_FILE``: why), their links out
+        of ``ASSIGNED_<job>``, then ``FAILED_<part>`` (or QUARANTINED_) built under a temporary
+        name and renamed into place: the commit; its output becomes ``FAILEDOUTPUT_<part>``
+        after, as any failure's. A crash before the commit leaves the files in no job folder,
+        pending again at the next start. An error before it undoes what it can and raises;
+        ``Unlinked`` when links had left ``ASSIGNED_<job>`` already: those files are in no job
+        folder now, as a restart would find them."""
         assigned = self.paths.input_folder(FolderKind.ASSIGNED, jobid, engine)
-        output = self.paths.output_folder(FolderKind.FAILEDOUTPUT, part_id, engine)
-        self.ops.mkdir(output)
-        write_record(output, ACCOUNT_FILE, account)
-        self.ops.fsync(self.paths.output_dir)
-        for name in files:
-            with suppress(FileNotFoundError):
-                self.ops.unlink(assigned / name)
-        self.ops.fsync(assigned)
+        output = self.paths.output_folder(FolderKind.TMPOUTPUT, part_id, engine)
         final = self.paths.input_folder(kind, part_id, engine)
         building = final.with_name(temp_name(final.name))
+        removed: list[str] = []
         try:
+            self.ops.mkdir(output)
+            write_record(output, ACCOUNT_FILE, account)
+            self.ops.fsync(self.paths.output_dir)
+            for name in files:
+                with suppress(FileNotFoundError):  # a report before this one took it out
+                    self.ops.unlink(assigned / name)
+                removed.append(name)
+            self.ops.fsync(assigned)
             self.ops.mkdir(building)
             for name in files:
                 self.ops.symlink(os.path.join(os.pardir, name), building / name)
             self.ops.fsync(building)
             self._commit(building, final)
-        except OSError:
-            with suppress(OSError):
-                self._remove_temp(building.name)
+        except OSError as error:
+            for leftover in (building, output):
+                if os.path.lexists(leftover):
+                    with suppress(OSError):
+                        self.ops.rmtree(leftover)
+            if removed:
+                raise Unlinked(error, tuple(removed)) from error
             raise
+        self._finish(part_id, engine, Tail.FAILED)
 
     def set_aside_reads(self, jobid: str, engine: str, inside: Iterable[str]) -> None:
         """Rename the reads files an account rejected (paths inside the job's output folder),

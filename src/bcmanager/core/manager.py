@@ -40,7 +40,7 @@ from bcmanager.core import scan
 from bcmanager.core.account import JobAccount, account_job, account_record, skipped_by_basecaller
 from bcmanager.core.benching import Benched, Benching
 from bcmanager.core.events import NO_FACTS, Event, Facts, Late, Leased
-from bcmanager.core.folders import Recovered, RunFolders, Tail
+from bcmanager.core.folders import Recovered, RunFolders, Tail, Unlinked
 from bcmanager.core.progress import Progress, run_phase
 from bcmanager.core.state import (
     FILES_AFTER,
@@ -473,6 +473,11 @@ class Manager:
             self._apply(self.state.split(job.jobid, part.files, part.jobid), now)
             ended = Ending(self.state.job(part.jobid), part.outcome, bench=False)
             self._ended(ended, part.outcome, scan.AttemptRecord(0, None, None, None, part.reason))
+        if isinstance(error, Unlinked):
+            # Out of the job on disk, in no job folder: pending again, as after a restart.
+            part_id = str(uuid.uuid4().int)
+            self._apply(self.state.split(job.jobid, error.files, part_id), now)
+            self._ended(Ending(self.state.job(part_id), JobState.STOPPED), JobState.STOPPED)
         if error is not None:
             raise error
         assert outcome is not None

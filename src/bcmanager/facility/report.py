@@ -169,8 +169,10 @@ def _warnings(status: RunYieldStatus, reads_in: ReadsIn, quarantined: int) -> li
         found.append(f"{status.files_unreadable} reads files could not be read by their agents")
     if reads_in.files_unknown:
         found.append(f"{reads_in.files_unknown} done raw files' read counts are unknown")
-    elif not _accounted(status) and not status.jobs_without_stats and (
-        reads_in.reads != status.reads
+    elif (
+        not _accounted(status)
+        and not status.jobs_without_stats
+        and (reads_in.reads != status.reads)
     ):
         # Without an account of every job, the records are all there is to compare with.
         found.append(
