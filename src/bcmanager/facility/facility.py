@@ -281,6 +281,7 @@ class Facility:
         on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
         source.siblings = lambda: on_disk | run.job_ids(but=path)
         source.on_ended = partial(self._job_ended, run, path)
+        source.on_gone = partial(self._rescan_found_gone, run, path)
         try:
             await source.start()
         except OSError as error:
@@ -373,6 +374,37 @@ class Facility:
             log_event(log, "sealed runs", {}, logging.INFO, runs=len(sealed_now))
         self._watch_also(visited)
         return found
+
+    def _rescan_found_gone(self, run: Run, path: str) -> bool:
+        """Raw folder ``path`` of ``run`` was gone at its rescan: drop what is gone; whether it
+        is served no more (dropped now, or a moment ago with its run)."""
+        self._gone(run)
+        return path not in run.sources
+
+    def _gone(self, run: Run) -> None:
+        """Stop serving the raw folders of ``run`` that are gone (an operator deleted or moved
+        them), with one line of the log; a run left with none, or a sealed run whose folder is
+        gone, is dropped whole, so that it holds neither /heartbeat nor the facility's phase.
+        Its leased jobs are unknown from now on: their keepalives answer late. Nothing is
+        dropped while INPUT_DIR itself cannot be read: /heartbeat says so, and a root that
+        comes back is served as it was."""
+        if self.runs.get(run.path) is not run or not self.input_root.is_dir():
+            return
+        gone = [path for path in run.sources if not os.path.lexists(self._absolute(path))]
+        if not gone and (run.sources or os.path.lexists(run.folder)):
+            return
+        if len(gone) < len(run.sources):
+            self._log("raw folders gone", run, raw_folders=" ".join(gone))
+        else:
+            self._log("run gone", run)
+            del self.runs[run.path]
+            self._summaries.pop(run.path, None)
+        for path in gone:
+            source = run.sources.pop(path)
+            del self.sources[path]
+            del self.run_of[path]
+            self._jobs = {jobid: each for jobid, each in self._jobs.items() if each is not source}
+            self._side(source.stop())
 
     def _reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
@@ -728,6 +760,8 @@ class Facility:
             try:
                 await self._discover()
                 for run in list(self.runs.values()):
+                    if not run.sources:
+                        self._gone(run)  # a sealed run has no raw folder's rescan to notice
                     await self._look_for_summary(run)
             except OSError as error:
                 log.error("discovery under %s failed: %s", self.input_root, error)
@@ -812,7 +846,12 @@ class Facility:
             written, deleted = by_folder.setdefault(folder, ([], []))
             (deleted if change is Change.deleted else written).append(name)
         for folder, (written, deleted) in by_folder.items():
-            run = self.run_of[folder]
+            run = self.run_of.get(folder)
+            if run is None:
+                continue  # dropped as gone a moment ago
+            if deleted and not os.path.lexists(self._absolute(folder)):
+                self._gone(run)  # the raw folder went with its files: one line, not one a file
+                continue
             await self.sources[folder].on_changes(sorted(set(written)), sorted(set(deleted)))
             run.touched = run.touched or bool(written)
             if written and run.completed and run.phase() is not RunPhase.COMPLETE:
@@ -927,7 +966,10 @@ class Facility:
             if task.done():
                 found.append(f"the {name} has stopped")
         for path, source in self.sources.items():
-            found += _named(path, source.problems())
+            lines = source.problems()
+            if lines and self.input_root.is_dir() and not os.path.lexists(self._absolute(path)):
+                continue  # gone: dropped by its next rescan (``_gone``), not a fault
+            found += _named(path, lines)
         return list(dict.fromkeys(found))  # INPUT_DIR served alone says its own once
 
     def job_problems(self) -> list[str]:
