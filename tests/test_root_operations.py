@@ -6,14 +6,20 @@ laid out as MinKNOW lays them out, with real POD5 files."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bcmanager.facility.facility import Facility
+from bcmanager.http.app import create_app
+from bcmanager.settings import Settings
 from conftest import Run, Server, minknow_run, wait_for
 
 
@@ -48,6 +54,21 @@ def drain_server(server: Server, run: Run, headers: dict[str, str] | None = None
     raise AssertionError("the runs never drained")
 
 
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Facility]]:
+    """The app in-process, started and stopped around a client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        facility: Facility = app.state.facility
+        deadline = time.monotonic() + 10
+        while not facility.ready:
+            assert time.monotonic() < deadline, "the first scans did not end"
+            await asyncio.sleep(0.01)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bcm") as client:
+            yield client, facility
+
+
 # -- 1. a run deleted while served -------------------------------------------------------------
 
 
@@ -80,3 +101,51 @@ def test_a_run_deleted_while_served_is_dropped_in_one_line_and_holds_nothing(
     drain_server(server, run)
     wait_for(lambda: server.get("/heartbeat").json()["phase"] == "complete", 10, "the end")
     assert server.get("/heartbeat").status_code == 200
+
+
+# -- 2. more folders than the kernel lets the manager watch ------------------------------------
+
+
+def in_user_namespace(watches: int) -> list[str]:
+    """A command prefix that runs the rest of its command line in a user namespace of its own,
+    whose inotify watch limit (``/proc/sys/user/max_inotify_watches``, counted per user
+    namespace) is ``watches``. Its root may set that limit; the host's stays as it is."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    limit = f'echo {watches} > /proc/sys/user/max_inotify_watches && exec "$@"'
+    prefix = ["unshare", "--user", "--map-root-user", "sh", "-c", limit, "sh"]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace with a watch limit: {probe.stderr.strip()}")
+    return prefix
+
+
+def test_beyond_the_watch_limit_the_manager_says_so_once_and_rescans_the_rest(
+    run: Run, tmp_path: Path
+) -> None:
+    """A root of 25 folders (6 runs) under a kernel that lets the manager watch 4. The limit is
+    a real one, lowered for the manager alone: it runs in a user namespace of its own, whose
+    inotify watch limit its root may set (the host's global /proc/sys/fs/inotify limit is never
+    touched). The watcher cannot watch every folder: the manager says so in one line, keeps
+    serving (/heartbeat 200), and a new file in a raw folder it does not watch (it watches
+    three raw folders, the first by name) and a new run at the top are found by the rescan."""
+    prefix = in_user_namespace(4)
+    paths = [minknow_run(run, f"exp{index}", f"FAX{index:05d}") for index in range(6)]
+    server = Server(run, tmp_path / "serve.log", prefix=prefix, BCM_RESCAN_INTERVAL="0.3")
+    try:
+        server.start()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            beat = server.get("/heartbeat")
+            assert beat.status_code == 200 and beat.json()["problems"] == [], beat.text
+            time.sleep(0.1)
+        said = [line for line in server.log.read_text().splitlines() if "cannot watch" in line]
+        assert len(said) == 1, server.log.read_text()
+        assert "BCM_RESCAN_INTERVAL" in said[0]
+
+        run.add(f"{paths[-1]}/pod5/late.pod5", 1)
+        minknow_run(run, "expNew", "FAX99999", files=1)
+        wait_for(lambda: server.get("/status").json()["files"]["pending"] == 14, 10, "rescan")
+        assert server.get("/heartbeat").status_code == 200
+    finally:
+        server.stop()

@@ -779,13 +779,21 @@ class Facility:
         alone, not recursively, so that a root full of finished runs costs a watch per folder,
         not a walk of every file. Raw files go to their raw folder; raw files or a new folder
         in a folder not served yet go to discovery; final summaries to their run. When
-        discovery adds folders, the watcher starts again with them."""
+        discovery adds folders, the watcher starts again with them. Where the kernel lets it
+        watch fewer folders than there are (its inotify watch limit), it says so once and
+        watches half as many, raw folders first, until the kernel agrees; the rescan finds
+        what is new in the others, as it does on a network filesystem."""
         # What is written between start-up's discovery and the watcher's start is found by
         # one more look, once it watches.
         self._side(self._settle({HERE}))
+        most: int | None = None  # the folders it may watch, once the kernel refused more
         while True:
             self._rewatch = asyncio.Event()
-            folders = [str(self._absolute(path)) for path in sorted(self._watched)]
+            ordered = sorted(self._watched, key=lambda path: (path not in self.sources, path))
+            folders = [str(self._absolute(path)) for path in ordered[:most]]
+            if not folders:
+                del self._tasks["watcher"]  # not one folder can be watched: the rescan's alone
+                return
             try:
                 async for changes in awatch(
                     *folders,
@@ -800,6 +808,18 @@ class Facility:
             except FileNotFoundError:
                 # A watched folder went away: watch those that are left.
                 self._watched = {path for path in self._watched if self._absolute(path).is_dir()}
+            except OSError as error:
+                if most is None:
+                    log.warning(
+                        "the watcher cannot watch all %d folders of the root (%s): it watches "
+                        "as many as the kernel lets it, raw folders first, and what is new in "
+                        "the others is found by the rescan, every BCM_RESCAN_INTERVAL (%g s); "
+                        "the kernel's limit is fs.inotify.max_user_watches",
+                        len(folders),
+                        error,
+                        self.settings.rescan_interval,
+                    )
+                most = len(folders) // 2
 
     def _absolute(self, path: str) -> Path:
         return self.input_root if path == HERE else self.input_root / path
