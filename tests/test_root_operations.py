@@ -7,20 +7,27 @@ laid out as MinKNOW lays them out, with real POD5 files."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from bcmanager.cli import main
 from bcmanager.facility.facility import Facility
 from bcmanager.http.app import create_app
 from bcmanager.settings import Settings
 from conftest import Run, Server, minknow_run, wait_for
+
+BCM = [sys.executable, "-m", "bcmanager"]
 
 
 def write_summary(folder: Path) -> None:
@@ -67,6 +74,40 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, 
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bcm") as client:
             yield client, facility
+
+
+async def assign(client: httpx.AsyncClient, size: int = 10) -> dict[str, Any]:
+    reply = await client.get("/assignwork", params={"engineid": "gpu1", "batchsize": size})
+    assert reply.status_code == 200, reply.text
+    batch: dict[str, Any] = reply.json()
+    return batch
+
+
+async def complete(client: httpx.AsyncClient, jobid: str, state: str = "DONE") -> None:
+    reply = await client.get("/completed", params={"job_id": jobid, "job_state": state})
+    assert reply.json() == {"ok": True}, reply.text
+
+
+async def drain(client: httpx.AsyncClient, run: Run) -> None:
+    for _ in range(50):
+        batch = await assign(client)
+        if not batch["batch"]:
+            return
+        run.basecall(batch["job_output_dir"], batch["batch"])
+        await complete(client, batch["jobid"])
+    raise AssertionError("the runs never drained")
+
+
+async def quarantine_one(client: httpx.AsyncClient, settings_run: str | None = None) -> str:
+    """Fail one file alone (a manager with BCM_QUARANTINE_ATTEMPTS=1 quarantines it at
+    once); its path as the manager names it."""
+    batch = await assign(client, size=1)
+    if settings_run is not None:
+        assert batch["run_path"] == settings_run
+    await complete(client, batch["jobid"], "FAILED")
+    [name] = batch["batch"]
+    raw_folder = Path(batch["job_input_dir"]).parent.as_posix()
+    return name if raw_folder == "." else f"{raw_folder}/{name}"
 
 
 # -- 1. a run deleted while served -------------------------------------------------------------
@@ -149,3 +190,71 @@ def test_beyond_the_watch_limit_the_manager_says_so_once_and_rescans_the_rest(
         assert server.get("/heartbeat").status_code == 200
     finally:
         server.stop()
+
+
+# -- 3. an operator's commands on a root -------------------------------------------------------
+
+
+async def test_retry_on_a_stopped_managers_root_sends_each_runs_files_back(
+    run: Run, tmp_path: Path
+) -> None:
+    """Two runs, each with a quarantined file, one of them complete and sealed; the manager
+    stops. ``bcmanager retry`` on the root finds the quarantined files in every run's raw
+    folders, sends them back run by run (the sealed run unsealed), records it in OPERATOR.log,
+    and the next start offers both."""
+    sealed = minknow_run(run, "expA", "FAX11111")
+    live = minknow_run(run, "expB", "FAX22222", ("pod5_pass", "pod5_fail"))
+    write_summary(run.input_dir / sealed)
+    settings = run.settings(quarantine_attempts=1, rescan_interval=0.2)
+    quarantined = []
+    async with serving(settings) as (client, facility):
+        for mine, other in ((sealed, live), (live, sealed)):
+            await client.post("/runs/pause", json={"run": other})
+            quarantined.append(await quarantine_one(client, mine))
+            await client.post("/runs/resume", json={"run": other})
+        await drain(client, run)
+        seal = run.output_dir / sealed / "bcm-run.json"
+        deadline = time.monotonic() + 10
+        while not seal.exists():
+            assert time.monotonic() < deadline, "the complete run was never sealed"
+            await asyncio.sleep(0.05)
+        assert facility.status().files.failed == 2
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BCM_")}
+    shown = subprocess.run(
+        [*BCM, "retry", "--input-dir", str(run.input_dir), "--output-dir", str(run.output_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "2 file(s) sent back; the next start of the manager offers them"
+    assert lines[1:] == [
+        f"run {sealed}: 1 file(s)",
+        f"  {quarantined[0]}",
+        f"run {live}: 1 file(s)",
+        f"  {quarantined[1]}",
+    ]
+    assert not seal.exists(), "a run an operator sent files back in is no longer sealed"
+    record = json.loads((run.input_dir / "OPERATOR.log").read_text().splitlines()[-1])
+    assert (record["token"], record["asked"], record["files"]) == ("local", None, quarantined)
+
+    async with serving(settings) as (client, facility):
+        assert facility.status().files.failed == 0
+        offered = [(await assign(client, size=1))["batch"][0] for _ in range(2)]
+    assert sorted(offered) == sorted(path.rpartition("/")[2] for path in quarantined)
+
+
+def test_check_on_a_root_with_no_run_yet_says_so_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MinKNOW made the experiment's folders, no POD5 file is written yet, no manager ran."""
+    (tmp_path / "root" / "exp" / "sample").mkdir(parents=True)
+    code = main(["check", "--input", str(tmp_path / "root"), "--output", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert err == ""
+    assert "no run yet" in out
