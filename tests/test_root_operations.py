@@ -258,3 +258,48 @@ def test_check_on_a_root_with_no_run_yet_says_so_and_exits_0(
     assert code == 0, err
     assert err == ""
     assert "no run yet" in out
+
+
+# -- 4. operator changes are recorded before they take effect ----------------------------------
+
+
+@pytest.mark.parametrize("layout", ["root", "one run"])
+async def test_an_operator_change_that_cannot_be_recorded_is_not_made(
+    run: Run, layout: str
+) -> None:
+    """OPERATOR.log cannot be written (an operator made a folder of that name): a retry, a
+    pause and a priority are each refused with 503 and change nothing, in memory or on disk;
+    once the log can be written, they are recorded and made."""
+    if layout == "root":
+        path = minknow_run(run, "expA", "FAX11111")
+    else:
+        path = "."
+        run.add_many(2)
+    async with serving(run.settings(quarantine_attempts=1)) as (client, facility):
+        bad = await quarantine_one(client)
+        log = run.input_dir / "OPERATOR.log"
+        log.mkdir()
+
+        for route, body in (
+            ("/retry", {"files": None}),
+            ("/runs/pause", {"run": path}),
+            ("/runs/priority", {"run": path, "priority": 7}),
+        ):
+            refused = await client.post(route, json=body)
+            assert refused.status_code == 503, (route, refused.text)
+            assert "nothing changed" in refused.json()["detail"]
+        [entry] = (await client.get("/runs")).json()["runs"]
+        assert (entry["paused"], entry["priority"], entry["files"]["failed"]) == (False, 0, 1)
+        assert not list(run.input_dir.rglob("EXCUSED_*")), "the retry changed the folders"
+
+        log.rmdir()
+        sent = await client.post("/retry", json={"files": None})
+        assert sent.status_code == 200 and sent.json() == {"retried": [bad]}
+        paused = await client.post("/runs/pause", json={"run": path})
+        assert paused.status_code == 200 and paused.json()["paused"] is True
+        assert facility.run(path).paused
+    actions = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(line["action"], line["files"]) for line in actions] == [
+        ("retry", [bad]),
+        ("pause", []),
+    ]

@@ -5,9 +5,9 @@ authenticated ``POST /retry`` route, so memory and disk change together. With no
 the folders itself (a failed attempt's ``FAILED_`` or ``QUARANTINED_`` folder becomes
 ``EXCUSED_``) in every raw folder of every run under INPUT_DIR, found as the manager finds them,
 and removes the seal of each run it sent files back in; the next start reads the files back as
-pending. Either way the action is appended to ``OPERATOR.log`` in INPUT_DIR (``audit.py``): by
-the manager, with the kind of token and the address it came from, or here, as "local" with the
-user's name, before the folders change.
+pending. Either way the action is appended to ``OPERATOR.log`` in INPUT_DIR (``audit.py``)
+before it is made: by the manager, with the kind of token and the address it came from, or
+here, as "local" with the user's name.
 
 The manager is called with ``BCM_OPERATOR_TOKEN`` (else ``BCM_API_TOKEN``), over https when
 ``BCM_TLS_CERTFILE`` is set, verified against ``BCM_CA_FILE`` (else the system's CAs).

@@ -35,7 +35,7 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -570,15 +570,20 @@ class Facility:
             run.counting -= 1
         self._check_complete(run)
 
-    async def retry(self, names: list[str] | None) -> list[str]:
+    async def retry(
+        self,
+        names: list[str] | None,
+        record: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> list[str]:
         """Send quarantined files back: ``names`` are raw file names, or paths relative to
         INPUT_DIR for a file in a raw folder below it; None sends all. A sealed run with
-        quarantined files is read back from its folders first."""
+        quarantined files is read back from its folders first. ``record`` (the operator's
+        log) is told which files will be sent back before any is: if it raises, none is."""
         for run in list(self.runs.values()):
             if run.seal is not None and run.seal.files.get(FileState.FAILED.value):
                 self._reopen(run, "an operator sends files back")
                 await self._discover(run.path)
-        sent: list[str] = []
+        targets: list[tuple[str, Manager, list[str] | None]] = []
         for path, source in list(self.sources.items()):
             if names is None:
                 mine = None
@@ -588,6 +593,17 @@ class Facility:
                 mine = [name.rpartition("/")[2] for name in mine]
                 if not mine:
                     continue
+            targets.append((path, source, mine))
+        if record is not None:
+            await record(
+                [
+                    discovery.join(path, name)
+                    for path, source, mine in targets
+                    for name in _quarantined_among(source, mine)
+                ]
+            )
+        sent: list[str] = []
+        for path, source, mine in targets:
             retried = await source.retry(mine)
             sent += [discovery.join(path, name) for name in retried]
             if retried:
@@ -1018,6 +1034,16 @@ def _ledger(run: Run) -> RunYield | None:
         except ValueError as error:
             log.warning("run %s: its seal's yield cannot be read (%s)", seal.run, error)
     return run.ledger
+
+
+def _quarantined_among(source: Manager, names: list[str] | None) -> list[str]:
+    """The files a retry of ``names`` (None: every quarantined file) sends back in ``source``,
+    in the order it sends them."""
+    if names is None:
+        return source.state.quarantined()
+    return list(
+        dict.fromkeys(name for name in names if source.state.file_state(name) is FileState.FAILED)
+    )
 
 
 def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]]:
