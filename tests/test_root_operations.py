@@ -303,3 +303,91 @@ async def test_an_operator_change_that_cannot_be_recorded_is_not_made(
         ("retry", [bad]),
         ("pause", []),
     ]
+
+
+# -- 5. a completion command that hangs --------------------------------------------------------
+
+HANGING = """\
+import json, os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+with open(sys.argv[1] + ".tmp", "w") as out:
+    json.dump({"pids": [os.getpid(), child.pid], "env": dict(os.environ)}, out)
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(300)
+"""
+SECRETS = {
+    "BCM_API_TOKEN": "engine-secret-1",
+    "BCM_OPERATOR_TOKEN": "operator-secret-2",
+    "BCM_READ_TOKEN": "read-secret-3",
+}
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie that nobody reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def start_hanging_command(
+    run: Run, tmp_path: Path, start_server: Callable[..., Server], **env: str
+) -> tuple[Server, dict[str, Any], Path]:
+    """A complete run whose completion command starts a child and hangs, both in the command's
+    process group; the server, what the command wrote (its pids and environment), and the
+    run's output folder."""
+    path = minknow_run(run, "expA", "FAX11111", files=1)
+    write_summary(run.input_dir / path)
+    script, wrote = tmp_path / "hang.py", tmp_path / "ran.json"
+    script.write_text(HANGING)
+    server = start_server(
+        BCM_ON_RUN_COMPLETE=f"{sys.executable} {script} {wrote}",
+        SITE_SETTING="kept",
+        **SECRETS,
+        **env,
+    )
+    drain_server(server, run, {"Authorization": f"Bearer {SECRETS['BCM_API_TOKEN']}"})
+    wait_for(wrote.exists, 15, "the completion command")
+    return server, json.loads(wrote.read_text()), run.output_dir / path
+
+
+def test_a_completion_command_that_runs_over_is_killed_with_its_group_and_sees_no_token(
+    run: Run, tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """BCM_ON_RUN_COMPLETE_TIMEOUT bounds the command: its process group (it, and the child it
+    started) is killed when it runs over, the record says so, and the manager goes on. The
+    command's environment is the manager's without its BCM_ settings: no token reaches it."""
+    server, wrote, output = start_hanging_command(
+        run, tmp_path, start_server, BCM_ON_RUN_COMPLETE_TIMEOUT="1"
+    )
+    try:
+        assert wrote["env"]["SITE_SETTING"] == "kept"
+        assert [name for name in wrote["env"] if name.startswith("BCM_")] == []
+        assert not set(SECRETS.values()) & set(wrote["env"].values())
+        wait_for(lambda: not any(map(alive, wrote["pids"])), 15, "the command's group killed")
+        record = json.loads((output / "bcm-run-complete.json").read_text())
+        assert "timed out after 1" in str(record["exit_status"]), record
+        assert server.get("/heartbeat").status_code == 200
+    finally:
+        for pid in wrote["pids"]:
+            if alive(pid):
+                os.kill(pid, 9)
+
+
+def test_a_manager_that_stops_kills_its_completion_command_with_its_group(
+    run: Run, tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """A manager stopped (SIGTERM, as systemd and Kubernetes stop it) while a completion command
+    runs takes the command and its child with it; the record keeps no exit status, so the next
+    manager says so and does not run it again."""
+    server, wrote, output = start_hanging_command(run, tmp_path, start_server)
+    try:
+        assert all(map(alive, wrote["pids"]))
+        server.stop()
+        wait_for(lambda: not any(map(alive, wrote["pids"])), 15, "the command's group killed")
+        assert "exit_status" not in json.loads((output / "bcm-run-complete.json").read_text())
+    finally:
+        for pid in wrote["pids"]:
+            if alive(pid):
+                os.kill(pid, 9)

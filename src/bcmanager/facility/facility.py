@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import shlex
+import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ FACTS_ATTEMPTS = 3
 """Files of a run read for what its POD5 files say before it goes without (damaged files, or
 stand-ins that only look complete)."""
 
+
+KILL_GRACE = 5.0
+"""Seconds a completion command stopped with SIGTERM has to end before SIGKILL."""
 
 # Seconds after which a watcher that starts again with more folders surely watches them.
 REWATCH_SECONDS = 0.2
@@ -726,12 +730,32 @@ class Facility:
             runrecord.write_completion, run.output, {"command": words, "started": started}
         )
         status: int | str
+        timeout = self.settings.on_run_complete_timeout
         try:
             with open(run.output / COMPLETION_LOG, "ab") as output:
+                # A session of its own, so that it is stopped with whatever it starts; the
+                # manager's settings, its tokens among them, stay with the manager.
                 process = await asyncio.create_subprocess_exec(
-                    *words, stdout=output, stderr=output, stdin=asyncio.subprocess.DEVNULL
+                    *words,
+                    stdout=output,
+                    stderr=output,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                    env={
+                        key: value
+                        for key, value in os.environ.items()
+                        if not key.startswith("BCM_")
+                    },
                 )
-                status = await process.wait()
+                try:
+                    status = await asyncio.wait_for(process.wait(), timeout)
+                except TimeoutError:
+                    await _kill_group(process)
+                    status = f"timed out after {timeout:g} s: killed with its process group"
+                except asyncio.CancelledError:  # the manager stops: the record keeps no status
+                    await _kill_group(process)
+                    self._log("command killed", run, reason="the manager stops")
+                    raise
         except OSError as error:
             status = f"could not start: {error.strerror or error}"
         await asyncio.to_thread(
@@ -1023,6 +1047,16 @@ class Facility:
         if RunPhase.BASECALLING in phases:
             return RunPhase.BASECALLING
         return RunPhase.COMPLETE
+
+
+async def _kill_group(process: asyncio.subprocess.Process) -> None:
+    """Stop a command and every process it started in its process group: SIGTERM, and SIGKILL
+    for what is left once the command ended or KILL_GRACE seconds passed."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal_number)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), KILL_GRACE)
 
 
 def _ledger(run: Run) -> RunYield | None:
