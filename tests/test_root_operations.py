@@ -391,3 +391,33 @@ def test_a_manager_that_stops_kills_its_completion_command_with_its_group(
         for pid in wrote["pids"]:
             if alive(pid):
                 os.kill(pid, 9)
+
+
+# -- 6. a run sealed by the running manager ----------------------------------------------------
+
+
+async def test_runs_says_sealed_for_a_run_the_running_manager_sealed(run: Run) -> None:
+    """A run the running manager completed and sealed is listed as sealed, as it is after a
+    restart; a new raw file unseals it, in the list too."""
+    path = minknow_run(run, "expA", "FAX11111")
+    write_summary(run.input_dir / path)
+    async with serving(run.settings(rescan_interval=0.2)) as (client, _):
+        await drain(client, run)
+
+        async def entry() -> dict[str, Any]:
+            entries: list[dict[str, Any]] = (await client.get("/runs")).json()["runs"]
+            return entries[0]
+
+        deadline = time.monotonic() + 10
+        while not (await entry())["sealed"]:
+            assert time.monotonic() < deadline, f"never listed as sealed: {await entry()}"
+            await asyncio.sleep(0.05)
+        assert (await entry())["phase"] == "complete"
+        assert (run.output_dir / path / "bcm-run.json").exists()
+
+        run.add(f"{path}/pod5/late.pod5", 1)
+        deadline = time.monotonic() + 10
+        while (await entry())["files"]["pending"] != 1:
+            assert time.monotonic() < deadline, "the late file was never seen"
+            await asyncio.sleep(0.05)
+        assert (await entry())["sealed"] is False

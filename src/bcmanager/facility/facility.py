@@ -115,6 +115,7 @@ class Run:
     finished: bool = False  # sequencing stopped, and every file it wrote was seen
     completed: bool = False  # complete, announced and its command started
     seal: runrecord.Seal | None = None  # set while the run is sealed and not read back
+    sealed_here: bool = False  # sealed by this manager, its raw folders still served
     facts: Pod5Facts | None = None  # what its POD5 files say of themselves, once one was read
     facts_attempts: int = 0  # files read for them so far (at most FACTS_ATTEMPTS)
     # What its reads came to: the DONE jobs' statistics, those that ended before this manager
@@ -416,7 +417,7 @@ class Facility:
         if run.path == HERE:
             return
         _ledger(run)
-        run.seal = None
+        run.seal, run.sealed_here = None, False
         runrecord.remove_seal(run.output)
         self._log("unsealed", run, reason=why)
 
@@ -696,7 +697,8 @@ class Facility:
         if self.settings.on_run_complete:
             await self._run_completion_command(run)
         if run.path != HERE and run.phase() is RunPhase.COMPLETE:
-            await asyncio.to_thread(self._seal, run)
+            sealed = await asyncio.to_thread(self._seal, run)
+            run.sealed_here = sealed and run.completed  # not if it was unsealed meanwhile
 
     async def _write_report(self, run: Run) -> None:
         ledger = run.ledger or RunYield()
@@ -770,12 +772,13 @@ class Facility:
         )
         self._log("command ended", run, exit_status=str(status))
 
-    def _seal(self, run: Run) -> None:
-        """Fold a complete run into its seal (in a worker thread: it stats its folders)."""
+    def _seal(self, run: Run) -> bool:
+        """Fold a complete run into its seal (in a worker thread: it stats its folders);
+        whether it was written."""
         folders = _run_folders(run)
         stamps = runrecord.mtimes(self.input_root, folders)
         if stamps is None:
-            return
+            return False
         seal = runrecord.Seal(
             run=run.path,
             folders=stamps,
@@ -789,8 +792,9 @@ class Facility:
             runrecord.write_seal(run.output, seal)
         except OSError as error:
             log.error("run %s: could not write its seal (%s)", run.path, error)
-            return
+            return False
         self._log("sealed", run)
+        return True
 
     # -- background -------------------------------------------------------------------------
 
@@ -979,7 +983,7 @@ class Facility:
             phase=run.phase(),
             priority=run.priority,
             paused=run.paused,
-            sealed=run.seal is not None,
+            sealed=run.seal is not None or run.sealed_here,
             raw_folders=len(run.sources) if run.seal is None else len(run.seal.folders),
             output_dir=str(run.output),
             files=FileCounts(**{state.value: count for state, count in counts.items()}),
