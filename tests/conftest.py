@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,12 +264,10 @@ def real_server(app: FastAPI, timeout: float = 10.0) -> Iterator[str]:
 
 class Server:
     """``bcmanager serve`` as a real process on 127.0.0.1; over https, verified against its own
-    certificate, when ``BCM_TLS_CERTFILE`` is among ``env``; started through ``prefix`` (a
-    command that runs the rest of its command line, such as ``unshare``) when one is given."""
+    certificate, when ``BCM_TLS_CERTFILE`` is among ``env``."""
 
-    def __init__(self, run: Run, log: Path, prefix: Sequence[str] = (), **env: str) -> None:
+    def __init__(self, run: Run, log: Path, **env: str) -> None:
         self.run = run
-        self.prefix = list(prefix)
         self.port = free_port()
         certificate = env.get("BCM_TLS_CERTFILE")
         scheme = "https" if certificate else "http"
@@ -286,6 +284,9 @@ class Server:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        # A command that runs the rest of its command line (``unshare``, say): serve is
+        # started through it when one is set.
+        self.prefix: list[str] = []
 
     def start(self, timeout: float = 15.0) -> Server:
         with self.log.open("ab") as log:

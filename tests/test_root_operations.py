@@ -172,7 +172,8 @@ def test_beyond_the_watch_limit_the_manager_says_so_once_and_rescans_the_rest(
     three raw folders, the first by name) and a new run at the top are found by the rescan."""
     prefix = in_user_namespace(4)
     paths = [minknow_run(run, f"exp{index}", f"FAX{index:05d}") for index in range(6)]
-    server = Server(run, tmp_path / "serve.log", prefix=prefix, BCM_RESCAN_INTERVAL="0.3")
+    server = Server(run, tmp_path / "serve.log", BCM_RESCAN_INTERVAL="0.3")
+    server.prefix = prefix
     try:
         server.start()
         deadline = time.monotonic() + 1.5
@@ -398,10 +399,10 @@ def test_a_manager_that_stops_kills_its_completion_command_with_its_group(
 
 async def test_runs_says_sealed_for_a_run_the_running_manager_sealed(run: Run) -> None:
     """A run the running manager completed and sealed is listed as sealed, as it is after a
-    restart; a new raw file unseals it, in the list too."""
+    restart; a new raw file, which the watcher tells of, unseals it, in the list too."""
     path = minknow_run(run, "expA", "FAX11111")
     write_summary(run.input_dir / path)
-    async with serving(run.settings(rescan_interval=0.2)) as (client, _):
+    async with serving(run.settings(rescan_interval=60)) as (client, _):
         await drain(client, run)
 
         async def entry() -> dict[str, Any]:

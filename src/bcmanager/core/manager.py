@@ -145,8 +145,8 @@ class Manager:
         self.batch_extras: dict[str, object] = {}
         # Called once the end of a job is recorded: the facility's run bookkeeping.
         self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
-        # Called when a rescan finds the raw folder gone (an operator deleted or moved it);
-        # True: the facility stops serving it, and that is no error to log at each rescan.
+        # Asked when a rescan finds the raw folder gone (an operator deleted or moved it);
+        # True: the facility sees to it, and that is no error to log at each rescan.
         self.on_gone: Callable[[], bool] | None = None
         # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied).
         self.done_at_start: list[tuple[str, str]] = []

@@ -286,7 +286,9 @@ class Facility:
         on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
         source.siblings = lambda: on_disk | run.job_ids(but=path)
         source.on_ended = partial(self._job_ended, run, path)
-        source.on_gone = partial(self._rescan_found_gone, run, path)
+        # A raw folder gone from a readable root is for discovery to drop (or to follow, where
+        # it moved), not an error of each rescan.
+        source.on_gone = self.input_root.is_dir
         try:
             await source.start()
         except OSError as error:
@@ -320,6 +322,47 @@ class Facility:
             for other, found_run in self._pending_sources.items()
             if found_run == run.path and other != path and other not in run.sources
         ]
+
+    def _gone(self, run: Run) -> None:
+        """Stop serving the raw folders of ``run`` that are gone (an operator deleted them, or
+        moved them out of INPUT_DIR), with one line of the log; a run left with none, or a
+        sealed run whose folder is gone, is dropped whole, so that it holds neither /heartbeat
+        nor the facility's phase. Its leased jobs are unknown from now on: their keepalives
+        answer late. Nothing is dropped while INPUT_DIR itself cannot be read: /heartbeat says
+        so, and a root that comes back is served as it was."""
+        if self.runs.get(run.path) is not run or not self.input_root.is_dir():
+            return
+        gone = [path for path in run.sources if not os.path.lexists(self._absolute(path))]
+        if not gone and (run.sources or os.path.lexists(run.folder)):
+            return
+        if len(gone) < len(run.sources):
+            self._log("raw folders gone", run, raw_folders=" ".join(gone))
+        else:
+            self._log("run gone", run)
+            del self.runs[run.path]
+            self._summaries.pop(run.path, None)
+        for path in gone:
+            source = run.sources.pop(path)
+            del self.sources[path]
+            del self.run_of[path]
+            self._jobs = {jobid: each for jobid, each in self._jobs.items() if each is not source}
+            self._side(source.stop())
+
+    async def _drop_gone(self) -> None:
+        """``_gone`` for every run that lost a raw folder, or its folder when sealed; the raw
+        folders are looked for in a worker thread (on a network filesystem a stat can take
+        milliseconds, and a root holds thousands of raw folders)."""
+        runs = [(run, [self._absolute(path) for path in run.sources]) for run in self.runs.values()]
+
+        def losing() -> list[Run]:
+            return [
+                run
+                for run, folders in runs
+                if not all(map(os.path.lexists, folders or [run.folder]))
+            ]
+
+        for run in await asyncio.to_thread(losing):
+            self._gone(run)
 
     async def _discover(self, below: str = HERE) -> None:
         """Find raw folders not served yet (below ``below`` only, after an event) and serve
@@ -380,44 +423,13 @@ class Facility:
         self._watch_also(visited)
         return found
 
-    def _rescan_found_gone(self, run: Run, path: str) -> bool:
-        """Raw folder ``path`` of ``run`` was gone at its rescan: drop what is gone; whether it
-        is served no more (dropped now, or a moment ago with its run)."""
-        self._gone(run)
-        return path not in run.sources
-
-    def _gone(self, run: Run) -> None:
-        """Stop serving the raw folders of ``run`` that are gone (an operator deleted or moved
-        them), with one line of the log; a run left with none, or a sealed run whose folder is
-        gone, is dropped whole, so that it holds neither /heartbeat nor the facility's phase.
-        Its leased jobs are unknown from now on: their keepalives answer late. Nothing is
-        dropped while INPUT_DIR itself cannot be read: /heartbeat says so, and a root that
-        comes back is served as it was."""
-        if self.runs.get(run.path) is not run or not self.input_root.is_dir():
-            return
-        gone = [path for path in run.sources if not os.path.lexists(self._absolute(path))]
-        if not gone and (run.sources or os.path.lexists(run.folder)):
-            return
-        if len(gone) < len(run.sources):
-            self._log("raw folders gone", run, raw_folders=" ".join(gone))
-        else:
-            self._log("run gone", run)
-            del self.runs[run.path]
-            self._summaries.pop(run.path, None)
-        for path in gone:
-            source = run.sources.pop(path)
-            del self.sources[path]
-            del self.run_of[path]
-            self._jobs = {jobid: each for jobid, each in self._jobs.items() if each is not source}
-            self._side(source.stop())
-
     def _reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
-        run.completed = False
+        run.completed = run.sealed_here = False
         if run.path == HERE:
             return
         _ledger(run)
-        run.seal, run.sealed_here = None, False
+        run.seal = None
         runrecord.remove_seal(run.output)
         self._log("unsealed", run, reason=why)
 
@@ -697,8 +709,7 @@ class Facility:
         if self.settings.on_run_complete:
             await self._run_completion_command(run)
         if run.path != HERE and run.phase() is RunPhase.COMPLETE:
-            sealed = await asyncio.to_thread(self._seal, run)
-            run.sealed_here = sealed and run.completed  # not if it was unsealed meanwhile
+            await asyncio.to_thread(self._seal, run)
 
     async def _write_report(self, run: Run) -> None:
         ledger = run.ledger or RunYield()
@@ -772,13 +783,12 @@ class Facility:
         )
         self._log("command ended", run, exit_status=str(status))
 
-    def _seal(self, run: Run) -> bool:
-        """Fold a complete run into its seal (in a worker thread: it stats its folders);
-        whether it was written."""
+    def _seal(self, run: Run) -> None:
+        """Fold a complete run into its seal (in a worker thread: it stats its folders)."""
         folders = _run_folders(run)
         stamps = runrecord.mtimes(self.input_root, folders)
         if stamps is None:
-            return False
+            return
         seal = runrecord.Seal(
             run=run.path,
             folders=stamps,
@@ -792,9 +802,9 @@ class Facility:
             runrecord.write_seal(run.output, seal)
         except OSError as error:
             log.error("run %s: could not write its seal (%s)", run.path, error)
-            return False
+            return
         self._log("sealed", run)
-        return True
+        run.sealed_here = True
 
     # -- background -------------------------------------------------------------------------
 
@@ -803,9 +813,8 @@ class Facility:
             await asyncio.sleep(self.settings.rescan_interval)
             try:
                 await self._discover()
+                await self._drop_gone()
                 for run in list(self.runs.values()):
-                    if not run.sources:
-                        self._gone(run)  # a sealed run has no raw folder's rescan to notice
                     await self._look_for_summary(run)
             except OSError as error:
                 log.error("discovery under %s failed: %s", self.input_root, error)
@@ -1032,7 +1041,7 @@ class Facility:
         for path, source in self.sources.items():
             lines = source.problems()
             if lines and self.input_root.is_dir() and not os.path.lexists(self._absolute(path)):
-                continue  # gone: dropped by its next rescan (``_gone``), not a fault
+                continue  # gone: dropped by the next discovery (``_drop_gone``), not a fault
             found += _named(path, lines)
         return list(dict.fromkeys(found))  # INPUT_DIR served alone says its own once
 
