@@ -127,6 +127,9 @@ def retry_on_folders(settings: Settings, paths: RunPaths, names: list[str] | Non
             sources[HERE] = HERE  # one run served alone, whose raw files are all gone
         plan = []
         for source, run in sorted(sources.items()):
+            mine = _names_in(source, names)
+            if mine is not None and not mine:
+                continue  # no file named is one of this raw folder's
             folders = RunFolders(
                 RunPaths(
                     root if source == HERE else root / source,
@@ -135,7 +138,7 @@ def retry_on_folders(settings: Settings, paths: RunPaths, names: list[str] | Non
                     output_root,
                 )
             )
-            attempts = folders.to_retry(_names_in(source, names))
+            attempts = folders.to_retry(mine)
             if attempts:
                 plan.append(_Retry(run, source, folders, attempts))
     except OSError as error:
