@@ -284,11 +284,14 @@ class Server:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        # A command that runs the rest of its command line (``unshare``, say): serve is
+        # started through it when one is set.
+        self.prefix: list[str] = []
 
     def start(self, timeout: float = 15.0) -> Server:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bcmanager", "serve"],
+                [*self.prefix, sys.executable, "-m", "bcmanager", "serve"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -2,10 +2,10 @@
 
 The run's folders are its database, so the record of who changed a run lives with them: ``ls``
 shows it beside the EXCUSED_ folders a retry made, and it outlives the manager and its logs.
-Append-only (O_APPEND, never rewritten), fsynced before the action is answered; a line says when,
-who (the kind of token that let the request in, or "local" for ``bcmanager retry`` on the folders
-with no manager running, and the client's address or the local user), what, and which files.
-Tokens never appear in it.
+Append-only (O_APPEND, never rewritten), fsynced before the action is made (an action whose
+line cannot be written is not made); a line says when, who (the kind of token that let the
+request in, or "local" for ``bcmanager retry`` on the folders with no manager running, and the
+client's address or the local user), what, and which files. Tokens never appear in it.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ Every finding is one line naming a path, with one of three kinds:
   distrust the answer (a manager is running and may change the folders while they are read).
   Notes do not fail the check.
 
-Exit 0 when no BROKEN or REPAIR line was printed, 1 otherwise, 2 when a folder is unreadable
-or `--run` names no run.
+Exit 0 when no BROKEN or REPAIR line was printed (a root with no run yet is said to be one and
+exits 0), 1 otherwise, 2 when a folder is unreadable or `--run` names no run.
 """
 
 from __future__ import annotations
@@ -147,7 +147,16 @@ class Report:
 
     def lines(self) -> list[str]:
         """The problems, one per line, then each run's totals (but for INPUT_DIR served as
-        one run) and the totals over all runs."""
+        one run) and the totals over all runs; a root where no POD5 file is written yet says
+        that instead."""
+        if not self.runs:
+            return [
+                *(str(problem) for problem in self.problems),
+                f"INPUT_DIR  {shown(str(self.input_dir))}",
+                f"OUTPUT_DIR {shown(str(self.output_dir))}",
+                "no run yet: no folder under INPUT_DIR holds POD5 files, so there is nothing "
+                "to check",
+            ]
         job_folders = _summed(run.job_folders for run in self.runs)
         folders = ", ".join(
             f"{job_folders[kind]} {kind.value}" for kind in FolderKind if job_folders[kind]

@@ -72,7 +72,14 @@ class Settings(BaseSettings):
         None,
         description="Command run once when a run is complete, e.g. 'notify.sh {output_dir}': "
         "placeholders {run_path}, {run_dir}, {output_dir}; its exit status is recorded in "
-        "the run's output folder, and it is never run twice for one run.",
+        "the run's output folder, and it is never run twice for one run. It runs with the "
+        "manager's environment but for its BCM_ settings (no token reaches it).",
+    )
+    on_run_complete_timeout: PositiveFloat = Field(
+        3600.0,
+        description="Seconds a completion command (BCM_ON_RUN_COMPLETE) may run: then it is "
+        "killed with its process group (every process it started), as it is when the manager "
+        "stops.",
     )
     account_reads: bool = Field(
         True,

@@ -339,6 +339,11 @@ class RunFolders:
         alone (None: every quarantined file) becomes EXCUSED_, so its failure no longer
         counts, and is fsynced. Returns the files whose attempts were excused. Works with or
         without a manager running (one that runs must then be told: ``Manager.retry``)."""
+        return self.excuse(self.to_retry(names))
+
+    def to_retry(self, names: set[str] | None) -> list[tuple[JobFolderName, str]]:
+        """The attempts ``retry`` would excuse, each with its one file; reads only, so that a
+        retry can be recorded before it is made."""
         alone: list[tuple[JobFolderName, str]] = []
         for folder in scan.list_input(self.paths.input_dir).job_folders:
             if folder.kind in (FolderKind.FAILED, FolderKind.QUARANTINED):
@@ -347,16 +352,17 @@ class RunFolders:
                     alone.append((folder, files[0]))
         if names is None:
             names = {name for folder, name in alone if folder.kind is FolderKind.QUARANTINED}
-        sent: set[str] = set()
-        for folder, name in alone:
-            if name in names:
-                path = self.paths.input_dir / folder.name
-                excused = job_folder(FolderKind.EXCUSED, folder.jobid, folder.engine)
-                _rename_new(self.ops, path, path.with_name(excused))
-                sent.add(name)
-        if sent:
+        return [(folder, name) for folder, name in alone if name in names]
+
+    def excuse(self, attempts: list[tuple[JobFolderName, str]]) -> list[str]:
+        """Rename each attempt of ``to_retry`` to EXCUSED_, fsynced; returns their files."""
+        for folder, _ in attempts:
+            path = self.paths.input_dir / folder.name
+            excused = job_folder(FolderKind.EXCUSED, folder.jobid, folder.engine)
+            _rename_new(self.ops, path, path.with_name(excused))
+        if attempts:
             self.ops.fsync(self.paths.input_dir)
-        return sorted(sent)
+        return sorted({name for _, name in attempts})
 
     def commit_release(self, jobid: str, engine: str, tail: Tail) -> None:
         """Take the lease back: STOPPED (``Tail.DISCARD``) or EXPIRED (output kept)."""

@@ -145,6 +145,9 @@ class Manager:
         self.batch_extras: dict[str, object] = {}
         # Called once the end of a job is recorded: the facility's run bookkeeping.
         self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
+        # Asked when a rescan finds the raw folder gone (an operator deleted or moved it);
+        # True: the facility sees to it, and that is no error to log at each rescan.
+        self.on_gone: Callable[[], bool] | None = None
         # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied).
         self.done_at_start: list[tuple[str, str]] = []
         # And the failed attempts, whose account may say why a DONE rejected their files.
@@ -714,6 +717,9 @@ class Manager:
         try:
             await self._rescan()
         except OSError as error:
+            gone = not os.path.lexists(self.paths.input_dir)
+            if gone and self.on_gone is not None and self.on_gone():
+                return
             log.error("rescan of %s failed: %s", self.paths.input_dir, error)
 
     async def on_changes(self, names: list[str], deleted: list[str]) -> None:

@@ -34,8 +34,9 @@ import contextlib
 import logging
 import os
 import shlex
+import signal
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -87,6 +88,9 @@ FACTS_ATTEMPTS = 3
 stand-ins that only look complete)."""
 
 
+KILL_GRACE = 5.0
+"""Seconds a completion command stopped with SIGTERM has to end before SIGKILL."""
+
 # Seconds after which a watcher that starts again with more folders surely watches them.
 REWATCH_SECONDS = 0.2
 
@@ -111,6 +115,7 @@ class Run:
     finished: bool = False  # sequencing stopped, and every file it wrote was seen
     completed: bool = False  # complete, announced and its command started
     seal: runrecord.Seal | None = None  # set while the run is sealed and not read back
+    sealed_here: bool = False  # sealed by this manager, its raw folders still served
     facts: Pod5Facts | None = None  # what its POD5 files say of themselves, once one was read
     facts_attempts: int = 0  # files read for them so far (at most FACTS_ATTEMPTS)
     # What its reads came to: the DONE jobs' statistics, those that ended before this manager
@@ -281,6 +286,9 @@ class Facility:
         on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
         source.siblings = lambda: on_disk | run.job_ids(but=path)
         source.on_ended = partial(self._job_ended, run, path)
+        # A raw folder gone from a readable root is for discovery to drop (or to follow, where
+        # it moved), not an error of each rescan.
+        source.on_gone = self.input_root.is_dir
         try:
             await source.start()
         except OSError as error:
@@ -314,6 +322,47 @@ class Facility:
             for other, found_run in self._pending_sources.items()
             if found_run == run.path and other != path and other not in run.sources
         ]
+
+    def _gone(self, run: Run) -> None:
+        """Stop serving the raw folders of ``run`` that are gone (an operator deleted them, or
+        moved them out of INPUT_DIR), with one line of the log; a run left with none, or a
+        sealed run whose folder is gone, is dropped whole, so that it holds neither /heartbeat
+        nor the facility's phase. Its leased jobs are unknown from now on: their keepalives
+        answer late. Nothing is dropped while INPUT_DIR itself cannot be read: /heartbeat says
+        so, and a root that comes back is served as it was."""
+        if self.runs.get(run.path) is not run or not self.input_root.is_dir():
+            return
+        gone = [path for path in run.sources if not os.path.lexists(self._absolute(path))]
+        if not gone and (run.sources or os.path.lexists(run.folder)):
+            return
+        if len(gone) < len(run.sources):
+            self._log("raw folders gone", run, raw_folders=" ".join(gone))
+        else:
+            self._log("run gone", run)
+            del self.runs[run.path]
+            self._summaries.pop(run.path, None)
+        for path in gone:
+            source = run.sources.pop(path)
+            del self.sources[path]
+            del self.run_of[path]
+            self._jobs = {jobid: each for jobid, each in self._jobs.items() if each is not source}
+            self._side(source.stop())
+
+    async def _drop_gone(self) -> None:
+        """``_gone`` for every run that lost a raw folder, or its folder when sealed; the raw
+        folders are looked for in a worker thread (on a network filesystem a stat can take
+        milliseconds, and a root holds thousands of raw folders)."""
+        runs = [(run, [self._absolute(path) for path in run.sources]) for run in self.runs.values()]
+
+        def losing() -> list[Run]:
+            return [
+                run
+                for run, folders in runs
+                if not all(map(os.path.lexists, folders or [run.folder]))
+            ]
+
+        for run in await asyncio.to_thread(losing):
+            self._gone(run)
 
     async def _discover(self, below: str = HERE) -> None:
         """Find raw folders not served yet (below ``below`` only, after an event) and serve
@@ -376,7 +425,7 @@ class Facility:
 
     def _reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
-        run.completed = False
+        run.completed = run.sealed_here = False
         if run.path == HERE:
             return
         _ledger(run)
@@ -538,15 +587,20 @@ class Facility:
             run.counting -= 1
         self._check_complete(run)
 
-    async def retry(self, names: list[str] | None) -> list[str]:
+    async def retry(
+        self,
+        names: list[str] | None,
+        record: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> list[str]:
         """Send quarantined files back: ``names`` are raw file names, or paths relative to
         INPUT_DIR for a file in a raw folder below it; None sends all. A sealed run with
-        quarantined files is read back from its folders first."""
+        quarantined files is read back from its folders first. ``record`` (the operator's
+        log) is told which files will be sent back before any is: if it raises, none is."""
         for run in list(self.runs.values()):
             if run.seal is not None and run.seal.files.get(FileState.FAILED.value):
                 self._reopen(run, "an operator sends files back")
                 await self._discover(run.path)
-        sent: list[str] = []
+        targets: list[tuple[str, Manager, list[str] | None]] = []
         for path, source in list(self.sources.items()):
             if names is None:
                 mine = None
@@ -556,6 +610,17 @@ class Facility:
                 mine = [name.rpartition("/")[2] for name in mine]
                 if not mine:
                     continue
+            targets.append((path, source, mine))
+        if record is not None:
+            await record(
+                [
+                    discovery.join(path, name)
+                    for path, source, mine in targets
+                    for name in _quarantined_among(source, mine)
+                ]
+            )
+        sent: list[str] = []
+        for path, source, mine in targets:
             retried = await source.retry(mine)
             sent += [discovery.join(path, name) for name in retried]
             if retried:
@@ -678,12 +743,32 @@ class Facility:
             runrecord.write_completion, run.output, {"command": words, "started": started}
         )
         status: int | str
+        timeout = self.settings.on_run_complete_timeout
         try:
             with open(run.output / COMPLETION_LOG, "ab") as output:
+                # A session of its own, so that it is stopped with whatever it starts; the
+                # manager's settings, its tokens among them, stay with the manager.
                 process = await asyncio.create_subprocess_exec(
-                    *words, stdout=output, stderr=output, stdin=asyncio.subprocess.DEVNULL
+                    *words,
+                    stdout=output,
+                    stderr=output,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                    env={
+                        key: value
+                        for key, value in os.environ.items()
+                        if not key.startswith("BCM_")
+                    },
                 )
-                status = await process.wait()
+                try:
+                    status = await asyncio.wait_for(process.wait(), timeout)
+                except TimeoutError:
+                    await _kill_group(process)
+                    status = f"timed out after {timeout:g} s: killed with its process group"
+                except asyncio.CancelledError:  # the manager stops: the record keeps no status
+                    await _kill_group(process)
+                    self._log("command killed", run, reason="the manager stops")
+                    raise
         except OSError as error:
             status = f"could not start: {error.strerror or error}"
         await asyncio.to_thread(
@@ -719,6 +804,7 @@ class Facility:
             log.error("run %s: could not write its seal (%s)", run.path, error)
             return
         self._log("sealed", run)
+        run.sealed_here = True
 
     # -- background -------------------------------------------------------------------------
 
@@ -727,6 +813,7 @@ class Facility:
             await asyncio.sleep(self.settings.rescan_interval)
             try:
                 await self._discover()
+                await self._drop_gone()
                 for run in list(self.runs.values()):
                     await self._look_for_summary(run)
             except OSError as error:
@@ -745,13 +832,21 @@ class Facility:
         alone, not recursively, so that a root full of finished runs costs a watch per folder,
         not a walk of every file. Raw files go to their raw folder; raw files or a new folder
         in a folder not served yet go to discovery; final summaries to their run. When
-        discovery adds folders, the watcher starts again with them."""
+        discovery adds folders, the watcher starts again with them. Where the kernel lets it
+        watch fewer folders than there are (its inotify watch limit), it says so once and
+        watches half as many, raw folders first, until the kernel agrees; the rescan finds
+        what is new in the others, as it does on a network filesystem."""
         # What is written between start-up's discovery and the watcher's start is found by
         # one more look, once it watches.
         self._side(self._settle({HERE}))
+        most: int | None = None  # the folders it may watch, once the kernel refused more
         while True:
             self._rewatch = asyncio.Event()
-            folders = [str(self._absolute(path)) for path in sorted(self._watched)]
+            ordered = sorted(self._watched, key=lambda path: (path not in self.sources, path))
+            folders = [str(self._absolute(path)) for path in ordered[:most]]
+            if not folders:
+                del self._tasks["watcher"]  # not one folder can be watched: the rescan's alone
+                return
             try:
                 async for changes in awatch(
                     *folders,
@@ -766,6 +861,18 @@ class Facility:
             except FileNotFoundError:
                 # A watched folder went away: watch those that are left.
                 self._watched = {path for path in self._watched if self._absolute(path).is_dir()}
+            except OSError as error:
+                if most is None:
+                    log.warning(
+                        "the watcher cannot watch all %d folders of the root (%s): it watches "
+                        "as many as the kernel lets it, raw folders first, and what is new in "
+                        "the others is found by the rescan, every BCM_RESCAN_INTERVAL (%g s); "
+                        "the kernel's limit is fs.inotify.max_user_watches",
+                        len(folders),
+                        error,
+                        self.settings.rescan_interval,
+                    )
+                most = len(folders) // 2
 
     def _absolute(self, path: str) -> Path:
         return self.input_root if path == HERE else self.input_root / path
@@ -812,7 +919,12 @@ class Facility:
             written, deleted = by_folder.setdefault(folder, ([], []))
             (deleted if change is Change.deleted else written).append(name)
         for folder, (written, deleted) in by_folder.items():
-            run = self.run_of[folder]
+            run = self.run_of.get(folder)
+            if run is None:
+                continue  # dropped as gone a moment ago
+            if deleted and not os.path.lexists(self._absolute(folder)):
+                self._gone(run)  # the raw folder went with its files: one line, not one a file
+                continue
             await self.sources[folder].on_changes(sorted(set(written)), sorted(set(deleted)))
             run.touched = run.touched or bool(written)
             if written and run.completed and run.phase() is not RunPhase.COMPLETE:
@@ -880,7 +992,7 @@ class Facility:
             phase=run.phase(),
             priority=run.priority,
             paused=run.paused,
-            sealed=run.seal is not None,
+            sealed=run.seal is not None or run.sealed_here,
             raw_folders=len(run.sources) if run.seal is None else len(run.seal.folders),
             output_dir=str(run.output),
             files=FileCounts(**{state.value: count for state, count in counts.items()}),
@@ -927,7 +1039,10 @@ class Facility:
             if task.done():
                 found.append(f"the {name} has stopped")
         for path, source in self.sources.items():
-            found += _named(path, source.problems())
+            lines = source.problems()
+            if lines and self.input_root.is_dir() and not os.path.lexists(self._absolute(path)):
+                continue  # gone: dropped by the next discovery (``_drop_gone``), not a fault
+            found += _named(path, lines)
         return list(dict.fromkeys(found))  # INPUT_DIR served alone says its own once
 
     def job_problems(self) -> list[str]:
@@ -947,6 +1062,16 @@ class Facility:
         return RunPhase.COMPLETE
 
 
+async def _kill_group(process: asyncio.subprocess.Process) -> None:
+    """Stop a command and every process it started in its process group: SIGTERM, and SIGKILL
+    for what is left once the command ended or KILL_GRACE seconds passed."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal_number)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), KILL_GRACE)
+
+
 def _ledger(run: Run) -> RunYield | None:
     """The run's ledger; a sealed run's is read from its seal the first time it is asked for."""
     seal = run.seal
@@ -956,6 +1081,16 @@ def _ledger(run: Run) -> RunYield | None:
         except ValueError as error:
             log.warning("run %s: its seal's yield cannot be read (%s)", seal.run, error)
     return run.ledger
+
+
+def _quarantined_among(source: Manager, names: list[str] | None) -> list[str]:
+    """The files a retry of ``names`` (None: every quarantined file) sends back in ``source``,
+    in the order it sends them."""
+    if names is None:
+        return source.state.quarantined()
+    return list(
+        dict.fromkeys(name for name in names if source.state.file_state(name) is FileState.FAILED)
+    )
 
 
 def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
 from importlib import resources
@@ -321,7 +321,8 @@ def create_app(
         "FAILED_ and QUARANTINED_ folders become EXCUSED_), and the quarantined ones are "
         "pending again, each in a batch of its own. Requires the operator token when one is "
         "set (else the engine token, when that is set); the action is appended to "
-        "OPERATOR.log in INPUT_DIR.",
+        "OPERATOR.log in INPUT_DIR before it is made, and one that cannot be recorded is "
+        "refused (503) and changes nothing.",
         tags=["operations"],
         responses={
             400: {"model": ErrorReply, "description": "The body is not JSON"},
@@ -333,17 +334,19 @@ def create_app(
     )
     async def retry(caller: Operator, request: RetryRequest | None = None) -> RetryReply:
         files = request.files if request is not None else None
-        sent = await facility.retry(files)
-        await asyncio.to_thread(
-            audit.record,
-            facility.input_root,
-            action="retry",
-            token=caller.token,
-            client=caller.client,
-            asked=files,
-            files=sent,
-        )
-        return RetryReply(retried=sent)
+
+        async def record(sending: list[str]) -> None:
+            await asyncio.to_thread(
+                audit.record,
+                facility.input_root,
+                action="retry",
+                token=caller.token,
+                client=caller.client,
+                asked=files,
+                files=sending,
+            )
+
+        return RetryReply(retried=await facility.retry(files, record))
 
     @app.get(
         "/runs",
@@ -359,10 +362,11 @@ def create_app(
         return RunsReply(runs=facility.entries())
 
     async def run_changed(
-        caller: Caller, action: str, run: str, change: dict[str, Any]
+        caller: Caller, action: str, run: str, change: dict[str, Any], make: Callable[[], object]
     ) -> RunEntry:
-        """Answer an operator's change of a run, recorded in OPERATOR.log first."""
-        entry = facility.entry(facility.run(run))
+        """Make an operator's change of a run once it is recorded in OPERATOR.log: a record
+        that cannot be written refuses it (503), and nothing changes."""
+        facility.run(run)  # no such run: 404, and nothing is recorded
         await asyncio.to_thread(
             audit.record,
             facility.input_root,
@@ -373,7 +377,8 @@ def create_app(
             files=[],
             **change,
         )
-        return entry
+        make()
+        return facility.entry(facility.run(run))
 
     run_routes: dict[str, Any] = {
         "response_model": RunEntry,
@@ -382,6 +387,7 @@ def create_app(
             400: {"model": ErrorReply, "description": "The body is not JSON"},
             401: ERRORS[401],
             404: {"model": ErrorReply, "description": "No such run"},
+            503: ERRORS[503],
         },
         "dependencies": operator,
         "openapi_extra": TOKEN_OPTIONAL,
@@ -394,8 +400,13 @@ def create_app(
         **run_routes,
     )
     async def run_priority(caller: Operator, request: PriorityRequest) -> RunEntry:
-        facility.set_priority(request.run, request.priority)
-        return await run_changed(caller, "priority", request.run, {"priority": request.priority})
+        return await run_changed(
+            caller,
+            "priority",
+            request.run,
+            {"priority": request.priority},
+            lambda: facility.set_priority(request.run, request.priority),
+        )
 
     @app.post(
         "/runs/pause",
@@ -404,15 +415,17 @@ def create_app(
         **run_routes,
     )
     async def pause(caller: Operator, request: RunRequest) -> RunEntry:
-        facility.set_paused(request.run, True)
-        return await run_changed(caller, "pause", request.run, {})
+        return await run_changed(
+            caller, "pause", request.run, {}, lambda: facility.set_paused(request.run, True)
+        )
 
     @app.post(
         "/runs/resume", operation_id="resume_run", summary="Resume a paused run", **run_routes
     )
     async def resume(caller: Operator, request: RunRequest) -> RunEntry:
-        facility.set_paused(request.run, False)
-        return await run_changed(caller, "resume", request.run, {})
+        return await run_changed(
+            caller, "resume", request.run, {}, lambda: facility.set_paused(request.run, False)
+        )
 
     @app.get(
         "/metrics",
