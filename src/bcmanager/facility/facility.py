@@ -107,6 +107,7 @@ class Run:
     sources: dict[str, Manager] = field(default_factory=dict)  # by raw folder path
     paused: bool = False
     final_summary: str | None = None  # MinKNOW's final summary, once it is there
+    summary_seen: float = 0.0  # when this manager first saw it (its clock)
     expected_files: int | None = None  # raw files the final summary says were written
     finished: bool = False  # sequencing stopped, and every file it wrote was seen
     completed: bool = False  # complete, announced and its command started
@@ -603,6 +604,10 @@ class Facility:
         return await asyncio.to_thread(scan.final_summary, outside) if outside else None
 
     async def _look_for_summary(self, run: Run) -> None:
+        """A run is finished once its final summary is there and every file it counts was
+        seen (those gone since count: they are accounted for as missing). Files it counts that
+        were never seen are waited for ``BCM_FINAL_SUMMARY_GRACE`` seconds, as they may still
+        be landing; then the run finishes without them, and the log says so."""
         if run.finished:
             return
         if run.final_summary is None:
@@ -610,10 +615,19 @@ class Facility:
             if found is None:
                 return
             run.final_summary = str(found)
+            run.summary_seen = self.clock()
             run.expected_files = await asyncio.to_thread(scan.files_in_final_dest, found)
-        seen = sum(count for state, count in run.counts().items() if state is not FileState.MISSING)
+        seen = sum(run.counts().values())
         if run.expected_files is not None and seen < run.expected_files:
-            return  # MinKNOW wrote more files than were seen yet: wait for them
+            if self.clock() - run.summary_seen < self.settings.final_summary_grace:
+                return  # MinKNOW wrote more files than were seen yet: wait for them
+            log.warning(
+                "run %s: %d of the %d raw files its final summary counts were never seen; "
+                "finished without them",
+                run.path,
+                run.expected_files - seen,
+                run.expected_files,
+            )
         run.finished = True
         self._log("finished", run, summary=run.final_summary)
         self.notifier.sequencing_finished(run.path)
@@ -723,6 +737,7 @@ class Facility:
                 await self._discover()
                 for run in list(self.runs.values()):
                     await self._look_for_summary(run)
+                    self._check_complete(run)  # a rescan may have found its last file gone
             except OSError as error:
                 log.error("discovery under %s failed: %s", self.input_root, error)
 
@@ -731,6 +746,7 @@ class Facility:
         while True:
             for run in self.runs.values():
                 await self._look_for_summary(run)
+                self._check_complete(run)
             await asyncio.sleep(self.settings.rescan_interval)
 
     async def _watch(self) -> None:
@@ -811,6 +827,7 @@ class Facility:
             run.touched = run.touched or bool(written)
             if written and run.completed and run.phase() is not RunPhase.COMPLETE:
                 self._reopen(run, "new raw files")
+            self._check_complete(run)  # its last pending file may have gone
         for folder in sorted(unknown):
             if folder in self.sources:
                 continue
