@@ -118,6 +118,9 @@ class Run:
     # started read in the background (None for a sealed run until its seal's is read).
     ledger: RunYield | None = None
     counting: int = 0  # DONE jobs whose statistics are still being read
+    # Unsealed and being read back: its yield, read from its seal, holds the DONE jobs its raw
+    # folders' recovery finds, so they are not counted again.
+    yield_from_seal: bool = False
     touched: bool = False  # a job of it ended, or a raw file came, since this manager started
 
     def counts(self) -> dict[FileState, int]:
@@ -293,8 +296,9 @@ class Facility:
             for jobid, engine in source.done_at_start
         ]
         source.done_at_start = []
-        run.counting += 1
-        self._side(self._count_reads(run, logs, after_start=True))
+        if not run.yield_from_seal:
+            run.counting += 1
+            self._side(self._count_reads(run, logs, after_start=True))
         run.sources[path] = source
         self.sources[path] = source
         self.run_of[path] = run
@@ -326,13 +330,17 @@ class Facility:
                         found += await self._walk(path)
             new = {each.source: each for each in found if each.source not in self.sources}
             self._pending_sources = {path: each.run for path, each in new.items()}
+            read: list[Run] = []
             try:
                 for _, each in sorted(new.items()):
                     run = self.runs.get(each.run) or self._add_run(each.run)
+                    read.append(run)
                     await self._add_source(run, each.source)
                     await self._look_for_summary(run)
             finally:
                 self._pending_sources = {}
+                for run in read:
+                    run.yield_from_seal = False  # its raw folders are read back
 
     async def _walk(self, below: str) -> list[Found]:
         """Discovery below a folder (in a worker thread). A sealed run whose folders are
@@ -376,7 +384,8 @@ class Facility:
         run.completed = False
         if run.path == HERE:
             return
-        _ledger(run)
+        if run.seal is not None:
+            run.yield_from_seal = _ledger(run) is not None
         run.seal = None
         runrecord.remove_seal(run.output)
         self._log("unsealed", run, reason=why)
