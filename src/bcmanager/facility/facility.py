@@ -52,8 +52,9 @@ from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
 from bcmanager.facility.notify import Notifier
 from bcmanager.facility.pod5facts import Pod5Facts, read_facts
+from bcmanager.facility.report import write_report
 from bcmanager.facility.rules import Rules, RunSettings
-from bcmanager.facility.runreport import write_run_report
+from bcmanager.facility.runreport import build_run_report
 from bcmanager.facility.scheduler import Queue, batch_bytes, choose
 from bcmanager.facility.yieldledger import RunYield, read_logged_job
 from bcmanager.logs import log_event
@@ -68,7 +69,7 @@ from bcmanager.models import (
 )
 from bcmanager.paths import (
     COMPLETION_LOG,
-    REPORT_JSON,
+    REPORT_HTML,
     FolderKind,
     RunPaths,
     is_final_summary_name,
@@ -194,6 +195,10 @@ class Facility:
         # Raw folders a discovery found and is still starting, by path -> run path.
         self._pending_sources: dict[str, str] = {}
         self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
+        # run_complete notices kept on disk until the webhook took them (by the run's output
+        # folder, where each is kept), and those on their way now.
+        self._notices: dict[Path, bytes] = {}
+        self._sending: set[Path] = set()
         # Benching is the engine's, not a raw folder's: one that fails everything is benched
         # for all runs at once.
         self.benching = (
@@ -350,6 +355,7 @@ class Facility:
         visited: list[str] = []
         seals: dict[str, runrecord.Seal] = {}
         summaries: dict[str, str] = {}
+        notices: dict[Path, bytes] = {}
 
         def sealed(path: str) -> bool:
             run = self.runs.get(path)  # only read here: the loop owns the runs
@@ -357,10 +363,13 @@ class Facility:
                 return run.seal is not None and runrecord.still_holds(self.input_root, run.seal)
             if path == HERE:
                 return False
-            seal = runrecord.read_seal(self.output_root / path, path)
+            output = self.output_root / path
+            seal = runrecord.read_seal(output, path)
             if seal is None or not runrecord.still_holds(self.input_root, seal):
                 return False
             seals[path] = seal
+            if self.notifier.url is not None and (notice := runrecord.read_notice(output)):
+                notices[output] = notice
             return True
 
         found = await asyncio.to_thread(
@@ -376,6 +385,8 @@ class Facility:
             run.finished = run.completed = True
         if sealed_now:
             log_event(log, "sealed runs", {}, logging.INFO, runs=len(sealed_now))
+        self._notices.update(notices)
+        self._send_notices()
         self._watch_also(visited)
         return found
 
@@ -654,27 +665,77 @@ class Facility:
         self._side(self._after_complete(run))
 
     async def _after_complete(self, run: Run) -> None:
-        """The report, the completion command (once per run), then the seal (not for INPUT_DIR
-        itself). The DONE jobs' statistics still being read are waited for."""
-        if run.touched or not (run.output / REPORT_JSON).exists():
-            await self._write_report(run)  # not again for a run found complete, reported
+        """The report and its notice, the completion command (once per run), then the seal
+        (not for INPUT_DIR itself). A report that cannot be written is tried again at each
+        rescan, and the run is not sealed before it is: a restart then reads the run back
+        and writes it. A run found complete and reported is not reported again; its notice,
+        if the webhook never took it, is sent."""
+        reported = (run.output / REPORT_HTML).is_file()  # written last
+        if run.touched or not reported:
+            if not await self._write_report(run):
+                return  # the run has work again: its next completion reports it
+        else:
+            notice = await asyncio.to_thread(runrecord.read_notice, run.output)
+            if notice is not None:
+                self._notices[run.output] = notice
+                self._send_notices()
         if self.settings.on_run_complete:
             await self._run_completion_command(run)
         if run.path != HERE and run.phase() is RunPhase.COMPLETE:
             await asyncio.to_thread(self._seal, run)
 
-    async def _write_report(self, run: Run) -> None:
-        ledger = run.ledger or RunYield()
-        raw_folders = [source.paths for source in run.sources.values()]
-        try:
-            _, html_path, report = await asyncio.to_thread(
-                write_run_report, run.path, run.output, raw_folders, ledger
-            )
-        except OSError as error:
-            log.error("run %s: could not write its report (%s)", run.path, error)
-            return
-        self._log("report", run, report=str(html_path))
-        self.notifier.run_complete(run.path, report, str(html_path))
+    async def _write_report(self, run: Run) -> bool:
+        """Write the run's report, trying again at each rescan until it is written (True), or
+        until the run has work again (False)."""
+        while run.completed:
+            ledger = run.ledger or RunYield()
+            raw_folders = [source.paths for source in run.sources.values()]
+            try:
+                notice = await asyncio.to_thread(
+                    self._report_files, run.path, run.output, raw_folders, ledger
+                )
+            except OSError as error:
+                log.error(
+                    "run %s: could not write its report (%s); trying again in %g s",
+                    run.path,
+                    error,
+                    self.settings.rescan_interval,
+                )
+                await asyncio.sleep(self.settings.rescan_interval)
+                continue
+            self._log("report", run, report=str(run.output / REPORT_HTML))
+            if notice is not None:
+                self._notices[run.output] = notice
+                self._send_notices()
+            return True
+        return False
+
+    def _report_files(
+        self, path: str, output: Path, raw_folders: list[RunPaths], ledger: RunYield
+    ) -> bytes | None:
+        """Build the report, keep the notice that tells of it (with a webhook), then write the
+        report: a crash after the report cannot lose its notice. Returns the notice. In a
+        worker thread: it reads every done file's POD5 header."""
+        report = build_run_report(path, output, raw_folders, ledger)
+        notice = self.notifier.run_complete_message(path, report, str(output / REPORT_HTML))
+        if notice is not None:
+            runrecord.write_notice(output, notice)
+        write_report(output, report)
+        return notice
+
+    def _send_notices(self) -> None:
+        """Send each run_complete notice kept on disk that is not on its way already: when it
+        is kept, at start-up, and at each rescan those the sender gave up on."""
+        for output, body in self._notices.items():
+            if output not in self._sending:
+                self._sending.add(output)
+                self.notifier.send(body, partial(self._notice_done, output, body))
+
+    def _notice_done(self, output: Path, body: bytes, sent: bool) -> None:
+        self._sending.discard(output)
+        if sent and self._notices.get(output) is body:
+            del self._notices[output]
+            self._side(asyncio.to_thread(runrecord.remove_notice, output, body))
 
     async def _run_completion_command(self, run: Run) -> None:
         record = await asyncio.to_thread(runrecord.read_completion, run.output)
@@ -747,6 +808,7 @@ class Facility:
                 for run in list(self.runs.values()):
                     await self._look_for_summary(run)
                     self._check_complete(run)  # a rescan may have found its last file gone
+                self._send_notices()
             except OSError as error:
                 log.error("discovery under %s failed: %s", self.input_root, error)
 

@@ -12,12 +12,17 @@ it starts and again with its exit status when it ends. A manager that died while
 ran finds a record without an exit status at its restart: it says so and does not run it again,
 as the command may have done its part already.
 
-Both files are read as untrusted input (bounded size, checked shape); a bad one is as good as
+A run's ``run_complete`` notice is kept beside them from before its report is written until
+the webhook took it, so that neither a webhook that is down nor a crash loses it: a start-up
+sends the notices it finds, once each.
+
+These files are read as untrusted input (bounded size, checked shape); a bad one is as good as
 none, and the reason is logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bcmanager.paths import COMPLETION_FILE, SEAL_FILE
+from bcmanager.paths import COMPLETION_FILE, NOTICE_FILE, SEAL_FILE
 from bcmanager.records import fsync_folder, write_record
 
 log = logging.getLogger(__name__)
@@ -122,6 +127,25 @@ def read_completion(output: Path) -> dict[str, Any] | None:
 
 def write_completion(output: Path, record: Mapping[str, Any]) -> None:
     _write(output / COMPLETION_FILE, dict(record))
+
+
+def read_notice(output: Path) -> bytes | None:
+    """The run's notice not sent yet, as it is to be posted; None when there is none."""
+    data = _read(output / NOTICE_FILE)
+    return None if data is None else json.dumps(data).encode()
+
+
+def write_notice(output: Path, body: bytes) -> None:
+    write_record(output, NOTICE_FILE, body.decode(), durable_name=True)
+
+
+def remove_notice(output: Path, body: bytes) -> None:
+    """The webhook took ``body``: its record goes, unless a newer notice replaced it."""
+    if read_notice(output) != json.dumps(json.loads(body)).encode():
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(output / NOTICE_FILE)
+        fsync_folder(output)
 
 
 def _counts(value: object) -> dict[str, int]:
