@@ -5,6 +5,7 @@ once. Each against a real ``bcmanager serve``, stopped and started again."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,8 +76,8 @@ def test_a_file_written_into_a_folder_that_was_empty_when_the_run_was_sealed_is_
     assert batch["batch"] == [late.name]
     basecall(root, batch)
     assert complete(server, batch["jobid"]).json() == {"ok": True}
-    wait_for(lambda: (out / "bcm-run.json").exists(), 10, "the seal again")
-    assert record(out / "bcm-run.json")["files"]["done"] == 3
+    seal = out / "bcm-run.json"
+    wait_for(lambda: seal.exists() and record(seal)["files"]["done"] == 3, 10, "a new seal")
     each_read_once_in(root, folder, out)
     assert check(root).returncode == 0
 
@@ -159,3 +160,24 @@ def test_a_run_read_back_from_its_seal_counts_its_yield_once(root: Root, served:
     work(9)
     assert runs(server)[path]["reads"]["reads"] == 9
     assert record(out / "report.json")["reads_out"] == 9
+
+
+def test_a_file_added_below_a_sealed_run_is_found_though_its_folder_keeps_its_time(
+    root: Root, served: Served
+) -> None:
+    """A copy that restores folder times, or a clock too coarse, leaves a folder's modification
+    time as the seal has it: the start lists every sealed run once, after it is ready."""
+    folder = root.run("exp", "s1", "FAX11111")
+    root.add(folder / "pod5", 2)
+    summary(folder)
+    out = sealed_run(root, served, folder)
+    path = folder.relative_to(root.input_dir).as_posix()
+    raw = folder / "pod5"
+    before = raw.stat()
+    [late] = root.add(raw, 1)
+    os.utime(raw, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    server = served.start()
+    wait_for_run(server, path, 10, "the late file", pending=1)
+    assert [batch["batch"] for batch in drain(server, root)] == [[late.name]]
+    each_read_once_in(root, folder, out)

@@ -11,8 +11,8 @@ Rules:
 - Never looked into: job folders, bcmanager's temporary and set-aside names, hidden folders,
   symbolic links (one could lead out of the root, or in a circle), folders named in bytes that
   are not UTF-8 (the watcher cannot watch them; the log names them), folders deeper than
-  ``BCM_DISCOVERY_DEPTH`` below INPUT_DIR, and the runs the caller says to skip (sealed ones,
-  whose raw files need not be listed again).
+  ``BCM_DISCOVERY_DEPTH`` below INPUT_DIR, and the folders of sealed runs whose seal holds
+  (their raw files need not be listed again), but for the runs nested in them.
 
 A raw folder is the unit a batch is made of: a batch never mixes two of them. Discovery only
 lists folders (names and entry types, no stat of each file); the raw folders' own scans probe
@@ -21,10 +21,11 @@ their files.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -35,9 +36,14 @@ from bcmanager.paths import (
     is_raw_name,
     is_utf8,
     parse_job_folder,
+    raw_names_among,
 )
 
 HERE = "."  # the path of INPUT_DIR itself, as a run or a raw folder
+
+# For a folder discovery comes to: None to look into it, or, for a sealed run whose seal
+# holds, the folders to look into instead of its own (the runs nested in it).
+Sealed = Callable[[str], Sequence[str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +72,12 @@ def parent_of(path: str) -> str:
     return head or HERE
 
 
-def on_the_way(paths: Iterable[str], up_to: str = HERE) -> frozenset[str]:
-    """Every folder on the way from ``up_to`` down to each of ``paths`` (relative to INPUT_DIR),
-    them included, ``up_to`` not."""
+def on_the_way(paths: Iterable[str]) -> frozenset[str]:
+    """Every folder on the way from INPUT_DIR down to each of ``paths`` (relative to it), them
+    included, INPUT_DIR not."""
     folders: set[str] = set()
     for path in paths:
-        while path not in (up_to, HERE) and path not in folders:
+        while path != HERE and path not in folders:
             folders.add(path)
             path = parent_of(path)
     return frozenset(folders)
@@ -100,18 +106,19 @@ def looked_into(name: str) -> bool:
 def discover(
     root: Path,
     layout: Layout,
-    skip: Callable[[str], bool] = lambda path: False,
+    sealed: Sealed = lambda path: None,
     below: str = HERE,
     visited: list[str] | None = None,
     summaries: dict[str, str] | None = None,
 ) -> list[Found]:
     """Every raw folder under ``root`` (at or below its folder ``below``), with its run, sorted
     by path. A folder that cannot be read is passed over (the next discovery tries again);
-    ``skip`` names folders not to enter (sealed runs); ``visited`` receives each folder read,
-    ``summaries`` the final summary each holds (by folder), so nothing is listed twice."""
+    ``sealed`` says which folders are sealed runs not to enter, and the runs nested in each;
+    ``visited`` receives each folder read, ``summaries`` the final summary each holds (by
+    folder), so nothing is listed twice."""
     walked = [] if visited is None else visited
     found = summaries if summaries is not None else {}
-    return sorted(_walk(root, layout, skip, below, walked, found), key=lambda each: each.source)
+    return sorted(_walk(root, layout, sealed, below, walked, found), key=lambda each: each.source)
 
 
 def classify(path: str, holds_raw: bool, layout: Layout, root_name: str) -> Found | None:
@@ -136,17 +143,19 @@ def run_of(path: str, layout: Layout, root_name: str) -> str | None:
 def _walk(
     root: Path,
     layout: Layout,
-    skip: Callable[[str], bool],
+    sealed: Sealed,
     below: str,
     visited: list[str],
     summaries: dict[str, str],
 ) -> Iterator[Found]:
     if below != HERE and not all(looked_into(part) for part in below.split("/")):
         return
-    pending = [(below, 0 if below == HERE else below.count("/") + 1)]
+    pending = [(below, _depth(below))]
     while pending:
         path, depth = pending.pop()
-        if skip(path):
+        nested = sealed(path)
+        if nested is not None:
+            pending.extend((inner, _depth(inner)) for inner in nested)
             continue
         folder = root if path == HERE else root / path
         try:
@@ -161,6 +170,61 @@ def _walk(
         if found is not None:
             yield found
         pending.extend((sub, depth + 1) for sub in subfolders)
+
+
+def _depth(path: str) -> int:
+    return 0 if path == HERE else path.count("/") + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """One folder of a run as its seal records it: its modification time (taken before it was
+    listed, so that any later change shows), its raw files, and the folders in it that
+    discovery enters."""
+
+    path: str
+    mtime_ns: int
+    raw: list[str]
+    subfolders: list[str]
+
+    def digest(self) -> str:
+        """What the seal compares: a change of raw files or folders changes it, nothing else
+        in the folder does."""
+        names = "\0".join(sorted(self.raw)) + "\1" + "\0".join(sorted(self.subfolders))
+        return hashlib.sha256(names.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def look(root: Path, path: str) -> Folder:
+    """The folder at ``path`` under ``root``, looked at whole (raises OSError)."""
+    folder = root if path == HERE else root / path
+    mtime = os.stat(folder).st_mtime_ns
+    names = os.listdir(folder)
+    raw = raw_names_among(names)
+    subfolders = [
+        name
+        for name in names
+        if not is_raw_name(name) and looked_into(name) and _is_folder(folder / name)
+    ]
+    return Folder(path, mtime, raw, subfolders)
+
+
+def survey(root: Path, layout: Layout, run: str) -> tuple[list[Folder], list[str]]:
+    """The folders of ``run`` (the run folder and every folder below it that discovery enters,
+    but those of runs nested in it), each looked at whole, and the folders of the runs nested
+    in it, which are theirs to seal. What a seal covers. Raises OSError when a folder cannot
+    be read (then nothing is sealed)."""
+    own: list[Folder] = []
+    nested: list[str] = []
+    pending = [run]
+    while pending:
+        folder = look(root, pending.pop())
+        own.append(folder)
+        if _depth(folder.path) >= layout.depth:
+            continue
+        for name in folder.subfolders:
+            path = join(folder.path, name)
+            (pending if (run_of(path, layout, root.name) or path) == run else nested).append(path)
+    return own, sorted(nested)
 
 
 def _look_into(folder: Path, deeper: bool) -> tuple[bool, list[str], str | None]:

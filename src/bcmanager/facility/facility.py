@@ -229,6 +229,7 @@ class Facility:
             return
         await self._discover()
         self._started = True
+        self._side(self._verify_seals())
         self._spawn("discovery", self._discover_forever())
         if not self.settings.force_polling and can_watch(self.input_root):
             self._spawn("watcher", self._watch())
@@ -357,20 +358,24 @@ class Facility:
         summaries: dict[str, str] = {}
         notices: dict[Path, bytes] = {}
 
-        def sealed(path: str) -> bool:
+        def sealed(path: str) -> tuple[str, ...] | None:
+            """The runs nested in the sealed run at ``path`` whose seal holds; None to walk
+            the folder as any other."""
             run = self.runs.get(path)  # only read here: the loop owns the runs
             if run is not None:
-                return run.seal is not None and runrecord.still_holds(self.input_root, run.seal)
+                seal = run.seal
+                held = seal is not None and runrecord.still_holds(self.input_root, seal)
+                return seal.nested if seal is not None and held else None
             if path == HERE:
-                return False
+                return None
             output = self.output_root / path
             seal = runrecord.read_seal(output, path)
             if seal is None or not runrecord.still_holds(self.input_root, seal):
-                return False
+                return None
             seals[path] = seal
             if self.notifier.url is not None and (notice := runrecord.read_notice(output)):
                 notices[output] = notice
-            return True
+            return seal.nested
 
         found = await asyncio.to_thread(
             discovery.discover, self.input_root, self.layout, sealed, below, visited, summaries
@@ -389,6 +394,20 @@ class Facility:
         self._send_notices()
         self._watch_also(visited)
         return found
+
+    async def _verify_seals(self) -> None:
+        """Once every raw folder is ready, list each sealed run's folders and compare them
+        whole with its seal, one run at a time in a worker thread: a change that kept the
+        folders' modification times is found by this start too, and the run read back."""
+        while not self.ready:
+            await asyncio.sleep(0.05)
+        for run in list(self.runs.values()):
+            seal = run.seal
+            if seal is None or await asyncio.to_thread(runrecord.verify, self.input_root, seal):
+                continue
+            if run.seal is seal:
+                self._reopen(run, "a raw file or folder below it is not in its seal")
+                await self._discover(run.path)
 
     def _reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
@@ -777,14 +796,26 @@ class Facility:
         self._log("command ended", run, exit_status=str(status))
 
     def _seal(self, run: Run) -> None:
-        """Fold a complete run into its seal (in a worker thread: it stats its folders)."""
-        folders = _run_folders(run)
-        stamps = runrecord.mtimes(self.input_root, folders)
-        if stamps is None:
+        """Fold a complete run into its seal, when every raw file below it is one its raw
+        folders hold done or quarantined; else it stays unsealed, and the watcher or the
+        rescan serves what is there. In a worker thread: it lists the run's folders, and the
+        state machines' dicts are only read."""
+        try:
+            own, nested = discovery.survey(self.input_root, self.layout, run.path)
+        except OSError as error:
+            log.warning("run %s: not sealed, a folder could not be read (%s)", run.path, error)
             return
+        for folder in own:
+            unaccounted = self._unaccounted(run, folder)
+            if unaccounted:
+                self._log("not sealed", run, folder=folder.path, unaccounted=unaccounted)
+                return
         seal = runrecord.Seal(
             run=run.path,
-            folders=stamps,
+            folders={folder.path: folder.mtime_ns for folder in own},
+            digests={folder.path: folder.digest() for folder in own},
+            raw_folders=tuple(folder.path for folder in own if folder.raw),
+            nested=tuple(nested),
             files={state.value: count for state, count in run.counts().items()},
             bytes={state.value: size for state, size in run.bytes().items()},
             final_summary=run.final_summary,
@@ -797,6 +828,19 @@ class Facility:
             log.error("run %s: could not write its seal (%s)", run.path, error)
             return
         self._log("sealed", run)
+
+    def _unaccounted(self, run: Run, folder: discovery.Folder) -> int:
+        """How many raw files in ``folder`` its raw folder does not hold done or quarantined
+        (all, when it is no raw folder of the run). A name that is no regular file (a symlink
+        named like a raw file) is never offered and counts for nothing."""
+        settled = (FileState.DONE, FileState.FAILED)
+        source = run.sources.get(folder.path)
+        names = [
+            name
+            for name in folder.raw
+            if source is None or source.state.file_state(name) not in settled
+        ]
+        return len(scan.probe_many(self._absolute(folder.path), names))
 
     # -- background -------------------------------------------------------------------------
 
@@ -963,7 +1007,7 @@ class Facility:
             priority=run.priority,
             paused=run.paused,
             sealed=run.seal is not None,
-            raw_folders=len(run.sources) if run.seal is None else len(run.seal.folders),
+            raw_folders=len(run.sources) if run.seal is None else len(run.seal.raw_folders),
             output_dir=str(run.output),
             files=FileCounts(**{state.value: count for state, count in counts.items()}),
             bytes=FileBytes(**{state.value: size for state, size in run.bytes().items()}),
@@ -1080,12 +1124,6 @@ def _job_ids_on_disk(folders: list[Path]) -> frozenset[str]:
                 if parsed is not None:
                     ids.add(parsed.jobid)
     return frozenset(ids)
-
-
-def _run_folders(run: Run) -> list[str]:
-    """The run's folder and every folder on the way to its raw folders: a new entry in any of
-    them changes its modification time."""
-    return sorted({run.path} | discovery.on_the_way(run.sources, up_to=run.path))
 
 
 def _batch_extras(run: Run) -> dict[str, object]:
