@@ -5,12 +5,17 @@ and its old path gone. Each against a real ``bcmanager serve``."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_facility import serving
 
+from bcmanager.facility.discovery import Found, Layout, discover
+from bcmanager.settings import Settings
+from bcmanager.simulate import write_pod5
 from conftest import Root, wait_for
 from served_root import (
     Served,
@@ -87,3 +92,32 @@ def test_a_run_moved_while_a_job_is_leased_is_followed_and_nothing_is_basecalled
         len(places) == 1 and places[0].startswith(f"{new}/pass/") for places in merged.values()
     ), "every read once, in the run's output at its new path"
     assert set(runs(server)) == {new}
+
+
+def test_links_out_of_the_root_are_followed_once_never_in_a_circle_nor_back_in(
+    root: Root, tmp_path: Path
+) -> None:
+    outside = tmp_path / "bigger_storage" / "pod5"
+    outside.mkdir(parents=True)
+    write_pod5(outside / "a.pod5", 1)
+    (outside / "again").symlink_to(outside)  # a circle
+    (outside / "back").symlink_to(root.input_dir)  # back into the root
+    folder = root.run("exp", "s1", "FAX11111")
+    (folder / "pod5").symlink_to(outside)
+    (root.input_dir / "shortcut").symlink_to(folder)  # within the root: found by its own path
+    path = folder.relative_to(root.input_dir).as_posix()
+    layout = Layout(re.compile(Settings.model_fields["run_folder_pattern"].default), 8)
+    assert discover(root.input_dir.resolve(), layout) == [Found(path, f"{path}/pod5", True)]
+
+
+async def test_two_links_to_one_folder_serve_it_once(root: Root, tmp_path: Path) -> None:
+    outside = tmp_path / "bigger_storage" / "pod5"
+    outside.mkdir(parents=True)
+    write_pod5(outside / "a.pod5", 1)
+    for flow_cell in ("FAX11111", "FAX22222"):
+        (root.run("exp", "s1", flow_cell) / "pod5").symlink_to(outside)
+    async with serving(root.settings()) as (client, facility):
+        assert len(facility.sources) == 1
+        first = await client.get("/assignwork", params={"engineid": "gpu1", "batchsize": 10})
+        again = await client.get("/assignwork", params={"engineid": "gpu2", "batchsize": 10})
+    assert first.json()["batch"] == ["a.pod5"] and again.json()["batch"] == []

@@ -8,8 +8,12 @@ Rules:
   folders.
 - Elsewhere, a folder that holds raw files itself is a run, its own one raw folder. So INPUT_DIR
   pointed at one run's ``pod5/`` is the run ``.``, served as it always was.
+- A symbolic link to a folder outside INPUT_DIR (a raw folder an operator moved to bigger
+  storage and linked back) is looked into as the folder it stands for, but no link within
+  what it leads to is (so no walk goes in a circle). A link to a folder inside INPUT_DIR is
+  not: that folder is found by its own path.
 - Never looked into: job folders, bcmanager's temporary and set-aside names, hidden folders,
-  symbolic links (one could lead out of the root, or in a circle), folders named in bytes that
+  other symbolic links, folders named in bytes that
   are not UTF-8 (the watcher cannot watch them; the log names them), folders deeper than
   ``BCM_DISCOVERY_DEPTH`` below INPUT_DIR, and the folders of sealed runs whose seal holds
   (their raw files need not be listed again), but for the runs nested in them.
@@ -48,10 +52,12 @@ Sealed = Callable[[str], Sequence[str] | None]
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """One raw folder and the run it belongs to, both relative to INPUT_DIR."""
+    """One raw folder and the run it belongs to, both relative to INPUT_DIR; ``linked`` when
+    it is reached through a symbolic link (two links may lead to one folder)."""
 
     run: str
     source: str
+    linked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +127,14 @@ def discover(
     return sorted(_walk(root, layout, sealed, below, walked, found), key=lambda each: each.source)
 
 
-def classify(path: str, holds_raw: bool, layout: Layout, root_name: str) -> Found | None:
+def classify(
+    path: str, holds_raw: bool, layout: Layout, root_name: str, linked: bool = False
+) -> Found | None:
     """What the folder at ``path`` is, given whether it holds raw files itself: a raw folder
     (of the run that encloses it, or its own run), or nothing (None)."""
     if not holds_raw:
         return None
-    return Found(run_of(path, layout, root_name) or path, path)
+    return Found(run_of(path, layout, root_name) or path, path, linked)
 
 
 def run_of(path: str, layout: Layout, root_name: str) -> str | None:
@@ -150,30 +158,55 @@ def _walk(
 ) -> Iterator[Found]:
     if below != HERE and not all(looked_into(part) for part in below.split("/")):
         return
-    pending = [(below, _depth(below))]
+    pending = [(below, _through_link(root, below))]
     while pending:
-        path, depth = pending.pop()
+        path, linked = pending.pop()
         nested = sealed(path)
         if nested is not None:
-            pending.extend((inner, _depth(inner)) for inner in nested)
+            pending.extend((inner, _through_link(root, inner)) for inner in nested)
             continue
         folder = root if path == HERE else root / path
+        deeper = _depth(path) < layout.depth
         try:
-            holds_raw, subfolders, summary = _look_into(folder, depth < layout.depth)
+            holds_raw, subfolders, links, summary = _look_into(root, folder, deeper, linked)
         except OSError:
             continue
         if summary is not None:
             summaries[path] = summary
-        subfolders = [join(path, name) for name in subfolders]
         visited.append(path)
-        found = classify(path, holds_raw, layout, root.name)
+        found = classify(path, holds_raw, layout, root.name, linked)
         if found is not None:
             yield found
-        pending.extend((sub, depth + 1) for sub in subfolders)
+        pending.extend((join(path, name), linked) for name in subfolders)
+        pending.extend((join(path, name), True) for name in links)
 
 
 def _depth(path: str) -> int:
     return 0 if path == HERE else path.count("/") + 1
+
+
+def _through_link(root: Path, path: str) -> bool:
+    """Whether a folder on the way from ``root`` to ``path`` (it included) is a link."""
+    folder = root
+    for part in [] if path == HERE else path.split("/"):
+        folder = folder / part
+        try:
+            if stat.S_ISLNK(os.lstat(folder).st_mode):
+                return True
+        except OSError:
+            return False
+    return False
+
+
+def _links_out(root: Path, path: Path) -> bool:
+    """Whether ``path`` is a symbolic link to a folder outside ``root`` (and not above it)."""
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return False
+        target = Path(os.path.realpath(path))
+        return target.is_dir() and not (target.is_relative_to(root) or root.is_relative_to(target))
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +236,9 @@ def look(root: Path, path: str) -> Folder:
     subfolders = [
         name
         for name in names
-        if not is_raw_name(name) and looked_into(name) and _is_folder(folder / name)
+        if not is_raw_name(name)
+        and looked_into(name)
+        and (_is_folder(folder / name) or _links_out(root, folder / name))
     ]
     return Folder(path, mtime, raw, subfolders)
 
@@ -215,35 +250,50 @@ def survey(root: Path, layout: Layout, run: str) -> tuple[list[Folder], list[str
     be read (then nothing is sealed)."""
     own: list[Folder] = []
     nested: list[str] = []
-    pending = [run]
+    pending = [(run, _through_link(root, run))]
     while pending:
-        folder = look(root, pending.pop())
+        path, linked = pending.pop()
+        folder = look(root, path)
         own.append(folder)
-        if _depth(folder.path) >= layout.depth:
+        if _depth(path) >= layout.depth:
             continue
         for name in folder.subfolders:
-            path = join(folder.path, name)
-            (pending if (run_of(path, layout, root.name) or path) == run else nested).append(path)
+            sub = join(path, name)
+            link = _links_out(root, root / sub)
+            if link and linked:
+                continue  # no link is followed within what a link leads to
+            if (run_of(sub, layout, root.name) or sub) == run:
+                pending.append((sub, linked or link))
+            else:
+                nested.append(sub)
     return own, sorted(nested)
 
 
-def _look_into(folder: Path, deeper: bool) -> tuple[bool, list[str], str | None]:
+def _look_into(
+    root: Path, folder: Path, deeper: bool, linked: bool
+) -> tuple[bool, list[str], list[str], str | None]:
     """Whether ``folder`` holds a raw file (a regular file, not a link), the subfolders to look
-    into (when ``deeper``), and its final summary. Names only, with ``os.listdir``: a raw
-    folder holds up to a million entries, and a ``DirEntry`` each costs three times as much.
-    Only a name that could be a subfolder is looked at (an ``lstat``); a name shaped like a
-    raw file is taken for one once a first such name proved a regular file."""
+    into (when ``deeper``), the links to folders outside ``root`` to look into (when
+    ``deeper`` and ``folder`` is not reached through a link already), and its final summary.
+    Names only, with ``os.listdir``: a raw folder holds up to a million entries, and a
+    ``DirEntry`` each costs three times as much. Only a name that could be a subfolder is
+    looked at (an ``lstat``); a name shaped like a raw file is taken for one once a first such
+    name proved a regular file."""
     holds_raw = False
     subfolders: list[str] = []
+    links: list[str] = []
     summary = None
     for name in os.listdir(folder):
         if is_raw_name(name):
             holds_raw = holds_raw or _is_regular(folder / name)
         elif is_final_summary_name(name):
             summary = summary or str(folder / name)
-        elif deeper and looked_into(name) and _is_folder(folder / name):
-            subfolders.append(name)
-    return holds_raw, subfolders, summary
+        elif deeper and looked_into(name):
+            if _is_folder(folder / name):
+                subfolders.append(name)
+            elif not linked and _links_out(root, folder / name):
+                links.append(name)
+    return holds_raw, subfolders, links, summary
 
 
 def _is_regular(path: Path) -> bool:

@@ -194,6 +194,10 @@ class Facility:
         self._summaries: dict[str, str] = {}
         # Raw folders a discovery found and is still starting, by path -> run path.
         self._pending_sources: dict[str, str] = {}
+        # Raw folders reached through a link, by where each leads (the first path found for
+        # it is served), and those said in the log not to be served twice.
+        self._linked: dict[str, str] = {}
+        self._named: set[str] = set()
         self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
         # run_complete notices kept on disk until the webhook took them (by the run's output
         # folder, where each is kept), and those on their way now.
@@ -334,7 +338,11 @@ class Facility:
                     self._reopen(run, "its folders changed")
                     if below != HERE:
                         found += await self._walk(path)
-            new = {each.source: each for each in found if each.source not in self.sources}
+            new = {
+                each.source: each
+                for each in found
+                if each.source not in self.sources and not self._served_elsewhere(each)
+            }
             self._pending_sources = {path: each.run for path, each in new.items()}
             read: list[Run] = []
             try:
@@ -347,6 +355,26 @@ class Facility:
                 self._pending_sources = {}
                 for run in read:
                     run.yield_from_seal = False  # its raw folders are read back
+
+    def _served_elsewhere(self, found: Found) -> bool:
+        """Whether ``found`` is reached through a link that leads where another raw folder
+        served already leads: it is not served twice, or its files would be basecalled twice.
+        Said once in the log."""
+        if not found.linked:
+            return False
+        real = os.path.realpath(self._absolute(found.source))
+        first = self._linked.setdefault(real, found.source)
+        if first == found.source:
+            return False
+        if found.source not in self._named:
+            self._named.add(found.source)
+            log.warning(
+                "raw folder %s leads to %s, which is served as %s: not served twice",
+                found.source,
+                real,
+                first,
+            )
+        return True
 
     async def _walk(self, below: str) -> list[Found]:
         """Discovery below a folder (in a worker thread). A sealed run whose folders are
