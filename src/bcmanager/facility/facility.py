@@ -17,11 +17,13 @@ are not read: their seal is), and listens. From then on one watcher, on each fol
 walked, hands each raw folder the changes to its raw files, sends a new folder, or raw files in
 a folder not served yet, to discovery, and notices MinKNOW's final summary; a rescan does all of
 it again every ``BCM_RESCAN_INTERVAL`` seconds for what events miss (network filesystems, and
-the folders of sealed runs, which are not watched). An engine's ``assignwork`` goes to the
-scheduler: among the raw folders with pending files, of runs not paused, it chooses the one
-that leases a batch, and the batch's bytes (``scheduler.py`` says by which rules). A run is
-finished when its final summary is there (and, when that names a number of raw files, that many
-were seen); complete when finished with nothing pending or leased. Then its completion command
+the folders of sealed runs, which are not watched); a raw folder served that turns up at
+another path (an operator moved it, or its run) is followed there. An engine's
+``assignwork`` goes to the scheduler: among the raw folders with pending files, of runs not
+paused, it chooses the one that leases a batch, and the batch's bytes (``scheduler.py`` says
+by which rules). A run is finished when its final summary is there (and, when that names a
+number of raw files, that many were seen); complete when finished with nothing waiting,
+pending or leased. Then its completion command
 runs once and, but for a run that is INPUT_DIR itself, it is sealed. Each DONE job's statistics
 (what its agent counted of its reads) go into its run's yield ledger, and a complete run gets
 its report; ``notify.py`` tells a webhook of a run's end, a quarantined file, a benched engine.
@@ -77,6 +79,7 @@ from bcmanager.paths import (
     job_folder,
     parse_job_folder,
 )
+from bcmanager.records import fsync_folder
 from bcmanager.settings import Settings
 from bcmanager.template import fill
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS, can_watch
@@ -194,6 +197,9 @@ class Facility:
         self._summaries: dict[str, str] = {}
         # Raw folders a discovery found and is still starting, by path -> run path.
         self._pending_sources: dict[str, str] = {}
+        # Each raw folder served, by path -> its folder's device and inode: a folder served
+        # that an operator moves is followed to its new path.
+        self._identity: dict[str, tuple[int, int]] = {}
         # Raw folders reached through a link, by where each leads (the first path found for
         # it is served), and those said in the log not to be served twice.
         self._linked: dict[str, str] = {}
@@ -312,6 +318,9 @@ class Facility:
         run.sources[path] = source
         self.sources[path] = source
         self.run_of[path] = run
+        identity = _identity(folder)
+        if identity is not None:
+            self._identity[path] = identity
         for job in source.state.live_jobs():
             self._jobs[job.jobid] = source
         if run.finished:
@@ -338,10 +347,14 @@ class Facility:
                     self._reopen(run, "its folders changed")
                     if below != HERE:
                         found += await self._walk(path)
+            unserved = {each.source: each for each in found if each.source not in self.sources}
+            moved = await self._moved(unserved)
+            if moved:
+                await self._follow(moved)
             new = {
-                each.source: each
-                for each in found
-                if each.source not in self.sources and not self._served_elsewhere(each)
+                path: each
+                for path, each in unserved.items()
+                if path not in self.sources and not self._served_elsewhere(each)
             }
             self._pending_sources = {path: each.run for path, each in new.items()}
             read: list[Run] = []
@@ -355,6 +368,89 @@ class Facility:
                 self._pending_sources = {}
                 for run in read:
                     run.yield_from_seal = False  # its raw folders are read back
+
+    async def _moved(self, found: dict[str, Found]) -> dict[str, Found]:
+        """The raw folders served that are now among ``found`` (the same folder, by its
+        device and inode, gone from where it was served): old path -> where it is. One stat
+        of each raw folder found, and of the old path of each that matches, in a worker
+        thread."""
+        served = {identity: path for path, identity in self._identity.items()}
+        if not found or not served:
+            return {}
+
+        def look() -> dict[str, Found]:
+            moved = {}
+            for path, each in found.items():
+                identity = _identity(self._absolute(path))
+                old = served.get(identity) if identity is not None else None
+                if old is not None and _identity(self._absolute(old)) != identity:
+                    moved[old] = each
+            return moved
+
+        return await asyncio.to_thread(look)
+
+    async def _follow(self, moved: dict[str, Found]) -> None:
+        """Serve raw folders that an operator moved from where they are now, with what the
+        manager holds of them: their files and job folders moved with them, so nothing is
+        read again, nothing done is offered again, and the old paths are dropped. A run whose
+        every raw folder moved into one new run folder moves whole, and its output folder
+        with it. The jobs leased from a raw folder that moved are given back, since the
+        folders their engines were told are no longer where they were."""
+        by_run: dict[str, list[str]] = {}
+        for old in sorted(moved):
+            by_run.setdefault(self.run_of[old].path, []).append(old)
+        for path, olds in by_run.items():
+            run = self.runs[path]
+            targets = {moved[old].run for old in olds}
+            if set(olds) == set(run.sources) and len(targets) == 1:
+                (target,) = targets
+                if target != run.path and target not in self.runs:
+                    await self._move_run(run, target)
+            for old in olds:
+                await self._move_source(old, moved[old])
+
+    async def _move_run(self, run: Run, target: str) -> None:
+        """Run ``run`` is at ``target`` now: so is its output folder, unless that cannot be."""
+        self._log("moved", run, to=target)
+        output = self.output_root / target
+        try:
+            if await asyncio.to_thread(_move_folder, run.output, output):
+                run.output = output
+            else:
+                log.warning(
+                    "run %s: %s is taken, so its output stays in %s", target, output, run.output
+                )
+        except OSError as error:
+            log.error("run %s: its output stays in %s (%s)", target, run.output, error)
+        del self.runs[run.path]
+        run.path, run.folder = target, self._absolute(target)
+        self.runs[target] = run
+        await asyncio.to_thread(runrecord.remove_seal, run.output)  # it names the old paths
+        self._watch_also([target])
+
+    async def _move_source(self, old: str, found: Found) -> None:
+        """Raw folder ``old`` is ``found.source`` now, in run ``found.run``."""
+        source = self.sources.pop(old)
+        run = self.run_of.pop(old)
+        del run.sources[old]
+        new = self.runs.get(found.run) or self._add_run(found.run)
+        path = found.source
+        source.move_to(
+            RunPaths(self._absolute(path), new.output, self.input_root, self.output_root)
+        )
+        self._identity[path] = self._identity.pop(old)
+        for real, served in self._linked.items():
+            if served == old:
+                self._linked[real] = path
+        new.sources[path] = source
+        self.sources[path] = source
+        self.run_of[path] = new
+        source.on_ended = partial(self._job_ended, new, path)
+        if not run.sources and run is not new:
+            del self.runs[run.path]
+            self._log("moved", run, to=new.path)
+        await asyncio.to_thread(source.folders.prepare)  # a run's output folder, if new
+        await source.give_back()
 
     def _served_elsewhere(self, found: Found) -> bool:
         """Whether ``found`` is reached through a link that leads where another raw folder
@@ -1152,6 +1248,29 @@ def _job_ids_on_disk(folders: list[Path]) -> frozenset[str]:
                 if parsed is not None:
                     ids.add(parsed.jobid)
     return frozenset(ids)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """A folder's device and inode, which stay when it is renamed; None when it is gone."""
+    try:
+        found = os.stat(folder)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _move_folder(old: Path, new: Path) -> bool:
+    """Move a run's output folder from ``old`` to ``new`` (durably); False when ``new`` is
+    taken. One that moved along with an enclosing run's output is where it should be."""
+    if not os.path.lexists(old):
+        return True
+    if os.path.lexists(new):
+        return False
+    new.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(old, new)
+    fsync_folder(old.parent)
+    fsync_folder(new.parent)
+    return True
 
 
 def _batch_extras(run: Run) -> dict[str, object]:
