@@ -181,3 +181,23 @@ def test_a_file_added_below_a_sealed_run_is_found_though_its_folder_keeps_its_ti
     wait_for_run(server, path, 10, "the late file", pending=1)
     assert [batch["batch"] for batch in drain(server, root)] == [[late.name]]
     each_read_once_in(root, folder, out)
+
+
+def test_a_raw_folder_new_in_a_run_sealed_by_the_running_manager_unseals_it(
+    root: Root, served: Served
+) -> None:
+    folder = root.run("exp", "s1", "FAX11111")
+    root.add(folder / "pod5", 1)
+    summary(folder)
+    path = folder.relative_to(root.input_dir).as_posix()
+    out = root.output_dir / path
+    server = served.start()
+    drain(server, root)
+    seal = out / "bcm-run.json"
+    wait_for(seal.exists, 10, "the seal")
+    [late] = root.add(folder / "pod5_skip", 1)
+    wait_for_run(server, path, 10, "the new raw folder", pending=1)
+    assert not seal.exists(), "the seal no longer holds"
+    assert [batch["batch"] for batch in drain(server, root)] == [[late.name]]
+    wait_for(lambda: seal.exists() and record(seal)["files"]["done"] == 2, 10, "a new seal")
+    assert record(out / "report.json")["files_done"] == 2

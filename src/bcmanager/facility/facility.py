@@ -363,6 +363,8 @@ class Facility:
                     run = self.runs.get(each.run) or self._add_run(each.run)
                     read.append(run)
                     await self._add_source(run, each.source)
+                    if run.completed and run.phase() is not RunPhase.COMPLETE:
+                        self._reopen(run, "a new raw folder")
                     await self._look_for_summary(run)
             finally:
                 self._pending_sources = {}
