@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bcmanager.core.folders import RunFolders
+from bcmanager.paths import RunPaths
 from conftest import RUN_NAME, Root, simulated_dorado, wait_for
 from served_root import (
     Served,
@@ -201,3 +203,26 @@ def test_a_raw_folder_new_in_a_run_sealed_by_the_running_manager_unseals_it(
     assert [batch["batch"] for batch in drain(server, root)] == [[late.name]]
     wait_for(lambda: seal.exists() and record(seal)["files"]["done"] == 2, 10, "a new seal")
     assert record(out / "report.json")["files_done"] == 2
+
+
+def test_a_file_sent_back_while_the_manager_was_stopped_unseals_its_run(
+    root: Root, served: Served
+) -> None:
+    folder = root.run("exp", "s1", "FAX11111")
+    bad, _good = root.add(folder / "pod5", 2)
+    summary(folder)
+    path = folder.relative_to(root.input_dir).as_posix()
+    out = root.output_dir / path
+    server = served.start()
+    for engine in ("gpu1", "gpu2"):  # fails alone on two engines: quarantined
+        batch = assign(server, 1, engine)
+        assert batch["batch"] == [bad.name]
+        assert complete(server, batch["jobid"], "FAILED").json() == {"ok": True}
+    drain(server, root)
+    wait_for(lambda: (out / "bcm-run.json").exists(), 10, "the seal")
+    server.stop()
+
+    assert RunFolders(RunPaths(folder / "pod5", out)).retry({bad.name}) == [bad.name]
+    server = served.start()
+    wait_for_run(server, path, 10, "the file sent back", pending=1, failed=0)
+    assert [batch["batch"] for batch in drain(server, root)] == [[bad.name]]

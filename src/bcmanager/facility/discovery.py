@@ -13,10 +13,10 @@ Rules:
   what it leads to is (so no walk goes in a circle). A link to a folder inside INPUT_DIR is
   not: that folder is found by its own path.
 - Never looked into: job folders, bcmanager's temporary and set-aside names, hidden folders,
-  other symbolic links, folders named in bytes that
-  are not UTF-8 (the watcher cannot watch them; the log names them), folders deeper than
-  ``BCM_DISCOVERY_DEPTH`` below INPUT_DIR, and the folders of sealed runs whose seal holds
-  (their raw files need not be listed again), but for the runs nested in them.
+  other symbolic links, folders named in bytes that are not UTF-8 (the watcher cannot watch
+  them; the log names them), folders deeper than ``BCM_DISCOVERY_DEPTH`` below INPUT_DIR, and
+  the folders of sealed runs whose seal holds (their raw files need not be listed again), but
+  for the runs nested in them.
 
 A raw folder is the unit a batch is made of: a batch never mixes two of them. Discovery only
 lists folders (names and entry types, no stat of each file); the raw folders' own scans probe
@@ -212,18 +212,21 @@ def _links_out(root: Path, path: Path) -> bool:
 @dataclass(frozen=True, slots=True)
 class Folder:
     """One folder of a run as its seal records it: its modification time (taken before it was
-    listed, so that any later change shows), its raw files, and the folders in it that
-    discovery enters."""
+    listed, so that any later change shows), its raw files, its job folders, and the folders
+    in it that discovery enters."""
 
     path: str
     mtime_ns: int
     raw: list[str]
+    job_folders: list[str]
     subfolders: list[str]
 
     def digest(self) -> str:
-        """What the seal compares: a change of raw files or folders changes it, nothing else
-        in the folder does."""
-        names = "\0".join(sorted(self.raw)) + "\1" + "\0".join(sorted(self.subfolders))
+        """What the seal compares: a change of raw files, job folders (an operator's retry
+        renames one) or folders changes it, nothing else in the folder does."""
+        names = "\1".join(
+            "\0".join(sorted(each)) for each in (self.raw, self.job_folders, self.subfolders)
+        )
         return hashlib.sha256(names.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -233,6 +236,7 @@ def look(root: Path, path: str) -> Folder:
     mtime = os.stat(folder).st_mtime_ns
     names = os.listdir(folder)
     raw = raw_names_among(names)
+    job_folders = [name for name in names if parse_job_folder(name) is not None]
     subfolders = [
         name
         for name in names
@@ -240,7 +244,7 @@ def look(root: Path, path: str) -> Folder:
         and looked_into(name)
         and (_is_folder(folder / name) or _links_out(root, folder / name))
     ]
-    return Folder(path, mtime, raw, subfolders)
+    return Folder(path, mtime, raw, job_folders, subfolders)
 
 
 def survey(root: Path, layout: Layout, run: str) -> tuple[list[Folder], list[str]]:

@@ -3,17 +3,18 @@
 A complete run is sealed: one small JSON file at the top of its output folder holds its file
 counts and what it covers: every folder of the run (the run folder and every folder below it
 that discovery enters, empty ones included, but those of the runs nested in it, which are
-named), each with its modification time and a digest of the names of its raw files and
-folders. A run is sealed only when every raw file below it is one its raw folders hold done or
-quarantined, so nothing is waiting or pending below a seal. A restart reads that file instead
-of listing, probing and recovering the run's raw files, so a root with hundreds of finished
-runs starts in O(runs + their folders), and looks into the runs nested in it as into any other
-folder.
+named), each with its modification time and a digest of the names of its raw files, job
+folders and folders. A run is sealed only when every raw file below it is one its raw folders
+hold done or quarantined, so nothing is waiting or pending below a seal. A restart reads that
+file instead of listing, probing and recovering the run's raw files, so a root with hundreds of
+finished runs starts in O(runs + their folders), and looks into the runs nested in it as into
+any other folder.
 
-The seal holds while every folder it covers holds the raw files and folders it held: a folder
-whose modification time moved is listed and its digest compared, so a change that is neither
-(a log file MinKNOW adds) does not unseal it; a new raw file or folder, or an operator's
-retry, does, and the run is read from its folders again. After start-up every sealed run's
+The seal holds while every folder it covers holds the raw files, job folders and folders it
+held: a folder whose modification time moved is listed and its digest compared, so a change
+that is none of these (a log file MinKNOW adds) does not unseal it; a new raw file or folder,
+or an operator's retry (which renames a job folder), does, and the run is read from its
+folders again. After start-up every sealed run's
 folders are listed once in the background and compared whole, so a change that kept the
 folders' modification times (a copy that restores them, a clock too coarse) is found too.
 
@@ -62,7 +63,7 @@ class Seal:
 
     run: str
     folders: Mapping[str, int]  # each folder it covers (relative to INPUT_DIR) -> mtime_ns
-    digests: Mapping[str, str]  # each folder it covers -> its raw files' and folders' digest
+    digests: Mapping[str, str]  # each folder it covers -> the digest of its names (``look``)
     raw_folders: tuple[str, ...]  # the folders that held raw files
     nested: tuple[str, ...]  # the folders of the runs nested in it
     files: Mapping[str, int]  # files by state
@@ -93,8 +94,8 @@ def now_text() -> str:
 
 
 def still_holds(root: Path, seal: Seal) -> bool:
-    """Whether every folder the seal covers holds the raw files and folders it held: one stat
-    each, and a listing of those whose modification time moved."""
+    """Whether every folder the seal covers holds the names it held: one stat each, and a
+    listing of those whose modification time moved."""
     for path, mtime in seal.folders.items():
         try:
             moved = os.stat(root / path).st_mtime_ns != mtime
@@ -106,8 +107,8 @@ def still_holds(root: Path, seal: Seal) -> bool:
 
 
 def verify(root: Path, seal: Seal) -> bool:
-    """Whether every folder the seal covers holds the raw files and folders it held, each
-    listed whatever its modification time says (O(the run's files): in a worker thread)."""
+    """Whether every folder the seal covers holds the names it held, each listed whatever its
+    modification time says (O(the run's files): in a worker thread)."""
     try:
         return all(look(root, path).digest() == seal.digests.get(path) for path in seal.folders)
     except OSError:
