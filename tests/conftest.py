@@ -263,10 +263,10 @@ def real_server(app: FastAPI, timeout: float = 10.0) -> Iterator[str]:
 
 
 class Server:
-    """``bcmanager serve`` as a real process on 127.0.0.1; over https, verified against its own
-    certificate, when ``BCM_TLS_CERTFILE`` is among ``env``."""
+    """``bcmanager serve`` as a real process on 127.0.0.1, on a run or a root of runs; over
+    https, verified against its own certificate, when ``BCM_TLS_CERTFILE`` is among ``env``."""
 
-    def __init__(self, run: Run, log: Path, **env: str) -> None:
+    def __init__(self, run: Run | Root, log: Path, **env: str) -> None:
         self.run = run
         self.port = free_port()
         certificate = env.get("BCM_TLS_CERTFILE")

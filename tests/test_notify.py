@@ -263,7 +263,9 @@ async def test_run_complete_gives_the_headline_and_where_the_report_is(
     hook = webhook()
     notifier = Notifier(hook.url)
     notifier.start()
-    notifier.run_complete("PAO12345/run1", report, "/data/out/run1/report.html")
+    notifier.send(
+        notifier.run_complete_message("PAO12345/run1", report, "/data/out/run1/report.html")
+    )
     await notifier.stop()
     (body,) = hook.bodies
     out = report["basecalled"]

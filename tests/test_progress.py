@@ -290,8 +290,12 @@ def test_the_phase_follows_the_final_summary_and_the_backlog() -> None:
     assert run_phase(False, counts) is RunPhase.SEQUENCING
     assert run_phase(True, {**counts, FileState.LEASED: 1}) is RunPhase.BASECALLING
     assert run_phase(True, {**counts, FileState.PENDING: 1}) is RunPhase.BASECALLING
-    # A file still waiting after the sequencer stopped was cut short: it never completes.
+    # A file still waiting after the sequencer stopped is still being written; a missing one
+    # will never come.
     assert run_phase(True, {**counts, FileState.WAITING: 1, FileState.DONE: 9}) is (
+        RunPhase.BASECALLING
+    )
+    assert run_phase(True, {**counts, FileState.MISSING: 1, FileState.DONE: 9}) is (
         RunPhase.COMPLETE
     )
     progress = Progress(0.0)

@@ -41,7 +41,7 @@ from typing import TypeVar
 
 from bcmanager.core import scan
 from bcmanager.core.state import FileState
-from bcmanager.facility import discovery
+from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
 from bcmanager.facility.facility import UnknownRun
 from bcmanager.lock import RunLock
@@ -49,6 +49,7 @@ from bcmanager.paths import (
     FAILED_KINDS,
     INPUT_KINDS,
     RAW_SUFFIX,
+    SEAL_FILE,
     FolderKind,
     JobFolderName,
     RunPaths,
@@ -245,10 +246,29 @@ def inspect_root(
     runs_on_the_way = discovery.on_the_way(sources)
     for path in sorted(sources) if run is None else [run]:
         output = output_root if path == HERE else output_root / path
-        report.runs.append(
-            inspect_run(input_root, output, path, sources[path], on_the_way, runs_on_the_way)
+        inspected = inspect_run(
+            input_root, output, path, sources[path], on_the_way, runs_on_the_way
         )
+        _inspect_seal(inspected)
+        report.runs.append(inspected)
     return report
+
+
+def _inspect_seal(report: RunReport) -> None:
+    """A sealed run holds no raw file that is not done or quarantined: its seal promises that
+    a restart need not look at its files. One that does (written below it after the seal, or
+    finished since) is found by the next start, which reads the run back."""
+    if report.run == HERE or runrecord.read_seal(report.output_dir, report.run) is None:
+        return
+    open_states = (FileState.WAITING, FileState.PENDING, FileState.LEASED)
+    unaccounted = sum(report.files[state] for state in open_states)
+    if unaccounted:
+        report.add(
+            Severity.REPAIR,
+            report.output_dir / SEAL_FILE,
+            f"sealed, yet {unaccounted} raw file{'s' if unaccounted > 1 else ''} below the run "
+            "are not basecalled; the next start reads the run back and serves them",
+        )
 
 
 def _holds_job_folders(folder: Path) -> bool:

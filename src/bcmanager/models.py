@@ -29,8 +29,8 @@ class RunPhase(str, Enum):
     """Whether the sequencer still writes, and whether all it wrote is basecalled."""
 
     SEQUENCING = "sequencing"  # no final_summary_*.txt yet
-    BASECALLING = "finished, basecalling"  # sequencing stopped; files still pending or leased
-    COMPLETE = "complete"  # sequencing stopped, and every complete file is done or failed
+    BASECALLING = "finished, basecalling"  # sequencing stopped; files waiting, pending or leased
+    COMPLETE = "complete"  # sequencing stopped, and every file is done, failed or missing
 
 
 class BCBatch(BaseModel):

@@ -38,10 +38,12 @@ ACCOUNT_FILE = "bcm-account.json"
 REJECTED_SUFFIX = ".rejected"
 # What the manager keeps at the top of a run's output folder: the seal of a complete run (its
 # counts and its folders' modification times, read at start-up instead of its raw files) and
-# the record of the run's completion command (run once, its exit status kept).
+# the record of the run's completion command (run once, its exit status kept), and its
+# run_complete notice while the webhook has not taken it.
 SEAL_FILE = "bcm-run.json"
 COMPLETION_FILE = "bcm-run-complete.json"
 COMPLETION_LOG = "bcm-run-complete.log"
+NOTICE_FILE = "bcm-run-notice.json"
 PASS = "pass"
 FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"

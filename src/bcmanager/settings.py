@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         description="Folder where MinKNOW writes final_summary_*.txt when sequencing stops "
         "(default: INPUT_DIR and its parent).",
     )
+    final_summary_grace: PositiveFloat = Field(
+        3600.0,
+        description="Seconds a run whose final summary counts more POD5 files than were seen "
+        "waits for the rest (they may still be landing); then it is finished without them, "
+        "and the log says how many were never seen.",
+    )
     run_folder_pattern: str = Field(
         r"[0-9]{8}_[0-9]{4}_.+_[0-9a-fA-F]{8}",
         description="A folder under INPUT_DIR whose whole name matches this regular "

@@ -743,6 +743,25 @@ class Manager:
                 if await self._off_loop(job.jobid, self._take_back, job):
                     self._ended(Ending(job, JobState.EXPIRED), JobState.EXPIRED)
 
+    def move_to(self, paths: RunPaths) -> None:
+        """Its raw folder was moved (or its run was): serve it from ``paths`` from now on. Its
+        files and job folders moved with it, so what the state machine holds stays true and
+        nothing is read again; the jobs it leased are to be given back (``give_back``)."""
+        self.paths = paths
+        self.folders.paths = paths
+        self.undecodable.folder = paths.input_dir
+
+    async def give_back(self) -> None:
+        """Take back every live job now, as when its lease runs out: its engine is told it is
+        late, its files are offered again, and its output is set aside, never merged. For a
+        raw folder that moved while its jobs were leased: the folders their engines were told
+        are no longer where they were."""
+        for jobid in [job.jobid for job in self.state.live_jobs()]:
+            await self._settled(jobid)  # an end in flight finishes (or fails) first
+            job = self.state.job(jobid)
+            if job.live and await self._off_loop(jobid, self._take_back, job):
+                self._ended(Ending(job, JobState.EXPIRED), JobState.EXPIRED)
+
     def reap(self) -> None:
         """Take back every job whose lease ran out, all on the calling thread."""
         for job in self._due():

@@ -90,12 +90,13 @@ SHORTEST_SPAN = 10.0
 
 
 def run_phase(finished: bool, counts: dict[FileState, int]) -> RunPhase:
-    """The phase from the summary's presence and the file counts. Files still waiting after
-    MinKNOW wrote its final summary were cut short and will never complete: they do not hold
-    the run back from complete (the counts still show them)."""
+    """The phase from the summary's presence and the file counts. A file still waiting after
+    MinKNOW wrote its final summary is still being written (or copied: on a network
+    filesystem the last files may land after the summary), so it holds the run back from
+    complete; a missing one does not, as nothing more can come of it."""
     if not finished:
         return RunPhase.SEQUENCING
-    if counts[FileState.PENDING] or counts[FileState.LEASED]:
+    if counts[FileState.PENDING] or counts[FileState.LEASED] or counts[FileState.WAITING]:
         return RunPhase.BASECALLING
     return RunPhase.COMPLETE
 

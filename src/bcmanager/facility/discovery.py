@@ -8,11 +8,15 @@ Rules:
   folders.
 - Elsewhere, a folder that holds raw files itself is a run, its own one raw folder. So INPUT_DIR
   pointed at one run's ``pod5/`` is the run ``.``, served as it always was.
+- A symbolic link to a folder outside INPUT_DIR (a raw folder an operator moved to bigger
+  storage and linked back) is looked into as the folder it stands for, but no link within
+  what it leads to is (so no walk goes in a circle). A link to a folder inside INPUT_DIR is
+  not: that folder is found by its own path.
 - Never looked into: job folders, bcmanager's temporary and set-aside names, hidden folders,
-  symbolic links (one could lead out of the root, or in a circle), folders named in bytes that
-  are not UTF-8 (the watcher cannot watch them; the log names them), folders deeper than
-  ``BCM_DISCOVERY_DEPTH`` below INPUT_DIR, and the runs the caller says to skip (sealed ones,
-  whose raw files need not be listed again).
+  other symbolic links, folders named in bytes that are not UTF-8 (the watcher cannot watch
+  them; the log names them), folders deeper than ``BCM_DISCOVERY_DEPTH`` below INPUT_DIR, and
+  the folders of sealed runs whose seal holds (their raw files need not be listed again), but
+  for the runs nested in them.
 
 A raw folder is the unit a batch is made of: a batch never mixes two of them. Discovery only
 lists folders (names and entry types, no stat of each file); the raw folders' own scans probe
@@ -21,10 +25,11 @@ their files.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -35,17 +40,24 @@ from bcmanager.paths import (
     is_raw_name,
     is_utf8,
     parse_job_folder,
+    raw_names_among,
 )
 
 HERE = "."  # the path of INPUT_DIR itself, as a run or a raw folder
 
+# For a folder discovery comes to: None to look into it, or, for a sealed run whose seal
+# holds, the folders to look into instead of its own (the runs nested in it).
+Sealed = Callable[[str], Sequence[str] | None]
+
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """One raw folder and the run it belongs to, both relative to INPUT_DIR."""
+    """One raw folder and the run it belongs to, both relative to INPUT_DIR; ``linked`` when
+    it is reached through a symbolic link (two links may lead to one folder)."""
 
     run: str
     source: str
+    linked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +78,12 @@ def parent_of(path: str) -> str:
     return head or HERE
 
 
-def on_the_way(paths: Iterable[str], up_to: str = HERE) -> frozenset[str]:
-    """Every folder on the way from ``up_to`` down to each of ``paths`` (relative to INPUT_DIR),
-    them included, ``up_to`` not."""
+def on_the_way(paths: Iterable[str]) -> frozenset[str]:
+    """Every folder on the way from INPUT_DIR down to each of ``paths`` (relative to it), them
+    included, INPUT_DIR not."""
     folders: set[str] = set()
     for path in paths:
-        while path not in (up_to, HERE) and path not in folders:
+        while path != HERE and path not in folders:
             folders.add(path)
             path = parent_of(path)
     return frozenset(folders)
@@ -100,26 +112,29 @@ def looked_into(name: str) -> bool:
 def discover(
     root: Path,
     layout: Layout,
-    skip: Callable[[str], bool] = lambda path: False,
+    sealed: Sealed = lambda path: None,
     below: str = HERE,
     visited: list[str] | None = None,
     summaries: dict[str, str] | None = None,
 ) -> list[Found]:
     """Every raw folder under ``root`` (at or below its folder ``below``), with its run, sorted
     by path. A folder that cannot be read is passed over (the next discovery tries again);
-    ``skip`` names folders not to enter (sealed runs); ``visited`` receives each folder read,
-    ``summaries`` the final summary each holds (by folder), so nothing is listed twice."""
+    ``sealed`` says which folders are sealed runs not to enter, and the runs nested in each;
+    ``visited`` receives each folder read, ``summaries`` the final summary each holds (by
+    folder), so nothing is listed twice."""
     walked = [] if visited is None else visited
     found = summaries if summaries is not None else {}
-    return sorted(_walk(root, layout, skip, below, walked, found), key=lambda each: each.source)
+    return sorted(_walk(root, layout, sealed, below, walked, found), key=lambda each: each.source)
 
 
-def classify(path: str, holds_raw: bool, layout: Layout, root_name: str) -> Found | None:
+def classify(
+    path: str, holds_raw: bool, layout: Layout, root_name: str, linked: bool = False
+) -> Found | None:
     """What the folder at ``path`` is, given whether it holds raw files itself: a raw folder
     (of the run that encloses it, or its own run), or nothing (None)."""
     if not holds_raw:
         return None
-    return Found(run_of(path, layout, root_name) or path, path)
+    return Found(run_of(path, layout, root_name) or path, path, linked)
 
 
 def run_of(path: str, layout: Layout, root_name: str) -> str | None:
@@ -136,50 +151,153 @@ def run_of(path: str, layout: Layout, root_name: str) -> str | None:
 def _walk(
     root: Path,
     layout: Layout,
-    skip: Callable[[str], bool],
+    sealed: Sealed,
     below: str,
     visited: list[str],
     summaries: dict[str, str],
 ) -> Iterator[Found]:
     if below != HERE and not all(looked_into(part) for part in below.split("/")):
         return
-    pending = [(below, 0 if below == HERE else below.count("/") + 1)]
+    pending = [(below, _through_link(root, below))]
     while pending:
-        path, depth = pending.pop()
-        if skip(path):
+        path, linked = pending.pop()
+        nested = sealed(path)
+        if nested is not None:
+            pending.extend((inner, _through_link(root, inner)) for inner in nested)
             continue
         folder = root if path == HERE else root / path
+        deeper = _depth(path) < layout.depth
         try:
-            holds_raw, subfolders, summary = _look_into(folder, depth < layout.depth)
+            holds_raw, subfolders, links, summary = _look_into(root, folder, deeper, linked)
         except OSError:
             continue
         if summary is not None:
             summaries[path] = summary
-        subfolders = [join(path, name) for name in subfolders]
         visited.append(path)
-        found = classify(path, holds_raw, layout, root.name)
+        found = classify(path, holds_raw, layout, root.name, linked)
         if found is not None:
             yield found
-        pending.extend((sub, depth + 1) for sub in subfolders)
+        pending.extend((join(path, name), linked) for name in subfolders)
+        pending.extend((join(path, name), True) for name in links)
 
 
-def _look_into(folder: Path, deeper: bool) -> tuple[bool, list[str], str | None]:
+def _depth(path: str) -> int:
+    return 0 if path == HERE else path.count("/") + 1
+
+
+def _through_link(root: Path, path: str) -> bool:
+    """Whether a folder on the way from ``root`` to ``path`` (it included) is a link."""
+    folder = root
+    for part in [] if path == HERE else path.split("/"):
+        folder = folder / part
+        try:
+            if stat.S_ISLNK(os.lstat(folder).st_mode):
+                return True
+        except OSError:
+            return False
+    return False
+
+
+def _links_out(root: Path, path: Path) -> bool:
+    """Whether ``path`` is a symbolic link to a folder outside ``root`` (and not above it)."""
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return False
+        target = Path(os.path.realpath(path))
+        return target.is_dir() and not (target.is_relative_to(root) or root.is_relative_to(target))
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Folder:
+    """One folder of a run as its seal records it: its modification time (taken before it was
+    listed, so that any later change shows), its raw files, its job folders, and the folders
+    in it that discovery enters."""
+
+    path: str
+    mtime_ns: int
+    raw: list[str]
+    job_folders: list[str]
+    subfolders: list[str]
+
+    def digest(self) -> str:
+        """What the seal compares: a change of raw files, job folders (an operator's retry
+        renames one) or folders changes it, nothing else in the folder does."""
+        names = "\1".join(
+            "\0".join(sorted(each)) for each in (self.raw, self.job_folders, self.subfolders)
+        )
+        return hashlib.sha256(names.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def look(root: Path, path: str) -> Folder:
+    """The folder at ``path`` under ``root``, looked at whole (raises OSError)."""
+    folder = root if path == HERE else root / path
+    mtime = os.stat(folder).st_mtime_ns
+    names = os.listdir(folder)
+    raw = raw_names_among(names)
+    job_folders = [name for name in names if parse_job_folder(name) is not None]
+    subfolders = [
+        name
+        for name in names
+        if not is_raw_name(name)
+        and looked_into(name)
+        and (_is_folder(folder / name) or _links_out(root, folder / name))
+    ]
+    return Folder(path, mtime, raw, job_folders, subfolders)
+
+
+def survey(root: Path, layout: Layout, run: str) -> tuple[list[Folder], list[str]]:
+    """The folders of ``run`` (the run folder and every folder below it that discovery enters,
+    but those of runs nested in it), each looked at whole, and the folders of the runs nested
+    in it, which are theirs to seal. What a seal covers. Raises OSError when a folder cannot
+    be read (then nothing is sealed)."""
+    own: list[Folder] = []
+    nested: list[str] = []
+    pending = [(run, _through_link(root, run))]
+    while pending:
+        path, linked = pending.pop()
+        folder = look(root, path)
+        own.append(folder)
+        if _depth(path) >= layout.depth:
+            continue
+        for name in folder.subfolders:
+            sub = join(path, name)
+            link = _links_out(root, root / sub)
+            if link and linked:
+                continue  # no link is followed within what a link leads to
+            if (run_of(sub, layout, root.name) or sub) == run:
+                pending.append((sub, linked or link))
+            else:
+                nested.append(sub)
+    return own, sorted(nested)
+
+
+def _look_into(
+    root: Path, folder: Path, deeper: bool, linked: bool
+) -> tuple[bool, list[str], list[str], str | None]:
     """Whether ``folder`` holds a raw file (a regular file, not a link), the subfolders to look
-    into (when ``deeper``), and its final summary. Names only, with ``os.listdir``: a raw
-    folder holds up to a million entries, and a ``DirEntry`` each costs three times as much.
-    Only a name that could be a subfolder is looked at (an ``lstat``); a name shaped like a
-    raw file is taken for one once a first such name proved a regular file."""
+    into (when ``deeper``), the links to folders outside ``root`` to look into (when
+    ``deeper`` and ``folder`` is not reached through a link already), and its final summary.
+    Names only, with ``os.listdir``: a raw folder holds up to a million entries, and a
+    ``DirEntry`` each costs three times as much. Only a name that could be a subfolder is
+    looked at (an ``lstat``); a name shaped like a raw file is taken for one once a first such
+    name proved a regular file."""
     holds_raw = False
     subfolders: list[str] = []
+    links: list[str] = []
     summary = None
     for name in os.listdir(folder):
         if is_raw_name(name):
             holds_raw = holds_raw or _is_regular(folder / name)
         elif is_final_summary_name(name):
             summary = summary or str(folder / name)
-        elif deeper and looked_into(name) and _is_folder(folder / name):
-            subfolders.append(name)
-    return holds_raw, subfolders, summary
+        elif deeper and looked_into(name):
+            if _is_folder(folder / name):
+                subfolders.append(name)
+            elif not linked and _links_out(root, folder / name):
+                links.append(name)
+    return holds_raw, subfolders, links, summary
 
 
 def _is_regular(path: Path) -> bool:

@@ -17,11 +17,13 @@ are not read: their seal is), and listens. From then on one watcher, on each fol
 walked, hands each raw folder the changes to its raw files, sends a new folder, or raw files in
 a folder not served yet, to discovery, and notices MinKNOW's final summary; a rescan does all of
 it again every ``BCM_RESCAN_INTERVAL`` seconds for what events miss (network filesystems, and
-the folders of sealed runs, which are not watched). An engine's ``assignwork`` goes to the
-scheduler: among the raw folders with pending files, of runs not paused, it chooses the one
-that leases a batch, and the batch's bytes (``scheduler.py`` says by which rules). A run is
-finished when its final summary is there (and, when that names a number of raw files, that many
-were seen); complete when finished with nothing pending or leased. Then its completion command
+the folders of sealed runs, which are not watched); a raw folder served that turns up at
+another path (an operator moved it, or its run) is followed there. An engine's
+``assignwork`` goes to the scheduler: among the raw folders with pending files, of runs not
+paused, it chooses the one that leases a batch, and the batch's bytes (``scheduler.py`` says
+by which rules). A run is finished when its final summary is there (and, when that names a
+number of raw files, that many were seen); complete when finished with nothing waiting,
+pending or leased. Then its completion command
 runs once and, but for a run that is INPUT_DIR itself, it is sealed. Each DONE job's statistics
 (what its agent counted of its reads) go into its run's yield ledger, and a complete run gets
 its report; ``notify.py`` tells a webhook of a run's end, a quarantined file, a benched engine.
@@ -53,8 +55,9 @@ from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
 from bcmanager.facility.notify import Notifier
 from bcmanager.facility.pod5facts import Pod5Facts, read_facts
+from bcmanager.facility.report import write_report
 from bcmanager.facility.rules import Rules, RunSettings
-from bcmanager.facility.runreport import write_run_report
+from bcmanager.facility.runreport import build_run_report
 from bcmanager.facility.scheduler import Queue, batch_bytes, choose
 from bcmanager.facility.yieldledger import RunYield, fold, read_job_output
 from bcmanager.logs import log_event
@@ -69,7 +72,7 @@ from bcmanager.models import (
 )
 from bcmanager.paths import (
     COMPLETION_LOG,
-    REPORT_JSON,
+    REPORT_HTML,
     FolderKind,
     RunPaths,
     is_final_summary_name,
@@ -77,6 +80,7 @@ from bcmanager.paths import (
     job_folder,
     parse_job_folder,
 )
+from bcmanager.records import fsync_folder
 from bcmanager.settings import Settings
 from bcmanager.template import fill
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS, can_watch
@@ -111,6 +115,7 @@ class Run:
     sources: dict[str, Manager] = field(default_factory=dict)  # by raw folder path
     paused: bool = False
     final_summary: str | None = None  # MinKNOW's final summary, once it is there
+    summary_seen: float = 0.0  # when this manager first saw it (its clock)
     expected_files: int | None = None  # raw files the final summary says were written
     finished: bool = False  # sequencing stopped, and every file it wrote was seen
     completed: bool = False  # complete, announced and its command started
@@ -122,6 +127,9 @@ class Run:
     # started read in the background (None for a sealed run until its seal's is read).
     ledger: RunYield | None = None
     counting: int = 0  # DONE jobs whose statistics are still being read
+    # Unsealed and being read back: its yield, read from its seal, holds the DONE jobs its raw
+    # folders' recovery finds, so they are not counted again.
+    yield_from_seal: bool = False
     touched: bool = False  # a job of it ended, or a raw file came, since this manager started
 
     def counts(self) -> dict[FileState, int]:
@@ -194,7 +202,18 @@ class Facility:
         self._summaries: dict[str, str] = {}
         # Raw folders a discovery found and is still starting, by path -> run path.
         self._pending_sources: dict[str, str] = {}
+        # Each raw folder served, by path -> its folder's device and inode: a folder served
+        # that an operator moves is followed to its new path.
+        self._identity: dict[str, tuple[int, int]] = {}
+        # Raw folders reached through a link, by where each leads (the first path found for
+        # it is served), and those said in the log not to be served twice.
+        self._linked: dict[str, str] = {}
+        self._named: set[str] = set()
         self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
+        # run_complete notices kept on disk until the webhook took them (by the run's output
+        # folder, where each is kept), and those on their way now.
+        self._notices: dict[Path, bytes] = {}
+        self._sending: set[Path] = set()
         # Benching is the engine's, not a raw folder's: one that fails everything is benched
         # for all runs at once.
         self.benching = (
@@ -225,6 +244,7 @@ class Facility:
             return
         await self._discover()
         self._started = True
+        self._side(self._verify_seals())
         self._spawn("discovery", self._discover_forever())
         if not self.settings.force_polling and can_watch(self.input_root):
             self._spawn("watcher", self._watch())
@@ -304,11 +324,15 @@ class Facility:
         ]
         source.done_at_start = []
         source.failed_at_start = []
-        run.counting += 1
-        self._side(self._count_reads(run, logs, after_start=True))
+        if not run.yield_from_seal:
+            run.counting += 1
+            self._side(self._count_reads(run, logs, after_start=True))
         run.sources[path] = source
         self.sources[path] = source
         self.run_of[path] = run
+        identity = _identity(folder)
+        if identity is not None:
+            self._identity[path] = identity
         for job in source.state.live_jobs():
             self._jobs[job.jobid] = source
         if run.finished:
@@ -345,6 +369,10 @@ class Facility:
             source = run.sources.pop(path)
             del self.sources[path]
             del self.run_of[path]
+            # Forgotten by identity too: a new folder may get the inode of a deleted one, and
+            # must not pass for this one moved.
+            self._identity.pop(path, None)
+            self._linked = {real: each for real, each in self._linked.items() if each != path}
             self._jobs = {jobid: each for jobid, each in self._jobs.items() if each is not source}
             self._side(source.stop())
 
@@ -376,15 +404,132 @@ class Facility:
                     self._reopen(run, "its folders changed")
                     if below != HERE:
                         found += await self._walk(path)
-            new = {each.source: each for each in found if each.source not in self.sources}
+            unserved = {each.source: each for each in found if each.source not in self.sources}
+            moved = await self._moved(unserved)
+            if moved:
+                await self._follow(moved)
+            new = {
+                path: each
+                for path, each in unserved.items()
+                if path not in self.sources and not self._served_elsewhere(each)
+            }
             self._pending_sources = {path: each.run for path, each in new.items()}
+            read: list[Run] = []
             try:
                 for _, each in sorted(new.items()):
                     run = self.runs.get(each.run) or self._add_run(each.run)
+                    read.append(run)
                     await self._add_source(run, each.source)
+                    if run.completed and run.phase() is not RunPhase.COMPLETE:
+                        self._reopen(run, "a new raw folder")
                     await self._look_for_summary(run)
             finally:
                 self._pending_sources = {}
+                for run in read:
+                    run.yield_from_seal = False  # its raw folders are read back
+
+    async def _moved(self, found: dict[str, Found]) -> dict[str, Found]:
+        """The raw folders served that are now among ``found`` (the same folder, by its
+        device and inode, gone from where it was served): old path -> where it is. One stat
+        of each raw folder found, and of the old path of each that matches, in a worker
+        thread."""
+        served = {identity: path for path, identity in self._identity.items()}
+        if not found or not served:
+            return {}
+
+        def look() -> dict[str, Found]:
+            moved = {}
+            for path, each in found.items():
+                identity = _identity(self._absolute(path))
+                old = served.get(identity) if identity is not None else None
+                if old is not None and _identity(self._absolute(old)) != identity:
+                    moved[old] = each
+            return moved
+
+        return await asyncio.to_thread(look)
+
+    async def _follow(self, moved: dict[str, Found]) -> None:
+        """Serve raw folders that an operator moved from where they are now, with what the
+        manager holds of them: their files and job folders moved with them, so nothing is
+        read again, nothing done is offered again, and the old paths are dropped. A run whose
+        every raw folder moved into one new run folder moves whole, and its output folder
+        with it. The jobs leased from a raw folder that moved are given back, since the
+        folders their engines were told are no longer where they were."""
+        by_run: dict[str, list[str]] = {}
+        for old in sorted(moved):
+            by_run.setdefault(self.run_of[old].path, []).append(old)
+        for path, olds in by_run.items():
+            run = self.runs[path]
+            targets = {moved[old].run for old in olds}
+            if set(olds) == set(run.sources) and len(targets) == 1:
+                (target,) = targets
+                if target != run.path and target not in self.runs:
+                    await self._move_run(run, target)
+            for old in olds:
+                await self._move_source(old, moved[old])
+
+    async def _move_run(self, run: Run, target: str) -> None:
+        """Run ``run`` is at ``target`` now: so is its output folder, unless that cannot be."""
+        self._log("moved", run, to=target)
+        output = self.output_root / target
+        try:
+            if await asyncio.to_thread(_move_folder, run.output, output):
+                run.output = output
+            else:
+                log.warning(
+                    "run %s: %s is taken, so its output stays in %s", target, output, run.output
+                )
+        except OSError as error:
+            log.error("run %s: its output stays in %s (%s)", target, run.output, error)
+        del self.runs[run.path]
+        run.path, run.folder = target, self._absolute(target)
+        self.runs[target] = run
+        await asyncio.to_thread(runrecord.remove_seal, run.output)  # it names the old paths
+        self._watch_also([target])
+
+    async def _move_source(self, old: str, found: Found) -> None:
+        """Raw folder ``old`` is ``found.source`` now, in run ``found.run``."""
+        source = self.sources.pop(old)
+        run = self.run_of.pop(old)
+        del run.sources[old]
+        new = self.runs.get(found.run) or self._add_run(found.run)
+        path = found.source
+        source.move_to(
+            RunPaths(self._absolute(path), new.output, self.input_root, self.output_root)
+        )
+        self._identity[path] = self._identity.pop(old)
+        for real, served in self._linked.items():
+            if served == old:
+                self._linked[real] = path
+        new.sources[path] = source
+        self.sources[path] = source
+        self.run_of[path] = new
+        source.on_ended = partial(self._job_ended, new, path)
+        if not run.sources and run is not new:
+            del self.runs[run.path]
+            self._log("moved", run, to=new.path)
+        await asyncio.to_thread(source.folders.prepare)  # a run's output folder, if new
+        await source.give_back()
+
+    def _served_elsewhere(self, found: Found) -> bool:
+        """Whether ``found`` is reached through a link that leads where another raw folder
+        served already leads: it is not served twice, or its files would be basecalled twice.
+        Said once in the log."""
+        if not found.linked:
+            return False
+        real = os.path.realpath(self._absolute(found.source))
+        first = self._linked.setdefault(real, found.source)
+        if first == found.source:
+            return False
+        if found.source not in self._named:
+            self._named.add(found.source)
+            log.warning(
+                "raw folder %s leads to %s, which is served as %s: not served twice",
+                found.source,
+                real,
+                first,
+            )
+        return True
 
     async def _walk(self, below: str) -> list[Found]:
         """Discovery below a folder (in a worker thread). A sealed run whose folders are
@@ -394,18 +539,26 @@ class Facility:
         visited: list[str] = []
         seals: dict[str, runrecord.Seal] = {}
         summaries: dict[str, str] = {}
+        notices: dict[Path, bytes] = {}
 
-        def sealed(path: str) -> bool:
+        def sealed(path: str) -> tuple[str, ...] | None:
+            """The runs nested in the sealed run at ``path`` whose seal holds; None to walk
+            the folder as any other."""
             run = self.runs.get(path)  # only read here: the loop owns the runs
             if run is not None:
-                return run.seal is not None and runrecord.still_holds(self.input_root, run.seal)
+                seal = run.seal
+                held = seal is not None and runrecord.still_holds(self.input_root, seal)
+                return seal.nested if seal is not None and held else None
             if path == HERE:
-                return False
-            seal = runrecord.read_seal(self.output_root / path, path)
+                return None
+            output = self.output_root / path
+            seal = runrecord.read_seal(output, path)
             if seal is None or not runrecord.still_holds(self.input_root, seal):
-                return False
+                return None
             seals[path] = seal
-            return True
+            if self.notifier.url is not None and (notice := runrecord.read_notice(output)):
+                notices[output] = notice
+            return seal.nested
 
         found = await asyncio.to_thread(
             discovery.discover, self.input_root, self.layout, sealed, below, visited, summaries
@@ -420,15 +573,32 @@ class Facility:
             run.finished = run.completed = True
         if sealed_now:
             log_event(log, "sealed runs", {}, logging.INFO, runs=len(sealed_now))
+        self._notices.update(notices)
+        self._send_notices()
         self._watch_also(visited)
         return found
+
+    async def _verify_seals(self) -> None:
+        """Once every raw folder is ready, list each sealed run's folders and compare them
+        whole with its seal, one run at a time in a worker thread: a change that kept the
+        folders' modification times is found by this start too, and the run read back."""
+        while not self.ready:
+            await asyncio.sleep(0.05)
+        for run in list(self.runs.values()):
+            seal = run.seal
+            if seal is None or await asyncio.to_thread(runrecord.verify, self.input_root, seal):
+                continue
+            if run.seal is seal:
+                self._reopen(run, "a raw file or folder below it is not in its seal")
+                await self._discover(run.path)
 
     def _reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
         run.completed = run.sealed_here = False
         if run.path == HERE:
             return
-        _ledger(run)
+        if run.seal is not None:
+            run.yield_from_seal = _ledger(run) is not None
         run.seal = None
         runrecord.remove_seal(run.output)
         self._log("unsealed", run, reason=why)
@@ -674,6 +844,10 @@ class Facility:
         return await asyncio.to_thread(scan.final_summary, outside) if outside else None
 
     async def _look_for_summary(self, run: Run) -> None:
+        """A run is finished once its final summary is there and every file it counts was
+        seen (those gone since count: they are accounted for as missing). Files it counts that
+        were never seen are waited for ``BCM_FINAL_SUMMARY_GRACE`` seconds, as they may still
+        be landing; then the run finishes without them, and the log says so."""
         if run.finished:
             return
         if run.final_summary is None:
@@ -681,10 +855,19 @@ class Facility:
             if found is None:
                 return
             run.final_summary = str(found)
+            run.summary_seen = self.clock()
             run.expected_files = await asyncio.to_thread(scan.files_in_final_dest, found)
-        seen = sum(count for state, count in run.counts().items() if state is not FileState.MISSING)
+        seen = sum(run.counts().values())
         if run.expected_files is not None and seen < run.expected_files:
-            return  # MinKNOW wrote more files than were seen yet: wait for them
+            if self.clock() - run.summary_seen < self.settings.final_summary_grace:
+                return  # MinKNOW wrote more files than were seen yet: wait for them
+            log.warning(
+                "run %s: %d of the %d raw files its final summary counts were never seen; "
+                "finished without them",
+                run.path,
+                run.expected_files - seen,
+                run.expected_files,
+            )
         run.finished = True
         self._log("finished", run, summary=run.final_summary)
         self.notifier.sequencing_finished(run.path)
@@ -702,27 +885,77 @@ class Facility:
         self._side(self._after_complete(run))
 
     async def _after_complete(self, run: Run) -> None:
-        """The report, the completion command (once per run), then the seal (not for INPUT_DIR
-        itself). The DONE jobs' statistics still being read are waited for."""
-        if run.touched or not (run.output / REPORT_JSON).exists():
-            await self._write_report(run)  # not again for a run found complete, reported
+        """The report and its notice, the completion command (once per run), then the seal
+        (not for INPUT_DIR itself). A report that cannot be written is tried again at each
+        rescan, and the run is not sealed before it is: a restart then reads the run back
+        and writes it. A run found complete and reported is not reported again; its notice,
+        if the webhook never took it, is sent."""
+        reported = (run.output / REPORT_HTML).is_file()  # written last
+        if run.touched or not reported:
+            if not await self._write_report(run):
+                return  # the run has work again: its next completion reports it
+        else:
+            notice = await asyncio.to_thread(runrecord.read_notice, run.output)
+            if notice is not None:
+                self._notices[run.output] = notice
+                self._send_notices()
         if self.settings.on_run_complete:
             await self._run_completion_command(run)
         if run.path != HERE and run.phase() is RunPhase.COMPLETE:
             await asyncio.to_thread(self._seal, run)
 
-    async def _write_report(self, run: Run) -> None:
-        ledger = run.ledger or RunYield()
-        raw_folders = [source.paths for source in run.sources.values()]
-        try:
-            _, html_path, report = await asyncio.to_thread(
-                write_run_report, run.path, run.output, raw_folders, ledger
-            )
-        except OSError as error:
-            log.error("run %s: could not write its report (%s)", run.path, error)
-            return
-        self._log("report", run, report=str(html_path))
-        self.notifier.run_complete(run.path, report, str(html_path))
+    async def _write_report(self, run: Run) -> bool:
+        """Write the run's report, trying again at each rescan until it is written (True), or
+        until the run has work again (False)."""
+        while run.completed:
+            ledger = run.ledger or RunYield()
+            raw_folders = [source.paths for source in run.sources.values()]
+            try:
+                notice = await asyncio.to_thread(
+                    self._report_files, run.path, run.output, raw_folders, ledger
+                )
+            except OSError as error:
+                log.error(
+                    "run %s: could not write its report (%s); trying again in %g s",
+                    run.path,
+                    error,
+                    self.settings.rescan_interval,
+                )
+                await asyncio.sleep(self.settings.rescan_interval)
+                continue
+            self._log("report", run, report=str(run.output / REPORT_HTML))
+            if notice is not None:
+                self._notices[run.output] = notice
+                self._send_notices()
+            return True
+        return False
+
+    def _report_files(
+        self, path: str, output: Path, raw_folders: list[RunPaths], ledger: RunYield
+    ) -> bytes | None:
+        """Build the report, keep the notice that tells of it (with a webhook), then write the
+        report: a crash after the report cannot lose its notice. Returns the notice. In a
+        worker thread: it reads every done file's POD5 header."""
+        report = build_run_report(path, output, raw_folders, ledger)
+        notice = self.notifier.run_complete_message(path, report, str(output / REPORT_HTML))
+        if notice is not None:
+            runrecord.write_notice(output, notice)
+        write_report(output, report)
+        return notice
+
+    def _send_notices(self) -> None:
+        """Send each run_complete notice kept on disk that is not on its way already: when it
+        is kept, at start-up, and at each rescan those the sender gave up on."""
+        for output, body in self._notices.items():
+            if output not in self._sending:
+                self._sending.add(output)
+                self.notifier.send(body, partial(self._notice_done, output, body))
+
+    def _notice_done(self, output: Path, body: bytes, sent: bool) -> None:
+        self._sending.discard(output)
+        if sent and self._notices.get(output) is body:
+            del self._notices[output]
+            self._side(asyncio.to_thread(runrecord.remove_notice, output, body))
 
     async def _run_completion_command(self, run: Run) -> None:
         record = await asyncio.to_thread(runrecord.read_completion, run.output)
@@ -784,14 +1017,26 @@ class Facility:
         self._log("command ended", run, exit_status=str(status))
 
     def _seal(self, run: Run) -> None:
-        """Fold a complete run into its seal (in a worker thread: it stats its folders)."""
-        folders = _run_folders(run)
-        stamps = runrecord.mtimes(self.input_root, folders)
-        if stamps is None:
+        """Fold a complete run into its seal, when every raw file below it is one its raw
+        folders hold done or quarantined; else it stays unsealed, and the watcher or the
+        rescan serves what is there. In a worker thread: it lists the run's folders, and the
+        state machines' dicts are only read."""
+        try:
+            own, nested = discovery.survey(self.input_root, self.layout, run.path)
+        except OSError as error:
+            log.warning("run %s: not sealed, a folder could not be read (%s)", run.path, error)
             return
+        for folder in own:
+            unaccounted = self._unaccounted(run, folder)
+            if unaccounted:
+                self._log("not sealed", run, folder=folder.path, unaccounted=unaccounted)
+                return
         seal = runrecord.Seal(
             run=run.path,
-            folders=stamps,
+            folders={folder.path: folder.mtime_ns for folder in own},
+            digests={folder.path: folder.digest() for folder in own},
+            raw_folders=tuple(folder.path for folder in own if folder.raw),
+            nested=tuple(nested),
             files={state.value: count for state, count in run.counts().items()},
             bytes={state.value: size for state, size in run.bytes().items()},
             final_summary=run.final_summary,
@@ -806,6 +1051,19 @@ class Facility:
         self._log("sealed", run)
         run.sealed_here = True
 
+    def _unaccounted(self, run: Run, folder: discovery.Folder) -> int:
+        """How many raw files in ``folder`` its raw folder does not hold done or quarantined
+        (all, when it is no raw folder of the run). A name that is no regular file (a symlink
+        named like a raw file) is never offered and counts for nothing."""
+        settled = (FileState.DONE, FileState.FAILED)
+        source = run.sources.get(folder.path)
+        names = [
+            name
+            for name in folder.raw
+            if source is None or source.state.file_state(name) not in settled
+        ]
+        return len(scan.probe_many(self._absolute(folder.path), names))
+
     # -- background -------------------------------------------------------------------------
 
     async def _discover_forever(self) -> None:
@@ -816,6 +1074,8 @@ class Facility:
                 await self._drop_gone()
                 for run in list(self.runs.values()):
                     await self._look_for_summary(run)
+                    self._check_complete(run)  # a rescan may have found its last file gone
+                self._send_notices()
             except OSError as error:
                 log.error("discovery under %s failed: %s", self.input_root, error)
 
@@ -824,6 +1084,7 @@ class Facility:
         while True:
             for run in self.runs.values():
                 await self._look_for_summary(run)
+                self._check_complete(run)
             await asyncio.sleep(self.settings.rescan_interval)
 
     async def _watch(self) -> None:
@@ -929,6 +1190,7 @@ class Facility:
             run.touched = run.touched or bool(written)
             if written and run.completed and run.phase() is not RunPhase.COMPLETE:
                 self._reopen(run, "new raw files")
+            self._check_complete(run)  # its last pending file may have gone
         for folder in sorted(unknown):
             if folder in self.sources:
                 continue
@@ -993,7 +1255,7 @@ class Facility:
             priority=run.priority,
             paused=run.paused,
             sealed=run.seal is not None or run.sealed_here,
-            raw_folders=len(run.sources) if run.seal is None else len(run.seal.folders),
+            raw_folders=len(run.sources) if run.seal is None else len(run.seal.raw_folders),
             output_dir=str(run.output),
             files=FileCounts(**{state.value: count for state, count in counts.items()}),
             bytes=FileBytes(**{state.value: size for state, size in run.bytes().items()}),
@@ -1135,10 +1397,27 @@ def _job_ids_on_disk(folders: list[Path]) -> frozenset[str]:
     return frozenset(ids)
 
 
-def _run_folders(run: Run) -> list[str]:
-    """The run's folder and every folder on the way to its raw folders: a new entry in any of
-    them changes its modification time."""
-    return sorted({run.path} | discovery.on_the_way(run.sources, up_to=run.path))
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """A folder's device and inode, which stay when it is renamed; None when it is gone."""
+    try:
+        found = os.stat(folder)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _move_folder(old: Path, new: Path) -> bool:
+    """Move a run's output folder from ``old`` to ``new`` (durably); False when ``new`` is
+    taken. One that moved along with an enclosing run's output is where it should be."""
+    if not os.path.lexists(old):
+        return True
+    if os.path.lexists(new):
+        return False
+    new.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(old, new)
+    fsync_folder(old.parent)
+    fsync_folder(new.parent)
+    return True
 
 
 def _batch_extras(run: Run) -> dict[str, object]:

@@ -8,7 +8,9 @@ Sending must never hold the manager up, and a webhook may be down, slow or never
 log line) and returns; one background task sends the queue in order, each message tried
 ``attempts`` times with exponential backoff and a timeout per try, then dropped with a log
 line. Nothing here raises into the caller. ``stop`` gives the queue a few seconds to drain,
-then gives up on what is left.
+then gives up on what is left. A message that must not be lost (a run's ``run_complete``) is
+kept on disk by its caller, who is told whether it was sent (``send``'s ``done``) and sends it
+again until it is.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class EventKind(str, Enum):
 
 
 Sleep = Callable[[float], Awaitable[None]]
+# Told, on the loop, whether a message was sent (True) or given up on (False).
+Done = Callable[[bool], None]
 
 
 class Notifier:
@@ -74,7 +78,7 @@ class Notifier:
         self.sleep = sleep
         self.sent = 0  # messages a server accepted
         self.dropped = 0  # messages given up on: the queue was full, or every try failed
-        self._queue: deque[bytes] = deque(maxlen=queue_size)
+        self._queue: deque[tuple[bytes, Done | None]] = deque(maxlen=queue_size)
         self._client = client
         self._own_client = client is None
         self._wake = asyncio.Event()
@@ -111,13 +115,23 @@ class Notifier:
 
     def notify(self, kind: EventKind, text: str, **facts: Any) -> None:
         """Queue one event; returns at once and never raises."""
+        self.send(self.message(kind, text, **facts))
+
+    def message(self, kind: EventKind, text: str, **facts: Any) -> bytes | None:
+        """The body of one event's POST; None without a URL, or when it cannot be made."""
         if self.url is None:
-            return
+            return None
         try:
             body = {**_clean(facts), "event": kind.value, "text": _one_line(text)}
-            data = json.dumps(body, default=str).encode()
+            return json.dumps(body, default=str).encode()
         except (TypeError, ValueError, RecursionError) as error:  # a bug of the caller: logged
             log.error("notifications: cannot send %s: %s", kind.value, error)
+            return None
+
+    def send(self, data: bytes | None, done: Done | None = None) -> None:
+        """Queue a message (as ``message`` made it); ``done`` is told whether it was sent.
+        Returns at once and never raises."""
+        if data is None or self.url is None:
             return
         try:
             running = asyncio.get_running_loop()
@@ -125,19 +139,22 @@ class Notifier:
             running = None
         try:
             if self._loop is not None and running is not self._loop:
-                self._loop.call_soon_threadsafe(self._enqueue, data)
+                self._loop.call_soon_threadsafe(self._enqueue, data, done)
             else:
-                self._enqueue(data)
+                self._enqueue(data, done)
         except RuntimeError as error:  # the loop is closed: the manager is going away
-            log.warning("notifications: %s not sent (%s)", kind.value, error)
+            log.warning("notifications: a message not sent (%s)", error)
 
-    def _enqueue(self, data: bytes) -> None:
+    def _enqueue(self, data: bytes, done: Done | None) -> None:
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
             log.warning(
                 "notifications: queue full (%d), dropped the oldest unsent", self._queue.maxlen
             )
-        self._queue.append(data)
+            _, dropped = self._queue.popleft()
+            if dropped is not None:
+                dropped(False)
+        self._queue.append((data, done))
         self._idle.clear()
         self._wake.set()
 
@@ -148,14 +165,17 @@ class Notifier:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            data = self._queue.popleft()
+            data, done = self._queue.popleft()
             try:
-                await self._deliver(data)
+                sent = await self._deliver(data)
             except Exception:  # whatever a webhook does, the sender lives on
                 self.dropped += 1
+                sent = False
                 log.exception("notifications: a message could not be sent")
+            if done is not None:
+                done(sent)
 
-    async def _deliver(self, data: bytes) -> None:
+    async def _deliver(self, data: bytes) -> bool:
         assert self._client is not None and self.url is not None
         delay = self.first_delay
         why = ""
@@ -172,7 +192,7 @@ class Notifier:
             else:
                 if reply.is_success:
                     self.sent += 1
-                    return
+                    return True
                 why = f"HTTP {reply.status_code}"
                 if reply.is_client_error and reply.status_code not in (408, 429):
                     break  # the server refuses this message: trying again will not help
@@ -181,6 +201,7 @@ class Notifier:
                 delay = min(delay * 2, self.longest_delay)
         self.dropped += 1
         log.warning("notifications: gave up on a message after %d tries (%s)", attempt, why)
+        return False
 
     # -- the events ---------------------------------------------------------------------------
 
@@ -191,7 +212,9 @@ class Notifier:
             run=run,
         )
 
-    def run_complete(self, run: str, report: Mapping[str, Any], report_path: str) -> None:
+    def run_complete_message(
+        self, run: str, report: Mapping[str, Any], report_path: str
+    ) -> bytes | None:
         """The headline numbers of ``report`` (as ``report.build_report`` made it)."""
         whole = Report.model_validate(report)
         out = whole.basecalled
@@ -218,7 +241,7 @@ class Notifier:
             headline.append(f"{whole.files_quarantined} files quarantined")
         if out.mixed_models:
             headline.append(f"basecalled with {len(out.models)} models")
-        self.notify(
+        return self.message(
             EventKind.RUN_COMPLETE,
             f"{shown(run)} complete: {', '.join(headline)}. Report: {shown(report_path)}",
             run=run,

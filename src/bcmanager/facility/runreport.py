@@ -76,13 +76,23 @@ def write_run_report(
 ) -> tuple[Path, Path, dict[str, Any]]:
     """Gather, build and write the report of ``run`` into its output folder; returns where the
     JSON and HTML went, and the report."""
+    report = build_run_report(run, output, raw_folders, ledger)
+    json_path, html_path = write_report(output, report)
+    return json_path, html_path, report
+
+
+def build_run_report(
+    run: str, output: Path, raw_folders: list[RunPaths], ledger: RunYield
+) -> dict[str, Any]:
+    """Gather and build the report of ``run`` (the manager keeps the notice that tells of it
+    before it writes it)."""
     files = run_files(raw_folders)
     reads_in: dict[str, int | None] = {}
     for path in files.done:
         facts = read_facts(path, quiet=True)  # the report counts the files it could not read
         reads_in[str(path)] = None if facts is None else facts.reads
     now = time.time()
-    report = build_report(
+    return build_report(
         run=run,
         output_dir=output,
         ledger=ledger,
@@ -93,8 +103,6 @@ def write_run_report(
         ended_at=files.ended_at if files.ended_at is not None else now,
         generated_at=now,
     )
-    json_path, html_path = write_report(output, report)
-    return json_path, html_path, report
 
 
 def _mtimes(folder: Path, names: list[str]) -> Iterable[tuple[str, float]]:
