@@ -697,8 +697,6 @@ class RunMachine(RuleBasedStateMachine):
             done=done,
             undone=undone,
         )
-        if verdict.problems:
-            print("PROBLEMS", verdict.problems, {j: (m.state, m.files, sorted(m.written)) for j, m in self.jobs.items()}, sorted(os.listdir(self.paths.input_dir)), self.deleted)
         assert verdict.problems == []
         assert {decoy: decoy.read_text() for decoy in self.decoys} == self.decoys
 
@@ -741,6 +739,5 @@ RunMachine.TestCase.settings = settings(
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
-    print_blob=True,
 )
 test_random_runs_keep_every_invariant = RunMachine.TestCase
