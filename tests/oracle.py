@@ -13,7 +13,8 @@ What it says, as one line per problem:
   exactly once, or its raw file sits in a QUARANTINED_ folder, set aside after failing (and then
   none of its reads is there; a FAILED_ folder records an attempt only: its files are retried);
   a raw file is basecalled wholly or not at all;
-- no read id appears twice, and none that no raw file holds;
+- no read id appears twice, and none that no raw file holds; a read may come out split, as
+  pieces named as Dorado names them (``piece_id``), and then counts once, through its pieces;
 - pass/ and fail/ hold nothing but regular FASTQ files (in folders, for barcodes);
 - every raw file is still a complete regular file in INPUT_DIR, unless the test deleted it;
 - no raw file and no job folder (or its links) ever left INPUT_DIR;
@@ -26,9 +27,11 @@ files named in ``done`` must be there, and none of those named in ``undone``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import re
 import stat
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +43,14 @@ READS_FOLDERS = ("pass", "fail")
 # A folder of INPUT_DIR that holds raw files' links, or such a folder (or its name) moved away.
 _JOB_FOLDER = re.compile(r"(?:^|[_.-])(?:ASSIGNED|DONE|FAILED|QUARANTINED|EXCUSED)_[0-9]+_")
 _SHOWN = 5  # places listed for one read id found more than once
+PIECES = 2  # a split read's pieces, as the tests' engines split one
+
+
+def piece_id(parent: str, index: int) -> str:
+    """The id Dorado gives piece ``index`` of a split read (its ``derive_uuid``): the first 16
+    bytes of SHA-256 of the parent id and the index in decimal, as a version-4 uuid."""
+    digest = hashlib.sha256(f"{parent}{index}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 class NotFastq(ValueError):
@@ -107,18 +118,25 @@ def judge(
     wrote, deleted or not -> its read ids)."""
     verdict = Verdict()
     owner = {read: name for name, ids in reads.items() for read in ids}
+    pieces = {read: [piece_id(read, index) for index in range(PIECES)] for read in owner}
+    owner.update({piece: owner[read] for read, each in pieces.items() for piece in each})
     held, quarantined = job_folders(input_dir)
     _raw_files(verdict, input_dir, reads, deleted, never_offered, held, drained)
     _nothing_left_input(verdict, output_dir)
     places = _merged_reads(verdict, output_dir, owner)
-    for read, where in places.items():
-        if len(where) > 1:
+    for read, split in pieces.items():
+        whole, parts = places.get(read, []), [places.get(piece, []) for piece in split]
+        # Once: whole, or as its pieces, each once.
+        if len(whole) > 1 or (whole and any(parts)) or any(len(where) > 1 for where in parts):
+            where = [*whole, *(place for each in parts for place in each)]
             shown = ", ".join(where[:_SHOWN]) + (" ..." if len(where) > _SHOWN else "")
             verdict.problems.append(
                 f"read {read} of {owner[read]} is merged {len(where)} times: {shown}"
             )
+        elif any(parts) and not all(parts):
+            verdict.problems.append(f"read {read} of {owner[read]}: only some of its pieces")
     for name, ids in reads.items():
-        found = sum(read in places for read in ids)
+        found = sum(read in places or pieces[read][0] in places for read in ids)
         if name in never_offered:
             if found:
                 verdict.problems.append(f"{name!r}, never to be offered, has {found} reads merged")

@@ -10,10 +10,13 @@ retry through the outages, some die mid-job, some fail half-way and report FAILE
 retries the files in halves, and sets aside one that fails alone on two engines), and some jobs
 are hostile (``Hostile``): late writes into a recreated output folder, stragglers after DONE,
 pass/ a symlink into INPUT_DIR or to a scratch FASTQ, DONE with nothing written, a FASTQ named
-like another job's, DONE twice, DONE after being told late. Each kind happens at least once per
-run, then at random. An operator deletes or moves away complete raw files and drops a POD5 file
-whose name is not UTF-8 (never to be offered). The test's own sequencer writes POD5 files in
-place, in chunks.
+like another job's, DONE twice, DONE after being told late; and what Dorado does to reads: a
+POD5 file skipped with exit 0, reads split into pieces (named as Dorado names them), a FASTQ
+cut short by a crash mid-write, each reported DONE (the manager's account of the reads rejects
+the files whose reads did not all come out, and they are basecalled again). Each kind happens
+at least once per run, then at random. An operator deletes or moves away complete raw files
+and drops a POD5 file whose name is not UTF-8 (never to be offered). The test's own sequencer
+writes POD5 files in place, in chunks.
 
 When the run is drained, the manager is restarted once more (recovery meets the hostile
 leftovers) and stopped. Then the independent oracle (``oracle.py``: the test's own ledger of
@@ -43,7 +46,7 @@ import pod5  # type: ignore[import-untyped]
 
 from bcmanager.simulate import pod5_bytes
 from conftest import Run, Server, fastq
-from oracle import job_folders
+from oracle import PIECES, job_folders, piece_id
 
 KILLS = int(os.environ.get("BCM_SOAK_KILLS") or 5)
 SEED = int(os.environ.get("BCM_SOAK_SEED") or random.randrange(2**32))
@@ -74,6 +77,10 @@ class Hostile(str, Enum):
     COLLIDING_NAME = "FASTQ named like another job's"
     DONE_TWICE = "DONE twice"
     DONE_AFTER_LATE = "DONE after told late"
+    # What Dorado does to reads (docs/protocol.md, the simulated basecaller's options):
+    SKIPPED_FILE = "a POD5 file skipped as Dorado skips one it cannot open, DONE"
+    SPLIT_READS = "reads split, the pieces named as Dorado names them, DONE"
+    CUT_SHORT = "a FASTQ cut short by a crash mid-write, DONE"
 
 
 @dataclass
@@ -336,6 +343,21 @@ class Engine(threading.Thread):
         """The job's output, as ``hostile`` has it; False if the output folder is gone."""
         if hostile is Hostile.EMPTY_DONE:
             return output.is_dir()
+        if hostile is Hostile.SKIPPED_FILE:
+            return self.basecall(output, dict(list(reads.items())[1:])) and output.is_dir()
+        if hostile is Hostile.SPLIT_READS:
+            pieces = {
+                name: [piece_id(read, index) for read in ids for index in range(PIECES)]
+                for name, ids in reads.items()
+            }
+            return self.basecall(output, pieces)
+        if hostile is Hostile.CUT_SHORT:
+            if not reads or not self.basecall(output, reads):
+                return False
+            last = output / "pass" / fastq_name(list(reads)[-1])
+            lines = last.read_text().splitlines(keepends=True)
+            last.write_text("".join(lines[:-1]))  # the last record without its qualities
+            return True
         if hostile is Hostile.COLLIDING_NAME:
             # All its reads in one FASTQ named like the first raw files', which others basecall.
             other = next(n for n in FIRST_RAW_FILES if n not in names)

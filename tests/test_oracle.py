@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Run, fastq
-from oracle import POD5_SIGNATURE, NotFastq, fastq_read_ids
+from oracle import POD5_SIGNATURE, NotFastq, fastq_read_ids, piece_id
 
 
 @pytest.fixture
@@ -55,6 +55,21 @@ def test_a_deleted_raw_file_may_have_been_basecalled_before(basecalled: Run) -> 
     (basecalled.output_dir / "pass" / "d.fastq").write_text(fastq(basecalled.reads["d.pod5"]))
     verdict = basecalled.judge()
     assert verdict.problems == [] and verdict.deleted_done == 1
+
+
+def test_a_split_read_counts_once_through_its_pieces_and_never_beside_itself(
+    basecalled: Run,
+) -> None:
+    first, second = basecalled.reads["a.pod5"]
+    (basecalled.output_dir / "fail" / "job_id_1_a.fastq.gz").unlink()
+    merged = basecalled.output_dir / "pass" / "a.fastq"
+    merged.write_text(fastq([first, piece_id(second, 0), piece_id(second, 1)]))
+    assert basecalled.judge().problems == []
+    merged.write_text(fastq([first, piece_id(second, 0)]))
+    assert basecalled.judge().problems == [f"read {second} of a.pod5: only some of its pieces"]
+    merged.write_text(fastq([first, second, piece_id(second, 0), piece_id(second, 1)]))
+    [twice] = basecalled.judge().problems
+    assert twice.startswith(f"read {second} of a.pod5 is merged 3 times")
 
 
 def test_before_the_run_is_drained_only_the_named_files_must_be_done(basecalled: Run) -> None:
