@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import account
 import detection
 import loop_lag
 import memory
@@ -19,7 +20,17 @@ import startup
 import throughput
 from _common import Row, arguments, machine, print_table, progress
 
-FIGURES = (startup, throughput, request_cost, detection, memory, loop_lag, schedule, sealed)
+FIGURES = (
+    startup,
+    throughput,
+    request_cost,
+    detection,
+    memory,
+    loop_lag,
+    schedule,
+    sealed,
+    account,
+)
 
 
 def main() -> None:
