@@ -105,3 +105,50 @@ def test_files_dorado_skips_are_rejected_named_and_quarantined_the_rest_done_onc
     assert shown.returncode == 0, shown.stderr
     assert f"{account['reads_in']:,} raw reads in" in shown.stdout
     assert f"{account['files_rejected']:,} files rejected" in shown.stdout
+
+
+def test_an_engine_that_exits_0_and_writes_nothing_is_benched_and_the_run_completes(
+    run: Run, start_server: type[Server], tmp_path: Path
+) -> None:
+    """One agent's basecaller is ``true``: every DONE of it comes with nothing written. Its
+    files are failed attempts (no loop, no pile of folders), it is benched within a few jobs,
+    and the other agent basecalls the whole run."""
+    names = [run.add(f"raw_{index:02d}.pod5", read_count=3).name for index in range(16)]
+    server = start_server(BCM_DEFAULT_BATCH_SIZE="2", BCM_BENCH_SECONDS="600")
+    with (tmp_path / "agents.log").open("ab") as log:
+        good = simulated_agent(server.url, "good", log, seconds_per_read=0.05, poll=0.1)
+        empty = None
+        try:
+            wait_for(lambda: server.get("/status").json()["files"]["done"] >= 2, 30, "a first job")
+            empty = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "bcmanager", "agent", "--manager", server.url),
+                    *("--engine-id", "empty", "--command", "true", "--poll-interval", "0.1"),
+                ],
+                stdout=log,
+                stderr=log,
+            )
+
+            def done() -> bool:
+                return bool(server.get("/status").json()["files"]["done"] == len(names))
+
+            wait_for(done, 90, "the run basecalled by the good engine")
+            status = server.get("/status").json()
+        finally:
+            for agent in (empty, good):
+                if agent is not None:
+                    agent.kill()
+                    agent.wait(10)
+    assert status["files"]["failed"] == 0  # one engine's word is no evidence against a file
+    assert [entry["engine"] for entry in status["benched"]] == ["empty"]
+    failed = list(run.input_dir.glob("FAILED_*"))
+    assert 0 < len(failed) <= 3 * 2  # a few jobs' files, then no more
+    assert not list(run.output_dir.glob("EMPTYOUTPUT_*"))
+    parents = merged_parents(run.output_dir)  # FASTQ here: read by the test itself
+    assert not parents  # the simulated basecaller wrote FASTQ, not BAM
+    merged = Counter(
+        line[1:].split()[0]
+        for path in (run.output_dir / "pass").rglob("*.fastq")
+        for line in path.read_text().splitlines()[::4]
+    )
+    assert merged == Counter(read for name in names for read in run.reads[name])

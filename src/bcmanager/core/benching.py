@@ -5,7 +5,7 @@ fails every batch it takes, in milliseconds, and would otherwise take the whole 
 turn it into failed attempts. Rules:
 
 - An engine whose last ``after`` jobs all failed, while another engine finished a job since
-  the first of those failures, is benched. Which failures count is the manager's to say
+  the first of those failures (or within ``window`` seconds before it), is benched. Which failures count is the manager's to say
   (``manager._counts_for_bench``): a retry that fails on another engine is the bisection at
   work, not a sign of a bad engine; one that fails on the engine that failed it before is.
   /assignwork gives it the no-work reply for ``seconds``.
@@ -82,7 +82,10 @@ class Benching:
             if oldest.last > now - self.longest or oldest.until > now:
                 break
             self._streaks.popitem(last=False)
-        if streak.failures < self.after or not self._others_succeeded(engine, streak.since):
+        # Another engine's success shortly before the streak began counts too: an engine that
+        # fails in milliseconds takes every file in reach before the others finish a job.
+        others = self._others_succeeded(engine, streak.since - self.window)
+        if streak.failures < self.after or not others:
             return None
         seconds = min(self.longest, self.seconds * 2**streak.benched)
         streak.benched += 1
