@@ -5,9 +5,10 @@ fails every batch it takes, in milliseconds, and would otherwise take the whole 
 turn it into failed attempts. Rules:
 
 - An engine whose last ``after`` jobs all failed, while another engine finished a job since
-  the first of those failures (or within ``window`` seconds before it), is benched. Which failures count is the manager's to say
-  (``manager._counts_for_bench``): a retry that fails on another engine is the bisection at
-  work, not a sign of a bad engine; one that fails on the engine that failed it before is.
+  the first of those failures (or within ``window`` seconds before it), is benched. Which
+  failures count is the manager's to say (``manager._counts_for_bench``): a retry that fails
+  on another engine is the bisection at work, not a sign of a bad engine; one that fails on
+  the engine that failed it before is.
   /assignwork gives it the no-work reply for ``seconds``.
   Each time it is benched again before a success, the time doubles, up to ``longest``.
 - One DONE ends its streak and its bench history.
