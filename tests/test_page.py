@@ -407,6 +407,11 @@ def test_a_runs_reads_are_shown_with_charts_barcodes_models_and_its_report(
     )
     assert cells[11] == "24" and cells[13] == f"{shown_n50:,}"
     assert cells[-1] == "2 models"  # the run's line flags it too
+    # Every read accounted for: 24 raw reads in, 24 records out, none missing.
+    assert reads["account"]["reads_in"] == reads["account"]["records_out"] == 24
+    assert text("#reads-account") == (
+        "24 raw reads in · 24 records out · 0 split · 0 missing · 0 files rejected"
+    )
     for chart in ("yield-chart", "length-chart", "q-chart"):
         bars = browser.find_elements(By.CSS_SELECTOR, f"#{chart} rect.bin")
         assert bars and any(float(bar.get_attribute("height") or 0) > 0 for bar in bars), chart
