@@ -440,3 +440,30 @@ def test_a_runs_reads_are_shown_with_charts_barcodes_models_and_its_report(
     assert (run.output_dir / "report.html").exists()
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
+
+
+def test_a_file_whose_reads_did_not_come_out_is_named_on_the_page(
+    run: Run, start_server: Callable[..., Server], browser: WebDriver
+) -> None:
+    """A DONE whose output holds the reads of one raw file of two (the other skipped, as Dorado
+    skips a POD5 it cannot open): the Reads panel's account counts the rejected file and a
+    warning names it with its reason."""
+    for index in range(2):
+        run.add(f"raw_{index}.pod5", read_count=3)
+    server = start_server()
+    batch = server.get("/assignwork", engineid="gpu1", batchsize=2).json()
+    assert sorted(batch["batch"]) == ["raw_0.pod5", "raw_1.pod5"]
+    run.basecall(batch["job_output_dir"], ["raw_0.pod5"])
+    assert server.get("/completed", job_id=batch["jobid"], job_state="DONE").json() == {"ok": True}
+
+    def accounted() -> bool:
+        reads = server.get("/status").json()["runs"][0]["reads"]
+        return bool(reads and reads["account"]["files_rejected"] == 1)
+
+    wait_for(accounted, 10, "the account of the job")
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 10, poll_frequency=0.1)
+    account = "3 raw reads in · 3 records out · 0 split · 0 missing · 1 files rejected"
+    wait.until(lambda _: browser.find_element(By.ID, "reads-account").text == account)
+    warnings = browser.find_element(By.ID, "reads-warnings").text
+    assert "raw_1.pod5: 0 of 3 reads came out" in warnings
