@@ -157,6 +157,27 @@ def test_a_reads_file_cut_short_takes_every_file_with_reads_in_it(
     assert account.records_out == 0
 
 
+def test_a_cram_without_its_end_of_file_container_is_cut_short(tmp_path: Path) -> None:
+    raw, output, ledger = batch(tmp_path, files=2)
+    basecall(raw, output, seconds_per_read=0, reads_format=ReadsFormat.BAM, layout=Layout.FLAT)
+    bam = output / "calls.bam"
+    with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as source:
+        header, records = source.header, list(source.fetch(until_eof=True))
+    cram = output / "calls.cram"
+    with pysam.AlignmentFile(str(cram), "wc", header=header) as sink:
+        for record in records:
+            sink.write(record)
+    bam.unlink()
+    assert account_job(raw, ledger, output).rejected() == []
+    whole = cram.read_bytes()
+    cram.write_bytes(whole[:-38])  # CRAM 3's end-of-file container
+    account = account_job(raw, ledger, output)
+    assert account.rejected_reads_files == {
+        "calls.cram": "calls.cram has no end-of-file container: it is cut short"
+    }
+    assert sorted(each.name for each in account.rejected()) == sorted(ledger)
+
+
 def test_a_truncated_gzip_is_not_whole_and_a_per_file_layout_keeps_the_rest(tmp_path: Path) -> None:
     raw, output, ledger = batch(tmp_path, files=3)
     basecall(raw, output, seconds_per_read=0)
