@@ -41,6 +41,19 @@ def batch(tmp_path: Path, files: int = 4) -> tuple[Path, Path, dict[str, list[st
     return raw, output, ledger
 
 
+def bam_records(
+    raw: Path, output: Path
+) -> tuple[pysam.AlignmentHeader, list[pysam.AlignedSegment]]:
+    """The simulated Dorado's records of the job as one BAM, read back and the file removed:
+    for the test to write them as SAM or CRAM."""
+    basecall(raw, output, seconds_per_read=0, reads_format=ReadsFormat.BAM, layout=Layout.FLAT)
+    bam = output / "calls.bam"
+    with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as source:
+        header, records = source.header, list(source.fetch(until_eof=True))
+    bam.unlink()
+    return header, records
+
+
 @pytest.mark.parametrize(
     ("reads_format", "layout", "barcodes"),
     [
@@ -67,10 +80,7 @@ def test_every_read_of_every_file_is_accounted_in_every_layout(
 
 def test_gzipped_fastq_sam_and_cram_are_read_as_the_others(tmp_path: Path) -> None:
     raw, output, ledger = batch(tmp_path, files=3)
-    basecall(raw, output, seconds_per_read=0, reads_format=ReadsFormat.BAM, layout=Layout.FLAT)
-    bam = output / "calls.bam"
-    with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as source:
-        header, records = source.header, list(source.fetch(until_eof=True))
+    header, records = bam_records(raw, output)
     for name, mode in (("calls.sam", "w"), ("calls.cram", "wc")):
         with pysam.AlignmentFile(str(output / name), mode, header=header) as sink:
             for record in (
@@ -79,7 +89,6 @@ def test_gzipped_fastq_sam_and_cram_are_read_as_the_others(tmp_path: Path) -> No
                 else records[len(records) // 2 :]
             ):
                 sink.write(record)
-    bam.unlink()
     second = tmp_path / "out2"
     second.mkdir()
     basecall(raw, second, seconds_per_read=0)
@@ -159,15 +168,11 @@ def test_a_reads_file_cut_short_takes_every_file_with_reads_in_it(
 
 def test_a_cram_without_its_end_of_file_container_is_cut_short(tmp_path: Path) -> None:
     raw, output, ledger = batch(tmp_path, files=2)
-    basecall(raw, output, seconds_per_read=0, reads_format=ReadsFormat.BAM, layout=Layout.FLAT)
-    bam = output / "calls.bam"
-    with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as source:
-        header, records = source.header, list(source.fetch(until_eof=True))
+    header, records = bam_records(raw, output)
     cram = output / "calls.cram"
     with pysam.AlignmentFile(str(cram), "wc", header=header) as sink:
         for record in records:
             sink.write(record)
-    bam.unlink()
     assert account_job(raw, ledger, output).rejected() == []
     whole = cram.read_bytes()
     cram.write_bytes(whole[:-38])  # CRAM 3's end-of-file container

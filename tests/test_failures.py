@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,21 @@ def agents(run: Run, tmp_path: Path) -> Iterator[Callable[[Server, str], subproc
     for process in started:
         process.kill()
         process.wait(timeout=10)
+
+
+async def job_of(
+    client: httpx.AsyncClient, run: Run, engine: str, outcome: str, *, size: int
+) -> dict[str, Any]:
+    """One job of ``engine``: basecalled (DONE) or not (FAILED), and reported as ``outcome``."""
+    batch: dict[str, Any] = (
+        await client.get("/assignwork", params={"engineid": engine, "batchsize": size})
+    ).json()
+    if batch["batch_size"]:
+        if outcome == "DONE":
+            run.basecall(batch["job_output_dir"], batch["batch"])
+        done = {"job_id": batch["jobid"], "job_state": outcome}
+        assert (await client.get("/completed", params=done)).status_code == 200
+    return batch
 
 
 def status(server: Server) -> dict[str, Any]:
@@ -171,17 +187,7 @@ async def test_an_engine_failing_everything_while_others_succeed_is_benched(run:
     manager = Manager(run.settings(bench_seconds=60, report_back_period=600), clock=clock)
 
     async with serving(manager) as client:
-
-        async def job(engine: str, outcome: str) -> dict[str, Any]:
-            batch: dict[str, Any] = (
-                await client.get("/assignwork", params={"engineid": engine, "batchsize": 1})
-            ).json()
-            if batch["batch_size"]:
-                if outcome == "DONE":
-                    run.basecall(batch["job_output_dir"], batch["batch"])
-                done = {"job_id": batch["jobid"], "job_state": outcome}
-                assert (await client.get("/completed", params=done)).status_code == 200
-            return batch
+        job = partial(job_of, client, run, size=1)
 
         await job("good", "DONE")
         for _ in range(3):
@@ -264,17 +270,7 @@ async def test_an_engine_drawing_the_halves_of_its_own_failures_is_benched(run: 
     settings = run.settings(bench_seconds=600, report_back_period=10, quarantine_attempts=9)
     manager = Manager(settings, clock=clock)
     async with serving(manager) as client:
-
-        async def job(engine: str, outcome: str, size: int = 4) -> dict[str, Any]:
-            batch: dict[str, Any] = (
-                await client.get("/assignwork", params={"engineid": engine, "batchsize": size})
-            ).json()
-            if batch["batch_size"]:
-                if outcome == "DONE":
-                    run.basecall(batch["job_output_dir"], batch["batch"])
-                done = {"job_id": batch["jobid"], "job_state": outcome}
-                assert (await client.get("/completed", params=done)).status_code == 200
-            return batch
+        job = partial(job_of, client, run, size=4)
 
         first = await job("bad", "FAILED")
         await job("good", "DONE")  # another engine succeeds since
