@@ -102,6 +102,11 @@ class Part:
     files: tuple[str, ...]
     outcome: JobState  # FAILED or QUARANTINED, as the failure policy judged it
     reason: str
+    counted: bool = True  # held against its files (not a benched engine's)
+
+    @property
+    def kind(self) -> FolderKind:
+        return FAILED_FOLDER[self.outcome] if self.counted else FolderKind.EXCUSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,17 +412,21 @@ class Manager:
         alone = [each for each in account.rejected() if each.alone]
         shared = [each for each in account.rejected() if not each.alone]
         groups = [[each] for each in alone] + ([shared] if shared else [])
-        others = self.benching.others_working(job.engine, self.clock())
+        now = self.clock()
+        others = self.benching.others_working(job.engine, now)
+        counted = self.benching.benched(job.engine, now) is None
         parts = []
         for group in groups:
             files = tuple(each.name for each in group)
-            outcome = self.state.judge_files(
-                files, job.engine, self.settings.quarantine_attempts, others
-            )
+            outcome = JobState.FAILED
+            if counted:
+                outcome = self.state.judge_files(
+                    files, job.engine, self.settings.quarantine_attempts, others
+                )
             reason = str(group[0].rejected)
             if len(group) > 1:
                 reason += f" (and {len(group) - 1:,} more files)"
-            parts.append(Part(str(uuid.uuid4().int), files, outcome, reason))
+            parts.append(Part(str(uuid.uuid4().int), files, outcome, reason, counted))
         last = parts.pop() if parts and not account.accepted() else None
         return Accounted(ending, account, tuple(parts), last)
 
@@ -436,9 +445,8 @@ class Manager:
             if account is not None:
                 for part in accounted.parts:
                     record = account_record(account, part.files, part.reason)
-                    kind = FAILED_FOLDER[part.outcome]
                     self.folders.set_apart(
-                        job.jobid, job.engine, part.jobid, part.files, kind, record
+                        job.jobid, job.engine, part.jobid, part.files, part.kind, record
                     )
                     committed.append(part)
                 output = self.paths.output_folder(FolderKind.TMPOUTPUT, job.jobid, job.engine)
@@ -452,8 +460,7 @@ class Manager:
                 reason = last.reason if last is not None else None
                 write_record(output, ACCOUNT_FILE, account_record(account, files, reason))
                 if last is not None:
-                    kind = FAILED_FOLDER[last.outcome]
-                    self.folders.commit_failed(job.jobid, job.engine, kind)
+                    self.folders.commit_failed(job.jobid, job.engine, last.kind)
                     failure = self.folders.failed_attempt(job.jobid, job.engine)
                     return committed, last.outcome, failure, None
             self.folders.commit_done(job.jobid, job.engine)
@@ -474,7 +481,7 @@ class Manager:
         job, now = accounted.ending.job, self.clock()
         for part in committed:
             self._apply(self.state.split(job.jobid, part.files, part.jobid), now)
-            ended = Ending(self.state.job(part.jobid), part.outcome, bench=False)
+            ended = Ending(self.state.job(part.jobid), part.outcome, part.counted, bench=False)
             self._ended(ended, part.outcome, scan.AttemptRecord(0, None, None, None, part.reason))
         if isinstance(error, Unlinked):
             # Out of the job on disk, in no job folder: pending again, as after a restart.
@@ -484,7 +491,9 @@ class Manager:
         if error is not None:
             raise error
         assert outcome is not None
-        self._ended(Ending(self.state.job(job.jobid), outcome), outcome, record)
+        last = accounted.last
+        counted = last is None or last.counted
+        self._ended(Ending(self.state.job(job.jobid), outcome, counted), outcome, record)
 
     async def retry(self, names: list[str] | None) -> list[str]:
         """An operator sends files back: the named ones (None: every quarantined file) have
