@@ -13,6 +13,8 @@ BAD_REQUESTS = [
     ("/assignwork", {"engineid": "gpu1"}),  # batchsize missing
     ("/assignwork", {"engineid": "gpu1", "batchsize": "ten"}),
     ("/assignwork", {"engineid": "gpu1", "batchsize": "2.5"}),
+    ("/assignwork", {"engineid": "gpu1", "batchsize": "2.0"}),  # an integer has no decimals
+    ("/assignwork", {"engineid": "gpu1", "batchsize": "+0.0"}),
     ("/assignwork", {"batchsize": "2"}),  # engineid missing
     ("/assignwork", {"engineid": "a/b", "batchsize": "2"}),
     ("/assignwork", {"engineid": "..", "batchsize": "2"}),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
@@ -26,6 +27,7 @@ from fastapi.params import Depends as DependsParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BeforeValidator
 
 from bcmanager import __version__, audit
 from bcmanager.core.manager import Manager
@@ -70,6 +72,14 @@ class CompletionState(str, Enum):
     DONE = "DONE"  # output is final: merge it
     FAILED = "FAILED"  # set the files aside for an operator
     STOPPED = "STOPPED"  # give the batch back unfinished
+
+
+def _integer_text(value: object) -> object:
+    """A query's integer as the clients write one: digits, with a sign at most (the validator
+    that follows would take "2.0" or "+0.0" for 2 and 0, which no client sends)."""
+    if isinstance(value, str) and not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise ValueError("an integer is written with digits only")
+    return value
 
 
 EngineId = Annotated[
@@ -228,7 +238,9 @@ def create_app(
     async def assignwork(
         engineid: EngineId,
         batchsize: Annotated[
-            int, Query(description="Files wanted; <= 0 means the manager's default.")
+            int,
+            BeforeValidator(_integer_text),
+            Query(description="Files wanted; <= 0 means the manager's default."),
         ],
     ) -> BCBatch:
         return facility.assign(engineid, batchsize)
