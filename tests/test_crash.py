@@ -35,11 +35,14 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import pod5  # type: ignore[import-untyped]
@@ -167,7 +170,8 @@ class Engine(threading.Thread):
         try:
             self.cycle()
         except Exception as error:  # a thread's exception would pass unseen: report it
-            self.tally.error(f"{self.name}: {error!r}")
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            self.tally.error(f"{self.name}: {error!r} at line {where.lineno} ({where.line})")
 
     def cycle(self) -> None:
         with httpx.Client(base_url=self.url, timeout=5) as client:
@@ -182,7 +186,7 @@ class Engine(threading.Thread):
                     time.sleep(0.05)
                     continue
                 self.tally.add("assigned")
-                self.check_offer(batch["batch"])
+                self.check_offer(batch)
                 self.work(client, batch)
 
     def call(self, client: httpx.Client, route: str, **params: str | int) -> httpx.Response | None:
@@ -205,8 +209,9 @@ class Engine(threading.Thread):
             return reply
         return None
 
-    def check_offer(self, names: list[str]) -> None:
+    def check_offer(self, batch: dict) -> None:
         """Only complete raw files the test wrote are offered, never one named otherwise."""
+        names = batch["batch"]
         with self.ledger.lock:
             known = [n in self.run_.reads or n in self.ledger.finishing for n in names]
         for name, ok in zip(names, known, strict=True):
@@ -416,22 +421,30 @@ class Engine(threading.Thread):
         return True
 
 
+def write_in_chunks(
+    raw: BinaryIO, data: bytes, finishing: Callable[[], None], lock: threading.Lock
+) -> None:
+    """A POD5 file written in place in chunks, as MinKNOW writes one, so that it exists
+    half-written for a while; ``finishing`` is called (under ``lock``) before the last chunk."""
+    bounds = [len(data) * n // WRITE_CHUNKS for n in range(WRITE_CHUNKS + 1)]
+    for start, end in itertools.pairwise(bounds):
+        if end == len(data):
+            with lock:
+                finishing()
+        raw.write(data[start:end])
+        raw.flush()
+        if end < len(data):
+            time.sleep(SECONDS_PER_FILE / 2 / WRITE_CHUNKS)
+
+
 def sequence(run: Run, ledger: Ledger, names: list[str], stop: threading.Event) -> None:
     """The sequencer: each file written in place in chunks, so it exists half-written for a
     while; its read ids go into the ledger once its last chunk is written."""
     for name in names:
         reads = random.Random(f"{SEED}:{name}").randint(1, 4)
         data, ids = pod5_bytes(name, reads, seed=SEED % 1000)
-        bounds = [len(data) * n // WRITE_CHUNKS for n in range(WRITE_CHUNKS + 1)]
         with (run.input_dir / name).open("xb") as raw:
-            for start, end in itertools.pairwise(bounds):
-                if end == len(data):
-                    with ledger.lock:
-                        ledger.finishing.add(name)
-                raw.write(data[start:end])
-                raw.flush()
-                if end < len(data):
-                    time.sleep(SECONDS_PER_FILE / 2 / WRITE_CHUNKS)
+            write_in_chunks(raw, data, partial(ledger.finishing.add, name), ledger.lock)
         with ledger.lock:
             run.reads[name] = ids
             ledger.finishing.discard(name)
