@@ -417,7 +417,10 @@ class Facility:
             read: list[Run] = []
             try:
                 for _, each in sorted(new.items()):
-                    run = self.runs.get(each.run) or self._add_run(each.run)
+                    run = self.runs.get(each.run)
+                    if run is None:
+                        run = self._add_run(each.run)
+                        await self._follow_mark(run)
                     read.append(run)
                     await self._add_source(run, each.source)
                     if run.completed and run.phase() is not RunPhase.COMPLETE:
@@ -485,7 +488,53 @@ class Facility:
         run.path, run.folder = target, self._absolute(target)
         self.runs[target] = run
         await asyncio.to_thread(runrecord.remove_seal, run.output)  # it names the old paths
+        try:
+            await asyncio.to_thread(runrecord.write_run_path, run.folder, target)
+        except OSError as error:
+            log.error("run %s: its mark could not follow it (%s)", target, error)
         self._watch_also([target])
+
+    async def _follow_mark(self, run: Run) -> None:
+        """A run found at a path this manager did not serve it at: when the mark in its folder
+        names another path, where no run folder is now, the run moved while no manager
+        followed it (stopped, or killed before it saw the move), so its output folder comes
+        along from there, as a move seen while serving brings it (before the raw folders'
+        recovery looks for their jobs' output in it). Then the mark names where it is."""
+        if run.path == HERE:
+            return
+
+        def follow() -> str | None:
+            old = runrecord.read_run_path(run.folder)
+            if old == run.path:
+                return None
+            moved = None
+            output = None if old is None else self.output_root / old
+            if (
+                old is not None
+                and output is not None
+                and os.path.lexists(output)
+                and not os.path.lexists(self._absolute(old))
+            ):
+                if _move_folder(output, run.output):
+                    runrecord.remove_seal(run.output)  # it names the old paths
+                    moved = old
+                else:
+                    log.warning(
+                        "run %s: %s is taken, so its output stays in %s",
+                        run.path,
+                        run.output,
+                        output,
+                    )
+            runrecord.write_run_path(run.folder, run.path)
+            return moved
+
+        try:
+            old = await asyncio.to_thread(follow)
+        except OSError as error:
+            log.error("run %s: its mark or its output could not follow it (%s)", run.path, error)
+            return
+        if old is not None:
+            self._log("followed", run, moved_from=old)
 
     async def _move_source(self, old: str, found: Found) -> None:
         """Raw folder ``old`` is ``found.source`` now, in run ``found.run``."""
