@@ -635,11 +635,27 @@ class Facility:
             await asyncio.sleep(0.05)
         for run in list(self.runs.values()):
             seal = run.seal
-            if seal is None or await asyncio.to_thread(runrecord.verify, self.input_root, seal):
+            if seal is None:
                 continue
-            if run.seal is seal:
-                self._reopen(run, "a raw file or folder below it is not in its seal")
+            why = await asyncio.to_thread(self._seal_broken, run.output, seal)
+            if why is not None and run.seal is seal:
+                self._reopen(run, why)
                 await self._discover(run.path)
+
+    def _seal_broken(self, output: Path, seal: runrecord.Seal) -> str | None:
+        """Why a sealed run is read back (None: its seal stands): a raw file or folder below it
+        that the seal does not hold, or a job's output folder in its output, which an engine
+        wrote after its job ended (a sealed run has none live), and which only the run's
+        recovery sets aside."""
+        if not runrecord.verify(self.input_root, seal):
+            return "a raw file or folder below it is not in its seal"
+        try:
+            listing = scan.list_output(output)
+        except OSError:
+            return None
+        if any(folder.kind is FolderKind.TMPOUTPUT for folder in listing.job_folders):
+            return "a job's output written after the job ended"
+        return None
 
     def _reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
