@@ -249,6 +249,24 @@ async def test_retry_on_a_stopped_managers_root_sends_each_runs_files_back(
     assert sorted(offered) == sorted(path.rpartition("/")[2] for path in quarantined)
 
 
+async def test_retry_between_a_runs_deletion_and_its_drop_sends_the_other_runs_files_back(
+    run: Run,
+) -> None:
+    """An operator deletes a run, and sends files back before the watcher or the rescan has
+    dropped it: the gone run has nothing to send back, and the others' files go back."""
+    kept = minknow_run(run, "expA", "FAX11111")
+    gone = minknow_run(run, "expB", "FAX22222")
+    settings = run.settings(quarantine_attempts=1, rescan_interval=60, force_polling=True)
+    async with serving(settings) as (client, facility):
+        await client.post("/runs/pause", json={"run": gone})
+        quarantined = await quarantine_one(client, kept)
+        shutil.rmtree(run.input_dir / gone.split("/")[0])
+        reply = await client.post("/retry")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["retried"] == [quarantined]
+        assert facility.status(kept).files.failed == 0
+
+
 def test_check_on_a_root_with_no_run_yet_says_so_and_exits_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -836,7 +836,15 @@ class Facility:
                 self._reopen(run, "an operator sends files back")
                 await self._discover(run.path)
         targets: list[tuple[str, Manager, list[str] | None]] = []
-        for path, source in list(self.sources.items()):
+        # A raw folder gone with its run (deleted or moved away, not dropped yet by the watcher
+        # or the rescan) has nothing to send back; listing it would fail the whole retry.
+        sources = list(self.sources.items())
+        here = await asyncio.to_thread(
+            lambda: [source.paths.input_dir.is_dir() for _, source in sources]
+        )
+        for (path, source), there in zip(sources, here, strict=True):
+            if not there:
+                continue
             if names is None:
                 mine = None
             else:
