@@ -267,6 +267,18 @@ async def test_retry_between_a_runs_deletion_and_its_drop_sends_the_other_runs_f
         assert facility.status(kept).files.failed == 0
 
 
+async def test_an_engine_asking_as_a_run_goes_gets_another_runs_batch(run: Run) -> None:
+    """The scheduler's choice is a run whose folder an operator just deleted (the watcher or
+    the rescan has not dropped it yet): the engine gets a batch of another run, not a 503."""
+    gone = minknow_run(run, "expA", "FAX11111")  # its files are older: it goes first
+    kept = minknow_run(run, "expB", "FAX22222")
+    settings = run.settings(rescan_interval=60, force_polling=True)
+    async with serving(settings) as (client, _):
+        shutil.rmtree(run.input_dir / gone.split("/")[0])
+        batch = await assign(client, size=1)
+        assert batch["run_path"] == kept
+
+
 def test_check_on_a_root_with_no_run_yet_says_so_and_exits_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

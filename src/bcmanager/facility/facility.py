@@ -684,7 +684,12 @@ class Facility:
             source = self.sources[chosen.key]
             run = self.run_of[chosen.key]
             source.batch_extras = _batch_extras(run)
-            batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
+            try:
+                batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
+            except FileNotFoundError:
+                if source.paths.input_dir.is_dir():
+                    raise
+                continue  # gone with its run, moved or deleted: followed or dropped soon
             if batch.batch:
                 self._jobs[batch.jobid] = source
                 return _with_facts(batch, self._facts(run, source.paths.input_dir / batch.batch[0]))
