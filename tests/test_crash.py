@@ -265,6 +265,15 @@ class Engine(threading.Thread):
                 return False
         return True
 
+    def recreate(self, output: Path) -> bool:
+        """Make the job's output folder again, as a late engine does; False when the folder
+        that held it is gone too (its run moved, with its output)."""
+        try:
+            output.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            return False
+        return True
+
     def work(self, client: httpx.Client, batch: dict) -> None:
         jobid, names = batch["jobid"], batch["batch"]
         job_input = Path(batch["input_dir"]) / batch["job_input_dir"]
@@ -330,10 +339,10 @@ class Engine(threading.Thread):
             if again is not None and (again.status_code, again.json()) != (200, {"ok": True}):
                 self.tally.error(f"job {jobid}: DONE again got {again.status_code} {again.text}")
         elif hostile is Hostile.STRAGGLER:
-            if not self.wait_gone(output, 5):
+            # Its FASTQ again, under the same names, once the manager merged them (not when
+            # the run's whole output folder went, its run moved).
+            if not self.wait_gone(output, 5) or not self.recreate(output):
                 return False
-            # Its FASTQ again, under the same names, once the manager merged them.
-            (output / "pass").mkdir(parents=True, exist_ok=True)
             self.basecall(output, reads)
         return True
 
@@ -390,9 +399,8 @@ class Engine(threading.Thread):
     ) -> bool:
         """Sends nothing until the manager took the lease back and moved the output folder away,
         then writes its FASTQ into a recreated one and reports DONE: that must be refused."""
-        if not self.wait_gone(output, 120):
+        if not self.wait_gone(output, 120) or not self.recreate(output):
             return False
-        output.mkdir(exist_ok=True)
         self.basecall(output, reads)
         reply = self.complete(client, jobid)
         if reply is not None and reply.status_code == 200:
