@@ -261,9 +261,13 @@ class Engine(threading.Thread):
         """Until ``folder`` is gone (the manager moved it), at most ``seconds``."""
         deadline = time.monotonic() + seconds
         while os.path.lexists(folder):
-            if time.monotonic() > deadline or self.stop.wait(0.05):
+            if time.monotonic() > deadline or self.stop.wait(0.05) or self.abandoned():
                 return False
         return True
+
+    def abandoned(self) -> bool:
+        """Whether the job's output folder stays where it is for good (never, in one run)."""
+        return False
 
     def recreate(self, output: Path) -> bool:
         """Make the job's output folder again, as a late engine does; False when the folder

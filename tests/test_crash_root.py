@@ -163,6 +163,7 @@ class RootEngine(Engine):
         super().__init__(*args)
         self.root = root
         self.asked = 0.0
+        self.job_run: RootRun | None = None  # the run of the job in hand
 
     def call(self, client: httpx.Client, route: str, **params: str | int) -> httpx.Response | None:
         if route == "/assignwork":
@@ -178,6 +179,7 @@ class RootEngine(Engine):
                 r for r in self.root.runs.values() if batch["run_path"] in (r.path, *r.old_paths)
             ]
             paused, resumed, kills = self.root.paused_at, self.root.resumed_at, self.root.kills
+            self.job_run = runs[0] if runs else None
             for name in batch["batch"]:
                 known = runs and (name in runs[0].reads or name in self.root.finishing)
                 if not known or f"{batch['run_path']}/{runs[0].folder_of[name]}" != folder:
@@ -191,6 +193,10 @@ class RootEngine(Engine):
             and (resumed is None or time.monotonic() < resumed)
         ):
             self.tally.error(f"offered {batch['batch']} of {PAUSED} while it was paused")
+
+    def abandoned(self) -> bool:
+        """A deleted run's output folder stays: its jobs' output is never moved away."""
+        return self.job_run is not None and self.job_run.deleted
 
 
 def sequence_root(
