@@ -508,14 +508,11 @@ class Facility:
             if old == run.path:
                 return None
             moved = None
-            output = None if old is None else self.output_root / old
-            if (
-                old is not None
-                and output is not None
-                and os.path.lexists(output)
-                and not os.path.lexists(self._absolute(old))
-            ):
-                if _move_folder(output, run.output):
+            if old is not None and not os.path.lexists(self._absolute(old)):
+                output = self.output_root / old
+                if not os.path.lexists(output):
+                    log.info("run %s: moved from %s, which had no output yet", run.path, old)
+                elif _move_folder(output, run.output):
                     runrecord.remove_seal(run.output)  # it names the old paths
                     moved = old
                 else:
