@@ -279,6 +279,24 @@ async def test_an_engine_asking_as_a_run_goes_gets_another_runs_batch(run: Run) 
         assert batch["run_path"] == kept
 
 
+async def test_a_done_as_its_run_moves_is_refused_as_late_not_503(run: Run) -> None:
+    """An engine reports DONE just after an operator moved its run, before the watcher or the
+    rescan saw the move: 409, as for a late job (the job is given back once the move is
+    followed, and its files go to the next engine from the new place), never a 5xx."""
+    path = minknow_run(run, "expA", "FAX11111")
+    settings = run.settings(rescan_interval=60, force_polling=True)
+    async with serving(settings) as (client, _):
+        batch = await assign(client, size=1)
+        run.basecall(batch["job_output_dir"], batch["batch"])
+        moved = run.input_dir / "expA" / "moved" / path.rpartition("/")[2]
+        moved.parent.mkdir()
+        (run.input_dir / path).rename(moved)
+        reply = await client.get(
+            "/completed", params={"job_id": batch["jobid"], "job_state": "DONE"}
+        )
+        assert reply.status_code == 409, reply.text
+
+
 def test_check_on_a_root_with_no_run_yet_says_so_and_exits_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

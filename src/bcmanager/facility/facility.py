@@ -50,7 +50,7 @@ from bcmanager.core import scan
 from bcmanager.core.benching import Benched, Benching
 from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, batch_reply, picture
 from bcmanager.core.progress import Progress, run_phase
-from bcmanager.core.state import FileState, Job, JobState, UnknownJob
+from bcmanager.core.state import FileState, Job, JobState, LeaseExpired, UnknownJob
 from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
 from bcmanager.facility.notify import Notifier
@@ -773,7 +773,17 @@ class Facility:
 
     async def complete_async(self, jobid: str, outcome: JobState) -> None:
         self.last_activity = self.clock()
-        await self._source_of(jobid).complete_async(jobid, outcome)
+        source = self._source_of(jobid)
+        try:
+            await source.complete_async(jobid, outcome)
+        except FileNotFoundError:
+            if await asyncio.to_thread(source.paths.input_dir.is_dir):
+                raise
+            # Its run moved or went, unseen yet: nothing changed, and once the watcher or the
+            # rescan sees it the job is given back, as a late one is.
+            raise LeaseExpired(
+                f"job {jobid}: its run moved or went; its files go to others"
+            ) from None
 
     def _job_ended(
         self,
