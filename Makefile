@@ -24,15 +24,17 @@ lint: $(VENV)/.installed
 test: lint browser slurm-packages
 	$(BIN)/pytest -q
 
-# The long proofs: 100 kill -9 of a live manager among hostile engines and an operator (seed
-# printed; BCM_SOAK_SEED=N repeats a plan), 1000 random runs of the property test, 1000 power
-# cuts, 500 fuzzed requests per route, 20,000 engine ids.
+# The long proofs: 100 kill -9 of a live manager among hostile engines and an operator, on one
+# run and on a root of runs (seed printed; BCM_SOAK_SEED=N repeats a plan), 1000 random runs of
+# the property test (200 of its root form), 1000 power cuts, 500 fuzzed requests per route,
+# 20,000 engine ids.
 soak: $(VENV)/.installed
 	BCM_SOAK_KILLS=$${BCM_SOAK_KILLS:-100} BCM_PROPERTY_EXAMPLES=$${BCM_PROPERTY_EXAMPLES:-1000} \
 	BCM_POWER_CUTS=$${BCM_POWER_CUTS:-1000} BCM_FUZZ_EXAMPLES=$${BCM_FUZZ_EXAMPLES:-500} \
 	BCM_CHURN_ENGINES=$${BCM_CHURN_ENGINES:-20000} \
-	$(BIN)/pytest -q -s tests/test_crash.py tests/test_properties.py tests/test_power_loss.py \
-		tests/test_fuzz_api.py tests/test_engine_churn.py
+	$(BIN)/pytest -q -s tests/test_crash.py tests/test_crash_root.py tests/test_properties.py \
+		tests/test_properties_root.py tests/test_power_loss.py tests/test_fuzz_api.py \
+		tests/test_engine_churn.py
 
 # The Slurm test brings up a one-node cluster from Debian's packages. Installing them is best
 # effort and never fails the build: where it cannot (not root, no apt), that test skips and says so.

@@ -42,6 +42,8 @@ FASTQ_SUFFIXES = (".fastq", ".fq", ".fastq.gz", ".fq.gz")
 READS_FOLDERS = ("pass", "fail")
 # A folder of INPUT_DIR that holds raw files' links, or such a folder (or its name) moved away.
 _JOB_FOLDER = re.compile(r"(?:^|[_.-])(?:ASSIGNED|DONE|FAILED|QUARANTINED|EXCUSED)_[0-9]+_")
+# A job's own output folder, by its name: the engine's output before (or instead of) a merge.
+_JOB_OUTPUT = re.compile(r"(?:^|[_.-])[A-Z]+OUTPUT_[0-9]+_")
 _SHOWN = 5  # places listed for one read id found more than once
 PIECES = 2  # a split read's pieces, as the tests' engines split one
 
@@ -116,12 +118,46 @@ def judge(
 ) -> Verdict:
     """Judge the run's folders against the ledger ``reads`` (every complete raw file the test
     wrote, deleted or not -> its read ids)."""
+    return judge_run(
+        {input_dir: reads},
+        output_dir,
+        deleted=deleted,
+        never_offered=never_offered,
+        drained=drained,
+        done=done,
+        undone=undone,
+    )
+
+
+def judge_run(
+    raw_folders: Mapping[Path, Mapping[str, Sequence[str]]],
+    output_dir: Path,
+    *,
+    deleted: Collection[str] = (),
+    never_offered: Collection[str] = (),
+    drained: bool = True,
+    done: Collection[str] = (),
+    undone: Collection[str] = (),
+) -> Verdict:
+    """Judge a run of one raw folder or several (barcodes, pass and fail) that share one output
+    folder, against the ledger of each raw folder (raw file name -> read ids; a name is one
+    raw file of the run). A read of another run in this one's output is one of no raw file. A
+    raw folder the test deleted whole is not looked into: its files are all in ``deleted``."""
     verdict = Verdict()
+    reads = {name: ids for ledger in raw_folders.values() for name, ids in ledger.items()}
     owner = {read: name for name, ids in reads.items() for read in ids}
     pieces = {read: [piece_id(read, index) for index in range(PIECES)] for read in owner}
     owner.update({piece: owner[read] for read, each in pieces.items() for piece in each})
-    held, quarantined = job_folders(input_dir)
-    _raw_files(verdict, input_dir, reads, deleted, never_offered, held, drained)
+    held: defaultdict[str, list[str]] = defaultdict(list)
+    quarantined: dict[str, str] = {}
+    for input_dir, ledger in raw_folders.items():
+        if not os.path.lexists(input_dir) and set(ledger) <= set(deleted):
+            continue
+        folder_held, folder_quarantined = job_folders(input_dir)
+        for name, folders in folder_held.items():
+            held[name] += folders
+        quarantined.update(folder_quarantined)
+        _raw_files(verdict, input_dir, ledger, deleted, never_offered, held, drained)
     _nothing_left_input(verdict, output_dir)
     places = _merged_reads(verdict, output_dir, owner)
     for read, split in pieces.items():
@@ -239,6 +275,33 @@ def _nothing_left_input(verdict: Verdict, output_dir: Path) -> None:
                     verdict.problems.append(f"OUTPUT_DIR/{shown}: a job folder's link")
             elif path.is_file() and _starts_like_pod5(path):
                 verdict.problems.append(f"OUTPUT_DIR/{shown}: a raw file's bytes")
+
+
+def stray_reads(output_root: Path, outputs: Collection[Path]) -> list[str]:
+    """Every FASTQ file in a pass/ or fail/ folder under ``output_root`` but those of the
+    runs' own output folders ``outputs`` (the judges of each run read those): reads merged
+    where no run's output is (a run's old path after a move, say). A job's own output folder
+    (``<KIND>OUTPUT_<job>_<engine>``) and hidden folders hold no merged reads and are not
+    looked into."""
+    problems = []
+    allowed = {output / sub for output in outputs for sub in READS_FOLDERS}
+    for folder, dirs, files in os.walk(output_root):
+        here = Path(folder)
+        if here in allowed:
+            dirs.clear()
+            continue
+        dirs[:] = [
+            name for name in dirs if not name.startswith(".") and not _JOB_OUTPUT.search(name)
+        ]
+        if here.name in READS_FOLDERS or any(
+            part in READS_FOLDERS for part in here.relative_to(output_root).parts
+        ):
+            problems += [
+                f"{_shown(output_root, folder, name)}: reads in no run's output folder"
+                for name in files
+                if name.endswith(FASTQ_SUFFIXES)
+            ]
+    return problems
 
 
 def _starts_like_pod5(path: Path) -> bool:

@@ -35,11 +35,14 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import pod5  # type: ignore[import-untyped]
@@ -167,7 +170,8 @@ class Engine(threading.Thread):
         try:
             self.cycle()
         except Exception as error:  # a thread's exception would pass unseen: report it
-            self.tally.error(f"{self.name}: {error!r}")
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            self.tally.error(f"{self.name}: {error!r} at line {where.lineno} ({where.line})")
 
     def cycle(self) -> None:
         with httpx.Client(base_url=self.url, timeout=5) as client:
@@ -182,7 +186,7 @@ class Engine(threading.Thread):
                     time.sleep(0.05)
                     continue
                 self.tally.add("assigned")
-                self.check_offer(batch["batch"])
+                self.check_offer(batch)
                 self.work(client, batch)
 
     def call(self, client: httpx.Client, route: str, **params: str | int) -> httpx.Response | None:
@@ -205,8 +209,9 @@ class Engine(threading.Thread):
             return reply
         return None
 
-    def check_offer(self, names: list[str]) -> None:
+    def check_offer(self, batch: dict) -> None:
         """Only complete raw files the test wrote are offered, never one named otherwise."""
+        names = batch["batch"]
         with self.ledger.lock:
             known = [n in self.run_.reads or n in self.ledger.finishing for n in names]
         for name, ok in zip(names, known, strict=True):
@@ -256,8 +261,21 @@ class Engine(threading.Thread):
         """Until ``folder`` is gone (the manager moved it), at most ``seconds``."""
         deadline = time.monotonic() + seconds
         while os.path.lexists(folder):
-            if time.monotonic() > deadline or self.stop.wait(0.05):
+            if time.monotonic() > deadline or self.stop.wait(0.05) or self.abandoned():
                 return False
+        return True
+
+    def abandoned(self) -> bool:
+        """Whether the job's output folder stays where it is for good (never, in one run)."""
+        return False
+
+    def recreate(self, output: Path) -> bool:
+        """Make the job's output folder again, as a late engine does; False when the folder
+        that held it is gone too (its run moved, with its output)."""
+        try:
+            output.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            return False
         return True
 
     def work(self, client: httpx.Client, batch: dict) -> None:
@@ -325,10 +343,10 @@ class Engine(threading.Thread):
             if again is not None and (again.status_code, again.json()) != (200, {"ok": True}):
                 self.tally.error(f"job {jobid}: DONE again got {again.status_code} {again.text}")
         elif hostile is Hostile.STRAGGLER:
-            if not self.wait_gone(output, 5):
+            # Its FASTQ again, under the same names, once the manager merged them (not when
+            # the run's whole output folder went, its run moved).
+            if not self.wait_gone(output, 5) or not self.recreate(output):
                 return False
-            # Its FASTQ again, under the same names, once the manager merged them.
-            (output / "pass").mkdir(parents=True, exist_ok=True)
             self.basecall(output, reads)
         return True
 
@@ -385,9 +403,8 @@ class Engine(threading.Thread):
     ) -> bool:
         """Sends nothing until the manager took the lease back and moved the output folder away,
         then writes its FASTQ into a recreated one and reports DONE: that must be refused."""
-        if not self.wait_gone(output, 120):
+        if not self.wait_gone(output, 120) or not self.recreate(output):
             return False
-        output.mkdir(exist_ok=True)
         self.basecall(output, reads)
         reply = self.complete(client, jobid)
         if reply is not None and reply.status_code == 200:
@@ -416,22 +433,30 @@ class Engine(threading.Thread):
         return True
 
 
+def write_in_chunks(
+    raw: BinaryIO, data: bytes, finishing: Callable[[], None], lock: threading.Lock
+) -> None:
+    """A POD5 file written in place in chunks, as MinKNOW writes one, so that it exists
+    half-written for a while; ``finishing`` is called (under ``lock``) before the last chunk."""
+    bounds = [len(data) * n // WRITE_CHUNKS for n in range(WRITE_CHUNKS + 1)]
+    for start, end in itertools.pairwise(bounds):
+        if end == len(data):
+            with lock:
+                finishing()
+        raw.write(data[start:end])
+        raw.flush()
+        if end < len(data):
+            time.sleep(SECONDS_PER_FILE / 2 / WRITE_CHUNKS)
+
+
 def sequence(run: Run, ledger: Ledger, names: list[str], stop: threading.Event) -> None:
     """The sequencer: each file written in place in chunks, so it exists half-written for a
     while; its read ids go into the ledger once its last chunk is written."""
     for name in names:
         reads = random.Random(f"{SEED}:{name}").randint(1, 4)
         data, ids = pod5_bytes(name, reads, seed=SEED % 1000)
-        bounds = [len(data) * n // WRITE_CHUNKS for n in range(WRITE_CHUNKS + 1)]
         with (run.input_dir / name).open("xb") as raw:
-            for start, end in itertools.pairwise(bounds):
-                if end == len(data):
-                    with ledger.lock:
-                        ledger.finishing.add(name)
-                raw.write(data[start:end])
-                raw.flush()
-                if end < len(data):
-                    time.sleep(SECONDS_PER_FILE / 2 / WRITE_CHUNKS)
+            write_in_chunks(raw, data, partial(ledger.finishing.add, name), ledger.lock)
         with ledger.lock:
             run.reads[name] = ids
             ledger.finishing.discard(name)

@@ -1,7 +1,8 @@
 """Runs an operator moves are followed: a raw folder moved to other storage and replaced by a
 symlink is served through it after a restart, and a run moved to another folder while one of
 its jobs is leased is served from its new place, that job given back, nothing basecalled twice
-and its old path gone. Each against a real ``bcmanager serve``."""
+and its old path gone; one moved while no manager watched takes its output along at the next
+start. Each against a real ``bcmanager serve``."""
 
 from __future__ import annotations
 
@@ -92,6 +93,37 @@ def test_a_run_moved_while_a_job_is_leased_is_followed_and_nothing_is_basecalled
         len(places) == 1 and places[0].startswith(f"{new}/pass/") for places in merged.values()
     ), "every read once, in the run's output at its new path"
     assert set(runs(server)) == {new}
+
+
+def test_a_run_moved_while_the_manager_was_down_takes_its_output_along(
+    root: Root, served: Served
+) -> None:
+    """A kill -9 right after an operator moved a run (before discovery saw it): the next start
+    finds the run at its new path only, and its output must come from the old one, or its
+    done files' reads would be outside its output for good."""
+    folder = root.run("exp", "s1", "FAX11111")
+    root.add(folder / "pod5", 3)
+    server = served.start()
+    done = assign(server, 2)
+    basecall(root, done)
+    assert complete(server, done["jobid"]).json() == {"ok": True}
+    server.kill()
+
+    moved = root.input_dir / "exp" / "s1_moved" / folder.name
+    moved.parent.mkdir()
+    folder.rename(moved)
+    root.reads = {moved / raw.relative_to(folder): reads for raw, reads in root.reads.items()}
+    new = moved.relative_to(root.input_dir).as_posix()
+    server = served.start()
+    wait_for_run(server, new, 10, "the run at its new path", done=2, pending=1)
+    assert len(drain(server, root)) == 1
+    merged = reads_everywhere(root.output_dir)
+    assert sorted(merged) == sorted(root.reads_in(moved))
+    assert all(
+        len(places) == 1 and places[0].startswith(f"{new}/pass/") for places in merged.values()
+    ), "every read once, in the run's output at its new path"
+    assert not (root.output_dir / folder.relative_to(root.input_dir)).exists()
+    assert "followed run=" in served.log()
 
 
 def test_links_out_of_the_root_are_followed_once_never_in_a_circle_nor_back_in(

@@ -249,6 +249,54 @@ async def test_retry_on_a_stopped_managers_root_sends_each_runs_files_back(
     assert sorted(offered) == sorted(path.rpartition("/")[2] for path in quarantined)
 
 
+async def test_retry_between_a_runs_deletion_and_its_drop_sends_the_other_runs_files_back(
+    run: Run,
+) -> None:
+    """An operator deletes a run, and sends files back before the watcher or the rescan has
+    dropped it: the gone run has nothing to send back, and the others' files go back."""
+    kept = minknow_run(run, "expA", "FAX11111")
+    gone = minknow_run(run, "expB", "FAX22222")
+    settings = run.settings(quarantine_attempts=1, rescan_interval=60, force_polling=True)
+    async with serving(settings) as (client, facility):
+        await client.post("/runs/pause", json={"run": gone})
+        quarantined = await quarantine_one(client, kept)
+        shutil.rmtree(run.input_dir / gone.split("/")[0])
+        reply = await client.post("/retry")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["retried"] == [quarantined]
+        assert facility.status(kept).files.failed == 0
+
+
+async def test_an_engine_asking_as_a_run_goes_gets_another_runs_batch(run: Run) -> None:
+    """The scheduler's choice is a run whose folder an operator just deleted (the watcher or
+    the rescan has not dropped it yet): the engine gets a batch of another run, not a 503."""
+    gone = minknow_run(run, "expA", "FAX11111")  # its files are older: it goes first
+    kept = minknow_run(run, "expB", "FAX22222")
+    settings = run.settings(rescan_interval=60, force_polling=True)
+    async with serving(settings) as (client, _):
+        shutil.rmtree(run.input_dir / gone.split("/")[0])
+        batch = await assign(client, size=1)
+        assert batch["run_path"] == kept
+
+
+async def test_a_done_as_its_run_moves_is_refused_as_late_not_503(run: Run) -> None:
+    """An engine reports DONE just after an operator moved its run, before the watcher or the
+    rescan saw the move: 409, as for a late job (the job is given back once the move is
+    followed, and its files go to the next engine from the new place), never a 5xx."""
+    path = minknow_run(run, "expA", "FAX11111")
+    settings = run.settings(rescan_interval=60, force_polling=True)
+    async with serving(settings) as (client, _):
+        batch = await assign(client, size=1)
+        run.basecall(batch["job_output_dir"], batch["batch"])
+        moved = run.input_dir / "expA" / "moved" / path.rpartition("/")[2]
+        moved.parent.mkdir()
+        (run.input_dir / path).rename(moved)
+        reply = await client.get(
+            "/completed", params={"job_id": batch["jobid"], "job_state": "DONE"}
+        )
+        assert reply.status_code == 409, reply.text
+
+
 def test_check_on_a_root_with_no_run_yet_says_so_and_exits_0(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

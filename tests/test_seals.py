@@ -226,3 +226,27 @@ def test_a_file_sent_back_while_the_manager_was_stopped_unseals_its_run(
     server = served.start()
     wait_for_run(server, path, 10, "the file sent back", pending=1, failed=0)
     assert [batch["batch"] for batch in drain(server, root)] == [[bad.name]]
+
+
+def test_output_an_engine_wrote_into_a_sealed_run_after_its_job_ended_is_set_aside(
+    root: Root, served: Served
+) -> None:
+    """An engine told late writes on into a job output folder it recreates; when its run was
+    sealed meanwhile, no start reads the run's job folders back, so the start's look at the
+    sealed runs finds that folder, and the run's recovery sets it aside."""
+    folder = root.run("exp", "s1", "FAX11111")
+    root.add(folder / "pod5", 2)
+    summary(folder)
+    out = sealed_run(root, served, folder)
+    path = folder.relative_to(root.input_dir).as_posix()
+    late = out / "TMPOUTPUT_123456789_gpu9" / "pass"
+    late.mkdir(parents=True)
+    (late / "late.fastq").write_text("@late-read\nACGT\n+\n!!!!\n")
+    assert "no job folder claims this output" in check(root).stdout
+
+    server = served.start()
+    wait_for(lambda: not late.parent.exists(), 10, "the late output set aside")
+    wait_for(lambda: runs(server)[path]["sealed"], 10, "the run sealed again")
+    server.stop()
+    assert check(root).returncode == 0, check(root).stdout
+    each_read_once_in(root, folder, out)

@@ -44,6 +44,9 @@ SEAL_FILE = "bcm-run.json"
 COMPLETION_FILE = "bcm-run-complete.json"
 COMPLETION_LOG = "bcm-run-complete.log"
 NOTICE_FILE = "bcm-run-notice.json"
+# In each run folder of a root (hidden, beside MinKNOW's files): the path the run was last
+# served at, so that a run moved while no manager watched is followed with its output.
+RUN_PATH_FILE = ".bcm-run-path.json"
 PASS = "pass"
 FAIL = "fail"
 TEMP_PREFIX = ".bcm-tmp-"

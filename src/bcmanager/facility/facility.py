@@ -50,7 +50,7 @@ from bcmanager.core import scan
 from bcmanager.core.benching import Benched, Benching
 from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, batch_reply, picture
 from bcmanager.core.progress import Progress, run_phase
-from bcmanager.core.state import FileState, Job, JobState, UnknownJob
+from bcmanager.core.state import FileState, Job, JobState, LeaseExpired, UnknownJob
 from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
 from bcmanager.facility.notify import Notifier
@@ -417,7 +417,10 @@ class Facility:
             read: list[Run] = []
             try:
                 for _, each in sorted(new.items()):
-                    run = self.runs.get(each.run) or self._add_run(each.run)
+                    run = self.runs.get(each.run)
+                    if run is None:
+                        run = self._add_run(each.run)
+                        await self._follow_mark(run)
                     read.append(run)
                     await self._add_source(run, each.source)
                     if run.completed and run.phase() is not RunPhase.COMPLETE:
@@ -485,7 +488,50 @@ class Facility:
         run.path, run.folder = target, self._absolute(target)
         self.runs[target] = run
         await asyncio.to_thread(runrecord.remove_seal, run.output)  # it names the old paths
+        try:
+            await asyncio.to_thread(runrecord.write_run_path, run.folder, target)
+        except OSError as error:
+            log.error("run %s: its mark could not follow it (%s)", target, error)
         self._watch_also([target])
+
+    async def _follow_mark(self, run: Run) -> None:
+        """A run found at a path this manager did not serve it at: when the mark in its folder
+        names another path, where no run folder is now, the run moved while no manager
+        followed it (stopped, or killed before it saw the move), so its output folder comes
+        along from there, as a move seen while serving brings it (before the raw folders'
+        recovery looks for their jobs' output in it). Then the mark names where it is."""
+        if run.path == HERE:
+            return
+
+        def follow() -> str | None:
+            old = runrecord.read_run_path(run.folder)
+            if old == run.path:
+                return None
+            moved = None
+            if old is not None and not os.path.lexists(self._absolute(old)):
+                output = self.output_root / old
+                if not os.path.lexists(output):
+                    log.info("run %s: moved from %s, which had no output yet", run.path, old)
+                elif _move_folder(output, run.output):
+                    runrecord.remove_seal(run.output)  # it names the old paths
+                    moved = old
+                else:
+                    log.warning(
+                        "run %s: %s is taken, so its output stays in %s",
+                        run.path,
+                        run.output,
+                        output,
+                    )
+            runrecord.write_run_path(run.folder, run.path)
+            return moved
+
+        try:
+            old = await asyncio.to_thread(follow)
+        except OSError as error:
+            log.error("run %s: its mark or its output could not follow it (%s)", run.path, error)
+            return
+        if old is not None:
+            self._log("followed", run, moved_from=old)
 
     async def _move_source(self, old: str, found: Found) -> None:
         """Raw folder ``old`` is ``found.source`` now, in run ``found.run``."""
@@ -586,11 +632,27 @@ class Facility:
             await asyncio.sleep(0.05)
         for run in list(self.runs.values()):
             seal = run.seal
-            if seal is None or await asyncio.to_thread(runrecord.verify, self.input_root, seal):
+            if seal is None:
                 continue
-            if run.seal is seal:
-                self._reopen(run, "a raw file or folder below it is not in its seal")
+            why = await asyncio.to_thread(self._seal_broken, run.output, seal)
+            if why is not None and run.seal is seal:
+                self._reopen(run, why)
                 await self._discover(run.path)
+
+    def _seal_broken(self, output: Path, seal: runrecord.Seal) -> str | None:
+        """Why a sealed run is read back (None: its seal stands): a raw file or folder below it
+        that the seal does not hold, or a job's output folder in its output, which an engine
+        wrote after its job ended (a sealed run has none live), and which only the run's
+        recovery sets aside."""
+        if not runrecord.verify(self.input_root, seal):
+            return "a raw file or folder below it is not in its seal"
+        try:
+            listing = scan.list_output(output)
+        except OSError:
+            return None
+        if any(folder.kind is FolderKind.TMPOUTPUT for folder in listing.job_folders):
+            return "a job's output written after the job ended"
+        return None
 
     def _reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
@@ -619,7 +681,12 @@ class Facility:
             source = self.sources[chosen.key]
             run = self.run_of[chosen.key]
             source.batch_extras = _batch_extras(run)
-            batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
+            try:
+                batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
+            except FileNotFoundError:
+                if source.paths.input_dir.is_dir():
+                    raise
+                continue  # gone with its run, moved or deleted: followed or dropped soon
             if batch.batch:
                 self._jobs[batch.jobid] = source
                 return _with_facts(batch, self._facts(run, source.paths.input_dir / batch.batch[0]))
@@ -706,7 +773,17 @@ class Facility:
 
     async def complete_async(self, jobid: str, outcome: JobState) -> None:
         self.last_activity = self.clock()
-        await self._source_of(jobid).complete_async(jobid, outcome)
+        source = self._source_of(jobid)
+        try:
+            await source.complete_async(jobid, outcome)
+        except FileNotFoundError:
+            if await asyncio.to_thread(source.paths.input_dir.is_dir):
+                raise
+            # Its run moved or went, unseen yet: nothing changed, and once the watcher or the
+            # rescan sees it the job is given back, as a late one is.
+            raise LeaseExpired(
+                f"job {jobid}: its run moved or went; its files go to others"
+            ) from None
 
     def _job_ended(
         self,
@@ -771,7 +848,15 @@ class Facility:
                 self._reopen(run, "an operator sends files back")
                 await self._discover(run.path)
         targets: list[tuple[str, Manager, list[str] | None]] = []
-        for path, source in list(self.sources.items()):
+        # A raw folder gone with its run (deleted or moved away, not dropped yet by the watcher
+        # or the rescan) has nothing to send back; listing it would fail the whole retry.
+        sources = list(self.sources.items())
+        here = await asyncio.to_thread(
+            lambda: [source.paths.input_dir.is_dir() for _, source in sources]
+        )
+        for (path, source), there in zip(sources, here, strict=True):
+            if not there:
+                continue
             if names is None:
                 mine = None
             else:

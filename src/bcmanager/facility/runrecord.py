@@ -1,4 +1,5 @@
-"""What a run keeps on disk about itself: its seal, and the record of its completion command.
+"""What a run keeps on disk about itself: its seal, the record of its completion command, and
+the mark of its path.
 
 A complete run is sealed: one small JSON file at the top of its output folder holds its file
 counts and what it covers: every folder of the run (the run folder and every folder below it
@@ -27,6 +28,11 @@ A run's ``run_complete`` notice is kept beside them from before its report is wr
 the webhook took it, so that neither a webhook that is down nor a crash loses it: a start-up
 sends the notices it finds, once each.
 
+Each run folder of a root holds a mark of the path it was last served at, so that a run an
+operator moved while no manager watched (stopped, or killed before it saw the move) is found
+with its output at the next start: the run folder is where it went, the mark names where it
+was, and the output folder is taken along from there.
+
 These files are read as untrusted input (bounded size, checked shape); a bad one is as good as
 none, and the reason is logged.
 """
@@ -40,11 +46,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bcmanager.facility.discovery import look
-from bcmanager.paths import COMPLETION_FILE, NOTICE_FILE, SEAL_FILE
+from bcmanager.paths import COMPLETION_FILE, NOTICE_FILE, RUN_PATH_FILE, SEAL_FILE
 from bcmanager.records import fsync_folder, write_record
 
 log = logging.getLogger(__name__)
@@ -179,6 +185,24 @@ def remove_notice(output: Path, body: bytes) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(output / NOTICE_FILE)
         fsync_folder(output)
+
+
+def read_run_path(folder: Path) -> str | None:
+    """The path the run in ``folder`` was last served at, as its mark names it; None when
+    there is no usable mark (a path that leaves OUTPUT_DIR is none)."""
+    record = _read(folder / RUN_PATH_FILE)
+    path = None if record is None else record.get("path")
+    if not isinstance(path, str):
+        return None
+    parts = PurePosixPath(path).parts
+    if not parts or path.startswith("/") or any(part in (".", "..") for part in parts):
+        log.warning("%s: %r is not a run's path; ignored", folder / RUN_PATH_FILE, path)
+        return None
+    return path
+
+
+def write_run_path(folder: Path, path: str) -> None:
+    _write(folder / RUN_PATH_FILE, {"format": "bcmanager-run-path", "path": path})
 
 
 def _counts(value: object) -> dict[str, int]:
