@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from watchfiles import Change, awatch
 
@@ -97,6 +97,15 @@ KILL_GRACE = 5.0
 
 # Seconds after which a watcher that starts again with more folders surely watches them.
 REWATCH_SECONDS = 0.2
+
+SLICE = 10
+"""Runs, or raw folders, that the picture of every run takes in before it lets the event loop
+serve another request: 2 to 4 ms of work (docs/benchmarks.md, figure 10)."""
+
+STATE_NAMES = tuple(state.value for state in FileState)
+
+_Item = TypeVar("_Item")
+_Done = TypeVar("_Done")
 
 
 class UnknownRun(LookupError):
@@ -1209,8 +1218,41 @@ class Facility:
         now = self.clock()
         runs = list(self.runs.values()) if path is None else [self.run(path)]
         sources = [source for run in runs for source in run.sources.values()]
-        counts, sizes = _summed(runs)
-        progress = _progress(sources, now)
+        entries = self.entries() if path is None else [self.entry(runs[0], now)]
+        return self._picture(path, runs, _progress(sources, now), entries, now)
+
+    async def status_async(self, path: str | None = None) -> RunStatus:
+        """``status`` for the HTTP layer. The picture of every run is O(runs): a root of 1,000
+        runs took 200 ms, so it is built in slices of ``SLICE`` runs and raw folders with the
+        event loop free between them (a page polls it). Each run's line is that run's at one
+        instant, and the totals are the sum of the lines."""
+        if path is not None:
+            return self.status(path)
+        now = self.clock()
+        runs = list(self.runs.values())
+        entries = await self.entries_async()
+        progress = Progress(now)
+        sources = [source.progress for source in self.sources.values()]
+        await in_slices(sources, lambda part: progress.absorb(part, now))
+        return self._picture(None, runs, progress, entries, now)
+
+    def _picture(
+        self,
+        path: str | None,
+        runs: list[Run],
+        progress: Progress,
+        entries: list[RunEntry],
+        now: float,
+    ) -> RunStatus:
+        """The picture of ``runs`` (every run when ``path`` is None), their files and bytes
+        summed from their lines."""
+        counts = dict.fromkeys(STATE_NAMES, 0)
+        sizes = dict.fromkeys(STATE_NAMES, 0)
+        for entry in entries:
+            for name in STATE_NAMES:  # names, not the enum: its attributes cost ~10 ms a root
+                counts[name] += getattr(entry.files, name)
+                sizes[name] += getattr(entry.bytes, name)
+        sources = [source for run in runs for source in run.sources.values()]
         quarantined = [
             QuarantinedFile(
                 file=discovery.join(key, name), failed_on=source.state.failed_alone(name)
@@ -1227,9 +1269,9 @@ class Facility:
             input_dir=str(runs[0].folder if path is not None else self.input_root),
             output_dir=str(runs[0].output if path is not None else self.output_root),
             ready=self.ready,
-            phase=runs[0].phase() if path is not None else self.phase(),
-            counts=counts,
-            sizes=sizes,
+            phase=overall_phase(entry.phase for entry in entries),
+            counts={FileState(name): count for name, count in counts.items()},
+            sizes={FileState(name): size for name, size in sizes.items()},
             jobs=[job for source in sources for job in source.state.live_jobs()],
             quarantined=sorted(quarantined, key=lambda each: each.file)[:QUARANTINED_SHOWN],
             benched=self.benching.all_benched(now),
@@ -1240,7 +1282,7 @@ class Facility:
                 for line in _named(key, source.job_problems())
             ],
             final_summary=summary,
-            runs=self.entries() if path is None else [self.entry(runs[0], now)],
+            runs=entries,
         )
 
     def entry(self, run: Run, now: float | None = None) -> RunEntry:
@@ -1276,6 +1318,12 @@ class Facility:
             for _, run in sorted(self.runs.items())
             if not (live_only and run.seal is not None)
         ]
+
+    async def entries_async(self) -> list[RunEntry]:
+        """Every run's line, in slices with the event loop free between them (``status_async``
+        says why); each line at its own instant."""
+        runs = [run for _, run in sorted(self.runs.items())]
+        return await in_slices(runs, self.entry)
 
     def totals(self) -> tuple[dict[FileState, int], dict[FileState, int]]:
         """Files and bytes by state over every run."""
@@ -1315,13 +1363,29 @@ class Facility:
         ]
 
     def phase(self) -> RunPhase:
-        """The facility's phase: complete when every run is; sequencing while one is."""
-        phases = {run.phase() for run in self.runs.values()}
-        if not phases or RunPhase.SEQUENCING in phases:
-            return RunPhase.SEQUENCING
-        if RunPhase.BASECALLING in phases:
-            return RunPhase.BASECALLING
-        return RunPhase.COMPLETE
+        return overall_phase(run.phase() for run in self.runs.values())
+
+
+def overall_phase(of_runs: Iterable[RunPhase]) -> RunPhase:
+    """The facility's phase: complete when every run is; sequencing while one is (or while
+    there is no run yet)."""
+    phases = set(of_runs)
+    if not phases or RunPhase.SEQUENCING in phases:
+        return RunPhase.SEQUENCING
+    if RunPhase.BASECALLING in phases:
+        return RunPhase.BASECALLING
+    return RunPhase.COMPLETE
+
+
+async def in_slices(items: list[_Item], each: Callable[[_Item], _Done]) -> list[_Done]:
+    """``each`` of ``items``, ``SLICE`` at a time, letting the event loop serve other requests
+    between two slices."""
+    done: list[_Done] = []
+    for start in range(0, len(items), SLICE):
+        if start:
+            await asyncio.sleep(0)
+        done.extend(each(item) for item in items[start : start + SLICE])
+    return done
 
 
 async def _kill_group(process: asyncio.subprocess.Process) -> None:

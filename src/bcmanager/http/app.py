@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from bcmanager import __version__, audit
 from bcmanager.core.manager import Manager
 from bcmanager.core.state import InvalidTransition, JobState, UnknownJob
-from bcmanager.facility.facility import Facility, UnknownRun
+from bcmanager.facility.facility import Facility, UnknownRun, in_slices
 from bcmanager.http.access import BEARERS, COOKIE, COOKIE_MAX_AGE, READ_COOKIE, Access, Caller, Kind
 from bcmanager.http.metrics import Metrics, RequestTimer
 from bcmanager.lock import RunLocks, hold_run
@@ -135,6 +135,8 @@ async def _read(request: Request) -> Caller:
     return access.require(Kind.READ, request)
 
 
+JSON = "application/json"
+NO_RUNS = b'"runs":[]}'
 CHECKS = {Kind.ENGINE: _engine, Kind.OPERATOR: _operator, Kind.READ: _read}
 Operator = Annotated[Caller, Depends(_operator)]
 LOGIN_PAGE = """<!doctype html>
@@ -148,6 +150,16 @@ LOGIN_PAGE = """<!doctype html>
 <p id="refused" class="dim">{refused}</p>
 </form></main></body></html>
 """
+
+
+async def sliced_json(status: RunStatus) -> bytes:
+    """``status`` in JSON, as FastAPI would send it, its runs serialised ``SLICE`` at a time with
+    the event loop free between them: a root of 1,000 runs makes 1.3 MB, 12 ms in one go."""
+    head = status.model_copy(update={"runs": []}).model_dump_json().encode()
+    if not head.endswith(NO_RUNS):
+        raise AssertionError("RunStatus.runs must stay its last field")
+    runs = await in_slices(status.runs, lambda run: run.model_dump_json().encode())
+    return b"".join((head[: -len(NO_RUNS)], b'"runs":[', b",".join(runs), b"]}"))
 
 
 def error_reply(detail: str, status_code: int) -> JSONResponse:
@@ -309,8 +321,8 @@ def create_app(
             str | None,
             Query(description="A run's path, as /runs lists it: that run's picture alone."),
         ] = None,
-    ) -> RunStatus:
-        return facility.status(run)
+    ) -> Response:
+        return Response(await sliced_json(await facility.status_async(run)), media_type=JSON)
 
     @app.post(
         "/retry",
@@ -359,7 +371,7 @@ def create_app(
         openapi_extra=TOKEN_OPTIONAL,
     )
     async def runs() -> RunsReply:
-        return RunsReply(runs=facility.entries())
+        return RunsReply(runs=await facility.entries_async())
 
     async def run_changed(
         caller: Caller, action: str, run: str, change: dict[str, Any], make: Callable[[], object]
