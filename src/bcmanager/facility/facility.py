@@ -1217,19 +1217,22 @@ class Facility:
         O(raw folders + live jobs + listed engines), never O(files)."""
         now = self.clock()
         runs = list(self.runs.values()) if path is None else [self.run(path)]
-        sources = [source for run in runs for source in run.sources.values()]
+        sources = [(key, source) for run in runs for key, source in run.sources.items()]
         totals = _Totals()
         entries = [totals.add(self.entry(run, now)) for run in sorted(runs, key=_path)]
-        return self._picture(path, runs, _progress(sources, now), totals, now, entries)
+        for key, source in sources:
+            totals.take(key, source)
+        progress = _progress([source for _, source in sources], now)
+        return self._picture(path, runs, progress, totals, now, entries)
 
     async def status_async(
         self, path: str | None, line: Callable[[RunEntry], _Done]
     ) -> tuple[RunStatus, list[_Done]]:
         """``status`` for the HTTP layer: its runs apart, each handed to ``line`` (which
-        serialises it) as soon as it is made. The picture of every run is O(runs): a root of
-        1,000 runs held the loop 200 ms, so it is built in slices of ``SLICE`` runs and raw
-        folders with the loop free between them. And its lines' objects die young: kept
-        until the end, they outlived the collector's young generations and set off full
+        serialises it) as soon as it is made. The picture of every run is O(raw folders): a
+        root of 1,000 runs held the loop 200 ms, so it is built in slices of ``SLICE`` runs
+        and raw folders with the loop free between them. And its lines' objects die young:
+        kept to the end, they outlived the collector's young generations and set off full
         collections that held the loop 35 to 55 ms. Each run's line is that run's at one
         instant; the totals are the sum of the lines."""
         if path is not None:
@@ -1242,8 +1245,12 @@ class Facility:
             sorted(runs, key=_path), lambda run: line(totals.add(self.entry(run)))
         )
         progress = Progress(now)
-        sources = [source.progress for source in self.sources.values()]
-        await _in_slices(sources, lambda part: progress.absorb(part, now))
+
+        def take(key: str, source: Manager) -> None:
+            totals.take(key, source)
+            progress.absorb(source.progress, now)
+
+        await _in_slices(list(self.sources.items()), lambda each: take(*each))
         return self._picture(None, runs, progress, totals, now, []), lines
 
     def _picture(
@@ -1255,17 +1262,8 @@ class Facility:
         now: float,
         entries: list[RunEntry],
     ) -> RunStatus:
-        """The picture of ``runs`` (every run when ``path`` is None), with ``totals`` of their
-        lines and the lines ``entries``."""
-        sources = [source for run in runs for source in run.sources.values()]
-        quarantined = [
-            QuarantinedFile(
-                file=discovery.join(key, name), failed_on=source.state.failed_alone(name)
-            )
-            for run in runs
-            for key, source in run.sources.items()
-            for name in source.state.quarantined()
-        ]
+        """The picture of ``runs`` (every run when ``path`` is None) from their ``totals``,
+        with the lines ``entries``."""
         # The summary of the one run shown; every run's own is in its entry.
         summary = runs[0].final_summary if len(runs) == 1 else None
         return picture(
@@ -1277,15 +1275,10 @@ class Facility:
             phase=overall_phase(totals.phases),
             counts={FileState(name): count for name, count in totals.files.items()},
             sizes={FileState(name): size for name, size in totals.bytes.items()},
-            jobs=[job for source in sources for job in source.state.live_jobs()],
-            quarantined=sorted(quarantined, key=lambda each: each.file)[:QUARANTINED_SHOWN],
+            jobs=totals.jobs,
+            quarantined=sorted(totals.quarantined, key=lambda each: each.file)[:QUARANTINED_SHOWN],
             benched=self.benching.all_benched(now),
-            job_problems=[
-                line
-                for run in runs
-                for key, source in run.sources.items()
-                for line in _named(key, source.job_problems())
-            ],
+            job_problems=totals.job_problems,
             final_summary=summary,
             runs=entries,
         )
@@ -1372,12 +1365,17 @@ class Facility:
 
 @dataclass(slots=True)
 class _Totals:
-    """Files and bytes by state, and the phases, of runs' lines summed as they are made (by
-    state name: the enum's attributes cost 10 ms over 1,000 lines)."""
+    """What a picture of several runs sums, gathered one run's line and one raw folder at a
+    time: files and bytes by state (by state name: the enum's attributes cost 10 ms over
+    1,000 lines), the runs' phases, and the raw folders' live jobs, quarantined files and
+    job problems."""
 
     files: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATE_NAMES, 0))
     bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATE_NAMES, 0))
     phases: set[RunPhase] = field(default_factory=set)
+    jobs: list[Job] = field(default_factory=list)
+    quarantined: list[QuarantinedFile] = field(default_factory=list)
+    job_problems: list[str] = field(default_factory=list)
 
     def add(self, entry: RunEntry) -> RunEntry:
         for name in STATE_NAMES:
@@ -1385,6 +1383,17 @@ class _Totals:
             self.bytes[name] += getattr(entry.bytes, name)
         self.phases.add(entry.phase)
         return entry
+
+    def take(self, key: str, source: Manager) -> None:
+        """Raw folder ``key``'s live jobs, quarantined files and job problems."""
+        self.jobs += source.state.live_jobs()
+        self.quarantined += (
+            QuarantinedFile(
+                file=discovery.join(key, name), failed_on=source.state.failed_alone(name)
+            )
+            for name in source.state.quarantined()
+        )
+        self.job_problems += _named(key, source.job_problems())
 
 
 def _path(run: Run) -> str:
