@@ -20,7 +20,7 @@ from test_scaling import PACKAGE
 
 from bcmanager.core.scan import POD5_SIGNATURE
 from bcmanager.facility.facility import SLICE, Facility
-from bcmanager.http.app import _json, with_runs
+from bcmanager.http.app import line_json, with_runs
 from bcmanager.models import RunEntry
 from bcmanager.settings import Settings
 from conftest import RUN_NAME, Clock
@@ -77,7 +77,7 @@ async def largest_turn(facility: Facility) -> tuple[int, int]:
     await asyncio.sleep(0)
     sys.settrace(tracer)
     try:
-        with_runs(*await facility.status_async(None, _json))
+        with_runs(*await facility.status_async(None, line_json))
     finally:
         sys.settrace(None)
     serving = False
@@ -109,7 +109,7 @@ async def test_each_runs_line_is_let_go_once_serialised(tmp_path: Path) -> None:
 
     def line(entry: RunEntry) -> bytes:
         alive.append(sum(isinstance(each, RunEntry) for each in gc.get_objects()) - before)
-        return _json(entry)
+        return line_json(entry)
 
     await facility.status_async(None, line)
     assert len(alive) == 3 * SLICE and max(alive) == 1
@@ -120,9 +120,9 @@ async def test_the_picture_made_in_slices_is_the_picture_made_at_once(tmp_path: 
     and for one run (/status?run=)."""
     facility = await served_root(tmp_path, 2 * SLICE + 3)
     whole = facility.status()
-    sliced = with_runs(*await facility.status_async(None, _json))
+    sliced = with_runs(*await facility.status_async(None, line_json))
     assert sliced == whole.model_dump_json().encode()
     assert json.loads(sliced)["runs"][0]["path"] == whole.runs[0].path
     path = whole.runs[-1].path
-    one = with_runs(*await facility.status_async(path, _json))
+    one = with_runs(*await facility.status_async(path, line_json))
     assert one == facility.status(path).model_dump_json().encode()

@@ -152,7 +152,8 @@ LOGIN_PAGE = """<!doctype html>
 """
 
 
-def _json(entry: RunEntry) -> bytes:
+def line_json(entry: RunEntry) -> bytes:
+    """A run's line in JSON, as it is within the whole picture's."""
     return entry.model_dump_json().encode()
 
 
@@ -326,7 +327,7 @@ def create_app(
             Query(description="A run's path, as /runs lists it: that run's picture alone."),
         ] = None,
     ) -> Response:
-        picture, runs = await facility.status_async(run, _json)
+        picture, runs = await facility.status_async(run, line_json)
         return Response(with_runs(picture, runs), media_type=JSON)
 
     @app.post(
