@@ -1272,7 +1272,7 @@ class Facility:
             input_dir=str(runs[0].folder if path is not None else self.input_root),
             output_dir=str(runs[0].output if path is not None else self.output_root),
             ready=self.ready,
-            phase=overall_phase(totals.phases),
+            phase=_overall_phase(totals.phases),
             counts={FileState(name): count for name, count in totals.files.items()},
             sizes={FileState(name): size for name, size in totals.bytes.items()},
             jobs=totals.jobs,
@@ -1360,7 +1360,8 @@ class Facility:
         ]
 
     def phase(self) -> RunPhase:
-        return overall_phase(run.phase() for run in self.runs.values())
+        """The facility's phase, from every run's."""
+        return _overall_phase(run.phase() for run in self.runs.values())
 
 
 @dataclass(slots=True)
@@ -1400,7 +1401,7 @@ def _path(run: Run) -> str:
     return run.path
 
 
-def overall_phase(of_runs: Iterable[RunPhase]) -> RunPhase:
+def _overall_phase(of_runs: Iterable[RunPhase]) -> RunPhase:
     """The facility's phase: complete when every run is; sequencing while one is (or while
     there is no run yet)."""
     phases = set(of_runs)
