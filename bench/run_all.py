@@ -14,6 +14,7 @@ import detection
 import loop_lag
 import memory
 import request_cost
+import root_status
 import schedule
 import sealed
 import startup
@@ -30,6 +31,7 @@ FIGURES = (
     schedule,
     sealed,
     account,
+    root_status,
 )
 
 

@@ -315,36 +315,45 @@ class Progress:
         """The sum of several raw folders' progress, for the picture of a run or of the
         whole root: O(buckets and listed engines) per part, never O(files). Sizes of single
         files are not carried over: a merged progress is for looking at, not for feeding."""
-        parts = list(parts)
-        total = cls(min((part.started for part in parts), default=now))
-        total._observed_since = min((p._observed_since for p in parts), default=now)
-        arrivals = [p._first_arrival for p in parts if p._first_arrival is not None]
-        total._first_arrival = min(arrivals, default=None)
-        problems: list[Problem] = []
+        total = cls(now)
         for part in parts:
-            for state, size in part._bytes.items():
-                total._bytes[state] += size
-            for mine, theirs in (
-                (total.arrived, part.arrived),
-                (total.basecalled, part.basecalled),
-                (total.arrived_long, part.arrived_long),
-                (total.basecalled_long, part.basecalled_long),
-            ):
-                mine.absorb(theirs)
-            for stats in part.engine_stats(now):
-                into = total._engine(stats.engine, stats.last_active)
-                into.last_contact = max(into.last_contact, stats.last_contact)
-                into.last_active = max(into.last_active, stats.last_active)
-                into.current.update(stats.current)
-                into.work.add(stats.work)
-            total.retired.add(part.retired)
-            total.retired_engines += part.retired_engines
-            for outcome, histogram in part.durations.items():
-                total.durations.setdefault(outcome, DurationHistogram()).absorb(histogram)
-            problems += part.problems
-        problems.sort(key=lambda problem: -1.0 if problem.at is None else problem.at, reverse=True)
-        total.problems.extend(problems[:RECENT_PROBLEMS])
+            total.absorb(part, now)
         return total
+
+    def absorb(self, part: Progress, now: float) -> None:
+        """Add ``part`` to this merged progress: one part at a time, so the picture of a root
+        of many raw folders can let the event loop run between them."""
+        self.started = min(self.started, part.started)
+        self._observed_since = min(self._observed_since, part._observed_since)
+        first = part._first_arrival
+        if first is not None and (self._first_arrival is None or first < self._first_arrival):
+            self._first_arrival = first
+        for state, size in part._bytes.items():
+            self._bytes[state] += size
+        for mine, theirs in (
+            (self.arrived, part.arrived),
+            (self.basecalled, part.basecalled),
+            (self.arrived_long, part.arrived_long),
+            (self.basecalled_long, part.basecalled_long),
+        ):
+            mine.absorb(theirs)
+        for stats in part.engine_stats(now):
+            into = self._engine(stats.engine, stats.last_active)
+            into.last_contact = max(into.last_contact, stats.last_contact)
+            into.last_active = max(into.last_active, stats.last_active)
+            into.current.update(stats.current)
+            into.work.add(stats.work)
+        self.retired.add(part.retired)
+        self.retired_engines += part.retired_engines
+        for outcome, histogram in part.durations.items():
+            self.durations.setdefault(outcome, DurationHistogram()).absorb(histogram)
+        problems = sorted(
+            [*self.problems, *part.problems],
+            key=lambda problem: -1.0 if problem.at is None else problem.at,
+            reverse=True,
+        )
+        self.problems.clear()
+        self.problems.extend(problems[:RECENT_PROBLEMS])
 
     def sequencing_finished(self, summary: str) -> bool:
         """MinKNOW wrote ``summary``: returns whether that is news."""

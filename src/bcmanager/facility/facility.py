@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from watchfiles import Change, awatch
 
@@ -97,6 +97,15 @@ KILL_GRACE = 5.0
 
 # Seconds after which a watcher that starts again with more folders surely watches them.
 REWATCH_SECONDS = 0.2
+
+SLICE = 10
+"""Runs, or raw folders, that the picture of every run takes in before it lets the event loop
+serve another request: 2 to 4 ms of work (docs/benchmarks.md, figure 10)."""
+
+STATE_NAMES = tuple(state.value for state in FileState)
+
+_Item = TypeVar("_Item")
+_Done = TypeVar("_Done")
 
 
 class UnknownRun(LookupError):
@@ -1293,17 +1302,53 @@ class Facility:
         O(raw folders + live jobs + listed engines), never O(files)."""
         now = self.clock()
         runs = list(self.runs.values()) if path is None else [self.run(path)]
-        sources = [source for run in runs for source in run.sources.values()]
-        counts, sizes = _summed(runs)
-        progress = _progress(sources, now)
-        quarantined = [
-            QuarantinedFile(
-                file=discovery.join(key, name), failed_on=source.state.failed_alone(name)
-            )
-            for run in runs
-            for key, source in run.sources.items()
-            for name in source.state.quarantined()
-        ]
+        sources = [(key, source) for run in runs for key, source in run.sources.items()]
+        totals = _Totals()
+        entries = [totals.add(self.entry(run, now)) for run in sorted(runs, key=_path)]
+        for key, source in sources:
+            totals.take(key, source)
+        progress = _progress([source for _, source in sources], now)
+        return self._picture(path, runs, progress, totals, now, entries)
+
+    async def status_async(
+        self, path: str | None, line: Callable[[RunEntry], _Done]
+    ) -> tuple[RunStatus, list[_Done]]:
+        """``status`` for the HTTP layer: its runs apart, each handed to ``line`` (which
+        serialises it) as soon as it is made. The picture of every run is O(raw folders): a
+        root of 1,000 runs held the loop 200 ms, so it is built in slices of ``SLICE`` runs
+        and raw folders with the loop free between them. And its lines' objects die young:
+        kept to the end, they outlived the collector's young generations and set off full
+        collections that held the loop 35 to 55 ms. Each run's line is that run's at one
+        instant; the totals are the sum of the lines."""
+        if path is not None:
+            picture = self.status(path)
+            return picture.model_copy(update={"runs": []}), [line(each) for each in picture.runs]
+        now = self.clock()
+        runs = list(self.runs.values())
+        totals = _Totals()
+        lines = await _in_slices(
+            sorted(runs, key=_path), lambda run: line(totals.add(self.entry(run)))
+        )
+        progress = Progress(now)
+
+        def take(key: str, source: Manager) -> None:
+            totals.take(key, source)
+            progress.absorb(source.progress, now)
+
+        await _in_slices(list(self.sources.items()), lambda each: take(*each))
+        return self._picture(None, runs, progress, totals, now, []), lines
+
+    def _picture(
+        self,
+        path: str | None,
+        runs: list[Run],
+        progress: Progress,
+        totals: _Totals,
+        now: float,
+        entries: list[RunEntry],
+    ) -> RunStatus:
+        """The picture of ``runs`` (every run when ``path`` is None) from their ``totals``,
+        with the lines ``entries``."""
         # The summary of the one run shown; every run's own is in its entry.
         summary = runs[0].final_summary if len(runs) == 1 else None
         return picture(
@@ -1312,20 +1357,15 @@ class Facility:
             input_dir=str(runs[0].folder if path is not None else self.input_root),
             output_dir=str(runs[0].output if path is not None else self.output_root),
             ready=self.ready,
-            phase=runs[0].phase() if path is not None else self.phase(),
-            counts=counts,
-            sizes=sizes,
-            jobs=[job for source in sources for job in source.state.live_jobs()],
-            quarantined=sorted(quarantined, key=lambda each: each.file)[:QUARANTINED_SHOWN],
+            phase=_overall_phase(totals.phases),
+            counts={FileState(name): count for name, count in totals.files.items()},
+            sizes={FileState(name): size for name, size in totals.bytes.items()},
+            jobs=totals.jobs,
+            quarantined=sorted(totals.quarantined, key=lambda each: each.file)[:QUARANTINED_SHOWN],
             benched=self.benching.all_benched(now),
-            job_problems=[
-                line
-                for run in runs
-                for key, source in run.sources.items()
-                for line in _named(key, source.job_problems())
-            ],
+            job_problems=totals.job_problems,
             final_summary=summary,
-            runs=self.entries() if path is None else [self.entry(runs[0], now)],
+            runs=entries,
         )
 
     def entry(self, run: Run, now: float | None = None) -> RunEntry:
@@ -1361,6 +1401,11 @@ class Facility:
             for _, run in sorted(self.runs.items())
             if not (live_only and run.seal is not None)
         ]
+
+    async def entries_async(self) -> list[RunEntry]:
+        """Every run's line, in slices with the event loop free between them (``status_async``
+        says why); each line at its own instant."""
+        return await _in_slices(sorted(self.runs.values(), key=_path), self.entry)
 
     def totals(self) -> tuple[dict[FileState, int], dict[FileState, int]]:
         """Files and bytes by state over every run."""
@@ -1400,13 +1445,67 @@ class Facility:
         ]
 
     def phase(self) -> RunPhase:
-        """The facility's phase: complete when every run is; sequencing while one is."""
-        phases = {run.phase() for run in self.runs.values()}
-        if not phases or RunPhase.SEQUENCING in phases:
-            return RunPhase.SEQUENCING
-        if RunPhase.BASECALLING in phases:
-            return RunPhase.BASECALLING
-        return RunPhase.COMPLETE
+        """The facility's phase, from every run's."""
+        return _overall_phase(run.phase() for run in self.runs.values())
+
+
+@dataclass(slots=True)
+class _Totals:
+    """What a picture of several runs sums, gathered one run's line and one raw folder at a
+    time: files and bytes by state (by state name: the enum's attributes cost 10 ms over
+    1,000 lines), the runs' phases, and the raw folders' live jobs, quarantined files and
+    job problems."""
+
+    files: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATE_NAMES, 0))
+    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATE_NAMES, 0))
+    phases: set[RunPhase] = field(default_factory=set)
+    jobs: list[Job] = field(default_factory=list)
+    quarantined: list[QuarantinedFile] = field(default_factory=list)
+    job_problems: list[str] = field(default_factory=list)
+
+    def add(self, entry: RunEntry) -> RunEntry:
+        for name in STATE_NAMES:
+            self.files[name] += getattr(entry.files, name)
+            self.bytes[name] += getattr(entry.bytes, name)
+        self.phases.add(entry.phase)
+        return entry
+
+    def take(self, key: str, source: Manager) -> None:
+        """Raw folder ``key``'s live jobs, quarantined files and job problems."""
+        self.jobs += source.state.live_jobs()
+        self.quarantined += (
+            QuarantinedFile(
+                file=discovery.join(key, name), failed_on=source.state.failed_alone(name)
+            )
+            for name in source.state.quarantined()
+        )
+        self.job_problems += _named(key, source.job_problems())
+
+
+def _path(run: Run) -> str:
+    return run.path
+
+
+def _overall_phase(of_runs: Iterable[RunPhase]) -> RunPhase:
+    """The facility's phase: complete when every run is; sequencing while one is (or while
+    there is no run yet)."""
+    phases = set(of_runs)
+    if not phases or RunPhase.SEQUENCING in phases:
+        return RunPhase.SEQUENCING
+    if RunPhase.BASECALLING in phases:
+        return RunPhase.BASECALLING
+    return RunPhase.COMPLETE
+
+
+async def _in_slices(items: list[_Item], each: Callable[[_Item], _Done]) -> list[_Done]:
+    """``each`` of ``items``, ``SLICE`` at a time, letting the event loop serve other requests
+    between two slices."""
+    done: list[_Done] = []
+    for start in range(0, len(items), SLICE):
+        if start:
+            await asyncio.sleep(0)
+        done.extend(each(item) for item in items[start : start + SLICE])
+    return done
 
 
 async def _kill_group(process: asyncio.subprocess.Process) -> None:
