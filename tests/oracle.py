@@ -129,6 +129,44 @@ def judge(
     )
 
 
+@dataclass
+class RootRun:
+    """One run of a root in a test's ledger: where it is now (an operator's move changes it),
+    its raw folders, and its complete raw files' reads."""
+
+    flow_cell: str
+    path: str  # relative to INPUT_DIR
+    raw_folders: tuple[str, ...]
+    reads: dict[str, list[str]] = field(default_factory=dict)  # raw file name -> read ids
+    folder_of: dict[str, str] = field(default_factory=dict)  # raw file name -> its raw folder
+    old_paths: list[str] = field(default_factory=list)
+    deleted: bool = False
+
+    def move(self, input_dir: Path) -> None:
+        """An operator moves the run to ``<experiment>/<sample>_moved/<run>`` in the root."""
+        experiment, sample, name = self.path.split("/")
+        new = f"{experiment}/{sample}_moved/{name}"
+        (input_dir / new).parent.mkdir()
+        os.rename(input_dir / self.path, input_dir / new)
+        self.old_paths.append(self.path)
+        self.path = new
+
+    def judge(self, input_dir: Path, output_dir: Path, *, drained: bool = True) -> Verdict:
+        """``judge_run`` on this run where it is now; a deleted run's reads are not required."""
+        raw_folders = {
+            input_dir / self.path / raw: {
+                name: ids for name, ids in self.reads.items() if self.folder_of[name] == raw
+            }
+            for raw in {*self.raw_folders, *self.folder_of.values()}
+        }
+        return judge_run(
+            raw_folders,
+            output_dir / self.path,
+            deleted=set(self.reads) if self.deleted else (),
+            drained=drained,
+        )
+
+
 def judge_run(
     raw_folders: Mapping[Path, Mapping[str, Sequence[str]]],
     output_dir: Path,

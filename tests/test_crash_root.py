@@ -44,7 +44,7 @@ import httpx
 
 from bcmanager.simulate import pod5_bytes
 from conftest import RUN_NAME, Run, Server
-from oracle import Verdict, judge_run, stray_reads
+from oracle import RootRun, Verdict, stray_reads
 from test_crash import (
     KILLS,
     LEASE,
@@ -79,19 +79,6 @@ LATE_FOLDER = "pod5_skip"  # where the file written into the sealed run goes: a 
 
 
 @dataclass
-class RootRun:
-    """One run of the test's ledger: where it is now, and its complete raw files' reads."""
-
-    flow_cell: str
-    path: str  # relative to INPUT_DIR; an operator's move changes it
-    raw_folders: list[str]
-    reads: dict[str, list[str]] = field(default_factory=dict)  # raw file name -> read ids
-    folder_of: dict[str, str] = field(default_factory=dict)  # raw file name -> its raw folder
-    old_paths: list[str] = field(default_factory=list)
-    deleted: bool = False
-
-
-@dataclass
 class Root:
     """The test's own ledger of the root (shared by threads, under ``lock``)."""
 
@@ -109,7 +96,7 @@ class Root:
         self, flow_cell: str, experiment: str, sample: str, raws: tuple[str, ...]
     ) -> RootRun:
         path = f"{experiment}/{sample}/{RUN_NAME.format(flow_cell=flow_cell)}"
-        run = RootRun(flow_cell, path, list(raws))
+        run = RootRun(flow_cell, path, tuple(raws))
         with self.lock:
             self.runs[flow_cell] = run
         return run
@@ -279,13 +266,7 @@ def operate(
                 tally.add(f"retried {len(reply.json()['retried'])} quarantined files")
         elif deed == "move":
             with root.lock:
-                run = root.runs[MOVED]
-                experiment, sample, name = run.path.split("/")
-                new = f"{experiment}/{sample}_moved/{name}"
-                (root.input_dir / new).parent.mkdir()
-                os.rename(root.input_dir / run.path, root.input_dir / new)
-                run.old_paths.append(run.path)
-                run.path = new
+                root.runs[MOVED].move(root.input_dir)
         else:
             with root.lock:
                 run = root.runs[DELETED]
@@ -371,17 +352,7 @@ def judge(root: Root) -> tuple[list[str], Counter[str]]:
     """The oracle on each run, and on the root: problems, and figures."""
     problems, figures = [], Counter[str]()
     for run in root.runs.values():
-        raw_folders = {
-            root.input_dir / run.path / raw: {
-                name: ids for name, ids in run.reads.items() if run.folder_of[name] == raw
-            }
-            for raw in {*run.raw_folders, *run.folder_of.values()}
-        }
-        verdict: Verdict = judge_run(
-            raw_folders,
-            root.output_dir / run.path,
-            deleted=set(run.reads) if run.deleted else (),
-        )
+        verdict: Verdict = run.judge(root.input_dir, root.output_dir)
         problems += [f"{run.path}: {problem}" for problem in verdict.problems]
         figures["runs"] += 1
         figures["raw files deleted with their run" if run.deleted else "raw files"] += len(

@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
@@ -41,7 +41,7 @@ from bcmanager.facility.facility import Facility
 from bcmanager.settings import Settings
 from bcmanager.simulate import pod5_bytes
 from conftest import RUN_NAME, Clock, fastq
-from oracle import judge_run, stray_reads
+from oracle import RootRun, stray_reads
 
 LEASE = 10
 MAX_RUNS = 4
@@ -53,16 +53,9 @@ STATS: Counter[str] = Counter()  # what the random runs met, printed at the end
 
 
 @dataclass
-class RunModel:
-    """One run of the ledger: where it is now, its raw folders and its complete files' reads."""
+class RunModel(RootRun):
+    """One run of the ledger, and whether an operator paused it."""
 
-    flow_cell: str
-    path: str
-    raw_folders: tuple[str, ...]
-    reads: dict[str, list[str]] = field(default_factory=dict)  # complete raw file -> read ids
-    folder_of: dict[str, str] = field(default_factory=dict)  # raw file -> its raw folder
-    old_paths: list[str] = field(default_factory=list)
-    deleted: bool = False
     paused: bool = False
 
 
@@ -268,12 +261,7 @@ class RootMachine(RuleBasedStateMachine):
     @rule(data=st.data(), followed=st.sampled_from(["by a rescan", "by the next start"]))
     def move_run(self, data: st.DataObject, followed: str) -> None:
         run = data.draw(st.sampled_from([run for run in self.kept() if not run.old_paths]))
-        experiment, sample, name = run.path.split("/")
-        new = f"{experiment}/{sample}_moved/{name}"
-        (self.input_dir / new).parent.mkdir()
-        os.rename(self.input_dir / run.path, self.input_dir / new)
-        run.old_paths.append(run.path)
-        run.path = new
+        run.move(self.input_dir)
         if followed == "by a rescan":
             self.rescan()
         else:
@@ -300,17 +288,8 @@ class RootMachine(RuleBasedStateMachine):
     def judge(self, *, drained: bool) -> list[str]:
         problems = []
         for run in self.runs:
-            raw_folders = {
-                self.input_dir / run.path / raw: {
-                    name: ids for name, ids in run.reads.items() if run.folder_of[name] == raw
-                }
-                for raw in {*run.raw_folders, *run.folder_of.values()}
-            }
-            verdict = judge_run(
-                raw_folders,
-                self.output_dir / run.path,
-                deleted=set(run.reads) if run.deleted else (),
-                drained=drained and not run.deleted,
+            verdict = run.judge(
+                self.input_dir, self.output_dir, drained=drained and not run.deleted
             )
             problems += [f"{run.path}: {problem}" for problem in verdict.problems]
         outputs = [self.output_dir / run.path for run in self.runs]
