@@ -29,8 +29,9 @@ from pathlib import Path
 import pysam
 from _common import Row, median, ms, progress, run_alone
 
-from bcmanager.core.account import account_job, open_fastq
-from bcmanager.simulate import write_pod5
+from bcmanager.core.account import account_job
+from bcmanager.reads.files import open_fastq
+from bcmanager.sim import write_pod5
 
 FILES = 10
 READS = 4_000

@@ -42,7 +42,7 @@ from bcmanager.paths import (
     job_folder,
     temp_name,
 )
-from bcmanager.simulate import RunIdentity
+from bcmanager.sim import RunIdentity
 
 REPORT_BACK = 90
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import Row, ms, progress, run_alone, write_files
 
 from bcmanager.core.manager import Manager
-from bcmanager.core.state import JobState
+from bcmanager.models import JobState
 from bcmanager.settings import Settings
 
 QUICK_FILES = 3_000

@@ -25,11 +25,11 @@ from fastapi import FastAPI
 
 from bcmanager.core.manager import Manager
 from bcmanager.http.app import create_app
-from bcmanager.readstats import JobStats as AgentStats
-from bcmanager.readstats import job_stats as count_job_stats
-from bcmanager.readstats import write_job_stats
+from bcmanager.reads.stats import JobStats as AgentStats
+from bcmanager.reads.stats import job_stats as count_job_stats
+from bcmanager.reads.stats import write_job_stats
 from bcmanager.settings import Settings
-from bcmanager.simulate import Layout, ReadsFormat, basecall, pod5_bytes, write_pod5
+from bcmanager.sim import Layout, ReadsFormat, basecall, pod5_bytes, write_pod5
 from oracle import Verdict, judge
 
 

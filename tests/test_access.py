@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bcmanager.cli.serve import exposure_refusal
 from bcmanager.core.manager import Manager
 from bcmanager.http import access as access_module
-from bcmanager.serve import exposure_refusal
 from conftest import Run, Server, serving, tree
 
 TOKEN = "s3cret-token-of-the-site"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from bcmanager.audit import OPERATOR_LOG
-from bcmanager.check import inspect
+from bcmanager.cli.check import inspect
 from bcmanager.paths import RunPaths
 from conftest import Run, Server
 

@@ -17,7 +17,7 @@ import pysam
 import pytest
 
 from bcmanager.core.account import account_job, skipped_by_basecaller
-from bcmanager.simulate import (
+from bcmanager.sim import (
     Layout,
     ReadsFormat,
     basecall,

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from bcmanager.check import UNDECODABLE, Severity, inspect
 from bcmanager.cli import main
+from bcmanager.cli.check import UNDECODABLE, Severity, inspect
 from bcmanager.core.folders import RunFolders
 from bcmanager.core.manager import Manager
 from bcmanager.core.scan import POD5_SIGNATURE
-from bcmanager.core.state import JobState
 from bcmanager.lock import RunLock
-from bcmanager.models import BCBatch
+from bcmanager.models import BCBatch, JobState
 from bcmanager.paths import RunPaths
 from conftest import Run, minknow_run
 

@@ -103,9 +103,9 @@ def test_a_command_alone_parses_alike_and_loads_no_other_commands_module() -> No
         assert alone.choices[name].format_help() == walked[name].format_help()
     # An agent or a basecaller starts without the web app, or the other one's code.
     probe = "import sys; from bcmanager.cli import build_parser; build_parser(sys.argv[1]); "
-    probe += "print(*sorted({'fastapi', 'pod5', 'bcmanager.agent', 'bcmanager.simulate'} "
+    probe += "print(*sorted({'fastapi', 'pod5', 'bcmanager.agent', 'bcmanager.sim'} "
     probe += "& sys.modules.keys()))"
-    for command, loaded in (("agent", "bcmanager.agent"), ("simulate", "bcmanager.simulate pod5")):
+    for command, loaded in (("agent", "bcmanager.agent"), ("simulate", "bcmanager.sim pod5")):
         shown = subprocess.run(
             [sys.executable, "-c", probe, command], capture_output=True, text=True, timeout=60
         )

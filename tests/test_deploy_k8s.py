@@ -20,8 +20,8 @@ from fastapi.routing import APIRoute
 
 from bcmanager import __version__
 from bcmanager.agent import ENV_PREFIX, AgentSettings
+from bcmanager.cli.serve import exposure_refusal
 from bcmanager.http.app import create_app
-from bcmanager.serve import exposure_refusal
 from bcmanager.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bcmanager.agent import ENV_PREFIX, AgentSettings
-from bcmanager.serve import exposure_refusal
+from bcmanager.cli.serve import exposure_refusal
 from bcmanager.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bcmanager.check import Severity, inspect
+from bcmanager.cli.check import Severity, inspect
 from bcmanager.core.folders import DiskOps, RunFolders
 from bcmanager.core.manager import Manager
 from bcmanager.paths import ACCOUNT_FILE, RunPaths

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 
-from bcmanager.check import inspect
+from bcmanager.cli.check import inspect
 from bcmanager.core.manager import Manager
 from bcmanager.paths import RunPaths
-from bcmanager.simulate import basecall, pod5_bytes
+from bcmanager.sim import basecall, pod5_bytes
 from conftest import Clock, Run, Server, serving
 
 

@@ -26,10 +26,12 @@ from bcmanager.core.events import (
     Retried,
     Split,
 )
+from bcmanager.core.jobs import FileState, Job
+from bcmanager.core.logs import event_line
 from bcmanager.core.progress import Progress
 from bcmanager.core.scan import AttemptRecord
-from bcmanager.core.state import FILES_AFTER, FileState, Job, JobState, RunState
-from bcmanager.logs import event_line
+from bcmanager.core.state import FILES_AFTER, RunState
+from bcmanager.models import JobState
 
 LEASE = 90.0
 W, P, L, D, F, M = (

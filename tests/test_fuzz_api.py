@@ -14,9 +14,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from bcmanager.check import inspect
+from bcmanager.cli.check import inspect
 from bcmanager.paths import RunPaths
-from bcmanager.simulate import pod5_bytes
+from bcmanager.sim import pod5_bytes
 from conftest import Run, Server
 
 ROOT = Path(__file__).parent.parent

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from bcmanager.check import Severity, inspect
+from bcmanager.cli.check import Severity, inspect
 from bcmanager.core.manager import Manager
 from bcmanager.paths import RunPaths
 from conftest import Run, Server, fastq, serving, wait_for

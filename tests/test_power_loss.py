@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from bcmanager.check import Severity, inspect
+from bcmanager.cli.check import Severity, inspect
 from bcmanager.core.folders import DiskOps, RunFolders
+from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
-from bcmanager.core.state import FileState, JobState
+from bcmanager.models import JobState
 from bcmanager.paths import RunPaths
 from conftest import Clock, Run
 

@@ -9,6 +9,7 @@ import pytest
 from test_scaling import lines_executed
 
 from bcmanager.core.events import Facts
+from bcmanager.core.jobs import FileState, Job
 from bcmanager.core.progress import (
     DRAIN_HORIZON,
     ENGINE_IDLE_SECONDS,
@@ -17,8 +18,8 @@ from bcmanager.core.progress import (
     RateRing,
     run_phase,
 )
-from bcmanager.core.state import FileState, Job, JobState, RunState
-from bcmanager.models import RunPhase
+from bcmanager.core.state import RunState
+from bcmanager.models import JobState, RunPhase
 
 MB = 1_000_000
 

@@ -47,20 +47,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from bcmanager.check import Severity, inspect
+from bcmanager.cli.check import Severity, inspect
 from bcmanager.core.folders import DiskOps, RunFolders
+from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
-from bcmanager.core.state import (
-    ENDS_OF,
-    FileState,
-    InvalidTransition,
-    JobState,
-    LeaseExpired,
-    UnknownJob,
-)
+from bcmanager.core.state import ENDS_OF, InvalidTransition, LeaseExpired, UnknownJob
+from bcmanager.models import JobState
 from bcmanager.paths import FolderKind, RunPaths, raw_stem
 from bcmanager.settings import Settings
-from bcmanager.simulate import pod5_bytes
+from bcmanager.sim import pod5_bytes
 from conftest import Clock, fastq
 from oracle import judge
 

@@ -36,10 +36,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from bcmanager.core.state import InvalidTransition, JobState, UnknownJob
+from bcmanager.core.state import InvalidTransition, UnknownJob
 from bcmanager.facility.facility import Facility
+from bcmanager.models import JobState
 from bcmanager.settings import Settings
-from bcmanager.simulate import pod5_bytes
+from bcmanager.sim import pod5_bytes
 from conftest import RUN_NAME, Clock, fastq
 from oracle import RootRun, stray_reads
 

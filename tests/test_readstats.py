@@ -29,7 +29,7 @@ from bcmanager import __version__
 from bcmanager.agent import Agent, AgentSettings, Attempt, Job, Lease, LeaseEnd
 from bcmanager.facility.yieldledger import rebuild_yield
 from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder
-from bcmanager.readstats import (
+from bcmanager.reads.stats import (
     CUT_SHORT,
     MAX_FILES_LISTED,
     PYSAM_MISSING,
@@ -38,7 +38,7 @@ from bcmanager.readstats import (
     phred_mean_qscore,
     write_job_stats,
 )
-from bcmanager.simulate import (
+from bcmanager.sim import (
     MIN_QSCORE,
     Layout,
     ReadsFormat,
@@ -264,7 +264,7 @@ def test_without_pysam_bam_files_are_listed_and_fastq_still_counts(tmp_path: Pat
     write(job_output / "pass" / "extra.fastq", "@x\nACG\n+\nIII\n")
     script = (
         "import json, sys; sys.modules['pysam'] = None\n"
-        "from pathlib import Path; from bcmanager.readstats import job_stats\n"
+        "from pathlib import Path; from bcmanager.reads.stats import job_stats\n"
         f"print(json.dumps(job_stats(Path({str(job_output)!r}), [])))"
     )
 

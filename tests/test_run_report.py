@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bcmanager.simulate import Layout, ReadsFormat, basecall
+from bcmanager.sim import Layout, ReadsFormat, basecall
 
 pysam = pytest.importorskip("pysam")
 

@@ -16,8 +16,8 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
 from bcmanager.cli import main
-from bcmanager.runs_cli import duration
-from bcmanager.simulate import SAMPLE_RATE, write_pod5
+from bcmanager.cli.runs import duration
+from bcmanager.sim import SAMPLE_RATE, write_pod5
 from conftest import Run, Server, real_server
 
 READ, OPERATOR, ENGINE = "read-secret", "operator-secret", "engine-secret"

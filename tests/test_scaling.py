@@ -18,7 +18,7 @@ import bcmanager
 from bcmanager.core import scan
 from bcmanager.core.folders import DiskOps, RunFolders
 from bcmanager.core.manager import Manager
-from bcmanager.core.state import JobState
+from bcmanager.models import JobState
 from bcmanager.paths import RunPaths
 from conftest import Run, serving
 
@@ -62,7 +62,7 @@ def cost_of_a_job_cycle(run: Run, pending: int, done: int) -> tuple[int, int]:
     manager = Manager(run.settings(), RunFolders(paths, ops))
     manager.folders.prepare()
     for index in range(done):
-        manager.state.restore(f"done_{index}.pod5", bcmanager.core.state.FileState.DONE)
+        manager.state.restore(f"done_{index}.pod5", bcmanager.core.jobs.FileState.DONE)
     for index in range(pending):
         manager.state.observe(f"raw_{index}.pod5", complete=True)
     for index in range(20):  # the files leased are looked at: those must be there

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bcmanager.serve import openapi_schema
+from bcmanager.cli.serve import openapi_schema
 from bcmanager.settings import Settings
 
 ROOT = Path(__file__).parent.parent

@@ -18,7 +18,7 @@ import pytest
 
 from bcmanager.cli import main
 from bcmanager.paths import FolderKind, job_folder
-from bcmanager.simulate import (
+from bcmanager.sim import (
     CRASH_EXIT_CODE,
     POD5_SIGNATURE,
     Layout,
@@ -405,7 +405,7 @@ def test_the_same_job_gives_the_same_bytes(tmp_path: Path) -> None:
 
 
 # Dorado's behaviours that lose or change reads. Each test judges the output with its own
-# parsing; the helpers of bcmanager.simulate only say what the seed chose.
+# parsing; the helpers of bcmanager.sim only say what the seed chose.
 
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 DORADO_TIME = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] "

@@ -5,16 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bcmanager.core.events import FileMissing, FileSeen, KeptAlive, Late, Restored, Retried
-from bcmanager.core.state import (
-    Completion,
-    FileState,
-    InvalidTransition,
-    Job,
-    JobState,
-    LeaseExpired,
-    RunState,
-    UnknownJob,
-)
+from bcmanager.core.jobs import FileState, Job
+from bcmanager.core.state import Completion, InvalidTransition, LeaseExpired, RunState, UnknownJob
+from bcmanager.models import JobState
 
 LEASE = 90.0
 

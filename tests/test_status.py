@@ -13,8 +13,9 @@ import httpx
 import pytest
 from test_scaling import lines_executed
 
+from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
-from bcmanager.core.state import FileState, JobState
+from bcmanager.models import JobState
 from conftest import Clock, Run, serving
 
 

@@ -19,12 +19,12 @@ from test_facility import assign, complete, summary, until
 from test_facility import serving as serving_root
 
 from bcmanager.cli import main
+from bcmanager.cli.status import human_bytes, human_duration, render
 from bcmanager.core.manager import Manager
 from bcmanager.core.progress import ENGINE_IDLE_SECONDS
-from bcmanager.facility.report import human_bases
 from bcmanager.models import BenchedEngine, RunPhase, RunStatus
 from bcmanager.paths import REPORT_HTML
-from bcmanager.status_view import human_bytes, human_duration, render
+from bcmanager.words import human_bases
 from conftest import Clock, Root, Run, Server, minknow_run, n50, serving, simulated_dorado
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

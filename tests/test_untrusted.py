@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from bcmanager.check import Report, inspect
+from bcmanager.cli.check import Report, inspect
 from bcmanager.core.folders import DiskOps, RunFolders
+from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
-from bcmanager.core.state import FileState
 from bcmanager.paths import RunPaths
 from conftest import Clock, Run, Server, serving, wait_for
 

@@ -25,6 +25,19 @@ Shown = Annotated[str, AfterValidator(shown)]
 ShownNames = Annotated[list[str], AfterValidator(_shown_names)]
 
 
+class JobState(str, Enum):
+    """Where one job stands; spelled as the engine protocol spells it, plus EXPIRED."""
+
+    ASSIGNED = "ASSIGNED"  # handed to an engine, lease running
+    STARTED = "STARTED"  # the engine reports its basecaller started
+    PROCESSING = "PROCESSING"  # the engine reports it is working
+    DONE = "DONE"  # output merged into pass/ and fail/: files done
+    FAILED = "FAILED"  # the engine reported failure: files retried, in halves when several
+    QUARANTINED = "QUARANTINED"  # reported FAILED, and its one file has failed enough: set aside
+    STOPPED = "STOPPED"  # the engine gave the batch back unfinished: files pending again
+    EXPIRED = "EXPIRED"  # no keepalive within the lease: files pending again, output never merged
+
+
 class RunPhase(str, Enum):
     """Whether the sequencer still writes, and whether all it wrote is basecalled."""
 

@@ -29,7 +29,7 @@ RAW_SUFFIX = ".pod5"
 # the logs, so a FAILEDOUTPUT_ folder says why its job failed.
 ATTEMPT_FILE = "bcm-attempt.json"
 # What the agent writes beside it when the basecaller succeeded: the job's read statistics
-# (readstats.py). Kept with the logs, where the manager reads it.
+# (reads/stats.py). Kept with the logs, where the manager reads it.
 STATS_FILE = "bcm-stats.json"
 # What the manager writes there before it commits a DONE: the account of the job's reads, each
 # raw file's reads in against those that came out (core/account.py). A reads file the account

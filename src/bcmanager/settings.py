@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import ssl
+import sys
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import (
     AnyHttpUrl,
@@ -23,7 +24,40 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bcmanager.facility.rules import DEFAULT_BATCH_BYTES, parse_size
+DEFAULT_BATCH_BYTES = 4 * 10**9
+"""What a batch holds at most when no setting says otherwise: a few minutes of a GPU's work."""
+
+SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+SIZE_WORDS = "a number of bytes, or a number with B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a text like ``8 GB`` or ``500 MiB``; ValueError if neither, or not
+    at least one byte."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size: {SIZE_WORDS}")
+    if isinstance(value, int):
+        size = value
+    else:
+        found = _SIZE.fullmatch(value)
+        unit = SIZE_UNITS.get(found[2].lower() or "b") if found else None
+        if found is None or unit is None:
+            raise ValueError(f"{value!r} is not a size: {SIZE_WORDS}")
+        size = round(float(found[1]) * unit)
+    if size < 1:
+        raise ValueError(f"{value!r} is not a size of at least one byte")
+    return size
 
 
 class Settings(BaseSettings):
@@ -261,3 +295,12 @@ def describe_error(error: ValidationError) -> str:
     value = first.get("input")
     shown = "" if first["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
     return f"invalid setting {name}: {first['msg']}{shown}"
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings | None:
+    """Settings from env, .env and ``overrides``; None after printing one line if invalid."""
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        print(f"bcmanager: {describe_error(error)}", file=sys.stderr)
+        return None

@@ -17,9 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-if TYPE_CHECKING:  # state.py makes these records: it imports this module, not the reverse
+from bcmanager.core.jobs import FileState, Job
+from bcmanager.models import JobState
+
+if TYPE_CHECKING:
     from bcmanager.core.scan import AttemptRecord
-    from bcmanager.core.state import FileState, Job, JobState
 
 
 @dataclass(frozen=True, slots=True)

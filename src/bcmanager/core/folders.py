@@ -42,8 +42,7 @@ import errno
 import logging
 import os
 import shutil
-import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import Enum
@@ -67,6 +66,7 @@ from bcmanager.paths import (
     raw_names_among,
     temp_name,
 )
+from bcmanager.reads.files import is_real_folder, output_entries
 from bcmanager.records import write_record
 
 log = logging.getLogger(__name__)
@@ -124,42 +124,6 @@ def _rename_aside(ops: DiskOps, source: Path, wanted: Path) -> Path:
         target = wanted.with_name(aside_name(wanted.name, attempt))
     ops.rename(source, target)
     return target
-
-
-def _is_real_folder(path: Path) -> bool:
-    """A folder, and not a symlink to one: what an engine made a symlink is never entered."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def output_entries(output: Path) -> Iterator[tuple[Path, tuple[str, ...], str | None]]:
-    """Each entry of a job's output folder but its real folders, walked without following a
-    symlink: (path, its parts inside the folder, None for a regular file or why it is refused).
-    One folder's names are listed before its entries are yielded, so a merge that moves them
-    away does not disturb the listing; nothing is kept per file (an engine decides how many)."""
-    if not _is_real_folder(output):
-        if os.path.lexists(output):
-            yield output, (), "is not a real folder"
-        return
-    stack: list[tuple[Path, tuple[str, ...]]] = [(output, ())]
-    while stack:
-        folder, parts = stack.pop()
-        for name in os.listdir(folder):
-            path, inner = folder / name, (*parts, name)
-            try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                continue
-            if stat.S_ISLNK(mode):
-                yield path, inner, "is a symlink"
-            elif stat.S_ISDIR(mode):
-                stack.append((path, inner))
-            elif not stat.S_ISREG(mode):
-                yield path, inner, "is not a regular file"
-            else:
-                yield path, inner, None
 
 
 class Unlinked(OSError):
@@ -427,7 +391,7 @@ class RunFolders:
             kept_as = KEPT_AS.get(tail)
             if kept_as is not None:
                 self._set_aside(output, self.paths.output_folder(kept_as, jobid, engine))
-            elif _is_real_folder(output):
+            elif is_real_folder(output):
                 self.ops.rmtree(output)
             elif os.path.lexists(output):
                 self.ops.unlink(output)
@@ -577,7 +541,7 @@ class RunFolders:
 
     def _remove_temp(self, name: str) -> None:
         path = self.paths.input_dir / name
-        if _is_real_folder(path):
+        if is_real_folder(path):
             self.ops.rmtree(path)
         else:
             self.ops.unlink(path)

@@ -35,27 +35,21 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bcmanager import readstats
 from bcmanager.core import scan
 from bcmanager.core.account import JobAccount, account_job, account_record, skipped_by_basecaller
 from bcmanager.core.benching import Benched, Benching
 from bcmanager.core.events import NO_FACTS, Event, Facts, Late, Leased
 from bcmanager.core.folders import Recovered, RunFolders, Tail, Unlinked
+from bcmanager.core.jobs import FileState, Job
+from bcmanager.core.logs import event_line, log_event
 from bcmanager.core.progress import Progress, run_phase
-from bcmanager.core.state import (
-    FILES_AFTER,
-    Completion,
-    FileState,
-    Job,
-    JobState,
-    RunState,
-)
-from bcmanager.logs import event_line, log_event
+from bcmanager.core.state import FILES_AFTER, Completion, RunState
 from bcmanager.models import (
     BCBatch,
     BenchedEngine,
     FileBytes,
     FileCounts,
+    JobState,
     LeasedJob,
     QuarantinedFile,
     RunEntry,
@@ -70,6 +64,7 @@ from bcmanager.paths import (
     JobFolderName,
     RunPaths,
 )
+from bcmanager.reads import stats as readstats
 from bcmanager.records import write_record
 from bcmanager.settings import Settings
 from bcmanager.undecodable import UndecodableNames

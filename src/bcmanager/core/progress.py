@@ -51,12 +51,14 @@ from bcmanager.core.events import (
     Retried,
     Split,
 )
+from bcmanager.core.jobs import FileState, Job
 from bcmanager.core.scan import AttemptRecord
-from bcmanager.core.state import FILES_AFTER, FileState, Job, JobState
+from bcmanager.core.state import FILES_AFTER
 from bcmanager.models import (
     Drain,
     EngineStatus,
     History,
+    JobState,
     ProblemJob,
     Rate,
     Rates,

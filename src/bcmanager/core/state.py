@@ -70,44 +70,15 @@ from bcmanager.core.events import (
     Retried,
     Split,
 )
-
-
-class FileState(str, Enum):
-    """Where one raw file stands."""
-
-    WAITING = "waiting"  # seen, but not complete yet: never offered while so
-    PENDING = "pending"  # complete, queued for an engine
-    LEASED = "leased"  # in the batch of a live job
-    DONE = "done"  # its FASTQ is final
-    FAILED = "failed"  # quarantined: failed alone on two engines (or N times); see ``retry``
-    MISSING = "missing"  # gone from INPUT_DIR before it was leased: dropped until it returns
-
-
-class JobState(str, Enum):
-    """Where one job stands; spelled as the engine protocol spells it, plus EXPIRED."""
-
-    ASSIGNED = "ASSIGNED"  # handed to an engine, lease running
-    STARTED = "STARTED"  # the engine reports its basecaller started
-    PROCESSING = "PROCESSING"  # the engine reports it is working
-    DONE = "DONE"  # output merged into pass/ and fail/: files done
-    FAILED = "FAILED"  # the engine reported failure: files retried, in halves when several
-    QUARANTINED = "QUARANTINED"  # reported FAILED, and its one file has failed enough: set aside
-    STOPPED = "STOPPED"  # the engine gave the batch back unfinished: files pending again
-    EXPIRED = "EXPIRED"  # no keepalive within the lease: files pending again, output never merged
-
-
-LIVE_JOB_STATES = frozenset({JobState.ASSIGNED, JobState.STARTED, JobState.PROCESSING})
-ENDED_JOB_STATES = frozenset(
-    {
-        JobState.DONE,
-        JobState.FAILED,
-        JobState.QUARANTINED,
-        JobState.STOPPED,
-        JobState.EXPIRED,
-    }
+from bcmanager.core.jobs import (
+    COMPLETION_STATES,
+    ENDED_JOB_STATES,
+    LIVE_JOB_STATES,
+    FileState,
+    Job,
 )
-# What an engine may report through /completed.
-COMPLETION_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.STOPPED})
+from bcmanager.models import JobState
+
 # How the manager may carry out what an engine reported: a DONE whose account rejects every
 # file ends as a failure (see ``account.py``), a FAILED may quarantine. A repeated report is
 # answered as the first one was, whichever way.
@@ -164,24 +135,6 @@ class LeaseExpired(InvalidTransition):
 
 class UnknownJob(StateError):
     """No job with this id was ever handed out by this run."""
-
-
-@dataclass(slots=True)
-class Job:
-    """One batch handed to one engine."""
-
-    jobid: str
-    engine: str
-    files: tuple[str, ...]
-    state: JobState
-    deadline: float  # monotonic second at which the lease runs out; meaningless once ended
-    started: float  # monotonic second the job was assigned (or adopted)
-    retry: bool = False  # a retry of failed files: given back, it stays a batch of its own
-    failed_by: str | None = None  # a retry: the engine whose failure made its group
-
-    @property
-    def live(self) -> bool:
-        return self.state in LIVE_JOB_STATES
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,9 +48,11 @@ from watchfiles import Change, awatch
 
 from bcmanager.core import scan
 from bcmanager.core.benching import Benched, Benching
+from bcmanager.core.jobs import FileState, Job
+from bcmanager.core.logs import log_event
 from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, batch_reply, picture
 from bcmanager.core.progress import Progress, run_phase
-from bcmanager.core.state import FileState, Job, JobState, LeaseExpired, UnknownJob
+from bcmanager.core.state import LeaseExpired, UnknownJob
 from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
 from bcmanager.facility.notify import Notifier
@@ -60,11 +62,11 @@ from bcmanager.facility.rules import Rules, RunSettings
 from bcmanager.facility.runreport import build_run_report
 from bcmanager.facility.scheduler import Queue, batch_bytes, choose
 from bcmanager.facility.yieldledger import RunYield, fold, read_job_output
-from bcmanager.logs import log_event
 from bcmanager.models import (
     BCBatch,
     FileBytes,
     FileCounts,
+    JobState,
     QuarantinedFile,
     RunEntry,
     RunPhase,

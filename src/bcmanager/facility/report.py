@@ -22,9 +22,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from bcmanager.facility.yieldledger import HOUR, RunYield
-from bcmanager.models import Histogram, ReadsAccount, RunYieldStatus, Shown, YieldSeries
+from bcmanager.models import Histogram, RunYieldStatus, Shown, YieldSeries
 from bcmanager.paths import REPORT_HTML, REPORT_JSON
 from bcmanager.records import write_record
+from bcmanager.words import account_warnings, human_bases
 
 QUARANTINED_LISTED = 1000  # the page and report.json name at most this many quarantined files
 BARCODES_CHARTED = 100
@@ -118,39 +119,6 @@ def build_report(
         warnings=_warnings(status, counted, len(aside)),
     )
     return report.model_dump(mode="json")
-
-
-def account_line(account: ReadsAccount) -> str:
-    """The account of a run's reads in one line (the report, the page and ``status``)."""
-    return (
-        f"{account.reads_in:,} raw reads in · {account.records_out:,} records out · "
-        f"{account.split_reads:,} split · {account.reads_missing:,} missing · "
-        f"{account.files_rejected:,} files rejected"
-    )
-
-
-def account_warnings(account: ReadsAccount) -> list[str]:
-    """What the account of a run's reads asks a person to look at, one line each: the files
-    rejected are named in their reasons."""
-    found = []
-    if account.reads_missing:
-        found.append(
-            f"{account.reads_missing:,} reads of done files did not come out "
-            "(dropped on purpose, as BCM_MAY_DROP_READS allows)"
-        )
-    if account.files_rejected:
-        found.append(
-            f"{account.files_rejected:,} times a DONE's reads did not all come out and its "
-            f"files went to the failure policy; last: {'; '.join(account.rejections)}"
-        )
-    if account.files_unchecked:
-        found.append(
-            f"{account.files_unchecked:,} done raw files were gone before their reads could "
-            "be checked"
-        )
-    if account.jobs_without_account:
-        found.append(f"{account.jobs_without_account:,} done jobs have no account of their reads")
-    return found
 
 
 def _warnings(status: RunYieldStatus, reads_in: ReadsIn, quarantined: int) -> list[str]:
@@ -371,14 +339,6 @@ def _e(text: str) -> str:
 
 def _count(value: int) -> str:
     return f"{value:,}"
-
-
-def human_bases(value: int) -> str:
-    """A number of bases, shortened: 950 b, 12.3 kb, 4.56 Gb."""
-    for unit, size in (("Tb", 10**12), ("Gb", 10**9), ("Mb", 10**6), ("kb", 10**3)):
-        if value >= size:
-            return f"{value / size:.3g} {unit}"
-    return f"{value} b"
 
 
 def _duration(seconds: float) -> str:

@@ -28,27 +28,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
-if TYPE_CHECKING:
-    from bcmanager.settings import Settings
+from bcmanager.settings import DEFAULT_BATCH_BYTES, SIZE_WORDS, Settings, parse_size
 
-DEFAULT_BATCH_BYTES = 4 * 10**9
-"""What a batch holds at most when no setting says otherwise: a few minutes of a GPU's work."""
-
-SIZE_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-SIZE_WORDS = "a number of bytes, or a number with B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
-_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
 # Control characters would reach an agent's command line, where a NUL cannot even be passed.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TEXT_KEYS = ("model", "modified_bases", "kit")
@@ -57,24 +40,6 @@ SETTING_KEYS = ("priority", *TEXT_KEYS, "batch_bytes")
 
 class RulesError(ValueError):
     """The runs file cannot be used; the message is one line naming the file and the fault."""
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a text like ``8 GB`` or ``500 MiB``; ValueError if neither, or not
-    at least one byte."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size: {SIZE_WORDS}")
-    if isinstance(value, int):
-        size = value
-    else:
-        found = _SIZE.fullmatch(value)
-        unit = SIZE_UNITS.get(found[2].lower() or "b") if found else None
-        if found is None or unit is None:
-            raise ValueError(f"{value!r} is not a size: {SIZE_WORDS}")
-        size = round(float(found[1]) * unit)
-    if size < 1:
-        raise ValueError(f"{value!r} is not a size of at least one byte")
-    return size
 
 
 @dataclass(frozen=True, slots=True)

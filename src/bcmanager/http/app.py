@@ -31,7 +31,7 @@ from pydantic import BeforeValidator
 
 from bcmanager import __version__, audit
 from bcmanager.core.manager import Manager
-from bcmanager.core.state import InvalidTransition, JobState, UnknownJob
+from bcmanager.core.state import InvalidTransition, UnknownJob
 from bcmanager.facility.facility import Facility, UnknownRun
 from bcmanager.http.access import BEARERS, COOKIE, COOKIE_MAX_AGE, READ_COOKIE, Access, Caller, Kind
 from bcmanager.http.metrics import Metrics, RequestTimer
@@ -41,6 +41,7 @@ from bcmanager.models import (
     CompletedReply,
     ErrorReply,
     HeartbeatReply,
+    JobState,
     KeepaliveReply,
     PriorityRequest,
     ReadyReply,

@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import pod5  # type: ignore[import-untyped]
 
-from bcmanager import __version__, readstats
-from bcmanager.core.account import derived_read_id
+from bcmanager import __version__
 from bcmanager.paths import FAIL, PASS, is_raw_name, raw_stem
+from bcmanager.reads import stats as readstats
+from bcmanager.reads.files import derived_read_id
 
 POD5_SIGNATURE = b"\x8bPOD\r\n\x1a\n"  # first and last 8 bytes of every complete POD5 file
 SAMPLE_RATE = 5000  # samples per second, as on a PromethION R10.4.1 flow cell

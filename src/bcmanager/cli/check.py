@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bcmanager.core import scan
-from bcmanager.core.state import FileState
+from bcmanager.core.jobs import FileState
 from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
 from bcmanager.facility.facility import UnknownRun
@@ -60,7 +60,7 @@ from bcmanager.paths import (
     raw_stem,
     shown,
 )
-from bcmanager.serve import load_settings
+from bcmanager.settings import load_settings
 
 K = TypeVar("K")
 

@@ -16,16 +16,16 @@ from bcmanager import __version__
 # Each command and the module that defines it. Running a command imports its module alone, so an
 # agent, a basecaller or ``check`` starts in a fraction of the time the web app takes to load.
 COMMANDS = {
-    "serve": "serve",
-    "openapi": "serve",
-    "agent": "agent",
-    "simulate": "simulate",
-    "demo": "demo",
-    "status": "status_view",
-    "runs": "runs_cli",
-    "check": "check",
-    "retry": "retry",
-    "report": "facility.runreport",
+    "serve": "bcmanager.cli.serve",
+    "openapi": "bcmanager.cli.serve",
+    "agent": "bcmanager.agent",
+    "simulate": "bcmanager.sim",
+    "demo": "bcmanager.cli.demo",
+    "status": "bcmanager.cli.status",
+    "runs": "bcmanager.cli.runs",
+    "check": "bcmanager.cli.check",
+    "retry": "bcmanager.cli.retry",
+    "report": "bcmanager.cli.report",
 }
 
 
@@ -40,7 +40,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = [COMMANDS[command]] if command in COMMANDS else COMMANDS.values()
     for module in dict.fromkeys(wanted):
-        importlib.import_module(f"bcmanager.{module}").add_command(subparsers)
+        importlib.import_module(module).add_command(subparsers)
     return parser
 
 

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from pydantic import ValidationError
 
+from bcmanager.core.logs import configure_logging
 from bcmanager.facility.facility import Facility
 from bcmanager.facility.rules import Rules, RulesError
 from bcmanager.http.app import create_app
 from bcmanager.lock import AlreadyManaged, hold_run
-from bcmanager.logs import configure_logging
 from bcmanager.paths import RunPaths
 from bcmanager.roots import UnusableRoot
-from bcmanager.settings import Settings, describe_error
+from bcmanager.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +65,6 @@ def settings_help() -> str:
             default = "default: unset" if field.default is None else f"default {field.default}"
         lines.append(f"  BCM_{name.upper():<24} {field.description} ({default})")
     return "\n".join(lines)
-
-
-def load_settings(overrides: dict[str, Any]) -> Settings | None:
-    """Settings from env, .env and ``overrides``; None after printing one line if invalid."""
-    try:
-        return Settings(**{key: value for key, value in overrides.items() if value is not None})
-    except ValidationError as error:
-        print(f"bcmanager: {describe_error(error)}", file=sys.stderr)
-        return None
 
 
 def run_serve(args: argparse.Namespace) -> int:

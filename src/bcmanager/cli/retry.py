@@ -32,8 +32,7 @@ from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Layout
 from bcmanager.lock import RunLock
 from bcmanager.paths import JobFolderName, RunPaths, shown
-from bcmanager.serve import load_settings
-from bcmanager.settings import ClientSettings, Settings
+from bcmanager.settings import ClientSettings, Settings, load_settings
 from bcmanager.urls import base_url
 
 

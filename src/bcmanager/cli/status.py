@@ -24,11 +24,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from bcmanager.facility.report import account_line, account_warnings, human_bases
 from bcmanager.models import ReadTally, RunEntry, RunPhase, RunStatus, RunYieldStatus
 from bcmanager.paths import REPORT_HTML
 from bcmanager.settings import ClientSettings
 from bcmanager.urls import base_url
+from bcmanager.words import account_line, account_warnings, human_bases
 
 DEFAULT_URL = "http://127.0.0.1:40765"
 STATE_STYLES = {

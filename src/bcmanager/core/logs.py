@@ -32,7 +32,8 @@ from bcmanager.core.events import (
     Retried,
     Split,
 )
-from bcmanager.core.state import FileState, Job, JobState
+from bcmanager.core.jobs import FileState, Job
+from bcmanager.models import JobState
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 # Libraries whose INFO lines are chatter, not events of the run: watchfiles says "N changes

@@ -38,8 +38,6 @@ from typing import Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from bcmanager.core.account import ReadsFileError, open_fastq, read_line
-from bcmanager.core.folders import output_entries
 from bcmanager.paths import (
     FASTQ_SUFFIXES,
     PASS,
@@ -48,6 +46,7 @@ from bcmanager.paths import (
     merge_target,
     shown,
 )
+from bcmanager.reads.files import ReadsFileError, open_fastq, output_entries, read_line
 from bcmanager.records import write_record
 
 FORMAT = "bcmanager-job-stats"

@@ -65,8 +65,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bcmanager import paths, readstats
-from bcmanager.core.state import JobState
+from bcmanager import paths
+from bcmanager.models import JobState
+from bcmanager.reads import stats as readstats
 from bcmanager.records import write_record
 from bcmanager.template import fill
 from bcmanager.urls import base_url

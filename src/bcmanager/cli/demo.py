@@ -20,14 +20,14 @@ from pathlib import Path
 
 import uvicorn
 
+from bcmanager.cli.status import reads_summary
 from bcmanager.core.manager import Manager
 from bcmanager.facility.facility import Facility
 from bcmanager.http.app import create_app
 from bcmanager.models import RunPhase
 from bcmanager.paths import REPORT_HTML
 from bcmanager.settings import Settings
-from bcmanager.simulate import run_sequencer
-from bcmanager.status_view import reads_summary
+from bcmanager.sim import run_sequencer
 
 MARKER = ".bcmanager-demo"  # a folder with this file was made by the demo and may be wiped
 REPORT_EVERY = 2.0

@@ -19,8 +19,8 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from bcmanager.cli.status import DEFAULT_URL
 from bcmanager.settings import ClientSettings
-from bcmanager.status_view import DEFAULT_URL
 from bcmanager.urls import base_url
 
 EXIT_REFUSED = 1
