@@ -12,7 +12,7 @@ import httpx
 
 from bcmanager.core.folders import Recovered, RunFolders
 from bcmanager.core.manager import Manager
-from bcmanager.core.scan import POD5_SIGNATURE
+from bcmanager.core.scan import POD5_SIGNATURE, InputListing
 from bcmanager.paths import RunPaths
 from bcmanager.sim import write_pod5
 from conftest import Run, serving
@@ -57,8 +57,10 @@ class ArrivalDuringRecovery(RunFolders):
         self.source = source
         self.target = run.input_dir / source.name
 
-    def recover(self, others: frozenset[str] = frozenset()) -> Recovered:
-        found = super().recover(others)
+    def recover(
+        self, others: frozenset[str] = frozenset(), listing: InputListing | None = None
+    ) -> Recovered:
+        found = super().recover(others, listing)
         shutil.copy(self.source, self.target)
         return found
 
@@ -81,8 +83,10 @@ class FolderGoneAfterRecovery(RunFolders):
         super().__init__(RunPaths(run.input_dir.resolve(), run.output_dir.resolve()))
         self.away = run.input_dir.with_name("away")
 
-    def recover(self, others: frozenset[str] = frozenset()) -> Recovered:
-        found = super().recover(others)
+    def recover(
+        self, others: frozenset[str] = frozenset(), listing: InputListing | None = None
+    ) -> Recovered:
+        found = super().recover(others, listing)
         self.paths.input_dir.rename(self.away)
         return found
 

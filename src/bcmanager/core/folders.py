@@ -473,15 +473,21 @@ class RunFolders:
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def recover(self, others: frozenset[str] = frozenset()) -> Recovered:
+    def recover(
+        self, others: frozenset[str] = frozenset(), listing: scan.InputListing | None = None
+    ) -> Recovered:
         """Read the run back from disk, finishing what a crash interrupted. Raises OSError only
         when INPUT_DIR or OUTPUT_DIR cannot be used at all; a job whose leftovers cannot be
         handled is logged, kept in ``problems``, and the rest of the run goes on. ``others``
         are the jobs of the other raw folders of the run, which share its output folder:
-        their output is theirs, not unclaimed."""
+        their output is theirs, not unclaimed. ``listing``: INPUT_DIR as discovery listed it
+        just before (None: listed here). Only this manager, which holds the lock, makes job
+        and temporary folders, so none can have come or gone since; raw files written since
+        are found by the first scan's closing rescan, as those written during recovery are."""
         self.prepare()
         found = Recovered()
-        listing = scan.list_input(self.paths.input_dir)
+        if listing is None:
+            listing = scan.list_input(self.paths.input_dir)
         output_names = set(scan.names_in(self.paths.output_dir))
         found.raw = listing.raw
         for name in listing.temp:
@@ -551,7 +557,8 @@ class RunFolders:
     ) -> None:
         name = folder.name
         # Only links named like a raw file stand for one: nothing else is ever offered.
-        files = raw_names_among(scan.names_in(self.paths.input_dir / name))
+        # Joined as text: a pathlib join per job folder cost a start-up more than its listing.
+        files = raw_names_among(scan.names_in(os.path.join(self.paths.input_dir, name)))
         jobid, engine = folder.jobid, folder.engine
         if folder.kind is FolderKind.ASSIGNED:
             # Oldest first; a file deleted since it was leased stays the engine's all the same.

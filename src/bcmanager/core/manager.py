@@ -61,7 +61,6 @@ from bcmanager.paths import (
     ATTEMPT_FILE,
     STATS_FILE,
     FolderKind,
-    JobFolderName,
     RunPaths,
 )
 from bcmanager.reads import stats as readstats
@@ -174,21 +173,22 @@ class Manager:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, listing: scan.InputListing | None = None) -> None:
         """Rebuild the run from disk, then keep watching it. Returns (and the server starts
         listening) once jobs are adopted and the oldest pending files can be offered: engines
         that outlived a restart keep their jobs, and the first engine to ask gets work. The
-        rest of the raw files are probed after, in the background."""
+        rest of the raw files are probed after, in the background. ``listing``: the raw folder
+        as the facility's discovery listed it just before (None: recovery lists it)."""
         with _collection_paused():
-            recovered, unprobed = self._read_back()
+            recovered, unprobed = self._read_back(listing)
         self._spawn("initial scan", self._initial_scan(recovered, unprobed))
         self._spawn("reaper", self._reap_forever())
         self._spawn("rescan", self._rescan_forever())
 
-    def _read_back(self) -> tuple[Recovered, list[str]]:
+    def _read_back(self, listing: scan.InputListing | None) -> tuple[Recovered, list[str]]:
         """Recover the folders, restore the files and jobs they record, and probe the oldest of
         the other raw files; returns what recovery found and the raw files left to probe."""
-        recovered = self.folders.recover(self.siblings())
+        recovered = self.folders.recover(self.siblings(), listing)
         for line in recovered.repaired:
             log.info("recovery: %s", line)
         self._restore(recovered, self.clock())
@@ -208,10 +208,13 @@ class Manager:
         quarantined: list[tuple[str, str]] = []
         found = []
         wall = time.time()
-        for folder, files in recovered.ended:
+        changed = scan.changed_times(
+            self.paths.input_dir, [folder.name for folder, _ in recovered.ended]
+        )
+        for (folder, files), ctime in zip(recovered.ended, changed, strict=True):
             outcome = ENDED_AS[folder.kind]
             event = self.state.record_ended(folder.jobid, folder.engine, outcome, now)
-            found.append((self._ended_at(folder, now, wall), len(files), event))
+            found.append((_ended_at(ctime, now, wall), len(files), event))
             if outcome is JobState.DONE:
                 done.append(files)
                 self.done_at_start.append((folder.jobid, folder.engine))
@@ -229,17 +232,6 @@ class Manager:
             self._apply(self.state.adopt(folder.jobid, folder.engine, files, now), now)
         for restored in self.state.restore_failures(attempts, quarantined):
             self._apply(restored, now)
-
-    def _ended_at(self, folder: JobFolderName, now: float, wall: float) -> float | None:
-        """When an ended job folder ended, by this clock: its status-change time, which the
-        rename that ended it (ASSIGNED_ to DONE_, FAILED_ or QUARANTINED_) sets, while its
-        modification time is when it was assigned. None when it is gone since recovery read
-        it: there is nothing to date."""
-        try:
-            changed = os.stat(self.paths.input_dir / folder.name).st_ctime
-        except OSError:
-            return None
-        return now - max(0.0, wall - changed)
 
     async def stop(self) -> None:
         for task in self._tasks.values():
@@ -921,6 +913,16 @@ ENDED_AS = {
     FolderKind.FAILED: JobState.FAILED,
     FolderKind.QUARANTINED: JobState.QUARANTINED,
 }
+
+
+def _ended_at(changed: float | None, now: float, wall: float) -> float | None:
+    """When an ended job folder ended, by the monotonic clock that read ``now`` when the wall
+    clock read ``wall``: its status-change time ``changed``, which the rename that ended it
+    (ASSIGNED_ to DONE_, FAILED_ or QUARANTINED_) sets, while its modification time is when it
+    was assigned. None when it is gone since recovery read it: there is nothing to date."""
+    if changed is None:
+        return None
+    return now - max(0.0, wall - changed)
 
 
 def _oldest_first(found: tuple[float | None, int, object]) -> float:

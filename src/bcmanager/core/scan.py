@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from bcmanager.paths import (
     FAIL,
+    FINAL_PREFIX,
     OUTPUT_KINDS,
     PASS,
     RAW_SUFFIX,
@@ -123,6 +124,21 @@ def sizes(input_dir: Path, names: Iterable[str]) -> list[tuple[str, int]]:
                 found.append((name, os.stat(name, dir_fd=folder, follow_symlinks=False).st_size))
             except OSError:
                 continue
+    return found
+
+
+def changed_times(input_dir: Path, names: Iterable[str]) -> list[float | None]:
+    """The status-change time of each entry of INPUT_DIR (one lstat each); None for one that
+    is gone."""
+    found: list[float | None] = []
+    with _opened(input_dir) as folder:
+        if folder is None:
+            return [None for _ in names]
+        for name in names:
+            try:
+                found.append(os.stat(name, dir_fd=folder, follow_symlinks=False).st_ctime)
+            except OSError:
+                found.append(None)
     return found
 
 
@@ -257,10 +273,17 @@ def fastq_files(output_dir: Path) -> list[tuple[str, str]]:
 
 def raw_names_with_fastq(output_dir: Path, known_jobs: frozenset[str]) -> set[str]:
     """Raw file names whose stem already has FASTQ in pass/ or fail/, made by other means or by
-    jobs not in ``known_jobs`` (whose DONE_ folders record their files themselves)."""
+    jobs not in ``known_jobs`` (whose DONE_ folders record their files themselves). Most of a
+    big run's FASTQ is of known jobs: their job id is cut out of the name without the regular
+    expression (a start-up reads every FASTQ name of a run)."""
     found: set[str] = set()
+    start = len(FINAL_PREFIX)
     for _, names in _pass_and_fail(output_dir):
         for name in names:
+            if name.startswith(FINAL_PREFIX):
+                end = name.find("_", start)
+                if end > start and name[start:end] in known_jobs:
+                    continue
             stem = fastq_raw_stem(name, known_jobs)
             if stem is not None:
                 found.add(stem + RAW_SUFFIX)

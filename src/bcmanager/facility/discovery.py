@@ -30,10 +30,13 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from bcmanager.core import scan
+from bcmanager.core.scan import InputListing
 from bcmanager.paths import (
+    RAW_SUFFIX,
     TEMP_PREFIX,
     is_aside_name,
     is_final_summary_name,
@@ -53,11 +56,14 @@ Sealed = Callable[[str], Sequence[str] | None]
 @dataclass(frozen=True, slots=True)
 class Found:
     """One raw folder and the run it belongs to, both relative to INPUT_DIR; ``linked`` when
-    it is reached through a symbolic link (two links may lead to one folder)."""
+    it is reached through a symbolic link (two links may lead to one folder). ``listing``, when
+    asked for: what discovery's listing of it found, for its recovery to start from rather
+    than list a folder of up to a million entries again."""
 
     run: str
     source: str
     linked: bool = False
+    listing: InputListing | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +122,20 @@ def discover(
     below: str = HERE,
     visited: list[str] | None = None,
     summaries: dict[str, str] | None = None,
+    *,
+    listings: bool = False,
 ) -> list[Found]:
     """Every raw folder under ``root`` (at or below its folder ``below``), with its run, sorted
     by path. A folder that cannot be read is passed over (the next discovery tries again);
     ``sealed`` says which folders are sealed runs not to enter, and the runs nested in each;
     ``visited`` receives each folder read, ``summaries`` the final summary each holds (by
-    folder), so nothing is listed twice."""
+    folder), so nothing is listed twice. With ``listings``, each raw folder comes with its
+    listing (``Found.listing``): a start-up's, whose raw folders are all read back next."""
     walked = [] if visited is None else visited
     found = summaries if summaries is not None else {}
-    return sorted(_walk(root, layout, sealed, below, walked, found), key=lambda each: each.source)
+    return sorted(
+        _walk(root, layout, sealed, below, walked, found, listings), key=lambda each: each.source
+    )
 
 
 def classify(
@@ -155,6 +166,7 @@ def _walk(
     below: str,
     visited: list[str],
     summaries: dict[str, str],
+    listings: bool,
 ) -> Iterator[Found]:
     if below != HERE and not all(looked_into(part) for part in below.split("/")):
         return
@@ -168,15 +180,15 @@ def _walk(
         folder = root if path == HERE else root / path
         deeper = _depth(path) < layout.depth
         try:
-            holds_raw, subfolders, links, summary = _look_into(root, folder, deeper, linked)
+            listing, subfolders, links, summary = _look_into(root, folder, deeper, linked)
         except OSError:
             continue
         if summary is not None:
             summaries[path] = summary
         visited.append(path)
-        found = classify(path, holds_raw, layout, root.name, linked)
+        found = classify(path, bool(listing.raw), layout, root.name, linked)
         if found is not None:
-            yield found
+            yield replace(found, listing=listing) if listings else found
         pending.extend((join(path, name), linked) for name in subfolders)
         pending.extend((join(path, name), True) for name in links)
 
@@ -275,36 +287,30 @@ def survey(root: Path, layout: Layout, run: str) -> tuple[list[Folder], list[str
 
 def _look_into(
     root: Path, folder: Path, deeper: bool, linked: bool
-) -> tuple[bool, list[str], list[str], str | None]:
-    """Whether ``folder`` holds a raw file (a regular file, not a link), the subfolders to look
-    into (when ``deeper``), the links to folders outside ``root`` to look into (when
+) -> tuple[InputListing, list[str], list[str], str | None]:
+    """The listing of ``folder`` (it holds raw files when ``raw`` is not empty), the subfolders
+    to look into (when ``deeper``), the links to folders outside ``root`` to look into (when
     ``deeper`` and ``folder`` is not reached through a link already), and its final summary.
-    Names only, with ``os.listdir``: a raw folder holds up to a million entries, and a
-    ``DirEntry`` each costs three times as much. Only a name that could be a subfolder is
-    looked at (an ``lstat``); a name shaped like a raw file is taken for one once a first such
-    name proved a regular file."""
-    holds_raw = False
+    One ``scan.list_input``, as a raw folder's recovery lists it: a raw folder holds up to a
+    million entries, and at start-up that listing is handed to its recovery (``Found.listing``)
+    rather than made twice. Only the few entries it set aside as neither raw files nor job
+    folders are looked at one by one (an ``lstat`` for a name that could be a subfolder); a
+    name ending as raw files do is never a subfolder, a link or a summary."""
+    listing = scan.list_input(folder)
     subfolders: list[str] = []
     links: list[str] = []
     summary = None
-    for name in os.listdir(folder):
-        if is_raw_name(name):
-            holds_raw = holds_raw or _is_regular(folder / name)
-        elif is_final_summary_name(name):
+    for name in listing.ignored:
+        if name.endswith(RAW_SUFFIX):
+            continue
+        if is_final_summary_name(name):
             summary = summary or str(folder / name)
         elif deeper and looked_into(name):
             if _is_folder(folder / name):
                 subfolders.append(name)
             elif not linked and _links_out(root, folder / name):
                 links.append(name)
-    return holds_raw, subfolders, links, summary
-
-
-def _is_regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
+    return listing, subfolders, links, summary
 
 
 def _is_folder(path: Path) -> bool:

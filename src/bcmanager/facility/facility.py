@@ -303,9 +303,16 @@ class Facility:
             self._log("found", run, priority=run.priority)
         return run
 
-    async def _add_source(self, run: Run, path: str, given: Manager | None = None) -> None:
+    async def _add_source(
+        self,
+        run: Run,
+        path: str,
+        given: Manager | None = None,
+        listing: scan.InputListing | None = None,
+    ) -> None:
         """Read one raw folder back and start serving it. Its recovery leaves alone the
-        output of the jobs of its run's other raw folders, found on disk or known live."""
+        output of the jobs of its run's other raw folders, found on disk or known live, and
+        starts from discovery's ``listing`` of it when there is one."""
         folder = self.input_root if path == HERE else self.input_root / path
         source = given or Manager(
             self.settings,
@@ -321,7 +328,7 @@ class Facility:
         # it moved), not an error of each rescan.
         source.on_gone = self.input_root.is_dir
         try:
-            await source.start()
+            await source.start(listing)
         except OSError as error:
             log.error("raw folder %s cannot be served (%s); the other runs go on", path, error)
             return
@@ -433,7 +440,7 @@ class Facility:
                         run = self._add_run(each.run)
                         await self._follow_mark(run)
                     read.append(run)
-                    await self._add_source(run, each.source)
+                    await self._add_source(run, each.source, listing=each.listing)
                     if run.completed and run.phase() is not RunPhase.COMPLETE:
                         self._reopen(run, "a new raw folder")
                     await self._look_for_summary(run)
@@ -617,8 +624,16 @@ class Facility:
                 notices[output] = notice
             return seal.nested
 
+        # The first discovery's listings of the raw folders go to their recovery, which
+        # follows at once; later ones are dropped as listed (most raw folders are served).
         found = await asyncio.to_thread(
-            discovery.discover, self.input_root, self.layout, sealed, below, visited, summaries
+            partial(discovery.discover, listings=not self._started),
+            self.input_root,
+            self.layout,
+            sealed,
+            below,
+            visited,
+            summaries,
         )
         self._summaries.update(summaries)
         sealed_now = [path for path in sorted(seals) if path not in self.runs]
