@@ -14,6 +14,7 @@ from bcmanager.core.events import (
     NO_FACTS,
     Adopted,
     Ended,
+    EndedFound,
     Event,
     Facts,
     FileMissing,
@@ -174,6 +175,41 @@ def test_each_change_returns_what_happened_and_is_logged_from_it(
         Progress(0.0).apply(each, 1.0)  # every kind is taken in
         logged = event_line(each, Facts())
         assert (logged.event if logged else None) == line
+
+
+def test_the_ended_jobs_a_start_up_found_are_one_event_that_counts_as_one_each() -> None:
+    """A start-up records every ended job folder at once: the state machine holds each as
+    ``record_ended`` would, and progress takes them in oldest first (undated ones first)
+    whatever their order, as it would one record each; nothing is logged."""
+    now = 10_000.0
+    folders = [  # (job id, engine, outcome, files, seconds ago; None: not dated)
+        ("3", "gpu1", JobState.DONE, 30, 300),
+        ("1", "old", JobState.DONE, 5, 7200),
+        ("5", "gpu3", JobState.QUARANTINED, 2, None),
+        ("4", "gpu2", JobState.QUARANTINED, 1, 200),
+        ("2", "gpu1", JobState.FAILED, 30, 600),
+    ]
+    facts = [(None if ago is None else now - ago, files) for *_, files, ago in folders]
+    state = RunState(LEASE)
+    jobs = [(jobid, engine, end) for jobid, engine, end, *_ in folders]
+    found = state.record_all_ended(jobs, now)
+    assert found == EndedFound(tuple(FoundEnded(*job) for job in jobs))
+    assert [state.job(jobid).state for jobid, *_ in folders] == [end for _, _, end, *_ in folders]
+    assert event_line(found, Facts(found=tuple(facts))) is None
+    at_once, each = Progress(0.0), Progress(0.0)
+    at_once.apply(found, now, Facts(found=tuple(facts)))
+    dated = sorted(zip(facts, found.jobs, strict=True), key=lambda f: f[0][0] or float("-inf"))
+    for (ended, files), job in dated:
+        each.apply(job, now, Facts(at=ended, files=files))
+    for picture in (
+        Progress.engines,
+        Progress.retired_picture,
+        Progress.recent_problems,
+        Progress.rates,
+        Progress.history,
+    ):
+        assert picture(at_once, now) == picture(each, now)
+    assert [engine.engine for engine in at_once.engines(now)] == ["gpu1", "gpu2"]
 
 
 def test_a_line_names_the_agents_record_of_a_failure() -> None:

@@ -118,6 +118,16 @@ class Restored:
     files: int
 
 
+@dataclass(frozen=True, slots=True)
+class EndedFound:
+    """Recovery: every DONE_, FAILED_ and QUARANTINED_ folder a start-up found, as one record
+    of their ``FoundEnded`` records, in the order found. One record for them all, as
+    ``Restored`` is for files: a run of a million files holds 100,000 such folders, and a
+    record each cost its start-up a tenth of its time (docs/benchmarks.md, figure 1)."""
+
+    jobs: tuple[FoundEnded, ...]
+
+
 Event = (
     FileSeen
     | FileMissing
@@ -130,6 +140,7 @@ Event = (
     | Retried
     | FoundEnded
     | Restored
+    | EndedFound
 )
 
 
@@ -146,6 +157,8 @@ class Facts(NamedTuple):
     record: AttemptRecord | None = None  # Ended: what the agent recorded of its attempt
     sizes: tuple[tuple[str, int], ...] = ()  # Retried: each file's bytes
     files: int = 0  # FoundEnded: the files its folder records
+    # EndedFound: each job's ``at`` and ``files`` as for FoundEnded, in the order of its jobs.
+    found: tuple[tuple[float | None, int], ...] = ()
 
 
 NO_FACTS = Facts()

@@ -20,6 +20,7 @@ from typing import Literal, NamedTuple, assert_never
 from bcmanager.core.events import (
     Adopted,
     Ended,
+    EndedFound,
     Event,
     Facts,
     FileMissing,
@@ -86,7 +87,7 @@ def event_line(event: Event, facts: Facts) -> Line | None:
             return _job_line(ENDINGS[event.outcome], event.job, reason)
         case Retried():
             return Line("retried", logging.INFO, {"files": len(event.files)})
-        case KeptAlive() | FoundEnded() | Restored():
+        case KeptAlive() | FoundEnded() | Restored() | EndedFound():
             return None
         case _:
             assert_never(event)

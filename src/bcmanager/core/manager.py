@@ -201,20 +201,21 @@ class Manager:
         done (a DONE_ folder, or FASTQ in pass/ or fail/) over leased (an ASSIGNED_ folder,
         adopted with a fresh lease) over quarantined (a QUARANTINED_ folder) over failed
         attempts (FAILED_ folders: retried where the bisection stopped). A file none of them
-        records is probed by the scan. The ended jobs' events go to progress oldest first,
-        as it expects, so a restart does not show the engines' tallies and rates from zero."""
+        records is probed by the scan. The ended jobs go to progress as one event, with when
+        each ended, so a restart does not show the engines' tallies and rates from zero."""
         done: list[list[str]] = []
         attempts: list[tuple[str, tuple[str, ...]]] = []
         quarantined: list[tuple[str, str]] = []
-        found = []
+        ended: list[tuple[str, str, JobState]] = []
+        found: list[tuple[float | None, int]] = []
         wall = time.time()
         changed = scan.changed_times(
             self.paths.input_dir, [folder.name for folder, _ in recovered.ended]
         )
         for (folder, files), ctime in zip(recovered.ended, changed, strict=True):
             outcome = ENDED_AS[folder.kind]
-            event = self.state.record_ended(folder.jobid, folder.engine, outcome, now)
-            found.append((_ended_at(ctime, now, wall), len(files), event))
+            ended.append((folder.jobid, folder.engine, outcome))
+            found.append((_ended_at(ctime, now, wall), len(files)))
             if outcome is JobState.DONE:
                 done.append(files)
                 self.done_at_start.append((folder.jobid, folder.engine))
@@ -224,8 +225,7 @@ class Manager:
                     quarantined += [(folder.engine, name) for name in files]
                 else:
                     attempts.append((folder.engine, tuple(files)))
-        for ended, count, event in sorted(found, key=_oldest_first):
-            self._apply(event, now, Facts(at=ended, files=count))
+        self._apply(self.state.record_all_ended(ended, now), now, Facts(found=tuple(found)))
         self._apply(self.state.restore_many(chain.from_iterable(done), FileState.DONE), now)
         self._apply(self.state.restore_many(recovered.done_by_fastq, FileState.DONE), now)
         for folder, files in recovered.assigned:
@@ -923,9 +923,3 @@ def _ended_at(changed: float | None, now: float, wall: float) -> float | None:
     if changed is None:
         return None
     return now - max(0.0, wall - changed)
-
-
-def _oldest_first(found: tuple[float | None, int, object]) -> float:
-    """Sort key of ended jobs found at start-up: undated ones first, then by when they ended."""
-    ended = found[0]
-    return float("-inf") if ended is None else ended

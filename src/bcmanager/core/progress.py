@@ -39,6 +39,7 @@ from bcmanager.core.events import (
     NO_FACTS,
     Adopted,
     Ended,
+    EndedFound,
     Event,
     Facts,
     FileMissing,
@@ -384,6 +385,8 @@ class Progress:
                 self._files_retried(facts.sizes)
             case FoundEnded():
                 self._job_found(event, facts.files, facts.at)
+            case EndedFound():
+                self._jobs_found(event.jobs, facts.found)
             case KeptAlive() | Late() | Restored():
                 # A lease refreshed or refused moves nothing measured (the call itself is a
                 # ``contact``); files restored at start-up are sized later, by ``file_sized``.
@@ -529,6 +532,15 @@ class Progress:
         if not stats.current:
             self._settle(stats, ended)
 
+    def _jobs_found(
+        self, jobs: tuple[FoundEnded, ...], found: tuple[tuple[float | None, int], ...]
+    ) -> None:
+        """Start-up: every ended job folder, with when each ended and its files, taken in
+        oldest first (undated ones first), as ``_job_found`` expects."""
+        dated = sorted(zip(found, jobs, strict=True), key=_oldest_first)
+        for (ended, files), job in dated:
+            self._job_found(job, files, ended)
+
     def _files_retried(self, sized: Iterable[tuple[str, int]]) -> None:
         """An operator sent quarantined files back: pending again, with these sizes."""
         for name, size in sized:
@@ -663,6 +675,13 @@ class Progress:
             )
             for problem in self.problems
         ]
+
+
+def _oldest_first(found: tuple[tuple[float | None, int], FoundEnded]) -> float:
+    """Sort key of ended jobs found at start-up: undated ones first, then by when they ended
+    (a float alone: the sort of 100,000 of them compares nothing else)."""
+    ended = found[0][0]
+    return float("-inf") if ended is None else ended
 
 
 def _tallies(work: Tallies) -> dict[str, Any]:

@@ -14,7 +14,8 @@ Rules of this module:
   returns what happened as a record of ``events.py`` (None where nothing changed): ``observe``
   a FileSeen, ``vanish`` a FileMissing, ``lease`` Leased, ``keepalive`` KeptAlive or Late,
   ``finish`` Ended, ``retry`` Retried; recovery's ``adopt`` Adopted, ``record_ended``
-  FoundEnded, the ``restore`` methods Restored. The caller hands each one on to whatever
+  FoundEnded (``record_all_ended`` one EndedFound of them all), the ``restore`` methods
+  Restored. The caller hands each one on to whatever
   follows the run (progress, and through it /status and /metrics; the log), so a change and
   what is told of it cannot drift apart.
 
@@ -60,6 +61,7 @@ from itertools import filterfalse
 from bcmanager.core.events import (
     Adopted,
     Ended,
+    EndedFound,
     FileMissing,
     FileSeen,
     FoundEnded,
@@ -505,6 +507,15 @@ class RunState:
             )
         self._jobs[jobid] = Job(jobid, engine, (), state, now, now)
         return FoundEnded(jobid, engine, state)
+
+    def record_all_ended(
+        self, folders: Iterable[tuple[str, str, JobState]], now: float
+    ) -> EndedFound:
+        """``record_ended`` for each (job id, engine, how it ended) of the job folders a
+        start-up found, in their order, as one record."""
+        return EndedFound(
+            tuple(self.record_ended(jobid, engine, state, now) for jobid, engine, state in folders)
+        )
 
     def keepalive(self, jobid: str, reported: JobState, now: float) -> KeptAlive | Late:
         """Refresh a live job's lease; ``Late`` when the job is late (stop working on it).
