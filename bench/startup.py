@@ -206,28 +206,30 @@ def measure(full: bool, workdir: Path) -> list[Row]:
         sizes = [measure_size(workdir, empty, raw, count) for raw, count in repeats.items()]
     finally:
         empty.remove()
-    rows = [
-        Row(
-            f"start-up to first offer, {size.raw:,} raw (half done)",
-            ms(size.offered),
-            ms(size.bare),
-            size.offered / size.bare,
-            "<= 1.0",
-            size.offered <= size.bare,
-        )
-        for size in sizes
-    ]
+    rows = []
+    for size in sizes:
+        rows += [
+            Row(
+                f"start-up to first offer, {size.raw:,} raw (half done)",
+                ms(size.offered),
+                ms(size.bare),
+                size.offered / size.bare,
+                "<= 1.0",
+                size.offered <= size.bare,
+            ),
+            # CPU seconds are what a busy machine's queue for its cores does not add to.
+            Row(
+                f"start-up CPU to first offer, {size.raw:,} raw (half done)",
+                ms(size.cpu),
+                ms(size.bare_cpu),
+                size.cpu / size.bare_cpu,
+                "",
+                None,
+            ),
+        ]
     largest, previous = sizes[-1], sizes[-2]
     growth = (largest.offered / largest.raw) / (previous.offered / previous.raw)
     rows += [
-        Row(
-            f"start-up CPU to first offer, {largest.raw:,} raw (half done)",
-            ms(largest.cpu),
-            ms(largest.bare_cpu),
-            largest.cpu / largest.bare_cpu,
-            "",
-            None,
-        ),
         Row(
             f"start-up growth per file, {largest.raw:,} vs {previous.raw:,}",
             f"{largest.offered / largest.raw * 1e6:.2f} us/file",
