@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from bcmanager.core import scan
-from bcmanager.core.scan import InputListing
 from bcmanager.paths import (
     RAW_SUFFIX,
     TEMP_PREFIX,
@@ -63,7 +62,7 @@ class Found:
     run: str
     source: str
     linked: bool = False
-    listing: InputListing | None = field(default=None, compare=False, repr=False)
+    listing: scan.InputListing | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +286,7 @@ def survey(root: Path, layout: Layout, run: str) -> tuple[list[Folder], list[str
 
 def _look_into(
     root: Path, folder: Path, deeper: bool, linked: bool
-) -> tuple[InputListing, list[str], list[str], str | None]:
+) -> tuple[scan.InputListing, list[str], list[str], str | None]:
     """The listing of ``folder`` (it holds raw files when ``raw`` is not empty), the subfolders
     to look into (when ``deeper``), the links to folders outside ``root`` to look into (when
     ``deeper`` and ``folder`` is not reached through a link already), and its final summary.
