@@ -15,6 +15,7 @@ from test_scaling import lines_executed
 
 from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
+from bcmanager.facility.facility import Facility
 from bcmanager.models import JobState
 from conftest import Clock, Run, serving
 
@@ -186,7 +187,8 @@ def status_cost(run: Run, size: int) -> int:
     """Lines of bcmanager run by one /status of a run with ``size`` pending and ``size`` done
     files, two engines and a live job, on a clock that the test holds still."""
     manager = Manager(run.settings(), clock=lambda: 5_000.0)
-    manager.folders.prepare()
+    facility = Facility(run.settings(), manager)
+    asyncio.run(facility.start())  # an empty raw folder, served alone
     for index in range(size):
         manager.state.restore(f"done_{index}.pod5", FileState.DONE)
         manager.state.observe(f"raw_{index}.pod5", complete=True)
@@ -196,8 +198,8 @@ def status_cost(run: Run, size: int) -> int:
     run.basecall(finished.job_output_dir, finished.batch)
     manager.complete(finished.jobid, JobState.DONE)
     manager.assign("gpu2", 10)
-    manager.status()  # first-call costs (imports, caches) are not the run's size
-    return lines_executed(manager.status)
+    facility.status()  # first-call costs (imports, caches) are not the run's size
+    return lines_executed(facility.status)
 
 
 def test_status_costs_the_same_in_a_small_and_a_large_run(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from bcmanager.core.events import NO_FACTS, Event, Facts, Late, Leased
 from bcmanager.core.folders import Recovered, RunFolders, Tail, Unlinked
 from bcmanager.core.jobs import FileState, Job
 from bcmanager.core.logs import event_line, log_event
-from bcmanager.core.progress import Progress, run_phase
+from bcmanager.core.progress import Progress
 from bcmanager.core.state import FILES_AFTER, Completion, RunState
 from bcmanager.models import (
     BCBatch,
@@ -63,6 +63,7 @@ from bcmanager.paths import (
     FolderKind,
     JobFolderName,
     RunPaths,
+    job_folder,
 )
 from bcmanager.reads import stats as readstats
 from bcmanager.records import write_record
@@ -132,7 +133,10 @@ class Manager:
         paths: RunPaths | None = None,
         own_watcher: bool = True,
         benching: Benching | None = None,
+        siblings: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
+        """``siblings``: the job ids of the other raw folders that share this one's output
+        folder (its run's), asked when recovery starts: it leaves their output alone."""
         self.settings = settings
         if paths is None:
             paths = folders.paths if folders is not None else _paths_of(settings)
@@ -141,20 +145,16 @@ class Manager:
         # A facility watches its whole root with one watcher and hands each raw folder its
         # changes (``on_changes``); served alone, a raw folder watches itself.
         self.own_watcher = own_watcher
-        # Extra keys of each BCBatch: the run's path and basecalling settings.
-        self.batch_extras: dict[str, object] = {}
         # Called once the end of a job is recorded: the facility's run bookkeeping.
         self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
         # Asked when a rescan finds the raw folder gone (an operator deleted or moved it);
         # True: the facility sees to it, and that is no error to log at each rescan.
         self.on_gone: Callable[[], bool] | None = None
-        # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied).
-        self.done_at_start: list[tuple[str, str]] = []
-        # And the failed attempts, whose account may say why a DONE rejected their files.
-        self.failed_at_start: list[tuple[str, str]] = []
-        # Job ids of the other raw folders that share this one's output folder: recovery
-        # leaves their output alone.
-        self.siblings: Callable[[], frozenset[str]] = frozenset
+        # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied),
+        # and the failed attempts, whose account may say why a DONE rejected their files.
+        self._done_at_start: list[tuple[str, str]] = []
+        self._failed_at_start: list[tuple[str, str]] = []
+        self._siblings = siblings
         self.clock = clock
         self.state = RunState(settings.report_back_period)
         self.progress = Progress(clock())
@@ -164,7 +164,6 @@ class Manager:
             settings.bench_longest_seconds,
             window=2 * settings.report_back_period,
         )
-        self.last_activity = clock()
         self.ready = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Jobs whose end is being carried out in a worker thread, and when that is over.
@@ -188,7 +187,7 @@ class Manager:
     def _read_back(self) -> tuple[Recovered, list[str]]:
         """Recover the folders, restore the files and jobs they record, and probe the oldest of
         the other raw files; returns what recovery found and the raw files left to probe."""
-        recovered = self.folders.recover(self.siblings())
+        recovered = self.folders.recover(self._siblings())
         for line in recovered.repaired:
             log.info("recovery: %s", line)
         self._restore(recovered, self.clock())
@@ -214,9 +213,9 @@ class Manager:
             found.append((self._ended_at(folder, now, wall), len(files), event))
             if outcome is JobState.DONE:
                 done.append(files)
-                self.done_at_start.append((folder.jobid, folder.engine))
+                self._done_at_start.append((folder.jobid, folder.engine))
             else:
-                self.failed_at_start.append((folder.jobid, folder.engine))
+                self._failed_at_start.append((folder.jobid, folder.engine))
                 if outcome is JobState.QUARANTINED:
                     quarantined += [(folder.engine, name) for name in files]
                 else:
@@ -255,19 +254,25 @@ class Manager:
 
     # -- the protocol -----------------------------------------------------------------------
 
-    def assign(self, engine: str, batch_size: int, max_bytes: int | None = None) -> BCBatch:
+    def assign(
+        self,
+        engine: str,
+        batch_size: int,
+        max_bytes: int | None = None,
+        extras: dict[str, object] | None = None,
+    ) -> BCBatch:
         """Lease a batch to ``engine``: up to ``batch_size`` files, and no more than
-        ``max_bytes`` bytes but for its first file. Raises OSError (nothing leased) if the
+        ``max_bytes`` bytes but for its first file; ``extras`` are extra keys of the BCBatch
+        (its run's path and basecalling settings). Raises OSError (nothing leased) if the
         disk refuses."""
-        self._touch()
         now = self.clock()
         self._contact(engine, now)
         size = self.batch_files(batch_size)
         if self.benching.benched(engine, now) is not None:
-            return self._batch(engine, "-1", (), "", "")
+            return batch_reply(self.settings, self.paths, engine)
         leased = self._lease_present(engine, size, now, max_bytes)
         if leased is None:
-            return self._batch(engine, "-1", (), "", "")
+            return batch_reply(self.settings, self.paths, engine)
         job = leased.job
         try:
             self.folders.build_job(job.jobid, engine, job.files)
@@ -275,12 +280,15 @@ class Manager:
             self.state.abandon(job.jobid)
             raise
         self._apply(leased, now)
-        return self._batch(
+        return batch_reply(
+            self.settings,
+            self.paths,
             engine,
             job.jobid,
-            job.files,
+            list(job.files),
             self.paths.job_input_dir(FolderKind.ASSIGNED, job.jobid, engine),
             self.paths.job_output_dir(FolderKind.TMPOUTPUT, job.jobid, engine),
+            extras,
         )
 
     def batch_files(self, asked: int) -> int:
@@ -314,7 +322,6 @@ class Manager:
             self._vanished(gone)
 
     def keepalive(self, jobid: str, reported: JobState) -> bool:
-        self._touch()
         now = self.clock()
         answer = self.state.keepalive(jobid, reported, now)
         if answer.engine is not None:
@@ -352,7 +359,6 @@ class Manager:
         """How to end the job now, or None for a repeated report (answered ok, nothing
         changes). A FAILED is judged here: quarantined, retried, or (from a benched engine)
         not held against its files."""
-        self._touch()
         now = self.clock()
         job = self.state.job(jobid)
         self._contact(job.engine, now)
@@ -521,9 +527,6 @@ class Manager:
             del self._busy[jobid]
             busy.set()
 
-    def _touch(self) -> None:
-        self.last_activity = self.clock()
-
     def _ended(
         self, ending: Ending, outcome: JobState, record: scan.AttemptRecord | None = None
     ) -> None:
@@ -558,24 +561,9 @@ class Manager:
         counts = {state.value: count for state, count in self.state.counts().items()}
         log_event(log, event, counts, level, **facts)
 
-    def _batch(
-        self, engine: str, jobid: str, files: Iterable[str], input_dir: str, output_dir: str
-    ) -> BCBatch:
-        return batch_reply(
-            self.settings,
-            self.paths,
-            engine,
-            jobid,
-            list(files),
-            input_dir,
-            output_dir,
-            self.batch_extras,
-        )
-
-    # -- what people and watchdogs ask ------------------------------------------------------
-
-    def inactivity(self) -> float:
-        return self.clock() - self.last_activity
+    # -- the front door: what the facility asks of a raw folder, and tells it -----------------
+    # The facility holds many raw folders; it asks each through these, never reaching into its
+    # state machine, progress or folders.
 
     def job_problems(self) -> list[str]:
         """Jobs whose folders the manager could not put right (a tail that keeps failing, or
@@ -594,31 +582,86 @@ class Manager:
                 found.append(f"the {name} has stopped")
         return found
 
-    def phase(self) -> RunPhase:
-        return run_phase(self.progress.final_summary is not None, self.state.counts())
+    def counts(self) -> dict[FileState, int]:
+        """Its files by state."""
+        return self.state.counts()
 
-    def status(self) -> RunStatus:
-        """The run's picture: O(live jobs + listed engines), never O(files) or O(engines ever
-        seen)."""
-        now = self.clock()
-        return picture(
-            self.progress,
-            now,
-            input_dir=str(self.paths.input_dir),
-            output_dir=str(self.paths.output_dir),
-            ready=self.ready,
-            phase=self.phase(),
-            counts=self.state.counts(),
-            sizes=self.progress.bytes_by_state(),
-            jobs=self.state.live_jobs(),
-            quarantined=[
-                QuarantinedFile(file=name, failed_on=self.state.failed_alone(name))
-                for name in self.state.quarantined()[:QUARANTINED_SHOWN]
-            ],
-            benched=self.benching.all_benched(now),
-            job_problems=self.job_problems(),
-            final_summary=self.progress.final_summary,
+    def bytes_by_state(self) -> dict[FileState, int]:
+        """Its bytes by state."""
+        return self.progress.bytes_by_state()
+
+    def pending_bytes(self) -> int:
+        """The bytes of its pending files (0: none pending), as the scheduler weighs a run."""
+        if not self.state.pending_count():
+            return 0
+        return self.progress.bytes_by_state()[FileState.PENDING]
+
+    def has_pending(self) -> bool:
+        return self.state.pending_count() > 0
+
+    def waited(self) -> float | None:
+        """How long its oldest pending file has waited; None when nothing is pending."""
+        return self.progress.waited(self.state.first_pending(), self.clock())
+
+    def file_state(self, name: str) -> FileState | None:
+        return self.state.file_state(name)
+
+    def job_ids(self) -> frozenset[str]:
+        """Every job it knows, live or ended."""
+        return self.state.job_ids()
+
+    def has_job(self, jobid: str) -> bool:
+        return self.state.has_job(jobid)
+
+    def live_jobs(self) -> list[Job]:
+        return self.state.live_jobs()
+
+    def quarantined(self, names: list[str] | None = None) -> list[str]:
+        """Its quarantined files; of ``names`` only (None: all), in the order a retry of them
+        sends them back."""
+        if names is None:
+            return self.state.quarantined()
+        return list(
+            dict.fromkeys(name for name in names if self.state.file_state(name) is FileState.FAILED)
         )
+
+    def quarantined_files(self, shown: Callable[[str], str]) -> list[QuarantinedFile]:
+        """Its quarantined files, each named by ``shown`` and with the engines it failed on."""
+        return [
+            QuarantinedFile(file=shown(name), failed_on=self.state.failed_alone(name))
+            for name in self.state.quarantined()
+        ]
+
+    def engines_since(self, since: float, now: float) -> set[str]:
+        """The engines it heard from since ``since``."""
+        return {
+            stats.engine for stats in self.progress.engine_stats(now) if stats.last_contact >= since
+        }
+
+    def progress_so_far(self) -> Progress:
+        """Its rates and tallies, for a picture of several raw folders: read, never changed."""
+        return self.progress
+
+    def outputs_ended_at_start(self) -> list[str]:
+        """The output folders of the jobs start-up found ended (DONE's LOGOUTPUT_, failed
+        attempts' FAILEDOUTPUT_), for its run's yield ledger; handed over once."""
+        logs = [
+            job_folder(FolderKind.LOGOUTPUT, jobid, engine) for jobid, engine in self._done_at_start
+        ] + [
+            job_folder(FolderKind.FAILEDOUTPUT, jobid, engine)
+            for jobid, engine in self._failed_at_start
+        ]
+        self._done_at_start, self._failed_at_start = [], []
+        return logs
+
+    def prepare_output(self) -> None:
+        """Make its output folder (a run's new one, once it moved). Blocking: a worker thread."""
+        self.folders.prepare()
+
+    def sequencing_finished(self, summary: str) -> None:
+        """Its run's sequencer wrote its final summary (the facility found it, and says when
+        the run is complete)."""
+        self.progress.sequencing_finished(summary)
 
     # -- background work --------------------------------------------------------------------
 
@@ -658,15 +701,6 @@ class Manager:
             if seen is not None:
                 written = now - max(0.0, wall - probe.mtime)
                 self._apply(seen, now, Facts(size=probe.size, at=written), logged=announce)
-
-    def sequencing_finished(self, summary: str) -> None:
-        """Its run's sequencer wrote its final summary (the facility found it, and says when
-        the run is complete)."""
-        self.progress.sequencing_finished(summary)
-
-    def waited(self) -> float | None:
-        """How long its oldest pending file has waited; None when nothing is pending."""
-        return self.progress.waited(self.state.first_pending(), self.clock())
 
     def _unknown_oldest_first(self, names: list[str]) -> list[str]:
         """On the loop at start-up, in a worker thread for rescans: there, dict lookups are safe

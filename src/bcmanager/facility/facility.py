@@ -148,7 +148,7 @@ class Run:
             return {state: self.seal.files.get(state.value, 0) for state in FileState}
         total = dict.fromkeys(FileState, 0)
         for source in self.sources.values():
-            for state, count in source.state.counts().items():
+            for state, count in source.counts().items():
                 total[state] += count
         return total
 
@@ -157,7 +157,7 @@ class Run:
             return {state: self.seal.bytes.get(state.value, 0) for state in FileState}
         total = dict.fromkeys(FileState, 0)
         for source in self.sources.values():
-            for state, size in source.progress.bytes_by_state().items():
+            for state, size in source.bytes_by_state().items():
                 total[state] += size
         return total
 
@@ -172,7 +172,7 @@ class Run:
     def job_ids(self, but: str | None = None) -> frozenset[str]:
         """The jobs its raw folders know, but those of raw folder ``but``."""
         return frozenset().union(
-            *(source.state.job_ids() for key, source in self.sources.items() if key != but)
+            *(source.job_ids() for key, source in self.sources.items() if key != but)
         )
 
 
@@ -307,15 +307,15 @@ class Facility:
         """Read one raw folder back and start serving it. Its recovery leaves alone the
         output of the jobs of its run's other raw folders, found on disk or known live."""
         folder = self.input_root if path == HERE else self.input_root / path
+        on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
         source = given or Manager(
             self.settings,
             clock=self.clock,
             paths=RunPaths(folder, run.output, self.input_root, self.output_root),
             own_watcher=False,
             benching=self.benching,
+            siblings=lambda: on_disk | run.job_ids(but=path),
         )
-        on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
-        source.siblings = lambda: on_disk | run.job_ids(but=path)
         source.on_ended = partial(self._job_ended, run, path)
         # A raw folder gone from a readable root is for discovery to drop (or to follow, where
         # it moved), not an error of each rescan.
@@ -326,15 +326,7 @@ class Facility:
             log.error("raw folder %s cannot be served (%s); the other runs go on", path, error)
             return
         # The DONE jobs recovery found; those that end from now on are counted as they end.
-        logs = [
-            job_folder(FolderKind.LOGOUTPUT, jobid, engine)
-            for jobid, engine in source.done_at_start
-        ] + [
-            job_folder(FolderKind.FAILEDOUTPUT, jobid, engine)
-            for jobid, engine in source.failed_at_start
-        ]
-        source.done_at_start = []
-        source.failed_at_start = []
+        logs = source.outputs_ended_at_start()
         if not run.yield_from_seal:
             run.counting += 1
             self._side(self._count_reads(run, logs, after_start=True))
@@ -344,7 +336,7 @@ class Facility:
         identity = _identity(folder)
         if identity is not None:
             self._identity[path] = identity
-        for job in source.state.live_jobs():
+        for job in source.live_jobs():
             self._jobs[job.jobid] = source
         if run.finished:
             source.sequencing_finished(run.final_summary or "")
@@ -565,7 +557,7 @@ class Facility:
         if not run.sources and run is not new:
             del self.runs[run.path]
             self._log("moved", run, to=new.path)
-        await asyncio.to_thread(source.folders.prepare)  # a run's output folder, if new
+        await asyncio.to_thread(source.prepare_output)  # a run's output folder, if new
         await source.give_back()
 
     def _served_elsewhere(self, found: Found) -> bool:
@@ -691,9 +683,10 @@ class Facility:
             queues.remove(chosen)
             source = self.sources[chosen.key]
             run = self.run_of[chosen.key]
-            source.batch_extras = _batch_extras(run)
             try:
-                batch = source.assign(engine, batch_size, batch_bytes(chosen, engines))
+                batch = source.assign(
+                    engine, batch_size, batch_bytes(chosen, engines), _batch_extras(run)
+                )
             except FileNotFoundError:
                 if source.paths.input_dir.is_dir():
                     raise
@@ -726,14 +719,10 @@ class Facility:
         for run in self.runs.values():
             if run.paused or not run.sources:
                 continue
-            pending = [
-                (key, source) for key, source in run.sources.items() if source.state.pending_count()
-            ]
+            pending = [(key, source) for key, source in run.sources.items() if source.has_pending()]
             if not pending:
                 continue
-            run_pending = sum(
-                source.progress.bytes_by_state()[FileState.PENDING] for _, source in pending
-            )
+            run_pending = sum(source.pending_bytes() for _, source in pending)
             for key, source in pending:
                 queues.append(
                     Queue(
@@ -754,11 +743,7 @@ class Facility:
         now = self.clock()
         window = 2 * self.settings.report_back_period
         for source in self.sources.values():
-            engines.update(
-                stats.engine
-                for stats in source.progress.engine_stats(now)
-                if now - stats.last_contact <= window
-            )
+            engines |= source.engines_since(now - window, now)
         return len(engines)
 
     def _source_of(self, jobid: str) -> Manager:
@@ -766,7 +751,7 @@ class Facility:
         if source is not None:
             return source
         for source in self.sources.values():
-            if source.state.has_job(jobid):
+            if source.has_job(jobid):
                 return source
         raise UnknownJob(f"job {jobid} is not known to this manager")
 
@@ -882,7 +867,7 @@ class Facility:
                 [
                     discovery.join(path, name)
                     for path, source, mine in targets
-                    for name in _quarantined_among(source, mine)
+                    for name in source.quarantined(mine)
                 ]
             )
         sent: list[str] = []
@@ -1154,9 +1139,7 @@ class Facility:
         settled = (FileState.DONE, FileState.FAILED)
         source = run.sources.get(folder.path)
         names = [
-            name
-            for name in folder.raw
-            if source is None or source.state.file_state(name) not in settled
+            name for name in folder.raw if source is None or source.file_state(name) not in settled
         ]
         return len(scan.probe_many(self._absolute(folder.path), names))
 
@@ -1335,7 +1318,7 @@ class Facility:
 
         def take(key: str, source: Manager) -> None:
             totals.take(key, source)
-            progress.absorb(source.progress, now)
+            progress.absorb(source.progress_so_far(), now)
 
         await _in_slices(list(self.sources.items()), lambda each: take(*each))
         return self._picture(None, runs, progress, totals, now, []), lines
@@ -1474,13 +1457,8 @@ class _Totals:
 
     def take(self, key: str, source: Manager) -> None:
         """Raw folder ``key``'s live jobs, quarantined files and job problems."""
-        self.jobs += source.state.live_jobs()
-        self.quarantined += (
-            QuarantinedFile(
-                file=discovery.join(key, name), failed_on=source.state.failed_alone(name)
-            )
-            for name in source.state.quarantined()
-        )
+        self.jobs += source.live_jobs()
+        self.quarantined += source.quarantined_files(partial(discovery.join, key))
         self.job_problems += _named(key, source.job_problems())
 
 
@@ -1531,16 +1509,6 @@ def _ledger(run: Run) -> RunYield | None:
     return run.ledger
 
 
-def _quarantined_among(source: Manager, names: list[str] | None) -> list[str]:
-    """The files a retry of ``names`` (None: every quarantined file) sends back in ``source``,
-    in the order it sends them."""
-    if names is None:
-        return source.state.quarantined()
-    return list(
-        dict.fromkeys(name for name in names if source.state.file_state(name) is FileState.FAILED)
-    )
-
-
 def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]]:
     counts = dict.fromkeys(FileState, 0)
     sizes = dict.fromkeys(FileState, 0)
@@ -1555,8 +1523,8 @@ def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]
 def _progress(sources: list[Manager], now: float) -> Progress:
     """One raw folder's own progress, or several summed."""
     if len(sources) == 1:
-        return sources[0].progress
-    return Progress.merged((source.progress for source in sources), now)
+        return sources[0].progress_so_far()
+    return Progress.merged((source.progress_so_far() for source in sources), now)
 
 
 def _named(path: str, problems: list[str]) -> list[str]:
