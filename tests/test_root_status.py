@@ -19,7 +19,8 @@ from typing import Any
 from test_scaling import PACKAGE
 
 from bcmanager.core.scan import POD5_SIGNATURE
-from bcmanager.facility.facility import SLICE, Facility
+from bcmanager.facility.facility import Facility
+from bcmanager.facility.views import SLICE
 from bcmanager.http.app import line_json, with_runs
 from bcmanager.models import RunEntry
 from bcmanager.settings import Settings
@@ -51,7 +52,7 @@ async def served_root(tmp_path: Path, runs: int) -> Facility:
             break
         await asyncio.sleep(0.01)
     await facility.stop()
-    assert facility.ready and len(facility.runs) == runs
+    assert facility.ready and len(facility.registry.runs) == runs
     return facility
 
 

@@ -154,7 +154,8 @@ async def test_yield_survives_a_restart_and_a_bad_stats_file_is_reported(root: R
             await complete(client, batch["jobid"])
         await asyncio.sleep(0.2)
     async with serving(root.settings()) as (client, facility):
-        await until(lambda: not facility.runs[path].counting, 10, "the statistics read back")
+        run = facility.run(path)
+        await until(lambda: not run.counting, 10, "the statistics read back")
         reads = (await client.get("/runs")).json()["runs"][0]["reads"]
     assert reads["jobs"] == 2 and reads["jobs_without_stats"] == 1
     assert reads["reads"] == 4

@@ -43,7 +43,7 @@ from bcmanager.core import scan
 from bcmanager.core.jobs import FileState
 from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
-from bcmanager.facility.facility import UnknownRun
+from bcmanager.facility.runs import UnknownRun
 from bcmanager.lock import RunLock
 from bcmanager.paths import (
     FAILED_KINDS,

@@ -32,7 +32,8 @@ from pydantic import BeforeValidator
 from bcmanager import __version__, audit
 from bcmanager.core.manager import Manager
 from bcmanager.core.state import InvalidTransition, UnknownJob
-from bcmanager.facility.facility import Facility, UnknownRun
+from bcmanager.facility.facility import Facility
+from bcmanager.facility.runs import UnknownRun
 from bcmanager.http.access import BEARERS, COOKIE, COOKIE_MAX_AGE, READ_COOKIE, Access, Caller, Kind
 from bcmanager.http.metrics import Metrics, RequestTimer
 from bcmanager.lock import RunLocks, hold_run
