@@ -134,9 +134,13 @@ class Manager:
         own_watcher: bool = True,
         benching: Benching | None = None,
         siblings: Callable[[], frozenset[str]] = frozenset,
+        on_gone: Callable[[], bool] | None = None,
     ) -> None:
         """``siblings``: the job ids of the other raw folders that share this one's output
-        folder (its run's), asked when recovery starts: it leaves their output alone."""
+        folder (its run's), asked when recovery starts: it leaves their output alone.
+        ``on_gone``: asked when a rescan finds the raw folder gone (an operator deleted or
+        moved it); True: the facility sees to it, and that is no error to log at each
+        rescan."""
         self.settings = settings
         if paths is None:
             paths = folders.paths if folders is not None else _paths_of(settings)
@@ -147,9 +151,7 @@ class Manager:
         self.own_watcher = own_watcher
         # Called once the end of a job is recorded: the facility's run bookkeeping.
         self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
-        # Asked when a rescan finds the raw folder gone (an operator deleted or moved it);
-        # True: the facility sees to it, and that is no error to log at each rescan.
-        self.on_gone: Callable[[], bool] | None = None
+        self._on_gone = on_gone
         # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied),
         # and the failed attempts, whose account may say why a DONE rejected their files.
         self._done_at_start: list[tuple[str, str]] = []
@@ -756,7 +758,7 @@ class Manager:
             await self._rescan()
         except OSError as error:
             gone = not os.path.lexists(self.paths.input_dir)
-            if gone and self.on_gone is not None and self.on_gone():
+            if gone and self._on_gone is not None and self._on_gone():
                 return
             log.error("rescan of %s failed: %s", self.paths.input_dir, error)
 

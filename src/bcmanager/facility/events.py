@@ -47,8 +47,8 @@ class RunComplete:
 
 @dataclass(frozen=True, slots=True)
 class RunReported:
-    """Its report is written; ``notice`` is the run_complete message kept on disk for the
-    webhook (None: no webhook)."""
+    """Its report is written (``report``: its path, in the run's output folder, where
+    ``notice`` is kept: the run_complete message for the webhook; None: no webhook)."""
 
     run: str
     report: str

@@ -77,11 +77,11 @@ class Server:
             own_watcher=False,
             benching=self.benching,
             siblings=lambda: on_disk | run.job_ids(but=path),
+            # A raw folder gone from a readable root is for discovery to drop (or to follow,
+            # where it moved), not an error of each rescan.
+            on_gone=registry.input_root.is_dir,
         )
         self.wire(run, path, source)
-        # A raw folder gone from a readable root is for discovery to drop (or to follow, where
-        # it moved), not an error of each rescan.
-        source.on_gone = registry.input_root.is_dir
         try:
             await source.start()
         except OSError as error:

@@ -194,7 +194,7 @@ class Views:
                 and self.registry.input_root.is_dir()
                 and not os.path.lexists(self.registry.absolute(path))
             ):
-                continue  # gone: dropped by the next discovery (``_drop_gone``), not a fault
+                continue  # gone: dropped by the next discovery (``Server.drop_gone``), not a fault
             found += _named(path, lines)
         return list(dict.fromkeys(found))  # INPUT_DIR served alone says its own once
 
