@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bcmanager import __version__
-from bcmanager.agent import ENV_PREFIX, AgentSettings
+from bcmanager.agent.settings import ENV_PREFIX, AgentSettings
 from bcmanager.cli.serve import exposure_refusal
 from bcmanager.http.app import create_app
 from bcmanager.settings import Settings

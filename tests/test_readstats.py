@@ -26,7 +26,10 @@ import pysam
 import pytest
 
 from bcmanager import __version__
-from bcmanager.agent import Agent, AgentSettings, Attempt, Job, Lease, LeaseEnd
+from bcmanager.agent.basecaller import Attempt
+from bcmanager.agent.client import Job, Lease, LeaseEnd
+from bcmanager.agent.loop import Agent
+from bcmanager.agent.settings import AgentSettings
 from bcmanager.facility.yieldledger import rebuild_yield
 from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder
 from bcmanager.reads.stats import (

@@ -18,7 +18,7 @@ from bcmanager import __version__
 COMMANDS = {
     "serve": "bcmanager.cli.serve",
     "openapi": "bcmanager.cli.serve",
-    "agent": "bcmanager.agent",
+    "agent": "bcmanager.agent.cli",
     "simulate": "bcmanager.sim",
     "demo": "bcmanager.cli.demo",
     "status": "bcmanager.cli.status",
