@@ -49,7 +49,7 @@ from bcmanager.paths import (
     parse_job_folder,
     raw_stem,
 )
-from bcmanager.sim import write_pod5
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Run, Server, real_server, wait_for
 
 ENGINE = "gpu-test"

@@ -41,15 +41,9 @@ from bcmanager.reads.stats import (
     phred_mean_qscore,
     write_job_stats,
 )
-from bcmanager.sim import (
-    MIN_QSCORE,
-    Layout,
-    ReadsFormat,
-    SimulatedRead,
-    barcode_of,
-    basecall,
-    write_pod5,
-)
+from bcmanager.sim.basecaller import Layout, basecall
+from bcmanager.sim.reads import MIN_QSCORE, ReadsFormat, SimulatedRead, barcode_of
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Run, Server, wait_for
 
 MODEL = "dna_r10.4.1_e8.2_400bps_sup@v5.0.0"

@@ -19,7 +19,7 @@ COMMANDS = {
     "serve": "bcmanager.cli.serve",
     "openapi": "bcmanager.cli.serve",
     "agent": "bcmanager.agent.cli",
-    "simulate": "bcmanager.sim",
+    "simulate": "bcmanager.sim.cli",
     "demo": "bcmanager.cli.demo",
     "status": "bcmanager.cli.status",
     "runs": "bcmanager.cli.runs",

@@ -27,7 +27,7 @@ from bcmanager.http.app import create_app
 from bcmanager.models import RunPhase
 from bcmanager.paths import REPORT_HTML
 from bcmanager.settings import Settings
-from bcmanager.sim import run_sequencer
+from bcmanager.sim.sequencer import run_sequencer
 
 MARKER = ".bcmanager-demo"  # a folder with this file was made by the demo and may be wiped
 REPORT_EVERY = 2.0
