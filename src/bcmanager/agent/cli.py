@@ -115,7 +115,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         else:
             value_type, metavar = _flag_type(field.annotation, name)
             parser.add_argument(*flags, type=value_type, metavar=metavar, help=help_text)
-    parser.set_defaults(func=run_command)
+    parser.set_defaults(func=run_agent)
 
 
 def _flag_type(annotation: object, name: str) -> tuple[Callable[[str], object], str]:
@@ -129,7 +129,7 @@ def _flag_type(annotation: object, name: str) -> tuple[Callable[[str], object], 
     return str, {"manager": "URL", "engine_id": "ID", "command": "TEMPLATE"}.get(name, "VALUE")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_agent(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
     except ValidationError as error:

@@ -82,7 +82,7 @@ def _add_sequencer_command(simulators: argparse._SubParsersAction[argparse.Argum
         default=True,
         help="write final_summary_*.txt at the end, as MinKNOW does when sequencing stops",
     )
-    parser.set_defaults(func=_sequencer_main)
+    parser.set_defaults(func=run_simulate_sequencer)
 
 
 def _add_basecaller_command(
@@ -145,7 +145,7 @@ def _add_basecaller_command(
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the model a BAM's header names")
     _add_loss_flags(parser)
-    parser.set_defaults(func=_basecaller_main)
+    parser.set_defaults(func=run_simulate_basecaller)
 
 
 def _add_loss_flags(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +197,7 @@ def _add_loss_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _sequencer_main(args: argparse.Namespace) -> int:
+def run_simulate_sequencer(args: argparse.Namespace) -> int:
     return _exit_code(
         "sequencer",
         lambda: asyncio.run(
@@ -216,7 +216,7 @@ def _sequencer_main(args: argparse.Namespace) -> int:
     )
 
 
-def _basecaller_main(args: argparse.Namespace) -> int:
+def run_simulate_basecaller(args: argparse.Namespace) -> int:
     try:
         return _exit_code(
             "basecaller",
