@@ -42,12 +42,31 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 from watchfiles import Change, awatch
 
 from bcmanager.core import scan
-from bcmanager.core.benching import Benched, Benching
+from bcmanager.core.benching import Benching
+from bcmanager.core.events import (
+    Adopted,
+    Benched,
+    Contacted,
+    Ended,
+    Event,
+    Facts,
+    FileMissing,
+    FileSeen,
+    FoundEnded,
+    KeptAlive,
+    Late,
+    Leased,
+    Restored,
+    Retried,
+    SequencingFinished,
+    Sized,
+    Split,
+)
 from bcmanager.core.jobs import FileState, Job
 from bcmanager.core.logs import log_event
 from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, batch_reply, picture
@@ -316,7 +335,7 @@ class Facility:
         )
         on_disk = _job_ids_on_disk(self._sibling_folders(run, path))
         source.siblings = lambda: on_disk | run.job_ids(but=path)
-        source.on_ended = partial(self._job_ended, run, path)
+        source.listener = partial(self._job_ended, run, path)
         # A raw folder gone from a readable root is for discovery to drop (or to follow, where
         # it moved), not an error of each rescan.
         source.on_gone = self.input_root.is_dir
@@ -561,7 +580,7 @@ class Facility:
         new.sources[path] = source
         self.sources[path] = source
         self.run_of[path] = new
-        source.on_ended = partial(self._job_ended, new, path)
+        source.listener = partial(self._job_ended, new, path)
         if not run.sources and run is not new:
             del self.runs[run.path]
             self._log("moved", run, to=new.path)
@@ -796,15 +815,36 @@ class Facility:
                 f"job {jobid}: its run moved or went; its files go to others"
             ) from None
 
-    def _job_ended(
-        self,
-        run: Run,
-        path: str,
-        job: Job,
-        outcome: JobState,
-        reason: str | None,
-        benched: Benched | None,
-    ) -> None:
+    def _job_ended(self, run: Run, path: str, event: Event, facts: Facts) -> None:
+        """An event of raw folder ``path``: a job's end is the run's to count and check, an
+        engine benched is told to the webhook; the rest is the raw folder's own."""
+        match event:
+            # What the facility does not take in first: a start-up sees a million files.
+            case (
+                FileSeen()
+                | FileMissing()
+                | Leased()
+                | Adopted()
+                | KeptAlive()
+                | Late()
+                | Split()
+                | Retried()
+                | FoundEnded()
+                | Restored()
+                | Contacted()
+                | Sized()
+                | SequencingFinished()
+            ):
+                return
+            case Ended():
+                job, outcome = event.job, event.outcome
+                reason = facts.record.describe() if facts.record is not None else None
+            case Benched():
+                seconds = event.until - self.clock()
+                self.notifier.engine_benched(event.engine, seconds, event.reason)
+                return
+            case _:
+                assert_never(event)
         self._jobs.pop(job.jobid, None)
         run.touched = True
         if outcome is JobState.DONE or (
@@ -818,9 +858,6 @@ class Facility:
                 self.notifier.file_quarantined(
                     run.path, discovery.join(path, name), reason or "no record of why"
                 )
-        if benched is not None:
-            seconds = benched.until - self.clock()
-            self.notifier.engine_benched(benched.engine, seconds, benched.reason)
         self._check_complete(run)
 
     # -- what the reads came to -------------------------------------------------------------
