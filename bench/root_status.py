@@ -58,7 +58,7 @@ from _common import (
 from loop_lag import longest_gap
 
 from bcmanager.facility.facility import Facility
-from bcmanager.http.app import line_json, with_runs
+from bcmanager.http.status import line_json, with_runs
 from bcmanager.paths import RunPaths
 from bcmanager.settings import Settings
 

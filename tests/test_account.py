@@ -17,14 +17,9 @@ import pysam
 import pytest
 
 from bcmanager.core.account import account_job, skipped_by_basecaller
-from bcmanager.sim import (
-    Layout,
-    ReadsFormat,
-    basecall,
-    file_unreadable,
-    split_children,
-    write_pod5,
-)
+from bcmanager.sim.basecaller import Layout, basecall, file_unreadable
+from bcmanager.sim.reads import ReadsFormat, split_children
+from bcmanager.sim.sequencer import write_pod5
 
 READS = 6
 

@@ -28,22 +28,17 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from bcmanager.agent import (
+from bcmanager.agent.basecaller import STDERR_TAIL_BYTES, StderrTee
+from bcmanager.agent.cli import settings_from_args
+from bcmanager.agent.client import Backoff, BatchReply, resolve_job
+from bcmanager.agent.errors import (
     EXIT_CANNOT_RUN,
     EXIT_FAILURES_IN_A_ROW,
-    STDERR_TAIL_BYTES,
-    Agent,
-    AgentSettings,
-    Backoff,
-    BatchReply,
     ConfigurationError,
     ProtocolViolation,
-    StderrTee,
-    render_command,
-    resolve_job,
-    settings_from_args,
-    split_template,
 )
+from bcmanager.agent.loop import Agent
+from bcmanager.agent.settings import AgentSettings, render_command, split_template
 from bcmanager.cli import build_parser, main
 from bcmanager.paths import (
     ATTEMPT_FILE,
@@ -54,7 +49,7 @@ from bcmanager.paths import (
     parse_job_folder,
     raw_stem,
 )
-from bcmanager.sim import write_pod5
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Run, Server, real_server, wait_for
 
 ENGINE = "gpu-test"

@@ -29,7 +29,7 @@ from typing import NoReturn
 import pod5
 import pytest
 
-from bcmanager.agent import PLACEHOLDERS, split_template
+from bcmanager.agent.settings import PLACEHOLDERS, split_template
 from bcmanager.paths import FolderKind, parse_job_folder
 
 REPO = Path(__file__).resolve().parent.parent

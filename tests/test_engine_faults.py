@@ -17,7 +17,8 @@ from bcmanager.cli.check import inspect
 from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
 from bcmanager.paths import RunPaths
-from bcmanager.sim import basecall, pod5_bytes
+from bcmanager.sim.basecaller import basecall
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import Clock, Run, Server, serving
 
 

@@ -22,7 +22,10 @@ import httpx
 import pytest
 
 from bcmanager.core.benching import Benching
+from bcmanager.core.events import Benched, Ended
+from bcmanager.core.jobs import Job
 from bcmanager.core.manager import Manager
+from bcmanager.models import JobState
 from conftest import Clock, Run, Server, serving, simulated_agent, wait_for
 
 BCM = [sys.executable, "-m", "bcmanager"]
@@ -214,17 +217,22 @@ async def test_an_engine_failing_everything_while_others_succeed_is_benched(run:
 
 def test_benching_forgets_engines_that_succeed_or_went_quiet() -> None:
     benching = Benching(after=2, seconds=10, longest=100, window=30)
-    assert benching.failed("bad", now=1, reason="exit 1") is None
-    benching.succeeded("good", now=1.5)
-    assert benching.failed("bad", now=2, reason="exit 1") is not None
+
+    def end(engine: str, outcome: JobState, now: float) -> Benched | None:
+        job = Job("1", engine, ("a.pod5",), outcome, deadline=now, started=now)
+        return benching.apply(Ended(job, outcome, counted=True), now)
+
+    assert end("bad", JobState.FAILED, now=1) is None
+    end("good", JobState.DONE, now=1.5)
+    assert end("bad", JobState.FAILED, now=2) is not None
     # Alone (nobody else succeeded since its streak began), an engine is never benched.
-    assert benching.failed("lonely", now=3, reason="x") is None
-    benching.succeeded("lonely", now=3.5)
+    assert end("lonely", JobState.FAILED, now=3) is None
+    end("lonely", JobState.DONE, now=3.5)
     assert benching.benched("bad", now=5) is not None
-    benching.succeeded("bad", now=20)
+    end("bad", JobState.DONE, now=20)
     assert benching.benched("bad", now=21) is None
     for index in range(1000):
-        benching.failed(f"pod-{index}", now=200 + index, reason="x")
+        end(f"pod-{index}", JobState.FAILED, now=200 + index)
     assert len(benching._streaks) < 150  # older than `longest`: forgotten
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from bcmanager.cli.check import inspect
 from bcmanager.paths import RunPaths
-from bcmanager.sim import pod5_bytes
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import Run, Server
 
 ROOT = Path(__file__).parent.parent

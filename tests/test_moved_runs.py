@@ -16,7 +16,7 @@ from test_facility import serving
 
 from bcmanager.facility.discovery import Found, Layout, discover
 from bcmanager.settings import Settings
-from bcmanager.sim import write_pod5
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Root, wait_for
 from served_root import (
     Served,

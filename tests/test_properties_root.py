@@ -40,7 +40,7 @@ from bcmanager.core.state import InvalidTransition, UnknownJob
 from bcmanager.facility.facility import Facility
 from bcmanager.models import JobState
 from bcmanager.settings import Settings
-from bcmanager.sim import pod5_bytes
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import RUN_NAME, Clock, fastq
 from oracle import RootRun, stray_reads
 

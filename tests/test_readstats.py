@@ -26,7 +26,10 @@ import pysam
 import pytest
 
 from bcmanager import __version__
-from bcmanager.agent import Agent, AgentSettings, Attempt, Job, Lease, LeaseEnd
+from bcmanager.agent.basecaller import Attempt
+from bcmanager.agent.client import Job, Lease, LeaseEnd
+from bcmanager.agent.loop import Agent
+from bcmanager.agent.settings import AgentSettings
 from bcmanager.facility.yieldledger import rebuild_yield
 from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder
 from bcmanager.reads.stats import (
@@ -38,15 +41,9 @@ from bcmanager.reads.stats import (
     phred_mean_qscore,
     write_job_stats,
 )
-from bcmanager.sim import (
-    MIN_QSCORE,
-    Layout,
-    ReadsFormat,
-    SimulatedRead,
-    barcode_of,
-    basecall,
-    write_pod5,
-)
+from bcmanager.sim.basecaller import Layout, basecall
+from bcmanager.sim.reads import MIN_QSCORE, ReadsFormat, SimulatedRead, barcode_of
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Run, Server, wait_for
 
 MODEL = "dna_r10.4.1_e8.2_400bps_sup@v5.0.0"

@@ -21,7 +21,7 @@ from test_scaling import PACKAGE
 from bcmanager.core.scan import POD5_SIGNATURE
 from bcmanager.facility.facility import Facility
 from bcmanager.facility.views import SLICE
-from bcmanager.http.app import line_json, with_runs
+from bcmanager.http.status import line_json, with_runs
 from bcmanager.models import RunEntry
 from bcmanager.settings import Settings
 from conftest import RUN_NAME, Clock

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from bcmanager.sim import Layout, ReadsFormat, basecall
+from bcmanager.sim.basecaller import Layout, basecall
+from bcmanager.sim.reads import ReadsFormat
 
 pysam = pytest.importorskip("pysam")
 

@@ -18,21 +18,15 @@ import pytest
 
 from bcmanager.cli import main
 from bcmanager.paths import FolderKind, job_folder
-from bcmanager.sim import (
+from bcmanager.sim.basecaller import (
     CRASH_EXIT_CODE,
-    POD5_SIGNATURE,
     Layout,
-    ReadsFormat,
     SimulatedCrash,
-    SimulatedRead,
-    SimulatorError,
-    barcode_of,
     basecall,
     file_unreadable,
-    run_sequencer,
-    split_children,
-    write_pod5,
 )
+from bcmanager.sim.reads import ReadsFormat, SimulatedRead, barcode_of, split_children
+from bcmanager.sim.sequencer import POD5_SIGNATURE, SimulatorError, run_sequencer, write_pod5
 
 DORADO_PATH = re.compile(
     r"^bcmanager-simulation/simulated-sample/20240101_0000_1A_PAO12345_(?P<run>[0-9a-f]{8})/"

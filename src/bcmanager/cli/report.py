@@ -27,10 +27,10 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument("--input-dir", help="INPUT_DIR (default: env BCM_INPUT_DIR)")
     parser.add_argument("--output-dir", help="OUTPUT_DIR (default: env BCM_OUTPUT_DIR)")
-    parser.set_defaults(func=run_report_command)
+    parser.set_defaults(func=run_report)
 
 
-def run_report_command(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace) -> int:
     settings = load_settings({"input_dir": args.input_dir, "output_dir": args.output_dir})
     if settings is None:
         return 2

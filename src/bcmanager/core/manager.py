@@ -15,9 +15,13 @@ threads, so that requests are answered meanwhile.
 Every change follows one path: the disk changes (a raw file is written or deleted, a rename
 commits a job's change), the manager tells the state machine, which applies the change and
 returns its event (``events.py``), and ``_apply`` hands that event, with the sizes, times and
-records the disk gave, to ``Progress.apply`` (bytes, rates, per-engine tallies: what /status and
-/metrics read) and to the log (``logs.event_line``: one line per event). Nothing updates progress
-or writes a line beside a change by hand.
+records the disk gave, to every consumer (``Consumers.apply``): ``Progress.apply`` (bytes, rates,
+per-engine tallies: what /status and /metrics read), the log (``logs.event_line``: one line per
+event), benching (whose verdict on a failure is an event too) and the listener (the facility).
+What the state machine does not hold is an event as well, made here: an engine's call
+(``Contacted``), the sizes of files recovery placed (``Sized``), the sequencer's end
+(``SequencingFinished``). Nothing updates progress, benching or the facility, or writes a line,
+beside a change by hand.
 """
 
 from __future__ import annotations
@@ -37,11 +41,23 @@ from typing import Any, TypeVar
 
 from bcmanager.core import scan
 from bcmanager.core.account import JobAccount, account_job, account_record, skipped_by_basecaller
-from bcmanager.core.benching import Benched, Benching
-from bcmanager.core.events import NO_FACTS, Event, Facts, Late, Leased
+from bcmanager.core.benching import Benching
+from bcmanager.core.consumers import Consumers, Listener
+from bcmanager.core.events import (
+    NO_FACTS,
+    Benched,
+    Contacted,
+    Event,
+    Facts,
+    FileMissing,
+    Late,
+    Leased,
+    SequencingFinished,
+    Sized,
+)
 from bcmanager.core.folders import Recovered, RunFolders, Tail, Unlinked
 from bcmanager.core.jobs import FileState, Job
-from bcmanager.core.logs import event_line, log_event
+from bcmanager.core.logs import Line, log_event
 from bcmanager.core.progress import Progress
 from bcmanager.core.state import FILES_AFTER, Completion, RunState
 from bcmanager.models import (
@@ -87,7 +103,6 @@ class Ending:
     job: Job
     outcome: JobState  # as judged: a DONE may still end EMPTY once its output is looked at
     counted: bool = True  # a failure held against its files (not a benched engine's)
-    bench: bool = True  # judged for benching (a part a DONE's account set apart is not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +150,7 @@ class Manager:
         benching: Benching | None = None,
         siblings: Callable[[], frozenset[str]] = frozenset,
         on_gone: Callable[[], bool] | None = None,
+        listener: Listener | None = None,
     ) -> None:
         """``siblings``: the job ids of the other raw folders that share this one's output
         folder (its run's), asked when recovery starts: it leaves their output alone.
@@ -149,8 +165,6 @@ class Manager:
         # A facility watches its whole root with one watcher and hands each raw folder its
         # changes (``on_changes``); served alone, a raw folder watches itself.
         self.own_watcher = own_watcher
-        # Called once the end of a job is recorded: the facility's run bookkeeping.
-        self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
         self._on_gone = on_gone
         # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied),
         # and the failed attempts, whose account may say why a DONE rejected their files.
@@ -166,12 +180,23 @@ class Manager:
             settings.bench_longest_seconds,
             window=2 * settings.report_back_period,
         )
+        self.consumers = Consumers(self.progress, self.benching, self._write, listener)
         self.ready = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Jobs whose end is being carried out in a worker thread, and when that is over.
         self._busy: dict[str, asyncio.Event] = {}
         self._retrying = asyncio.Lock()  # one operator's retry at a time
         self.undecodable = UndecodableNames(self.paths.input_dir)
+
+    @property
+    def listener(self) -> Listener | None:
+        """Told each event of the run after progress, the log and benching: the facility's
+        bookkeeping of its runs, set again when a raw folder moves to another run."""
+        return self.consumers.listener
+
+    @listener.setter
+    def listener(self, listener: Listener | None) -> None:
+        self.consumers.listener = listener
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -484,7 +509,7 @@ class Manager:
         job, now = accounted.ending.job, self.clock()
         for part in committed:
             self._apply(self.state.split(job.jobid, part.files, part.jobid), now)
-            ended = Ending(self.state.job(part.jobid), part.outcome, part.counted, bench=False)
+            ended = Ending(self.state.job(part.jobid), part.outcome, part.counted)
             self._ended(ended, part.outcome, scan.AttemptRecord(0, None, None, None, part.reason))
         if isinstance(error, Unlinked):
             # Out of the job on disk, in no job folder: pending again, as after a restart.
@@ -512,8 +537,7 @@ class Manager:
         return list(retried.files)
 
     def _contact(self, engine: str, now: float) -> None:
-        self.progress.contact(engine, now)
-        self.benching.contact(engine, now)
+        self._apply(Contacted(engine), now)
 
     async def _settled(self, jobid: str) -> None:
         """Wait until no change of ``jobid`` is in flight."""
@@ -532,32 +556,25 @@ class Manager:
     def _ended(
         self, ending: Ending, outcome: JobState, record: scan.AttemptRecord | None = None
     ) -> None:
-        """The job's end is on disk: record it, judge the engine, and apply the event."""
+        """The job's end is on disk: record it, and its files deleted while leased (missing, not
+        pending), then apply the events; so the consumers, the facility among them, see the
+        end with the state it leaves."""
         job, now = ending.job, self.clock()
         ended = self.state.finish(job.jobid, outcome, counted=ending.counted)
-        reason = record.describe() if record is not None else None
-        benched: Benched | None = None
-        if outcome is JobState.DONE:
-            self.benching.succeeded(job.engine, now)
-        elif outcome in (JobState.FAILED, JobState.QUARANTINED) and _counts_for_bench(ending):
-            benched = self.benching.failed(job.engine, now, reason or "no record of why")
-            if benched is not None:
-                self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)
+        gone = self._missing(job.files) if FILES_AFTER[outcome] is FileState.PENDING else []
         self._apply(ended, now, Facts(record=record))
-        if FILES_AFTER[outcome] is FileState.PENDING:
-            self._vanished(job.files)  # deleted while leased: missing, not pending
-        if self.on_ended is not None:
-            self.on_ended(job, outcome, reason, benched)
+        for missing in gone:
+            self._apply(missing, now)
 
     def _apply(
         self, event: Event, now: float, facts: Facts = NO_FACTS, *, logged: bool = True
     ) -> None:
-        """The one way a change of the state machine reaches the rest: progress (and through it
-        /status and /metrics) and the log, unless not ``logged`` (files found at start-up)."""
-        self.progress.apply(event, now, facts)
-        line = event_line(event, facts) if logged else None
-        if line is not None:
-            self._log(line.event, line.level, **line.facts)
+        """The one way a change reaches the rest (``Consumers.apply``): no line unless
+        ``logged`` (files found at start-up)."""
+        self.consumers.apply(event, now, facts, logged=logged)
+
+    def _write(self, line: Line) -> None:
+        self._log(line.event, line.level, **line.facts)
 
     def _log(self, event: str, level: int = logging.INFO, **facts: str | int | None) -> None:
         counts = {state.value: count for state, count in self.state.counts().items()}
@@ -663,7 +680,7 @@ class Manager:
     def sequencing_finished(self, summary: str) -> None:
         """Its run's sequencer wrote its final summary (the facility found it, and says when
         the run is complete)."""
-        self.progress.sequencing_finished(summary)
+        self._apply(SequencingFinished(summary), self.clock())
 
     # -- background work --------------------------------------------------------------------
 
@@ -680,10 +697,12 @@ class Manager:
         placed = await asyncio.to_thread(recovered.placed)
         for start in range(0, len(placed), CHUNK):
             chunk = placed[start : start + CHUNK]
+            sized = []
             for name, size in await asyncio.to_thread(scan.sizes, self.paths.input_dir, chunk):
                 state = self.state.file_state(name)
                 if state is not None:
-                    self.progress.file_sized(name, state, size)
+                    sized.append((name, state, size))
+            self._apply(Sized(tuple(sized)), self.clock())
         await self._rescan_or_log()
         self.ready = True
         self._log("ready")
@@ -738,6 +757,11 @@ class Manager:
             missing = self.state.vanish(name)
             if missing is not None:
                 self._apply(missing, now)
+
+    def _missing(self, names: Iterable[str]) -> list[FileMissing]:
+        """``_vanished``, but the events are returned for the caller to apply after its own."""
+        found = (self.state.vanish(name) for name in scan.absent(self.paths.input_dir, names))
+        return [missing for missing in found if missing is not None]
 
     async def _rescan_forever(self) -> None:
         while True:
@@ -940,15 +964,6 @@ def _count_again(output: Path) -> None:
     command = record.get("command")
     words = [w for w in command if isinstance(w, str)] if isinstance(command, list) else []
     readstats.write_job_stats(output, readstats.job_stats(output, words))
-
-
-def _counts_for_bench(ending: Ending) -> bool:
-    """Whether a failure is held against its engine: a fresh job's is; a retry's only when the
-    engine failed that batch before (it keeps drawing the halves of its own failures), as a
-    retry that fails on another engine is the bisection at work; a part a DONE's account set
-    apart is not (the job it came from is judged instead)."""
-    job = ending.job
-    return ending.bench and (not job.retry or job.failed_by == job.engine)
 
 
 # How a job folder found at start-up ended.

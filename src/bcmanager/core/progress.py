@@ -38,6 +38,8 @@ from typing import Any, assert_never
 from bcmanager.core.events import (
     NO_FACTS,
     Adopted,
+    Benched,
+    Contacted,
     Ended,
     Event,
     Facts,
@@ -49,6 +51,8 @@ from bcmanager.core.events import (
     Leased,
     Restored,
     Retried,
+    SequencingFinished,
+    Sized,
     Split,
 )
 from bcmanager.core.jobs import FileState, Job
@@ -357,13 +361,6 @@ class Progress:
         self.problems.clear()
         self.problems.extend(problems[:RECENT_PROBLEMS])
 
-    def sequencing_finished(self, summary: str) -> bool:
-        """MinKNOW wrote ``summary``: returns whether that is news."""
-        if self.final_summary is not None:
-            return False
-        self.final_summary = summary
-        return True
-
     def apply(self, event: Event, now: float, facts: Facts = NO_FACTS) -> None:
         """Take in one change of the run: ``event`` as ``RunState`` returned it at ``now``, with
         what the disk said of it (``facts``: see which field each kind of event reads)."""
@@ -384,9 +381,17 @@ class Progress:
                 self._files_retried(facts.sizes)
             case FoundEnded():
                 self._job_found(event, facts.files, facts.at)
-            case KeptAlive() | Late() | Restored():
+            case Contacted():
+                self._contact(event.engine, now)
+            case Sized():
+                self._files_sized(event.files)
+            case SequencingFinished():
+                if self.final_summary is None:
+                    self.final_summary = event.summary
+            case KeptAlive() | Late() | Restored() | Benched():
                 # A lease refreshed or refused moves nothing measured (the call itself is a
-                # ``contact``); files restored at start-up are sized later, by ``file_sized``.
+                # ``Contacted``); files restored at start-up are sized later (``Sized``); a
+                # bench is benching's to show.
                 pass
             case _:
                 assert_never(event)
@@ -414,11 +419,12 @@ class Progress:
         self._bytes[event.before] -= self._sizes.pop(event.name, 0)
         self._since.pop(event.name, None)
 
-    def file_sized(self, name: str, state: FileState, size: int) -> None:
-        """Start-up: the size of a file recovery found done, failed or leased."""
-        self._bytes[state] += size
-        if state not in (FileState.DONE, FileState.FAILED):
-            self._sizes[name] = size
+    def _files_sized(self, files: Iterable[tuple[str, FileState, int]]) -> None:
+        """Start-up: the sizes of files recovery found done, failed or leased."""
+        for name, state, size in files:
+            self._bytes[state] += size
+            if state not in (FileState.DONE, FileState.FAILED):
+                self._sizes[name] = size
 
     @property
     def sizes(self) -> Mapping[str, int]:
@@ -481,7 +487,7 @@ class Progress:
             self.retired.add(oldest.work)
             self.retired_engines += 1
 
-    def contact(self, engine: str, now: float) -> None:
+    def _contact(self, engine: str, now: float) -> None:
         stats = self._engine(engine, now)
         stats.last_contact = now
         self._settle(stats, now)

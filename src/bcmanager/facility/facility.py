@@ -36,10 +36,29 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
-from bcmanager.core.benching import Benched, Benching
-from bcmanager.core.jobs import FileState, Job
+from bcmanager.core.benching import Benching
+from bcmanager.core.events import (
+    Adopted,
+    Benched,
+    Contacted,
+    Ended,
+    Event,
+    Facts,
+    FileMissing,
+    FileSeen,
+    FoundEnded,
+    KeptAlive,
+    Late,
+    Leased,
+    Restored,
+    Retried,
+    SequencingFinished,
+    Sized,
+    Split,
+)
+from bcmanager.core.jobs import FileState
 from bcmanager.core.logs import log_event
 from bcmanager.core.manager import Manager
 from bcmanager.core.progress import Progress
@@ -216,18 +235,39 @@ class Facility:
             self.notices.keep(Path(event.report).parent, event.notice)  # the run's output
 
     def _wire(self, run: Run, path: str, source: Manager) -> None:
-        """Raw folder ``path`` of ``run`` tells the facility of each job that ends."""
-        source.on_ended = partial(self._job_ended, run, path)
+        """Raw folder ``path`` of ``run`` hands the facility its events."""
+        source.listener = partial(self._job_ended, run, path)
 
-    def _job_ended(
-        self,
-        run: Run,
-        path: str,
-        job: Job,
-        outcome: JobState,
-        reason: str | None,
-        benched: Benched | None,
-    ) -> None:
+    def _job_ended(self, run: Run, path: str, event: Event, facts: Facts) -> None:
+        """An event of raw folder ``path``: a job's end is the run's to count and check, an
+        engine benched is told to the webhook; the rest is the raw folder's own."""
+        match event:
+            # What the facility does not take in first: a start-up sees a million files.
+            case (
+                FileSeen()
+                | FileMissing()
+                | Leased()
+                | Adopted()
+                | KeptAlive()
+                | Late()
+                | Split()
+                | Retried()
+                | FoundEnded()
+                | Restored()
+                | Contacted()
+                | Sized()
+                | SequencingFinished()
+            ):
+                return
+            case Ended():
+                job, outcome = event.job, event.outcome
+                reason = facts.record.describe() if facts.record is not None else None
+            case Benched():
+                seconds = event.until - self.clock()
+                self.notifier.engine_benched(event.engine, seconds, event.reason)
+                return
+            case _:
+                assert_never(event)
         self._jobs.pop(job.jobid, None)
         run.touched = True
         if outcome is JobState.DONE or (
@@ -241,13 +281,10 @@ class Facility:
                 self.notifier.file_quarantined(
                     run.path, discovery.join(path, name), reason or "no record of why"
                 )
-        if benched is not None:
-            seconds = benched.until - self.clock()
-            self.notifier.engine_benched(benched.engine, seconds, benched.reason)
         self._check_complete(run)
 
-    # What ``_job_ended`` uses, by the names it has always used (the job-end hook is being
-    # changed apart, so its body stays as it is).
+    # What ``_job_ended`` uses, by the names it has always used (its body stays as the change
+    # of the job-end hook made it).
 
     @property
     def _jobs(self) -> dict[str, Manager]:
