@@ -268,32 +268,19 @@ class Facility:
                 return
             case _:
                 assert_never(event)
-        self._jobs.pop(job.jobid, None)
+        self.registry.jobs.pop(job.jobid, None)
         run.touched = True
         if outcome is JobState.DONE or (
             reason is not None and outcome in (JobState.FAILED, JobState.QUARANTINED)
         ):
             run.counting += 1
             kind = FolderKind.LOGOUTPUT if outcome is JobState.DONE else FolderKind.FAILEDOUTPUT
-            self._side(self._count_reads(run, [job_folder(kind, job.jobid, job.engine)]))
+            self._side(self.completion.count_reads(run, [job_folder(kind, job.jobid, job.engine)]))
         elif outcome is JobState.QUARANTINED:
             for name in job.files:
                 self.notifier.file_quarantined(
                     run.path, discovery.join(path, name), reason or "no record of why"
                 )
-        self._check_complete(run)
-
-    # What ``_job_ended`` uses, by the names it has always used (its body stays as the change
-    # of the job-end hook made it).
-
-    @property
-    def _jobs(self) -> dict[str, Manager]:
-        return self.registry.jobs
-
-    def _count_reads(self, run: Run, logs: list[str]) -> Coroutine[Any, Any, None]:
-        return self.completion.count_reads(run, logs)
-
-    def _check_complete(self, run: Run) -> None:
         self.completion.check_complete(run)
 
     # -- the protocol -----------------------------------------------------------------------
