@@ -1,5 +1,5 @@
 """The state machine says what changed: each change returns its event, and every consumer
-(progress, the log, benching and a listener such as the facility) takes the run's picture from
+(progress, the log, benching and a listener such as the facility) takes the run's snapshot from
 those events alone, handed to it by ``Consumers.apply``."""
 
 from __future__ import annotations
@@ -534,7 +534,7 @@ class Walk:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_every_consumer_fed_only_events_shows_the_state_machines_picture(seed: int) -> None:
+def test_every_consumer_fed_only_events_shows_the_state_machines_snapshot(seed: int) -> None:
     walk = Walk(seed)
     for _ in range(1_500):
         walk.step()

@@ -235,7 +235,7 @@ async def test_the_completion_command_runs_once_across_restarts(root: Root) -> N
     async with serving(settings) as (client, facility):
         [entry] = facility.entries()
         assert entry.sealed and entry.phase.value == "complete" and entry.files.done == 2
-        assert not facility.registry.sources, "a sealed run's raw files are not read back"
+        assert not facility.registry.managers, "a sealed run's raw files are not read back"
         await asyncio.sleep(0.3)
     assert ran.read_text() == f"{path} {out}\n", "run once, not at each start"
 

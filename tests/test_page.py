@@ -1,6 +1,6 @@
 """The page at / in a real browser: Debian's headless chromium, driven through chromium-driver
 by selenium, against a real ``bcmanager serve``. It shows the run's counts and follows the run
-without a reload; under a root of runs, a runs table whose lines open each run's own picture.
+without a reload; under a root of runs, a runs table whose lines open each run's own snapshot.
 
 Selenium with Debian's chromium-driver, rather than playwright: Debian builds the driver from the
 same source at the same version as the browser, so the two never drift apart, while playwright
@@ -154,7 +154,7 @@ def test_runs_table_of_a_root_opens_each_runs_own_view_and_goes_back(
     run: Run, start_server: Callable[..., Server], browser: WebDriver
 ) -> None:
     """A root of two runs, one named with characters that mean something in HTML and in a
-    URL: the table shows both as written, a click shows that run's own picture (its address
+    URL: the table shows both as written, a click shows that run's own snapshot (its address
     kept across a reload), and "All runs" the whole again."""
     one = minknow_run(run, "expA", "FAX11111", files=3)
     two = minknow_run(run, 'exp <b>&"B"#%', "FAX22222", ("pod5_pass", "pod5_fail"))

@@ -222,7 +222,7 @@ def test_an_idle_engine_is_retired_after_the_idle_time_and_a_live_one_is_kept() 
     [busy] = run.progress.engines(run.now)
     assert busy.engine == "busy" and busy.current_jobs == [holding.jobid]
     assert busy.seconds_since_contact == ENGINE_IDLE_SECONDS
-    retired = run.progress.retired_picture(run.now)
+    retired = run.progress.retired_snapshot(run.now)
     assert (retired.engines, retired.jobs_assigned, retired.jobs_done) == (2, 1, 1)
     assert (retired.files_done, retired.bytes_done) == (3, 3 * MB)
     # An engine whose lease runs out without a word starts to idle then, and is listed until
@@ -241,7 +241,7 @@ def test_an_idle_engine_is_retired_after_the_idle_time_and_a_live_one_is_kept() 
         1,
         0,
     )
-    retired = run.progress.retired_picture(run.now)
+    retired = run.progress.retired_snapshot(run.now)
     assert (retired.engines, retired.jobs_expired, retired.files_expired) == (3, 1, 2)
     assert (retired.jobs_assigned, retired.files_assigned) == (2, 5)
 
@@ -260,7 +260,7 @@ def test_only_the_idle_engines_active_last_are_listed_and_the_totals_stay_exact(
     idle = [engine.engine for engine in listed if not engine.current_jobs]
     assert idle == [f"pod{index:04d}" for index in range(count - IDLE_LISTED, count)]
     assert [engine.current_jobs for engine in listed[:5]] == [[job.jobid] for job in held]
-    retired = run.progress.retired_picture(run.now)
+    retired = run.progress.retired_snapshot(run.now)
     assert retired.engines == count - IDLE_LISTED
     counts, sizes = run.status()
     assert sum(e.files_done for e in listed) + retired.files_done == counts[FileState.DONE]
@@ -398,7 +398,7 @@ def test_jobs_found_ended_at_start_up_count_in_tallies_and_rates() -> None:
     assert engines["gpu1"].jobs_done == 2 and engines["gpu1"].files_done == 60
     assert engines["gpu1"].seconds_since_contact == 300
     assert engines["gpu2"].files_failed == 1
-    assert run.progress.retired_picture(run.now).files_done == 5
+    assert run.progress.retired_snapshot(run.now).files_done == 5
     # Both quarantined folders wait for an operator, dated or not.
     problems = run.progress.recent_problems(run.now)
     assert [(p.jobid, p.files, p.seconds_ago) for p in problems] == [("5", 2, None), ("4", 1, None)]

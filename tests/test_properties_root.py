@@ -121,7 +121,7 @@ class RootMachine(RuleBasedStateMachine):
         async def look() -> None:
             await facility.server.discover()
             await facility.server.drop_gone()
-            for source in list(facility.registry.sources.values()):
+            for source in list(facility.registry.managers.values()):
                 await source._rescan()
 
         asyncio.run(look())
@@ -240,7 +240,7 @@ class RootMachine(RuleBasedStateMachine):
     @rule(seconds=st.floats(0, LEASE * 1.2))
     def advance_clock_and_reap(self, seconds: float) -> None:
         self.clock.now += seconds
-        for source in list(self.facility.registry.sources.values()):
+        for source in list(self.facility.registry.managers.values()):
             source.reap()
 
     # -- the operator -----------------------------------------------------------------------
@@ -308,7 +308,7 @@ class RootMachine(RuleBasedStateMachine):
         self.facility = self.boot()
         self.rescan()
         self.clock.now += LEASE + 1
-        for source in list(self.facility.registry.sources.values()):
+        for source in list(self.facility.registry.managers.values()):
             source.reap()
         for _ in range(2 * MAX_FILES):
             batch = self.facility.assign("polite", 4)

@@ -253,7 +253,7 @@ class Driver:
 
     async def rescan(self) -> None:
         """What the rescans do, now: each raw folder's, then the root's."""
-        for source in list(self.facility.registry.sources.values()):
+        for source in list(self.facility.registry.managers.values()):
             await source.rescan()
         await self.facility.watcher.rescan()
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bcmanager.sim.basecaller import Layout, basecall
+from bcmanager.sim.basecaller import OutputLayout, basecall
 from bcmanager.sim.reads import ReadsFormat
 
 pysam = pytest.importorskip("pysam")
@@ -171,7 +171,7 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
     root.add(root.input_dir, 4)
     async with serving(root.settings()) as (client, _):
         jobs = {}
-        for layout in (Layout.PASS_FAIL, Layout.FLAT, Layout.DORADO, None):
+        for layout in (OutputLayout.PASS_FAIL, OutputLayout.FLAT, OutputLayout.DORADO, None):
             batch = await assign(client, size=1)
             out = root.output_dir / batch["job_output_dir"]
             if layout is None:
@@ -182,7 +182,7 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
                     alias,
                     seconds_per_read=0,
                     reads_format=ReadsFormat.BAM,
-                    layout=Layout.FLAT,
+                    layout=OutputLayout.FLAT,
                 )
                 (alias / "calls.bam").rename(alias / "reads.bam")
                 (alias / "reads.bam.bai").write_bytes(b"BAI\x01")
@@ -193,10 +193,10 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
                     out,
                     seconds_per_read=0,
                     reads_format=ReadsFormat.FASTQ
-                    if layout is Layout.PASS_FAIL
+                    if layout is OutputLayout.PASS_FAIL
                     else ReadsFormat.BAM,
                     layout=layout,
-                    barcodes=2 if layout is Layout.DORADO else 0,
+                    barcodes=2 if layout is OutputLayout.DORADO else 0,
                 )
             await complete(client, batch["jobid"])
             jobs[layout] = batch["jobid"]
@@ -206,11 +206,11 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
         if path.is_file()
     }
     assert any(
-        name.startswith(f"pass/job_id_{jobs[Layout.PASS_FAIL]}_") and name.endswith(".fastq")
+        name.startswith(f"pass/job_id_{jobs[OutputLayout.PASS_FAIL]}_") and name.endswith(".fastq")
         for name in merged
     )
-    assert f"pass/job_id_{jobs[Layout.FLAT]}_calls.bam" in merged
-    dorado = [name for name in merged if f"job_id_{jobs[Layout.DORADO]}_" in name]
+    assert f"pass/job_id_{jobs[OutputLayout.FLAT]}_calls.bam" in merged
+    dorado = [name for name in merged if f"job_id_{jobs[OutputLayout.DORADO]}_" in name]
     assert dorado and all(
         name.split("/")[1] in ("barcode01", "barcode02", "unclassified") for name in dorado
     )

@@ -1,4 +1,4 @@
-"""GET /status as the run's picture, and the run's phase from MinKNOW's final summary, against
+"""GET /status as the run's snapshot, and the run's phase from MinKNOW's final summary, against
 the app in-process on real folders."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def sizes(run: Run, names: list[str]) -> int:
     return sum((run.input_dir / name).stat().st_size for name in names)
 
 
-async def test_status_pictures_bytes_rates_engines_and_problems(run: Run) -> None:
+async def test_status_snapshots_bytes_rates_engines_and_problems(run: Run) -> None:
     names = [run.add(f"raw_{index}.pod5", read_count=1 + index).name for index in range(8)]
     async with serving(Manager(run.settings())) as client:
         done = await assign(client, "gpu1", 3)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError
 from bcmanager.agent.errors import ConfigurationError, ManagerUnreachable, ProtocolViolation
 from bcmanager.agent.events import event
 from bcmanager.agent.settings import ENV_PREFIX, RUN_PLACEHOLDERS, AgentSettings
-from bcmanager.models import JobState
+from bcmanager.models import JobState, KeepaliveReply
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -59,13 +59,10 @@ class BatchReply(BaseModel):
         return {name: "" if value is None else str(value) for name, value in values.items()}
 
 
-class KeepaliveReply(BaseModel):
-    late: bool
-
-
 @dataclass(frozen=True, slots=True)
-class Job:
-    """One batch as this node sees it: where its folders are and how long its lease lasts."""
+class Assignment:
+    """One batch as this node sees it (the manager's ``Job`` of it): where its folders are and
+    how long its lease lasts."""
 
     jobid: str
     input_dir: Path
@@ -83,7 +80,7 @@ class Job:
         }
 
 
-def resolve_job(reply: BatchReply, input_dir: Path | None, output_dir: Path | None) -> Job:
+def resolve_job(reply: BatchReply, input_dir: Path | None, output_dir: Path | None) -> Assignment:
     """Place a batch on this node's filesystem: the flags win over the manager's own paths."""
     input_root = input_dir or reply.input_dir
     output_root = output_dir or reply.output_dir
@@ -98,7 +95,7 @@ def resolve_job(reply: BatchReply, input_dir: Path | None, output_dir: Path | No
         parts = name.split("/")
         if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
             raise ProtocolViolation(f"job folder {name!r} is not a folder below the root")
-    return Job(
+    return Assignment(
         jobid=reply.jobid,
         input_dir=input_root / reply.job_input_dir,
         output_dir=output_root / reply.job_output_dir,
@@ -168,7 +165,7 @@ class ManagerClient:
         self._draw = draw
 
     async def keep_lease(
-        self, job: Job, lease: Lease, state: JobState = JobState.STARTED
+        self, job: Assignment, lease: Lease, state: JobState = JobState.STARTED
     ) -> LeaseEnd:
         """Send keepalives until the job must be dropped; say why it must."""
         while True:

@@ -33,7 +33,7 @@ from bcmanager.agent.basecaller import (
     utc_now,
     write_attempt,
 )
-from bcmanager.agent.client import Job, Lease, LeaseEnd, ManagerClient, resolve_job
+from bcmanager.agent.client import Assignment, Lease, LeaseEnd, ManagerClient, resolve_job
 from bcmanager.agent.errors import (
     AgentError,
     BasecallerCannotRun,
@@ -116,7 +116,7 @@ class Agent:
                 self._jobid = "-"
         self._event("stopped")
 
-    async def _work_on(self, job: Job, lease: Lease) -> None:
+    async def _work_on(self, job: Assignment, lease: Lease) -> None:
         """Run the basecaller on one job, record the attempt and report how it ended, unless
         the lease was lost."""
         if self.stopping:
@@ -147,7 +147,7 @@ class Agent:
         await self._end_attempt(job, lease, attempt, process.returncode, tee, ending is None)
 
     async def _cannot_start(
-        self, job: Job, lease: Lease, attempt: Attempt, error: Exception
+        self, job: Assignment, lease: Lease, attempt: Attempt, error: Exception
     ) -> NoReturn:
         """The command did not even start: record why, give the batch back, stop the agent."""
         reason = f"cannot start `{shlex.join(attempt.command)}`: {error}"
@@ -164,7 +164,7 @@ class Agent:
 
     async def _end_attempt(
         self,
-        job: Job,
+        job: Assignment,
         lease: Lease,
         attempt: Attempt,
         returncode: int | None,
@@ -244,7 +244,7 @@ class Agent:
     def _cannot_run(self, reason: str) -> str:
         return f"this node cannot run the basecaller: {reason}; its batch was given back"
 
-    async def _record(self, job: Job, lease: Lease, record: Mapping[str, object]) -> None:
+    async def _record(self, job: Assignment, lease: Lease, record: Mapping[str, object]) -> None:
         """Write the record of an attempt; if the folder cannot take it, say so and go on."""
         timeout = self._budget(lease, RECORD_WRITE_TIMEOUT)
         try:
@@ -263,7 +263,9 @@ class Agent:
             level=logging.WARNING,
         )
 
-    async def _record_stats(self, job: Job, lease: Lease, attempt: Attempt) -> LeaseEnd | None:
+    async def _record_stats(
+        self, job: Assignment, lease: Lease, attempt: Attempt
+    ) -> LeaseEnd | None:
         """Read the job's reads (``readstats``) in a worker thread, keeping the lease meanwhile,
         for at most ``stats_timeout`` seconds and not once a stop is requested (then the thread
         is told to stop, and given a moment to finish with what it has read), and write
@@ -328,7 +330,7 @@ class Agent:
         return None
 
     async def _watch(
-        self, job: Job, process: asyncio.subprocess.Process, lease: Lease
+        self, job: Assignment, process: asyncio.subprocess.Process, lease: Lease
     ) -> LeaseEnd | int | None:
         """Keep the lease until the first of: the lease is lost (why), the basecaller exits (its
         exit code), a stop is requested (None). No keepalive is in flight once this returns, so
@@ -349,7 +351,7 @@ class Agent:
             return exited.result()
         return None
 
-    async def _stop_child(self, job: Job, process: asyncio.subprocess.Process) -> None:
+    async def _stop_child(self, job: Assignment, process: asyncio.subprocess.Process) -> None:
         """SIGTERM the basecaller's whole group, SIGKILL whatever is left after the grace.
 
         The group, not the pid: wrapper scripts and Dorado start children of their own, and a
@@ -365,7 +367,7 @@ class Agent:
         signal_group(process.pid, signal.SIGKILL)
         await process.wait()
 
-    async def _wait_visible(self, job: Job) -> None:
+    async def _wait_visible(self, job: Assignment) -> None:
         """Wait until this node sees the job's folders, or fail with what to check."""
         deadline = self._clock() + FOLDER_VISIBILITY_TIMEOUT
         while not (job.input_dir.is_dir() and job.output_dir.is_dir()):

@@ -46,7 +46,7 @@ def run_report(args: argparse.Namespace) -> int:
         return 1
     output = output_root if run == HERE else output_root / run
     raw_folders = [
-        RunPaths(input_root / each.source if each.source != HERE else input_root, output)
+        RunPaths(input_root / each.raw_folder if each.raw_folder != HERE else input_root, output)
         for each in found
     ]
     try:

@@ -370,7 +370,7 @@ class Manager:
 
     async def complete_async(self, jobid: str, outcome: JobState) -> None:
         """``complete`` for the server: the disk work runs in a worker thread."""
-        await self._settled(jobid)
+        await self._end_in_flight(jobid)
         ending = self._completion(jobid, outcome)
         if ending is None:
             return
@@ -539,7 +539,7 @@ class Manager:
     def _contact(self, engine: str, now: float) -> None:
         self._apply(Contacted(engine), now)
 
-    async def _settled(self, jobid: str) -> None:
+    async def _end_in_flight(self, jobid: str) -> None:
         """Wait until no change of ``jobid`` is in flight."""
         while (busy := self._busy.get(jobid)) is not None:
             await busy.wait()
@@ -658,7 +658,7 @@ class Manager:
         }
 
     def progress_so_far(self) -> Progress:
-        """Its rates and tallies, for a picture of several raw folders: read, never changed."""
+        """Its rates and tallies, for a snapshot of several raw folders: read, never changed."""
         return self.progress
 
     def outputs_ended_at_start(self) -> list[str]:
@@ -821,7 +821,7 @@ class Manager:
         raw folder that moved while its jobs were leased: the folders their engines were told
         are no longer where they were."""
         for jobid in [job.jobid for job in self.state.live_jobs()]:
-            await self._settled(jobid)  # an end in flight finishes (or fails) first
+            await self._end_in_flight(jobid)  # an end in flight finishes (or fails) first
             job = self.state.job(jobid)
             if job.live and await self._off_loop(jobid, self._take_back, job):
                 self._ended(Ending(job, JobState.EXPIRED), JobState.EXPIRED)
@@ -877,7 +877,7 @@ def batch_reply(
     )
 
 
-def picture(
+def snapshot(
     progress: Progress,
     now: float,
     *,
@@ -894,7 +894,7 @@ def picture(
     final_summary: str | None,
     runs: list[RunEntry] | None = None,
 ) -> RunStatus:
-    """The picture of one raw folder, of a run, or of every run: what ``progress`` and the
+    """The snapshot of one raw folder, of a run, or of every run: what ``progress`` and the
     state machines say, as /status shows it."""
     return RunStatus(
         input_dir=input_dir,
@@ -909,7 +909,7 @@ def picture(
         drain=progress.drain(now, counts),
         history=progress.history(now),
         engines=progress.engines(now),
-        retired_engines=progress.retired_picture(now),
+        retired_engines=progress.retired_snapshot(now),
         recent_problems=progress.recent_problems(now),
         job_problems=job_problems,
         quarantined=quarantined,

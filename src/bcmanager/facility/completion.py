@@ -42,17 +42,17 @@ from bcmanager.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Side = Callable[[Coroutine[Any, Any, None]], None]
-"""Starts a task the facility forgets (``Facility._side``)."""
+Background = Callable[[Coroutine[Any, Any, None]], None]
+"""Starts a task the facility forgets (``Facility._in_background``)."""
 
 
 class KeptNotices:
     """run_complete notices kept on disk until the webhook took them (by the run's output
     folder, where each is kept), and those on their way now."""
 
-    def __init__(self, notifier: Notifier, side: Side) -> None:
+    def __init__(self, notifier: Notifier, in_background: Background) -> None:
         self.notifier = notifier
-        self.side = side
+        self.in_background = in_background
         self._notices: dict[Path, bytes] = {}
         self._sending: set[Path] = set()
 
@@ -73,7 +73,7 @@ class KeptNotices:
         self._sending.discard(output)
         if sent and self._notices.get(output) is body:
             del self._notices[output]
-            self.side(asyncio.to_thread(runrecord.remove_notice, output, body))
+            self.in_background(asyncio.to_thread(runrecord.remove_notice, output, body))
 
 
 class Completion:
@@ -85,7 +85,7 @@ class Completion:
         registry: Registry,
         clock: Callable[[], float],
         notices: KeptNotices,
-        side: Side,
+        in_background: Background,
         ready: Callable[[], bool],
         *,
         alone: bool,
@@ -96,7 +96,7 @@ class Completion:
         self.registry = registry
         self.clock = clock
         self.notices = notices
-        self.side = side
+        self.in_background = in_background
         self.ready = ready
         self.alone = alone
         self.layout = Layout(settings.run_folder, settings.discovery_depth)
@@ -109,7 +109,7 @@ class Completion:
         raw folder itself (a pod5/ served alone), also the folder above it."""
         if run.path == HERE and self.settings.final_summary_dir is not None:
             return [self.settings.final_summary_dir.resolve()]
-        if run.path in run.sources or (run.path == HERE and HERE in self.registry.sources):
+        if run.path in run.managers or (run.path == HERE and HERE in self.registry.managers):
             return [run.folder, run.folder.parent]
         return [run.folder]
 
@@ -154,8 +154,8 @@ class Completion:
             )
         run.finished = True
         self.tell(RunFinished(run.path, run.final_summary))
-        for source in run.sources.values():
-            source.sequencing_finished(run.final_summary)
+        for manager in run.managers.values():
+            manager.sequencing_finished(run.final_summary)
         self.check_complete(run)
 
     # -- complete ---------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class Completion:
             return  # checked again once the statistics are counted
         run.completed = True
         self.tell(RunComplete(run.path))
-        self.side(self._after_complete(run))
+        self.in_background(self._after_complete(run))
 
     def reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
@@ -228,7 +228,7 @@ class Completion:
         until the run has work again (False)."""
         while run.completed:
             ledger = run.ledger or RunYield()
-            raw_folders = [source.paths for source in run.sources.values()]
+            raw_folders = [manager.paths for manager in run.managers.values()]
             try:
                 notice = await asyncio.to_thread(
                     self._report_files, run.path, run.output, raw_folders, ledger
@@ -302,8 +302,10 @@ class Completion:
         (all, when it is no raw folder of the run). A name that is no regular file (a symlink
         named like a raw file) is never offered and counts for nothing."""
         settled = (FileState.DONE, FileState.FAILED)
-        source = run.sources.get(folder.path)
+        manager = run.managers.get(folder.path)
         names = [
-            name for name in folder.raw if source is None or source.file_state(name) not in settled
+            name
+            for name in folder.raw
+            if manager is None or manager.file_state(name) not in settled
         ]
         return len(scan.probe_many(self.registry.absolute(folder.path), names))

@@ -56,7 +56,7 @@ class Found:
     it is reached through a symbolic link (two links may lead to one folder)."""
 
     run: str
-    source: str
+    raw_folder: str
     linked: bool = False
 
 
@@ -124,7 +124,9 @@ def discover(
     folder), so nothing is listed twice."""
     walked = [] if visited is None else visited
     found = summaries if summaries is not None else {}
-    return sorted(_walk(root, layout, sealed, below, walked, found), key=lambda each: each.source)
+    return sorted(
+        _walk(root, layout, sealed, below, walked, found), key=lambda each: each.raw_folder
+    )
 
 
 def classify(

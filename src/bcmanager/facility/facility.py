@@ -109,7 +109,7 @@ class Facility:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._side_tasks: set[asyncio.Task[None]] = set()
         self.notifier = Notifier(None if settings.notify_url is None else str(settings.notify_url))
-        self.notices = KeptNotices(self.notifier, self._side)
+        self.notices = KeptNotices(self.notifier, self._in_background)
         # Benching is the engine's, not a raw folder's: one that fails everything is benched
         # for all runs at once.
         self.benching = (
@@ -133,7 +133,7 @@ class Facility:
             registry,
             self.clock,
             self.notices,
-            self._side,
+            self._in_background,
             ready,
             alone=self._given is not None,
         )
@@ -146,7 +146,7 @@ class Facility:
             self.benching,
             clock=self.clock,
             wire=self._wire,
-            side=self._side,
+            in_background=self._in_background,
             watch_also=self._watch_also,
             ready=ready,
         )
@@ -155,7 +155,7 @@ class Facility:
             registry,
             self.completion,
             self._tasks,
-            self._side,
+            self._in_background,
             discover=self.server.discover,
             drop_gone=self.server.drop_gone,
             gone=self.server.gone,
@@ -173,13 +173,13 @@ class Facility:
         self.notifier.start()
         if self._given is not None:
             run = self.registry.add_run(HERE)
-            await self.server.add_source(run, HERE, self._given)
+            await self.server.add_manager(run, HERE, self._given)
             self._spawn("final summary", self.watcher.summary_forever())
             self._started = True
             return
         await self.server.discover()
         self._started = True
-        self._side(self.server.verify_seals())
+        self._in_background(self.server.verify_seals())
         self._spawn("discovery", self.watcher.discover_forever())
         if not self.settings.force_polling and can_watch(self.input_root):
             self._spawn("watcher", self.watcher.watch())
@@ -192,19 +192,19 @@ class Facility:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        for source in self.registry.sources.values():
-            await source.stop()
+        for manager in self.registry.managers.values():
+            await manager.stop()
         await self.notifier.stop()
 
     @property
     def ready(self) -> bool:
         """Once every raw folder served has finished its first scan."""
-        return self._started and all(source.ready for source in self.registry.sources.values())
+        return self._started and all(manager.ready for manager in self.registry.managers.values())
 
     def _spawn(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self._tasks[name] = asyncio.create_task(work, name=name)
 
-    def _side(self, work: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """A task the facility starts and forgets (a completion command), cancelled at stop;
         without an event loop (a tool ending jobs by hand) there is nothing to run it on."""
         try:
@@ -234,9 +234,9 @@ class Facility:
         elif isinstance(event, RunReported) and event.notice is not None:
             self.notices.keep(Path(event.report).parent, event.notice)  # the run's output
 
-    def _wire(self, run: Run, path: str, source: Manager) -> None:
+    def _wire(self, run: Run, path: str, manager: Manager) -> None:
         """Raw folder ``path`` of ``run`` hands the facility its events."""
-        source.listener = partial(self._job_ended, run, path)
+        manager.listener = partial(self._job_ended, run, path)
 
     def _job_ended(self, run: Run, path: str, event: Event, facts: Facts) -> None:
         """An event of raw folder ``path``: a job's end is the run's to count and check, an
@@ -275,7 +275,9 @@ class Facility:
         ):
             run.counting += 1
             kind = FolderKind.LOGOUTPUT if outcome is JobState.DONE else FolderKind.FAILEDOUTPUT
-            self._side(self.completion.count_reads(run, [job_folder(kind, job.jobid, job.engine)]))
+            self._in_background(
+                self.completion.count_reads(run, [job_folder(kind, job.jobid, job.engine)])
+            )
         elif outcome is JobState.QUARANTINED:
             for name in job.files:
                 self.notifier.file_quarantined(

@@ -73,12 +73,12 @@ class Mover:
         for path, olds in by_run.items():
             run = self.registry.runs[path]
             targets = {moved[old].run for old in olds}
-            if set(olds) == set(run.sources) and len(targets) == 1:
+            if set(olds) == set(run.managers) and len(targets) == 1:
                 (target,) = targets
                 if target != run.path and target not in self.registry.runs:
                     await self._move_run(run, target)
             for old in olds:
-                await self._move_source(old, moved[old])
+                await self._move_manager(old, moved[old])
 
     async def _move_run(self, run: Run, target: str) -> None:
         """Run ``run`` is at ``target`` now: so is its output folder, unless that cannot be."""
@@ -141,28 +141,28 @@ class Mover:
         runrecord.write_run_path(run.folder, run.path)
         return moved
 
-    async def _move_source(self, old: str, found: Found) -> None:
-        """Raw folder ``old`` is ``found.source`` now, in run ``found.run``."""
+    async def _move_manager(self, old: str, found: Found) -> None:
+        """Raw folder ``old`` is ``found.raw_folder`` now, in run ``found.run``."""
         registry = self.registry
-        source = registry.sources.pop(old)
+        manager = registry.managers.pop(old)
         run = registry.run_of.pop(old)
-        del run.sources[old]
+        del run.managers[old]
         new = registry.runs.get(found.run) or registry.add_run(found.run)
-        path = found.source
-        source.move_to(
+        path = found.raw_folder
+        manager.move_to(
             RunPaths(registry.absolute(path), new.output, registry.input_root, registry.output_root)
         )
         registry.identity[path] = registry.identity.pop(old)
         for real, served in registry.linked.items():
             if served == old:
                 registry.linked[real] = path
-        registry.serve(new, path, source)
-        self.wire(new, path, source)
-        if not run.sources and run is not new:
+        registry.serve(new, path, manager)
+        self.wire(new, path, manager)
+        if not run.managers and run is not new:
             registry.tell(RunMoved(run.path, new.path))
             del registry.runs[run.path]
-        await asyncio.to_thread(source.prepare_output)  # a run's output folder, if new
-        await source.give_back()
+        await asyncio.to_thread(manager.prepare_output)  # a run's output folder, if new
+        await manager.give_back()
 
 
 def identity_of(folder: Path) -> tuple[int, int] | None:

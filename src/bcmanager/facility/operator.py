@@ -45,13 +45,13 @@ class Operator:
             await record(
                 [
                     discovery.join(path, name)
-                    for path, source, mine in targets
-                    for name in source.quarantined(mine)
+                    for path, manager, mine in targets
+                    for name in manager.quarantined(mine)
                 ]
             )
         sent: list[str] = []
-        for path, source, mine in targets:
-            retried = await source.retry(mine)
+        for path, manager, mine in targets:
+            retried = await manager.retry(mine)
             sent += [discovery.join(path, name) for name in retried]
             if retried:
                 run = self.registry.run_of[path]
@@ -67,11 +67,11 @@ class Operator:
         targets: list[tuple[str, Manager, list[str] | None]] = []
         # A raw folder gone with its run (deleted or moved away, not dropped yet by the watcher
         # or the rescan) has nothing to send back; listing it would fail the whole retry.
-        sources = list(self.registry.sources.items())
+        managers = list(self.registry.managers.items())
         here = await asyncio.to_thread(
-            lambda: [source.paths.input_dir.is_dir() for _, source in sources]
+            lambda: [manager.paths.input_dir.is_dir() for _, manager in managers]
         )
-        for (path, source), there in zip(sources, here, strict=True):
+        for (path, manager), there in zip(managers, here, strict=True):
             if not there:
                 continue
             if names is None:
@@ -82,7 +82,7 @@ class Operator:
                 mine = [name.rpartition("/")[2] for name in mine]
                 if not mine:
                     continue
-            targets.append((path, source, mine))
+            targets.append((path, manager, mine))
         return targets
 
     def set_priority(self, path: str, priority: int) -> Run:

@@ -54,7 +54,7 @@ class ReadsIn(BaseModel):
     files_unknown: int = Field(description="Done files whose read count could not be read.")
 
 
-class Report(BaseModel):
+class RunReport(BaseModel):
     """What ``report.json`` holds."""
 
     format: Literal["bcmanager-run-report"] = "bcmanager-run-report"
@@ -98,7 +98,7 @@ def build_report(
         files=len(known), reads=sum(known), files_unknown=max(0, files_done - len(known))
     )
     aside = sorted(quarantined, key=lambda entry: entry.file)
-    report = Report(
+    report = RunReport(
         run=run,
         output_dir=str(output_dir),
         started_at=started_at,
@@ -195,7 +195,7 @@ _WIDTH, _HEIGHT, _LEFT, _BOTTOM = 900, 220, 70, 30
 
 def render_html(report: Mapping[str, Any]) -> str:
     """The report as one self-contained HTML page."""
-    data = Report.model_validate(report)
+    data = RunReport.model_validate(report)
     out = data.basecalled
     parts = [
         *_head(data),
@@ -208,7 +208,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _head(data: Report) -> list[str]:
+def _head(data: RunReport) -> list[str]:
     """The page's head, its title, warnings and headline figures."""
     out = data.basecalled
     parts = [
@@ -241,7 +241,7 @@ def _head(data: Report) -> list[str]:
     return parts
 
 
-def _reads(data: Report) -> list[str]:
+def _reads(data: RunReport) -> list[str]:
     """The reads, pass and fail, and the account of every raw read."""
     out = data.basecalled
     parts: list[str] = []
@@ -357,7 +357,7 @@ def _tools(out: RunYieldStatus) -> list[str]:
     return parts
 
 
-def _tail(data: Report) -> list[str]:
+def _tail(data: RunReport) -> list[str]:
     """Quarantined files, statistics not counted, and when the page was made."""
     out = data.basecalled
     parts: list[str] = []

@@ -50,46 +50,48 @@ class Router:
             if chosen is None:
                 break
             queues.remove(chosen)
-            source = self.registry.sources[chosen.key]
+            manager = self.registry.managers[chosen.key]
             run = self.registry.run_of[chosen.key]
             try:
-                batch = source.assign(
+                batch = manager.assign(
                     engine, batch_size, batch_bytes(chosen, engines), _batch_extras(run)
                 )
             except FileNotFoundError:
-                if source.paths.input_dir.is_dir():
+                if manager.paths.input_dir.is_dir():
                     raise
                 continue  # gone with its run, moved or deleted: followed or dropped soon
             if batch.batch:
-                self.registry.jobs[batch.jobid] = source
-                return _with_facts(batch, _facts(run, source.paths.input_dir / batch.batch[0]))
+                self.registry.jobs[batch.jobid] = manager
+                return _with_facts(batch, _facts(run, manager.paths.input_dir / batch.batch[0]))
         return self._nothing(engine)
 
     def _nothing(self, engine: str) -> BCBatch:
         """No work. A run served alone says so itself, as it always did (it counts the
         engine's call); under a root, an engine's calls count where it holds or ends a job."""
-        if len(self.registry.sources) == 1:
-            ((path, source),) = self.registry.sources.items()
+        if len(self.registry.managers) == 1:
+            ((path, manager),) = self.registry.managers.items()
             if not self.registry.run_of[path].paused:
-                return source.assign(engine, 0)
+                return manager.assign(engine, 0)
         return batch_reply(self.settings, self.paths, engine)
 
     def _queues(self) -> list[Queue]:
         """The raw folders with pending files, of runs not paused, as the scheduler sees them."""
         queues = []
         for run in self.registry.runs.values():
-            if run.paused or not run.sources:
+            if run.paused or not run.managers:
                 continue
-            pending = [(key, source) for key, source in run.sources.items() if source.has_pending()]
+            pending = [
+                (key, manager) for key, manager in run.managers.items() if manager.has_pending()
+            ]
             if not pending:
                 continue
-            run_pending = sum(source.pending_bytes() for _, source in pending)
-            for key, source in pending:
+            run_pending = sum(manager.pending_bytes() for _, manager in pending)
+            for key, manager in pending:
                 queues.append(
                     Queue(
                         key=key,
                         priority=run.priority,
-                        waited=source.waited() or 0.0,
+                        waited=manager.waited() or 0.0,
                         run_pending_bytes=run_pending,
                         run_finished=run.finished,
                         batch_bytes=run.settings.batch_bytes,
@@ -103,26 +105,26 @@ class Router:
         engines: set[str] = set()
         now = self.clock()
         window = 2 * self.settings.report_back_period
-        for source in self.registry.sources.values():
-            engines |= source.engines_since(now - window, now)
+        for manager in self.registry.managers.values():
+            engines |= manager.engines_since(now - window, now)
         return len(engines)
 
     def _source_of(self, jobid: str) -> Manager:
-        source = self.registry.jobs.get(jobid)
-        if source is not None:
-            return source
-        for source in self.registry.sources.values():
-            if source.has_job(jobid):
-                return source
+        manager = self.registry.jobs.get(jobid)
+        if manager is not None:
+            return manager
+        for manager in self.registry.managers.values():
+            if manager.has_job(jobid):
+                return manager
         raise UnknownJob(f"job {jobid} is not known to this manager")
 
     def keepalive(self, jobid: str, reported: JobState) -> bool:
         self.last_activity = self.clock()
         try:
-            source = self._source_of(jobid)
+            manager = self._source_of(jobid)
         except UnknownJob:
             return True  # not ours (any more): the engine stops it
-        return source.keepalive(jobid, reported)
+        return manager.keepalive(jobid, reported)
 
     def complete(self, jobid: str, outcome: JobState) -> None:
         self.last_activity = self.clock()
@@ -130,11 +132,11 @@ class Router:
 
     async def complete_async(self, jobid: str, outcome: JobState) -> None:
         self.last_activity = self.clock()
-        source = self._source_of(jobid)
+        manager = self._source_of(jobid)
         try:
-            await source.complete_async(jobid, outcome)
+            await manager.complete_async(jobid, outcome)
         except FileNotFoundError:
-            if await asyncio.to_thread(source.paths.input_dir.is_dir):
+            if await asyncio.to_thread(manager.paths.input_dir.is_dir):
                 raise
             # Its run moved or went, unseen yet: nothing changed, and once the watcher or the
             # rescan sees it the job is given back, as a late one is.

@@ -40,7 +40,7 @@ class Run:
     output: Path
     settings: RunSettings
     priority: int
-    sources: dict[str, Manager] = field(default_factory=dict)  # by raw folder path
+    managers: dict[str, Manager] = field(default_factory=dict)  # by raw folder path
     paused: bool = False
     final_summary: str | None = None  # MinKNOW's final summary, once it is there
     summary_seen: float = 0.0  # when this manager first saw it (its clock)
@@ -64,8 +64,8 @@ class Run:
         if self.seal is not None:
             return {state: self.seal.files.get(state.value, 0) for state in FileState}
         total = dict.fromkeys(FileState, 0)
-        for source in self.sources.values():
-            for state, count in source.counts().items():
+        for manager in self.managers.values():
+            for state, count in manager.counts().items():
                 total[state] += count
         return total
 
@@ -73,8 +73,8 @@ class Run:
         if self.seal is not None:
             return {state: self.seal.bytes.get(state.value, 0) for state in FileState}
         total = dict.fromkeys(FileState, 0)
-        for source in self.sources.values():
-            for state, size in source.bytes_by_state().items():
+        for manager in self.managers.values():
+            for state, size in manager.bytes_by_state().items():
                 total[state] += size
         return total
 
@@ -83,13 +83,15 @@ class Run:
 
     def waited(self) -> float | None:
         """How long its oldest pending file has waited (None: nothing pending)."""
-        waits = [wait for source in self.sources.values() if (wait := source.waited()) is not None]
+        waits = [
+            wait for manager in self.managers.values() if (wait := manager.waited()) is not None
+        ]
         return max(waits, default=None)
 
     def job_ids(self, but: str | None = None) -> frozenset[str]:
         """The jobs its raw folders know, but those of raw folder ``but``."""
         return frozenset().union(
-            *(source.job_ids() for key, source in self.sources.items() if key != but)
+            *(manager.job_ids() for key, manager in self.managers.items() if key != but)
         )
 
     def read_ledger(self) -> RunYield | None:
@@ -112,7 +114,7 @@ class Registry:
         self.rules = rules
         self.tell = tell
         self.runs: dict[str, Run] = {}
-        self.sources: dict[str, Manager] = {}  # every raw folder's core, by its path
+        self.managers: dict[str, Manager] = {}  # every raw folder's core, by its path
         self.run_of: dict[str, Run] = {}  # raw folder path -> its run
         self.jobs: dict[str, Manager] = {}  # live job -> the raw folder that leased it
         # MinKNOW's final summaries seen in folders under INPUT_DIR (by discovery's walks and
@@ -148,25 +150,25 @@ class Registry:
             self.tell(RunFound(run.path, run.priority))
         return run
 
-    def serve(self, run: Run, path: str, source: Manager) -> None:
-        """Raw folder ``path`` of ``run`` is served by ``source`` from now on."""
-        run.sources[path] = source
-        self.sources[path] = source
+    def serve(self, run: Run, path: str, manager: Manager) -> None:
+        """Raw folder ``path`` of ``run`` is served by ``manager`` from now on."""
+        run.managers[path] = manager
+        self.managers[path] = manager
         self.run_of[path] = run
 
     def forget(self, run: Run, path: str) -> Manager:
         """Raw folder ``path`` of ``run`` is gone: no longer served, nor known by its identity
         (a new folder may get the inode of a deleted one, and must not pass for this one
         moved), nor its jobs."""
-        source = run.sources.pop(path)
-        del self.sources[path]
+        manager = run.managers.pop(path)
+        del self.managers[path]
         del self.run_of[path]
         self.identity.pop(path, None)
         for real in [real for real, each in self.linked.items() if each == path]:
             del self.linked[real]
-        for jobid in [jobid for jobid, each in self.jobs.items() if each is source]:
+        for jobid in [jobid for jobid, each in self.jobs.items() if each is manager]:
             del self.jobs[jobid]
-        return source
+        return manager
 
     def sibling_folders(self, run: Run, path: str) -> list[Path]:
         """The raw folders of ``run`` not yet served, but ``path``: their job folders may have
@@ -174,5 +176,5 @@ class Registry:
         return [
             self.input_root / other
             for other, found_run in self.pending_sources.items()
-            if found_run == run.path and other != path and other not in run.sources
+            if found_run == run.path and other != path and other not in run.managers
         ]

@@ -21,7 +21,7 @@ from bcmanager.core import scan
 from bcmanager.core.benching import Benching
 from bcmanager.core.manager import Manager
 from bcmanager.facility import discovery, runrecord
-from bcmanager.facility.completion import Completion, KeptNotices, Side
+from bcmanager.facility.completion import Background, Completion, KeptNotices
 from bcmanager.facility.discovery import HERE, Found, Layout
 from bcmanager.facility.events import RawFoldersGone, RunGone, SealedRunsFound
 from bcmanager.facility.moves import Mover, Wire, identity_of
@@ -46,7 +46,7 @@ class Server:
         *,
         clock: Callable[[], float],
         wire: Wire,
-        side: Side,
+        in_background: Background,
         watch_also: Callable[[Iterable[str]], None],
         ready: Callable[[], bool],
     ) -> None:
@@ -57,20 +57,20 @@ class Server:
         self.benching = benching
         self.clock = clock
         self.wire = wire
-        self.side = side
+        self.in_background = in_background
         self.watch_also = watch_also
         self.ready = ready
         self.notices: KeptNotices = completion.notices
         self.layout = Layout(settings.run_folder, settings.discovery_depth)
         self._discovering = asyncio.Lock()
 
-    async def add_source(self, run: Run, path: str, given: Manager | None = None) -> None:
+    async def add_manager(self, run: Run, path: str, given: Manager | None = None) -> None:
         """Read one raw folder back and start serving it. Its recovery leaves alone the
         output of the jobs of its run's other raw folders, found on disk or known live."""
         registry = self.registry
         folder = registry.absolute(path)
         on_disk = _job_ids_on_disk(registry.sibling_folders(run, path))
-        source = given or Manager(
+        manager = given or Manager(
             self.settings,
             clock=self.clock,
             paths=RunPaths(folder, run.output, registry.input_root, registry.output_root),
@@ -81,25 +81,25 @@ class Server:
             # where it moved), not an error of each rescan.
             on_gone=registry.input_root.is_dir,
         )
-        self.wire(run, path, source)
+        self.wire(run, path, manager)
         try:
-            await source.start()
+            await manager.start()
         except OSError as error:
             log.error("raw folder %s cannot be served (%s); the other runs go on", path, error)
             return
         # The DONE jobs recovery found; those that end from now on are counted as they end.
-        logs = source.outputs_ended_at_start()
+        logs = manager.outputs_ended_at_start()
         if not run.yield_from_seal:
             run.counting += 1
-            self.side(self.completion.count_reads(run, logs, after_start=True))
-        registry.serve(run, path, source)
+            self.in_background(self.completion.count_reads(run, logs, after_start=True))
+        registry.serve(run, path, manager)
         identity = identity_of(folder)
         if identity is not None:
             registry.identity[path] = identity
-        for job in source.live_jobs():
-            registry.jobs[job.jobid] = source
+        for job in manager.live_jobs():
+            registry.jobs[job.jobid] = manager
         if run.finished:
-            source.sequencing_finished(run.final_summary or "")
+            manager.sequencing_finished(run.final_summary or "")
 
     def gone(self, run: Run) -> None:
         """Stop serving the raw folders of ``run`` that are gone (an operator deleted them, or
@@ -111,24 +111,24 @@ class Server:
         registry = self.registry
         if registry.runs.get(run.path) is not run or not registry.input_root.is_dir():
             return
-        gone = [path for path in run.sources if not os.path.lexists(registry.absolute(path))]
-        if not gone and (run.sources or os.path.lexists(run.folder)):
+        gone = [path for path in run.managers if not os.path.lexists(registry.absolute(path))]
+        if not gone and (run.managers or os.path.lexists(run.folder)):
             return
-        if len(gone) < len(run.sources):
+        if len(gone) < len(run.managers):
             registry.tell(RawFoldersGone(run.path, tuple(gone)))
         else:
             registry.tell(RunGone(run.path))
             del registry.runs[run.path]
             registry.summaries.pop(run.path, None)
         for path in gone:
-            self.side(registry.forget(run, path).stop())
+            self.in_background(registry.forget(run, path).stop())
 
     async def drop_gone(self) -> None:
         """``gone`` for every run that lost a raw folder, or its folder when sealed; the raw
         folders are looked for in a worker thread (on a network filesystem a stat can take
         milliseconds, and a root holds thousands of raw folders)."""
         absolute = self.registry.absolute
-        runs = [(run, [absolute(path) for path in run.sources]) for run in self.runs()]
+        runs = [(run, [absolute(path) for path in run.managers]) for run in self.runs()]
 
         def losing() -> list[Run]:
             return [
@@ -156,14 +156,16 @@ class Server:
                     self.completion.reopen(run, "its folders changed")
                     if below != HERE:
                         found += await self._walk(path)
-            unserved = {each.source: each for each in found if each.source not in registry.sources}
+            unserved = {
+                each.raw_folder: each for each in found if each.raw_folder not in registry.managers
+            }
             moved = await self.mover.moved(unserved)
             if moved:
                 await self.mover.follow(moved)
             new = {
                 path: each
                 for path, each in unserved.items()
-                if path not in registry.sources and not self._served_elsewhere(each)
+                if path not in registry.managers and not self._served_elsewhere(each)
             }
             registry.pending_sources = {path: each.run for path, each in new.items()}
             read: list[Run] = []
@@ -174,7 +176,7 @@ class Server:
                         run = registry.add_run(each.run)
                         await self.mover.follow_mark(run)
                     read.append(run)
-                    await self.add_source(run, each.source)
+                    await self.add_manager(run, each.raw_folder)
                     if run.completed and run.phase() is not RunPhase.COMPLETE:
                         self.completion.reopen(run, "a new raw folder")
                     await self.completion.look_for_summary(run)
@@ -190,15 +192,15 @@ class Server:
         if not found.linked:
             return False
         registry = self.registry
-        real = os.path.realpath(registry.absolute(found.source))
-        first = registry.linked.setdefault(real, found.source)
-        if first == found.source:
+        real = os.path.realpath(registry.absolute(found.raw_folder))
+        first = registry.linked.setdefault(real, found.raw_folder)
+        if first == found.raw_folder:
             return False
-        if found.source not in registry.named:
-            registry.named.add(found.source)
+        if found.raw_folder not in registry.named:
+            registry.named.add(found.raw_folder)
             log.warning(
                 "raw folder %s leads to %s, which is served as %s: not served twice",
-                found.source,
+                found.raw_folder,
                 real,
                 first,
             )

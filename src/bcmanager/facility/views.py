@@ -1,8 +1,8 @@
-"""What people and watchdogs ask of the runs: the picture of every run (/status), each run's
+"""What people and watchdogs ask of the runs: the snapshot of every run (/status), each run's
 line in the runs table, the totals, the facility's phase and its problems.
 
 Each is O(raw folders + live jobs + listed engines), never O(files). The one that must be
-O(runs), the picture of every run, which the page polls, is made in slices of ``SLICE`` runs
+O(runs), the snapshot of every run, which the page polls, is made in slices of ``SLICE`` runs
 and raw folders with the event loop free between them (docs/benchmarks.md, figure 10).
 """
 
@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from bcmanager.core.benching import Benching
 from bcmanager.core.jobs import FileState, Job
-from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, picture
+from bcmanager.core.manager import QUARANTINED_SHOWN, Manager, snapshot
 from bcmanager.core.progress import Progress
 from bcmanager.facility import discovery
 from bcmanager.facility.discovery import HERE
@@ -32,7 +32,7 @@ from bcmanager.models import (
 )
 
 SLICE = 10
-"""Runs, or raw folders, that the picture of every run takes in before it lets the event loop
+"""Runs, or raw folders, that the snapshot of every run takes in before it lets the event loop
 serve another request: 2 to 4 ms of work (docs/benchmarks.md, figure 10)."""
 
 STATE_NAMES = tuple(state.value for state in FileState)
@@ -60,31 +60,31 @@ class Views:
         self.tasks = tasks
 
     def status(self, path: str | None = None) -> RunStatus:
-        """The picture of every run together, or of run ``path`` alone, with the runs table.
+        """The snapshot of every run together, or of run ``path`` alone, with the runs table.
         O(raw folders + live jobs + listed engines), never O(files)."""
         now = self.clock()
         runs = list(self.registry.runs.values()) if path is None else [self.registry.run(path)]
-        sources = [(key, source) for run in runs for key, source in run.sources.items()]
+        managers = [(key, manager) for run in runs for key, manager in run.managers.items()]
         totals = _Totals()
         entries = [totals.add(self.entry(run, now)) for run in sorted(runs, key=_path)]
-        for key, source in sources:
-            totals.take(key, source)
-        progress = _progress([source for _, source in sources], now)
-        return self._picture(path, runs, progress, totals, now, entries)
+        for key, manager in managers:
+            totals.take(key, manager)
+        progress = _progress([manager for _, manager in managers], now)
+        return self._snapshot(path, runs, progress, totals, now, entries)
 
     async def status_async(
         self, path: str | None, line: Callable[[RunEntry], _Done]
     ) -> tuple[RunStatus, list[_Done]]:
         """``status`` for the HTTP layer: its runs apart, each handed to ``line`` (which
-        serialises it) as soon as it is made. The picture of every run is O(raw folders): a
+        serialises it) as soon as it is made. The snapshot of every run is O(raw folders): a
         root of 1,000 runs held the loop 200 ms, so it is built in slices of ``SLICE`` runs
         and raw folders with the loop free between them. And its lines' objects die young:
         kept to the end, they outlived the collector's young generations and set off full
         collections that held the loop 35 to 55 ms. Each run's line is that run's at one
         instant; the totals are the sum of the lines."""
         if path is not None:
-            picture = self.status(path)
-            return picture.model_copy(update={"runs": []}), [line(each) for each in picture.runs]
+            snapshot = self.status(path)
+            return snapshot.model_copy(update={"runs": []}), [line(each) for each in snapshot.runs]
         now = self.clock()
         runs = list(self.registry.runs.values())
         totals = _Totals()
@@ -93,14 +93,14 @@ class Views:
         )
         progress = Progress(now)
 
-        def take(key: str, source: Manager) -> None:
-            totals.take(key, source)
-            progress.absorb(source.progress_so_far(), now)
+        def take(key: str, manager: Manager) -> None:
+            totals.take(key, manager)
+            progress.absorb(manager.progress_so_far(), now)
 
-        await _in_slices(list(self.registry.sources.items()), lambda each: take(*each))
-        return self._picture(None, runs, progress, totals, now, []), lines
+        await _in_slices(list(self.registry.managers.items()), lambda each: take(*each))
+        return self._snapshot(None, runs, progress, totals, now, []), lines
 
-    def _picture(
+    def _snapshot(
         self,
         path: str | None,
         runs: list[Run],
@@ -109,11 +109,11 @@ class Views:
         now: float,
         entries: list[RunEntry],
     ) -> RunStatus:
-        """The picture of ``runs`` (every run when ``path`` is None) from their ``totals``,
+        """The snapshot of ``runs`` (every run when ``path`` is None) from their ``totals``,
         with the lines ``entries``."""
         # The summary of the one run shown; every run's own is in its entry.
         summary = runs[0].final_summary if len(runs) == 1 else None
-        return picture(
+        return snapshot(
             progress,
             now,
             input_dir=str(runs[0].folder if path is not None else self.registry.input_root),
@@ -134,7 +134,7 @@ class Views:
         """One run's line in the runs table."""
         now = self.clock() if now is None else now
         counts = run.counts()
-        progress = _progress(list(run.sources.values()), now)
+        progress = _progress(list(run.managers.values()), now)
         drain = progress.drain(now, counts)
         return RunEntry(
             path=run.path,
@@ -142,7 +142,7 @@ class Views:
             priority=run.priority,
             paused=run.paused,
             sealed=run.seal is not None or run.sealed_here,
-            raw_folders=len(run.sources) if run.seal is None else len(run.seal.raw_folders),
+            raw_folders=len(run.managers) if run.seal is None else len(run.seal.raw_folders),
             output_dir=str(run.output),
             files=FileCounts(**{state.value: count for state, count in counts.items()}),
             bytes=FileBytes(**{state.value: size for state, size in run.bytes().items()}),
@@ -175,7 +175,7 @@ class Views:
 
     def progress(self, now: float) -> Progress:
         """Every raw folder's progress together."""
-        return _progress(list(self.registry.sources.values()), now)
+        return _progress(list(self.registry.managers.values()), now)
 
     def problems(self) -> list[str]:
         found = []
@@ -187,8 +187,8 @@ class Views:
         for name, task in self.tasks.items():
             if task.done():
                 found.append(f"the {name} has stopped")
-        for path, source in self.registry.sources.items():
-            lines = source.problems()
+        for path, manager in self.registry.managers.items():
+            lines = manager.problems()
             if (
                 lines
                 and self.registry.input_root.is_dir()
@@ -201,8 +201,8 @@ class Views:
     def job_problems(self) -> list[str]:
         return [
             line
-            for path, source in self.registry.sources.items()
-            for line in _named(path, source.job_problems())
+            for path, manager in self.registry.managers.items()
+            for line in _named(path, manager.job_problems())
         ]
 
     def phase(self) -> RunPhase:
@@ -212,7 +212,7 @@ class Views:
 
 @dataclass(slots=True)
 class _Totals:
-    """What a picture of several runs sums, gathered one run's line and one raw folder at a
+    """What a snapshot of several runs sums, gathered one run's line and one raw folder at a
     time: files and bytes by state (by state name: the enum's attributes cost 10 ms over
     1,000 lines), the runs' phases, and the raw folders' live jobs, quarantined files and
     job problems."""
@@ -231,11 +231,11 @@ class _Totals:
         self.phases.add(entry.phase)
         return entry
 
-    def take(self, key: str, source: Manager) -> None:
+    def take(self, key: str, manager: Manager) -> None:
         """Raw folder ``key``'s live jobs, quarantined files and job problems."""
-        self.jobs += source.live_jobs()
-        self.quarantined += source.quarantined_files(partial(discovery.join, key))
-        self.job_problems += _named(key, source.job_problems())
+        self.jobs += manager.live_jobs()
+        self.quarantined += manager.quarantined_files(partial(discovery.join, key))
+        self.job_problems += _named(key, manager.job_problems())
 
 
 def _path(run: Run) -> str:
@@ -275,11 +275,11 @@ def _summed(runs: list[Run]) -> tuple[dict[FileState, int], dict[FileState, int]
     return counts, sizes
 
 
-def _progress(sources: list[Manager], now: float) -> Progress:
+def _progress(managers: list[Manager], now: float) -> Progress:
     """One raw folder's own progress, or several summed."""
-    if len(sources) == 1:
-        return sources[0].progress_so_far()
-    return Progress.merged((source.progress_so_far() for source in sources), now)
+    if len(managers) == 1:
+        return managers[0].progress_so_far()
+    return Progress.merged((manager.progress_so_far() for manager in managers), now)
 
 
 def _named(path: str, problems: list[str]) -> list[str]:

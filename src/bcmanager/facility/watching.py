@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from watchfiles import Change, awatch
 
 from bcmanager.facility import discovery
-from bcmanager.facility.completion import Completion, KeptNotices, Side
+from bcmanager.facility.completion import Background, Completion, KeptNotices
 from bcmanager.facility.discovery import HERE
 from bcmanager.facility.runs import Registry, Run
 from bcmanager.models import RunPhase
@@ -42,7 +42,7 @@ class Watcher:
         registry: Registry,
         completion: Completion,
         tasks: dict[str, asyncio.Task[None]],
-        side: Side,
+        in_background: Background,
         *,
         discover: Discover,
         drop_gone: Callable[[], Awaitable[None]],
@@ -54,7 +54,7 @@ class Watcher:
         self.completion = completion
         self.notices: KeptNotices = completion.notices
         self.tasks = tasks
-        self.side = side
+        self.in_background = in_background
         self.discover = discover
         self.drop_gone = drop_gone
         self.gone = gone
@@ -101,7 +101,7 @@ class Watcher:
         what is new in the others, as it does on a network filesystem."""
         # What is written between start-up's discovery and the watcher's start is found by
         # one more look, once it watches.
-        self.side(self._settle({HERE}))
+        self.in_background(self._look_again({HERE}))
         most: int | None = None  # the folders it may watch, once the kernel refused more
         while True:
             self._rewatch = asyncio.Event()
@@ -139,25 +139,25 @@ class Watcher:
 
     def _folders(self, most: int | None) -> list[str]:
         """The folders to watch, raw folders first, ``most`` of them (None: all)."""
-        sources = self.registry.sources
-        ordered = sorted(self.watched, key=lambda path: (path not in sources, path))
+        managers = self.registry.managers
+        ordered = sorted(self.watched, key=lambda path: (path not in managers, path))
         return [str(self.registry.absolute(path)) for path in ordered[:most]]
 
     def watch_also(self, folders: Iterable[str]) -> None:
         """Watch these folders too. What is written in them before the watcher has started
-        again is found by a second look once it has (``_settle``)."""
+        again is found by a second look once it has (``_look_again``)."""
         new = set(folders) - self.watched
         self.watched |= new
         if new and "watcher" in self.tasks:
             self._rewatch.set()
-            self.side(self._settle(new))
+            self.in_background(self._look_again(new))
 
-    async def _settle(self, folders: set[str]) -> None:
+    async def _look_again(self, folders: set[str]) -> None:
         await asyncio.sleep(REWATCH_SECONDS)
         for folder in sorted(folders):
-            source = self.registry.sources.get(folder)
-            if source is not None:
-                await source.rescan()
+            manager = self.registry.managers.get(folder)
+            if manager is not None:
+                await manager.rescan()
             elif folder not in self.registry.pending_sources:
                 await self.discover(folder)
 
@@ -166,7 +166,7 @@ class Watcher:
         for folder, (written, deleted) in by_folder.items():
             await self._raw_files_changed(folder, written, deleted)
         for folder in sorted(unknown):
-            if folder in self.registry.sources:
+            if folder in self.registry.managers:
                 continue
             self.watch_also([folder])
             await self.discover(folder)
@@ -196,7 +196,7 @@ class Watcher:
                 summaries.add(folder)
                 self.registry.summaries[folder] = full
                 continue
-            if folder not in self.registry.sources:
+            if folder not in self.registry.managers:
                 if change is not Change.deleted:
                     unknown.add(folder)
                 continue
@@ -212,7 +212,7 @@ class Watcher:
         if deleted and not os.path.lexists(self.registry.absolute(folder)):
             self.gone(run)  # the raw folder went with its files: one line, not one a file
             return
-        await self.registry.sources[folder].on_changes(sorted(set(written)), sorted(set(deleted)))
+        await self.registry.managers[folder].on_changes(sorted(set(written)), sorted(set(deleted)))
         run.touched = run.touched or bool(written)
         if written and run.completed and run.phase() is not RunPhase.COMPLETE:
             self.completion.reopen(run, "new raw files")

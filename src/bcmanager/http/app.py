@@ -3,7 +3,7 @@
 Routes only translate: query parameters in, a Facility call, a model out. Errors of the state
 machine become 404 or 409, a disk that refuses a change becomes 503; each with a JSON ``detail``
 and nothing changed (``routing.HANDLERS``). Each concern is a router of its own: the protocol
-the agents speak (``protocol``), readiness and the run's picture (``status``), the runs and
+the agents speak (``protocol``), readiness and the run's snapshot (``status``), the runs and
 what an operator changes (``operator``), Prometheus metrics (``metrics``) and what a browser
 opens (``page``). Each route belongs to one kind of access (engine, operator, read;
 ``access.py``) whose token it requires when the manager sets one; the probes (/heartbeat,

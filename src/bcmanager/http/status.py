@@ -1,5 +1,5 @@
 """How the manager is doing: readiness (/ready, never guarded: kubelets call it without
-secrets) and the picture of the runs (/status, which the page polls), a read route."""
+secrets) and the snapshot of the runs (/status, which the page polls), a read route."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ NO_RUNS = b'"runs":[]}'
 
 
 def line_json(entry: RunEntry) -> bytes:
-    """A run's line in JSON, as it is within the whole picture's."""
+    """A run's line in JSON, as it is within the whole snapshot's."""
     return entry.model_dump_json().encode()
 
 
-def with_runs(picture: RunStatus, runs: list[bytes]) -> bytes:
-    """``picture`` (its runs left empty) in JSON with ``runs``, each a run's line in JSON: the
-    bytes FastAPI sends for the whole picture, the lines made apart (``Facility.status_async``
+def with_runs(snapshot: RunStatus, runs: list[bytes]) -> bytes:
+    """``snapshot`` (its runs left empty) in JSON with ``runs``, each a run's line in JSON: the
+    bytes FastAPI sends for the whole snapshot, the lines made apart (``Facility.status_async``
     says why)."""
-    head = picture.model_dump_json().encode()
+    head = snapshot.model_dump_json().encode()
     if not head.endswith(NO_RUNS):
         raise AssertionError("RunStatus.runs must stay its last field")
     return b"".join((head[: -len(NO_RUNS)], b'"runs":[', b",".join(runs), b"]}"))
@@ -51,7 +51,7 @@ async def ready(facility: TheFacility) -> ReadyReply | JSONResponse:
     "/status",
     response_model=RunStatus,
     operation_id="run_status",
-    summary="The run's picture: files and bytes by state, rates, ETA, engines, leases",
+    summary="The run's snapshot: files and bytes by state, rates, ETA, engines, leases",
     tags=["operations"],
     responses={401: ERRORS[401], 404: {"model": ErrorReply, "description": "No such run"}},
     dependencies=guard(Kind.READ),
@@ -61,8 +61,8 @@ async def status(
     facility: TheFacility,
     run: Annotated[
         str | None,
-        Query(description="A run's path, as /runs lists it: that run's picture alone."),
+        Query(description="A run's path, as /runs lists it: that run's snapshot alone."),
     ] = None,
 ) -> Response:
-    picture, runs = await facility.status_async(run, line_json)
-    return Response(with_runs(picture, runs), media_type=JSON)
+    snapshot, runs = await facility.status_async(run, line_json)
+    return Response(with_runs(snapshot, runs), media_type=JSON)

@@ -36,7 +36,7 @@ class SimulatedCrash(Exception):
 CRASH_EXIT_CODE = 134
 
 
-class Layout(str, Enum):
+class OutputLayout(str, Enum):
     """Where the simulated basecaller puts its reads files in a job's output folder."""
 
     PASS_FAIL = "pass-fail"  # pass/ or fail/ [<barcode>/] <raw stem>.<ext>: a file per raw file
@@ -63,7 +63,7 @@ def basecall(
     fail_fraction: float = 0.0,
     seed: int = 0,
     reads_format: ReadsFormat = ReadsFormat.FASTQ,
-    layout: Layout = Layout.PASS_FAIL,
+    layout: OutputLayout = OutputLayout.PASS_FAIL,
     barcodes: int = 0,
     model: str = DEFAULT_MODEL,
     unreadable_fraction: float = 0.0,
@@ -118,9 +118,9 @@ def basecall(
                 raw_reads += 1
                 for read in raw_read.split(samples, seed, split_fraction):
                     barcode = barcode_of(read.read_id, barcodes)
-                    if layout is Layout.PASS_FAIL:
+                    if layout is OutputLayout.PASS_FAIL:
                         where = _pass_fail_path(FAIL if file_fails else PASS, barcode, stem)
-                    elif layout is Layout.DORADO:
+                    elif layout is OutputLayout.DORADO:
                         verdict = PASS if read.mean_qscore >= MIN_QSCORE else FAIL
                         where = _dorado_path(run_info, reads_format, verdict, barcode)
                     else:
@@ -128,7 +128,7 @@ def basecall(
                     outputs.add(where, read, run_info, header, barcode)
                     count += 1
             say(f"simulated basecaller: {raw.name}: {count} reads")
-            if layout is Layout.PASS_FAIL:
+            if layout is OutputLayout.PASS_FAIL:
                 outputs.finish(say)
         outputs.finish(say)
     except SimulatedCrash:

@@ -14,7 +14,7 @@ from pathlib import Path
 from bcmanager.sim.basecaller import (
     CRASH_EXIT_CODE,
     DEFAULT_MODEL,
-    Layout,
+    OutputLayout,
     SimulatedCrash,
     basecall,
 )
@@ -129,9 +129,9 @@ def _add_basecaller_command(
     )
     parser.add_argument(
         "--layout",
-        type=Layout,
-        choices=[value.value for value in Layout],
-        default=Layout.PASS_FAIL.value,
+        type=OutputLayout,
+        choices=[value.value for value in OutputLayout],
+        default=OutputLayout.PASS_FAIL.value,
         help="pass-fail: pass/ or fail/ <stem>.<format> per raw file; dorado: Dorado's "
         f"--output-dir tree, pass or fail by mean Q-score (below {MIN_QSCORE}: fail); flat: one "
         "calls.<format> at the top, as a wrapper saving Dorado's output would write",
