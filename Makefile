@@ -21,8 +21,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
 
+# Two workers, a test file each at a time (its module's server, cluster or generated client
+# is started once); each test keeps to its own tmp_path and ports from the kernel.
 test: lint browser slurm-packages
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # The long proofs: 100 kill -9 of a live manager among hostile engines and an operator, on one
 # run and on a root of runs (seed printed; BCM_SOAK_SEED=N repeats a plan), 1000 random runs of
