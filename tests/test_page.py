@@ -26,6 +26,7 @@ from conftest import AgentStats, Run, Server, minknow_run, n50, simulated_dorado
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+WINDOW = (1440, 1100)
 CHROMIUM_ARGS = (
     "--headless=new",
     "--no-sandbox",
@@ -34,7 +35,7 @@ CHROMIUM_ARGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1440,1100",
+    f"--window-size={WINDOW[0]},{WINDOW[1]}",
 )
 # No network but loopback: every name but 127.0.0.1 fails to resolve, and every request that is
 # not to loopback goes to a proxy on the discard port, where nothing listens.
@@ -54,13 +55,31 @@ def chromium(*extra: str) -> WebDriver:
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
+@pytest.fixture(scope="session")
+def session_browser() -> Iterator[WebDriver]:
+    """One Chromium for every page test: starting one costs a second or more of both cores."""
     driver = chromium()
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(session_browser: WebDriver) -> Iterator[WebDriver]:
+    """The session's Chromium, handed over as if new: no cookies or cache, the first window
+    size, nothing in its log. Each test's server has a port of its own, so pages and their
+    storage never meet; cookies do not tell ports apart, so they are cleared."""
+    driver = session_browser
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+    driver.set_window_size(*WINDOW)
+    driver.get_log("browser")  # reading the log empties it
+    try:
+        yield driver
+    finally:
+        # The test's server stops next: a page left polling it would log errors meanwhile.
+        driver.get("about:blank")
 
 
 @pytest.fixture
