@@ -21,8 +21,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
 
+# Two workers, each handed tests as it is free; the tests of a file that share one
+# server, cluster or generated client (marked xdist_group) go to one worker. Each test keeps to
+# its own tmp_path and ports from the kernel.
 test: lint browser slurm-packages
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 # The long proofs: 100 kill -9 of a live manager among hostile engines and an operator, on one
 # run and on a root of runs (seed printed; BCM_SOAK_SEED=N repeats a plan), 1000 random runs of

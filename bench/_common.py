@@ -30,7 +30,7 @@ import httpx
 
 from bcmanager.core.scan import POD5_SIGNATURE
 from bcmanager.paths import FolderKind, RunPaths, final_fastq_name, job_folder, raw_stem
-from bcmanager.sim import RunIdentity
+from bcmanager.sim.sequencer import RunIdentity
 
 RAW_BYTES = POD5_SIGNATURE + bytes(8) + POD5_SIGNATURE
 FASTQ_BYTES = b"@read\nACGT\n+\n####\n"

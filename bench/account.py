@@ -31,7 +31,7 @@ from _common import Row, median, ms, progress, run_alone
 
 from bcmanager.core.account import account_job
 from bcmanager.reads.files import open_fastq
-from bcmanager.sim import write_pod5
+from bcmanager.sim.sequencer import write_pod5
 
 FILES = 10
 READS = 4_000

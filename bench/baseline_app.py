@@ -42,7 +42,7 @@ from bcmanager.paths import (
     job_folder,
     temp_name,
 )
-from bcmanager.sim import RunIdentity
+from bcmanager.sim.sequencer import RunIdentity
 
 REPORT_BACK = 90
 

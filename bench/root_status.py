@@ -4,12 +4,12 @@ A root of 1,000 runs in MinKNOW's layout (``exp/sample<n>/<run folder>/pod5/``),
 raw files, 5 of them basecalled and 5 pending: every run has a backlog, lag and rates, the most
 work its line in the runs table can cost.
 
-In this process, a manager of that root makes /status's picture of every run again and again
+In this process, a manager of that root makes /status's snapshot of every run again and again
 while a ticker coroutine wakes every millisecond and records the longest gap between two
-wake-ups (as in figure 6): the picture as /status makes it now (in slices, each run's line
-serialised at once) beside the baseline, the same picture made and serialised in one go, as
-/status made it before. Target: the longest gap of a picture under 20 ms, the median over the
-pictures (as in figure 9); the worst of them is for reading. The first row is the floor: the
+wake-ups (as in figure 6): the snapshot as /status makes it now (in slices, each run's line
+serialised at once) beside the baseline, the same snapshot made and serialised in one go, as
+/status made it before. Target: the longest gap of a snapshot under 20 ms, the median over the
+snapshots (as in figure 9); the worst of them is for reading. The first row is the floor: the
 ticker alone for one second, after (a loaded machine shows tens of milliseconds).
 
 Then one real ``bcmanager serve`` serves the root. A prober asks, one request at a time every
@@ -58,14 +58,14 @@ from _common import (
 from loop_lag import longest_gap
 
 from bcmanager.facility.facility import Facility
-from bcmanager.http.app import line_json, with_runs
+from bcmanager.http.status import line_json, with_runs
 from bcmanager.paths import RunPaths
 from bcmanager.settings import Settings
 
 RUNS = 1_000
 FILES_PER_RUN = 10
 DONE_PER_RUN = 5
-QUICK_POLLS = 10  # pictures of each kind made in this process
+QUICK_POLLS = 10  # snapshots of each kind made in this process
 FULL_POLLS = 30
 QUICK_WINDOWS = 2  # windows of each kind
 FULL_WINDOWS = 6
@@ -98,7 +98,7 @@ def build_root(workdir: Path) -> SyntheticRun:
 
 async def in_process(root: SyntheticRun, polls: int) -> tuple[float, dict[str, list[float]]]:
     """The longest gap of a 1 ms ticker alone for a second, and its longest gap during each of
-    ``polls`` pictures of every run made as /status makes them (``sliced``), and as many made
+    ``polls`` snapshots of every run made as /status makes them (``sliced``), and as many made
     in one go (``whole``)."""
     settings = Settings(
         input_dir=root.paths.input_dir,
@@ -125,7 +125,7 @@ async def in_process(root: SyntheticRun, polls: int) -> tuple[float, dict[str, l
         gaps: dict[str, list[float]] = {"sliced": [], "whole": []}
         for kind, work in (("sliced", sliced), ("whole", whole)):
             # One kind after the other, each from a full collection: the objects that one
-            # picture in one go leaves to the old generation set off a full collection (tens
+            # snapshot in one go leaves to the old generation set off a full collection (tens
             # of ms at this size) during whatever runs next.
             gc.collect()
             for _ in range(polls):
@@ -172,7 +172,7 @@ def measure(full: bool, workdir: Path) -> list[Row]:
     took: list[float] = []
     sizes: list[int] = []
     try:
-        progress(f"root status: {polls} pictures of every run of each kind, in this process")
+        progress(f"root status: {polls} snapshots of every run of each kind, in this process")
         floor, gaps = asyncio.run(in_process(root, polls))
         rescan = os.environ.get("BCM_RESCAN_INTERVAL", "3600")
         with bcmanager_serve(root, rescan_interval=rescan) as server:

@@ -29,7 +29,9 @@ from bcmanager.reads.stats import JobStats as AgentStats
 from bcmanager.reads.stats import job_stats as count_job_stats
 from bcmanager.reads.stats import write_job_stats
 from bcmanager.settings import Settings
-from bcmanager.sim import Layout, ReadsFormat, basecall, pod5_bytes, write_pod5
+from bcmanager.sim.basecaller import OutputLayout, basecall
+from bcmanager.sim.reads import ReadsFormat
+from bcmanager.sim.sequencer import pod5_bytes, write_pod5
 from oracle import Verdict, judge
 
 
@@ -512,7 +514,7 @@ def simulated_dorado(
         output,
         seconds_per_read=0,
         reads_format=reads_format,
-        layout=Layout.DORADO,
+        layout=OutputLayout.DORADO,
         barcodes=2,
         model=model,
     )

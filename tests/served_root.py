@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from bcmanager.sim import pod5_bytes
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import Root, Server, fastq, wait_for
 
 

@@ -154,13 +154,13 @@ def test_status_and_retry_use_tls_and_their_tokens(
     )
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.splitlines() == ["1 quarantined file(s) pending again", bad]
-    picture = httpx.get(
+    snapshot = httpx.get(
         f"{server.url}/status",
         headers={"Authorization": f"Bearer {READ}"},
         verify=server.verify,
         timeout=10,
     )
-    assert picture.json()["files"]["failed"] == 0
+    assert snapshot.json()["files"]["failed"] == 0
     assert OPERATOR not in retried.stdout + retried.stderr + server.log.read_text()
 
 

@@ -17,14 +17,9 @@ import pysam
 import pytest
 
 from bcmanager.core.account import account_job, skipped_by_basecaller
-from bcmanager.sim import (
-    Layout,
-    ReadsFormat,
-    basecall,
-    file_unreadable,
-    split_children,
-    write_pod5,
-)
+from bcmanager.sim.basecaller import OutputLayout, basecall, file_unreadable
+from bcmanager.sim.reads import ReadsFormat, split_children
+from bcmanager.sim.sequencer import write_pod5
 
 READS = 6
 
@@ -46,7 +41,9 @@ def bam_records(
 ) -> tuple[pysam.AlignmentHeader, list[pysam.AlignedSegment]]:
     """The simulated Dorado's records of the job as one BAM, read back and the file removed:
     for the test to write them as SAM or CRAM."""
-    basecall(raw, output, seconds_per_read=0, reads_format=ReadsFormat.BAM, layout=Layout.FLAT)
+    basecall(
+        raw, output, seconds_per_read=0, reads_format=ReadsFormat.BAM, layout=OutputLayout.FLAT
+    )
     bam = output / "calls.bam"
     with pysam.AlignmentFile(str(bam), "rb", check_sq=False) as source:
         header, records = source.header, list(source.fetch(until_eof=True))
@@ -57,14 +54,14 @@ def bam_records(
 @pytest.mark.parametrize(
     ("reads_format", "layout", "barcodes"),
     [
-        (ReadsFormat.FASTQ, Layout.PASS_FAIL, 0),
-        (ReadsFormat.FASTQ, Layout.DORADO, 3),
-        (ReadsFormat.BAM, Layout.DORADO, 3),
-        (ReadsFormat.BAM, Layout.FLAT, 0),
+        (ReadsFormat.FASTQ, OutputLayout.PASS_FAIL, 0),
+        (ReadsFormat.FASTQ, OutputLayout.DORADO, 3),
+        (ReadsFormat.BAM, OutputLayout.DORADO, 3),
+        (ReadsFormat.BAM, OutputLayout.FLAT, 0),
     ],
 )
 def test_every_read_of_every_file_is_accounted_in_every_layout(
-    tmp_path: Path, reads_format: ReadsFormat, layout: Layout, barcodes: int
+    tmp_path: Path, reads_format: ReadsFormat, layout: OutputLayout, barcodes: int
 ) -> None:
     raw, output, ledger = batch(tmp_path)
     basecall(
@@ -150,7 +147,12 @@ def test_a_reads_file_cut_short_takes_every_file_with_reads_in_it(
 ) -> None:
     raw, output, ledger = batch(tmp_path, files=3)
     basecall(
-        raw, output, seconds_per_read=0, reads_format=reads_format, layout=Layout.FLAT, cut=True
+        raw,
+        output,
+        seconds_per_read=0,
+        reads_format=reads_format,
+        layout=OutputLayout.FLAT,
+        cut=True,
     )
     account = account_job(raw, ledger, output)
     [(inside, why)] = account.rejected_reads_files.items()

@@ -28,22 +28,17 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from bcmanager.agent import (
+from bcmanager.agent.basecaller import STDERR_TAIL_BYTES, StderrTee
+from bcmanager.agent.cli import settings_from_args
+from bcmanager.agent.client import Backoff, BatchReply, resolve_job
+from bcmanager.agent.errors import (
     EXIT_CANNOT_RUN,
     EXIT_FAILURES_IN_A_ROW,
-    STDERR_TAIL_BYTES,
-    Agent,
-    AgentSettings,
-    Backoff,
-    BatchReply,
     ConfigurationError,
     ProtocolViolation,
-    StderrTee,
-    render_command,
-    resolve_job,
-    settings_from_args,
-    split_template,
 )
+from bcmanager.agent.loop import Agent
+from bcmanager.agent.settings import AgentSettings, render_command, split_template
 from bcmanager.cli import build_parser, main
 from bcmanager.paths import (
     ATTEMPT_FILE,
@@ -54,7 +49,7 @@ from bcmanager.paths import (
     parse_job_folder,
     raw_stem,
 )
-from bcmanager.sim import write_pod5
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Run, Server, real_server, wait_for
 
 ENGINE = "gpu-test"
@@ -380,17 +375,19 @@ def test_a_second_signal_exits_at_once_and_kills_the_group(bench: Bench) -> None
 
 
 def test_a_manager_restart_within_the_lease_costs_nothing(bench: Bench) -> None:
-    manager = bench.manager(files=2, lease=10)
+    """A keepalive every 10 s, a 20 s lease: at least 10 s for the manager to come back, which
+    a busy machine needs (with a 10 s lease the agent gave up before the restart was ready)."""
+    manager = bench.manager(files=2, lease=20)
     agent = bench.agent(manager, "hang", "--retry-max-delay", "0.5")
     jobid, child, _ = bench.basecaller_pids()
 
     manager.kill()
-    wait_for(lambda: f"job={jobid} retrying /keepalive" in agent.text(), 10, "a keepalive to fail")
+    wait_for(lambda: f"job={jobid} retrying /keepalive" in agent.text(), 15, "a keepalive to fail")
     assert is_running(child)
     manager.start()
     wait_for(
         lambda: f"job={jobid} reached /keepalive again" in agent.text(),
-        10,
+        20,
         "the restarted manager to renew the lease",
     )
     assert is_running(child)

@@ -47,7 +47,7 @@ from typing import BinaryIO
 import httpx
 import pod5  # type: ignore[import-untyped]
 
-from bcmanager.sim import pod5_bytes
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import Run, Server, fastq
 from oracle import PIECES, job_folders, piece_id
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from bcmanager.sim import pod5_bytes
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import RUN_NAME, Run, Server
 from oracle import RootRun, Verdict, stray_reads
 from test_crash import (

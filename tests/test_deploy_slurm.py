@@ -29,7 +29,7 @@ from typing import NoReturn
 import pod5
 import pytest
 
-from bcmanager.agent import PLACEHOLDERS, split_template
+from bcmanager.agent.settings import PLACEHOLDERS, split_template
 from bcmanager.paths import FolderKind, parse_job_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +39,8 @@ SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontr
 PARTITION = "gpu"  # the template's default partition, so the test need not override it
 FAKE_GPUS = 2
 START_TIMEOUT = 30.0
+# Its tests share one cluster (a module fixture): under xdist they run on one worker.
+pytestmark = pytest.mark.xdist_group("slurm")
 ENDED_STATES = frozenset(
     {
         "COMPLETED",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bcmanager.agent import ENV_PREFIX, AgentSettings
+from bcmanager.agent.settings import ENV_PREFIX, AgentSettings
 from bcmanager.cli.serve import exposure_refusal
 from bcmanager.settings import Settings
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import httpx
 
 from bcmanager.cli.check import inspect
+from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
 from bcmanager.paths import RunPaths
-from bcmanager.sim import basecall, pod5_bytes
+from bcmanager.sim.basecaller import basecall
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import Clock, Run, Server, serving
 
 
@@ -75,7 +77,7 @@ async def test_an_engine_that_dies_mid_job_has_its_work_done_by_another(run: Run
         (output / "pass").mkdir()
         (output / "pass" / "raw_0.fastq").write_text("@half-done\nA\n+\n!\n")
         clock.now += 11  # gpu1 sends nothing more
-        await until(lambda: manager.status().files.pending == 3)
+        await until(lambda: manager.counts()[FileState.PENDING] == 3)
         heir = await assign(client, "gpu2", 3)
         work_on(heir)
         done = await get(client, "/completed", job_id=heir["jobid"], job_state="DONE")
@@ -97,7 +99,7 @@ async def test_a_late_engine_is_refused_and_its_output_kept_aside(run: Run) -> N
         work_on(slow)
         clock.now += 10  # the lease ran out while gpu1 worked, reaped or not yet
         refused = await get(client, "/completed", job_id=slow["jobid"], job_state="DONE")
-        await until(lambda: manager.status().files.pending == 2)
+        await until(lambda: manager.counts()[FileState.PENDING] == 2)
         heir = await assign(client, "gpu2", 2)
         work_on(heir)
         again = await get(client, "/completed", job_id=slow["jobid"], job_state="DONE")

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bcmanager.core import scan
 from bcmanager.facility import discovery
 from bcmanager.facility.discovery import Found, Layout
 from bcmanager.facility.facility import Facility
@@ -167,6 +168,35 @@ async def test_a_new_run_is_found_within_a_second_by_events(root: Root) -> None:
     assert sorted(batch["batch"]) == sorted(path.name for path in written)
 
 
+async def test_at_start_up_a_raw_folders_listing_by_discovery_is_its_recoverys(
+    root: Root, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first discovery hands each raw folder's listing to its recovery: a raw folder of a
+    million entries is listed once at start-up, not twice. A raw folder found later is listed
+    again by its recovery (discovery keeps no listing after the first)."""
+    one, two = (
+        root.run("exp", "s1", "FAX11111") / "pod5",
+        root.run("exp", "s2", "FAX22222") / "pod5",
+    )
+    root.add(one, 3)
+    root.add(two, 2)
+    listed: list[Path] = []
+    list_input = scan.list_input
+
+    def counted(folder: Path) -> scan.InputListing:
+        listed.append(Path(folder).resolve())
+        return list_input(folder)
+
+    monkeypatch.setattr(scan, "list_input", counted)
+    async with serving(root.settings(force_polling=True, rescan_interval=60)) as (_, facility):
+        assert [listed.count(folder.resolve()) for folder in (one, two)] == [1, 1]
+        three = root.run("exp", "s3", "FAX33333") / "pod5"
+        root.add(three, 1)
+        await facility.server.discover()
+        assert facility.status().files.pending == 6
+    assert listed.count(three.resolve()) == 2
+
+
 async def test_without_events_a_new_run_is_found_by_the_rescan(root: Root) -> None:
     async with serving(root.settings(force_polling=True, rescan_interval=0.2)) as (_, facility):
         root.add(root.run("exp", "s1", "FAX44444") / "pod5", 1)
@@ -235,7 +265,7 @@ async def test_the_completion_command_runs_once_across_restarts(root: Root) -> N
     async with serving(settings) as (client, facility):
         [entry] = facility.entries()
         assert entry.sealed and entry.phase.value == "complete" and entry.files.done == 2
-        assert not facility.sources, "a sealed run's raw files are not read back"
+        assert not facility.registry.managers, "a sealed run's raw files are not read back"
         await asyncio.sleep(0.3)
     assert ran.read_text() == f"{path} {out}\n", "run once, not at each start"
 

@@ -22,7 +22,10 @@ import httpx
 import pytest
 
 from bcmanager.core.benching import Benching
+from bcmanager.core.events import Benched, Ended
+from bcmanager.core.jobs import Job
 from bcmanager.core.manager import Manager
+from bcmanager.models import JobState
 from conftest import Clock, Run, Server, serving, simulated_agent, wait_for
 
 BCM = [sys.executable, "-m", "bcmanager"]
@@ -99,9 +102,9 @@ def test_one_bad_file_in_a_batch_of_ten_ends_alone_quarantined_and_the_nine_done
         return files["done"] == 9 and files["failed"] == 1
 
     wait_for(settled, 60, "9 files done and 1 quarantined")
-    picture = status(server)
-    assert [item["file"] for item in picture["quarantined"]] == [bad]
-    assert sorted(set(picture["quarantined"][0]["failed_on"])) == ["gpu1", "gpu2"]
+    snapshot = status(server)
+    assert [item["file"] for item in snapshot["quarantined"]] == [bad]
+    assert sorted(set(snapshot["quarantined"][0]["failed_on"])) == ["gpu1", "gpu2"]
     # The first batch, then two jobs per halving (10, 5, 3, 2, 1) and a second engine's word.
     jobs = [*job_folders(run, "DONE_"), *job_folders(run, "FAILED_")]
     jobs += job_folders(run, "QUARANTINED_")
@@ -111,7 +114,7 @@ def test_one_bad_file_in_a_batch_of_ten_ends_alone_quarantined_and_the_nine_done
     good = [read for name in names if name != bad for read in run.reads[name]]
     assert sorted(fastq_read_ids(run.output_dir / "pass")) == sorted(good)
     # Why: the agent's record, shown per failed job.
-    failed = [job for job in picture["recent_problems"] if job["outcome"] == "QUARANTINED"]
+    failed = [job for job in snapshot["recent_problems"] if job["outcome"] == "QUARANTINED"]
     assert failed and failed[0]["exit_code"] == 1
     assert "cannot read POD5" in failed[0]["last_line"]
 
@@ -194,12 +197,12 @@ async def test_an_engine_failing_everything_while_others_succeed_is_benched(run:
             await job("bad", "FAILED")
             clock.now += 1
         benched = await job("bad", "FAILED")
-        picture = (await client.get("/status")).json()
+        snapshot = (await client.get("/status")).json()
         assert benched["batch_size"] == 0  # the no-work reply
-        [entry] = picture["benched"]
+        [entry] = snapshot["benched"]
         assert entry["engine"] == "bad" and "3 jobs in a row failed" in entry["reason"]
         assert 55 < entry["seconds_left"] <= 60
-        assert picture["files"]["failed"] == 0  # its failures count against no file
+        assert snapshot["files"]["failed"] == 0  # its failures count against no file
         clock.now += 61
         assert (await job("bad", "FAILED"))["batch_size"] == 1
         for _ in range(2):
@@ -214,17 +217,22 @@ async def test_an_engine_failing_everything_while_others_succeed_is_benched(run:
 
 def test_benching_forgets_engines_that_succeed_or_went_quiet() -> None:
     benching = Benching(after=2, seconds=10, longest=100, window=30)
-    assert benching.failed("bad", now=1, reason="exit 1") is None
-    benching.succeeded("good", now=1.5)
-    assert benching.failed("bad", now=2, reason="exit 1") is not None
+
+    def end(engine: str, outcome: JobState, now: float) -> Benched | None:
+        job = Job("1", engine, ("a.pod5",), outcome, deadline=now, started=now)
+        return benching.apply(Ended(job, outcome, counted=True), now)
+
+    assert end("bad", JobState.FAILED, now=1) is None
+    end("good", JobState.DONE, now=1.5)
+    assert end("bad", JobState.FAILED, now=2) is not None
     # Alone (nobody else succeeded since its streak began), an engine is never benched.
-    assert benching.failed("lonely", now=3, reason="x") is None
-    benching.succeeded("lonely", now=3.5)
+    assert end("lonely", JobState.FAILED, now=3) is None
+    end("lonely", JobState.DONE, now=3.5)
     assert benching.benched("bad", now=5) is not None
-    benching.succeeded("bad", now=20)
+    end("bad", JobState.DONE, now=20)
     assert benching.benched("bad", now=21) is None
     for index in range(1000):
-        benching.failed(f"pod-{index}", now=200 + index, reason="x")
+        end(f"pod-{index}", JobState.FAILED, now=200 + index)
     assert len(benching._streaks) < 150  # older than `longest`: forgotten
 
 
@@ -252,11 +260,11 @@ async def test_an_engine_that_writes_nothing_is_benched_and_the_run_completes(ru
         refused = await job("empty")
         while await job("good"):
             pass
-        picture = (await client.get("/status")).json()
+        snapshot = (await client.get("/status")).json()
     assert sizes[0] == 2 and all(sizes) and refused == 0
     [entry] = benched
     assert entry["engine"] == "empty" and "reads came out" in entry["reason"]
-    assert picture["files"]["done"] == len(names) and picture["files"]["failed"] == 0
+    assert snapshot["files"]["done"] == len(names) and snapshot["files"]["failed"] == 0
     # One failed attempt per file it took, then no more: no pile of empty attempts.
     assert len(job_folders(run, "FAILED_")) == sizes[0] + sizes[2] + sizes[3]
     assert sorted(fastq_read_ids(run.output_dir / "pass")) == sorted(
@@ -278,8 +286,8 @@ async def test_an_engine_drawing_the_halves_of_its_own_failures_is_benched(run: 
         half = await job("bad", "FAILED")
         quarter = await job("bad", "FAILED")
         benched = await job("bad", "FAILED")
-        picture = (await client.get("/status")).json()
+        snapshot = (await client.get("/status")).json()
     assert len(first["batch"]) == 4 and len(half["batch"]) == 2 and len(quarter["batch"]) == 1
     assert set(half["batch"]) < set(first["batch"]) and set(quarter["batch"]) < set(half["batch"])
     assert benched["batch_size"] == 0
-    assert [entry["engine"] for entry in picture["benched"]] == ["bad"]
+    assert [entry["engine"] for entry in snapshot["benched"]] == ["bad"]

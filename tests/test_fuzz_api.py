@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from bcmanager.cli.check import inspect
 from bcmanager.paths import RunPaths
-from bcmanager.sim import pod5_bytes
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import Run, Server
 
 ROOT = Path(__file__).parent.parent
@@ -24,6 +24,8 @@ SCHEMA_PATH = ROOT / "openapi" / "openapi.json"
 SCHEMA = schemathesis.openapi.from_path(SCHEMA_PATH)
 TOKEN = "fuzz-token"
 EXAMPLES = int(os.environ.get("BCM_FUZZ_EXAMPLES") or 30)  # per operation and phase
+# Its tests share one fuzzed server (a module fixture): under xdist they run on one worker.
+pytestmark = pytest.mark.xdist_group("fuzz")
 
 
 FILES = 300

@@ -23,6 +23,9 @@ from conftest import Run, Server
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "openapi" / "openapi.json"
 PACKAGE = "bcmanager_client"
+# Its tests share one generated package (a module fixture): under xdist they run on one
+# worker.
+pytestmark = pytest.mark.xdist_group("generated_client")
 OPERATIONS = {
     "protocol": {"assign_work", "keep_alive", "complete_job", "heartbeat"},
     "operations": {"ready", "run_status", "metrics", "retry_files", "list_runs"}

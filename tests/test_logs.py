@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from bcmanager.core.manager import Manager
-from bcmanager.sim import write_pod5
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Run, Server, serving
 
 COUNTS = {"waiting", "pending", "leased", "done", "failed", "missing"}

@@ -16,7 +16,7 @@ from test_facility import serving
 
 from bcmanager.facility.discovery import Found, Layout, discover
 from bcmanager.settings import Settings
-from bcmanager.sim import write_pod5
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Root, wait_for
 from served_root import (
     Served,
@@ -149,7 +149,7 @@ async def test_two_links_to_one_folder_serve_it_once(root: Root, tmp_path: Path)
     for flow_cell in ("FAX11111", "FAX22222"):
         (root.run("exp", "s1", flow_cell) / "pod5").symlink_to(outside)
     async with serving(root.settings()) as (client, facility):
-        assert len(facility.sources) == 1
+        assert len(facility.registry.managers) == 1
         first = await client.get("/assignwork", params={"engineid": "gpu1", "batchsize": 10})
         again = await client.get("/assignwork", params={"engineid": "gpu2", "batchsize": 10})
     assert first.json()["batch"] == ["a.pod5"] and again.json()["batch"] == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from bcmanager.sim import basecall
+from bcmanager.sim.basecaller import basecall
 from conftest import Root, Run, Server
 
 ORIGINAL_BATCH_KEYS = {

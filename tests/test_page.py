@@ -1,6 +1,6 @@
 """The page at / in a real browser: Debian's headless chromium, driven through chromium-driver
 by selenium, against a real ``bcmanager serve``. It shows the run's counts and follows the run
-without a reload; under a root of runs, a runs table whose lines open each run's own picture.
+without a reload; under a root of runs, a runs table whose lines open each run's own snapshot.
 
 Selenium with Debian's chromium-driver, rather than playwright: Debian builds the driver from the
 same source at the same version as the browser, so the two never drift apart, while playwright
@@ -26,6 +26,7 @@ from conftest import AgentStats, Run, Server, minknow_run, n50, simulated_dorado
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+WINDOW = (1440, 1100)
 CHROMIUM_ARGS = (
     "--headless=new",
     "--no-sandbox",
@@ -34,7 +35,7 @@ CHROMIUM_ARGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1440,1100",
+    f"--window-size={WINDOW[0]},{WINDOW[1]}",
 )
 # No network but loopback: every name but 127.0.0.1 fails to resolve, and every request that is
 # not to loopback goes to a proxy on the discard port, where nothing listens.
@@ -54,13 +55,31 @@ def chromium(*extra: str) -> WebDriver:
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
 
 
-@pytest.fixture
-def browser() -> Iterator[WebDriver]:
+@pytest.fixture(scope="session")
+def session_browser() -> Iterator[WebDriver]:
+    """One Chromium for every page test: starting one costs a second or more of both cores."""
     driver = chromium()
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(session_browser: WebDriver) -> Iterator[WebDriver]:
+    """The session's Chromium, handed over as if new: no cookies or cache, the first window
+    size, nothing in its log. Each test's server has a port of its own, so pages and their
+    storage never meet; cookies do not tell ports apart, so they are cleared."""
+    driver = session_browser
+    driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+    driver.set_window_size(*WINDOW)
+    driver.get_log("browser")  # reading the log empties it
+    try:
+        yield driver
+    finally:
+        # The test's server stops next: a page left polling it would log errors meanwhile.
+        driver.get("about:blank")
 
 
 @pytest.fixture
@@ -154,7 +173,7 @@ def test_runs_table_of_a_root_opens_each_runs_own_view_and_goes_back(
     run: Run, start_server: Callable[..., Server], browser: WebDriver
 ) -> None:
     """A root of two runs, one named with characters that mean something in HTML and in a
-    URL: the table shows both as written, a click shows that run's own picture (its address
+    URL: the table shows both as written, a click shows that run's own snapshot (its address
     kept across a reload), and "All runs" the whole again."""
     one = minknow_run(run, "expA", "FAX11111", files=3)
     two = minknow_run(run, 'exp <b>&"B"#%', "FAX22222", ("pod5_pass", "pod5_fail"))

@@ -17,9 +17,9 @@ import pytest
 
 from bcmanager.core.manager import Manager
 from bcmanager.core.scan import POD5_SIGNATURE
-from bcmanager.facility.facility import FACTS_ATTEMPTS
 from bcmanager.facility.pod5facts import Pod5Facts, read_facts
-from bcmanager.sim import FLOW_CELL_ID, SAMPLE_RATE, RunIdentity, write_pod5
+from bcmanager.facility.routing import FACTS_ATTEMPTS
+from bcmanager.sim.sequencer import FLOW_CELL_ID, SAMPLE_RATE, RunIdentity, write_pod5
 from conftest import Run, serving
 
 

@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 from test_scaling import lines_executed
 
-from bcmanager.core.events import Facts
+from bcmanager.core.events import Contacted, Facts, SequencingFinished, Sized
 from bcmanager.core.jobs import FileState, Job
 from bcmanager.core.progress import (
     DRAIN_HORIZON,
@@ -170,7 +170,7 @@ def test_bytes_follow_each_file_through_every_state() -> None:
     }
     assert counts[FileState.PENDING] == 5
     # Files found at start-up are sized later, in whatever state recovery put them.
-    run.progress.file_sized("restored.pod5", FileState.DONE, 7000)
+    run.progress.apply(Sized((("restored.pod5", FileState.DONE, 7000),)), run.now)
     assert run.progress.bytes_by_state()[FileState.DONE] == 8000
 
 
@@ -215,14 +215,14 @@ def test_an_idle_engine_is_retired_after_the_idle_time_and_a_live_one_is_kept() 
         run.arrive(f"f{index}.pod5")
     holding = run.lease("busy", 2)  # and never calls again
     run.end(run.lease("worker", 3), JobState.DONE)
-    run.progress.contact("asker", run.now)  # a no-work reply
+    run.progress.apply(Contacted("asker"), run.now)  # a no-work reply
     run.now += ENGINE_IDLE_SECONDS - 1
     assert [e.engine for e in run.progress.engines(run.now)] == ["asker", "busy", "worker"]
     run.now += 1  # idle for ENGINE_IDLE_SECONDS now: retired, with their work
     [busy] = run.progress.engines(run.now)
     assert busy.engine == "busy" and busy.current_jobs == [holding.jobid]
     assert busy.seconds_since_contact == ENGINE_IDLE_SECONDS
-    retired = run.progress.retired_picture(run.now)
+    retired = run.progress.retired_snapshot(run.now)
     assert (retired.engines, retired.jobs_assigned, retired.jobs_done) == (2, 1, 1)
     assert (retired.files_done, retired.bytes_done) == (3, 3 * MB)
     # An engine whose lease runs out without a word starts to idle then, and is listed until
@@ -241,7 +241,7 @@ def test_an_idle_engine_is_retired_after_the_idle_time_and_a_live_one_is_kept() 
         1,
         0,
     )
-    retired = run.progress.retired_picture(run.now)
+    retired = run.progress.retired_snapshot(run.now)
     assert (retired.engines, retired.jobs_expired, retired.files_expired) == (3, 1, 2)
     assert (retired.jobs_assigned, retired.files_assigned) == (2, 5)
 
@@ -260,7 +260,7 @@ def test_only_the_idle_engines_active_last_are_listed_and_the_totals_stay_exact(
     idle = [engine.engine for engine in listed if not engine.current_jobs]
     assert idle == [f"pod{index:04d}" for index in range(count - IDLE_LISTED, count)]
     assert [engine.current_jobs for engine in listed[:5]] == [[job.jobid] for job in held]
-    retired = run.progress.retired_picture(run.now)
+    retired = run.progress.retired_snapshot(run.now)
     assert retired.engines == count - IDLE_LISTED
     counts, sizes = run.status()
     assert sum(e.files_done for e in listed) + retired.files_done == counts[FileState.DONE]
@@ -276,10 +276,10 @@ def test_a_new_engine_costs_the_same_however_many_came_before() -> None:
     def cost(seen: int) -> tuple[int, int]:
         progress = Progress(0.0)
         for index in range(seen):
-            progress.contact(f"pod{index}", float(index))
+            progress.apply(Contacted(f"pod{index}"), float(index))
         now = float(seen)
         return (
-            lines_executed(lambda: progress.contact("newcomer", now)),
+            lines_executed(lambda: progress.apply(Contacted("newcomer"), now)),
             lines_executed(lambda: progress.engines(now)),
         )
 
@@ -300,8 +300,9 @@ def test_the_phase_follows_the_final_summary_and_the_backlog() -> None:
         RunPhase.COMPLETE
     )
     progress = Progress(0.0)
-    assert progress.sequencing_finished("/run/final_summary_x.txt") is True
-    assert progress.sequencing_finished("/run/final_summary_x.txt") is False
+    progress.apply(SequencingFinished("/run/final_summary_x.txt"), 1.0)
+    progress.apply(SequencingFinished("/run/final_summary_y.txt"), 2.0)
+    assert progress.final_summary == "/run/final_summary_x.txt"  # the first one counts
 
 
 def test_a_pending_file_costs_under_300_bytes_all_in() -> None:
@@ -397,7 +398,7 @@ def test_jobs_found_ended_at_start_up_count_in_tallies_and_rates() -> None:
     assert engines["gpu1"].jobs_done == 2 and engines["gpu1"].files_done == 60
     assert engines["gpu1"].seconds_since_contact == 300
     assert engines["gpu2"].files_failed == 1
-    assert run.progress.retired_picture(run.now).files_done == 5
+    assert run.progress.retired_snapshot(run.now).files_done == 5
     # Both quarantined folders wait for an operator, dated or not.
     problems = run.progress.recent_problems(run.now)
     assert [(p.jobid, p.files, p.seconds_ago) for p in problems] == [("5", 2, None), ("4", 1, None)]

@@ -55,7 +55,7 @@ from bcmanager.core.state import ENDS_OF, InvalidTransition, LeaseExpired, Unkno
 from bcmanager.models import JobState
 from bcmanager.paths import FolderKind, RunPaths, raw_stem
 from bcmanager.settings import Settings
-from bcmanager.sim import pod5_bytes
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import Clock, fastq
 from oracle import judge
 

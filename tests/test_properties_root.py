@@ -40,7 +40,7 @@ from bcmanager.core.state import InvalidTransition, UnknownJob
 from bcmanager.facility.facility import Facility
 from bcmanager.models import JobState
 from bcmanager.settings import Settings
-from bcmanager.sim import pod5_bytes
+from bcmanager.sim.sequencer import pod5_bytes
 from conftest import RUN_NAME, Clock, fastq
 from oracle import RootRun, stray_reads
 
@@ -119,9 +119,9 @@ class RootMachine(RuleBasedStateMachine):
         facility = self.facility
 
         async def look() -> None:
-            await facility._discover()
-            await facility._drop_gone()
-            for source in list(facility.sources.values()):
+            await facility.server.discover()
+            await facility.server.drop_gone()
+            for source in list(facility.registry.managers.values()):
                 await source._rescan()
 
         asyncio.run(look())
@@ -240,7 +240,7 @@ class RootMachine(RuleBasedStateMachine):
     @rule(seconds=st.floats(0, LEASE * 1.2))
     def advance_clock_and_reap(self, seconds: float) -> None:
         self.clock.now += seconds
-        for source in list(self.facility.sources.values()):
+        for source in list(self.facility.registry.managers.values()):
             source.reap()
 
     # -- the operator -----------------------------------------------------------------------
@@ -249,7 +249,7 @@ class RootMachine(RuleBasedStateMachine):
     @rule(data=st.data(), paused=st.booleans())
     def pause(self, data: st.DataObject, paused: bool) -> None:
         run = data.draw(st.sampled_from(self.kept()))
-        if run.path not in self.facility.runs:
+        if run.path not in self.facility.registry.runs:
             return  # not found yet
         self.facility.set_paused(run.path, paused)
         run.paused = paused
@@ -308,7 +308,7 @@ class RootMachine(RuleBasedStateMachine):
         self.facility = self.boot()
         self.rescan()
         self.clock.now += LEASE + 1
-        for source in list(self.facility.sources.values()):
+        for source in list(self.facility.registry.managers.values()):
             source.reap()
         for _ in range(2 * MAX_FILES):
             batch = self.facility.assign("polite", 4)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from bcmanager.core.manager import Manager
-from conftest import Run, serving, tree
+from conftest import Clock, Run, serving, tree
 
 BATCH_KEYS = {
     "report_back_period": int,
@@ -180,10 +180,12 @@ async def test_reaper_takes_back_a_silent_job(run: Run) -> None:
 
 
 async def test_heartbeat_goes_idle_and_back(run: Run) -> None:
+    """On the test's clock: a manager slow to start (a busy machine) is not idle already."""
     run.add_many(1)
-    async with serving(Manager(run.settings(shutdown_interval=0.5))) as client:
+    clock = Clock()
+    async with serving(Manager(run.settings(shutdown_interval=0.5), clock=clock)) as client:
         fresh = (await client.get("/heartbeat")).json()
-        await asyncio.sleep(0.7)
+        clock.now += 0.7
         idle = (await client.get("/heartbeat")).json()
         await assign(client)
         busy = (await client.get("/heartbeat")).json()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pysam
 
-from bcmanager.sim import file_unreadable, split_children
+from bcmanager.sim.basecaller import file_unreadable
+from bcmanager.sim.reads import split_children
 from conftest import Run, Server, simulated_agent, wait_for
 
 SKIP, SPLIT = 0.3, 0.3

@@ -26,7 +26,10 @@ import pysam
 import pytest
 
 from bcmanager import __version__
-from bcmanager.agent import Agent, AgentSettings, Attempt, Job, Lease, LeaseEnd
+from bcmanager.agent.basecaller import Attempt
+from bcmanager.agent.client import Assignment, Lease, LeaseEnd
+from bcmanager.agent.loop import Agent
+from bcmanager.agent.settings import AgentSettings
 from bcmanager.facility.yieldledger import rebuild_yield
 from bcmanager.paths import ATTEMPT_FILE, STATS_FILE, FolderKind, parse_job_folder
 from bcmanager.reads.stats import (
@@ -38,15 +41,9 @@ from bcmanager.reads.stats import (
     phred_mean_qscore,
     write_job_stats,
 )
-from bcmanager.sim import (
-    MIN_QSCORE,
-    Layout,
-    ReadsFormat,
-    SimulatedRead,
-    barcode_of,
-    basecall,
-    write_pod5,
-)
+from bcmanager.sim.basecaller import OutputLayout, basecall
+from bcmanager.sim.reads import MIN_QSCORE, ReadsFormat, SimulatedRead, barcode_of
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Run, Server, wait_for
 
 MODEL = "dna_r10.4.1_e8.2_400bps_sup@v5.0.0"
@@ -124,9 +121,9 @@ def file_verdicts(job_output: Path) -> dict[str, bool]:
 
 
 @pytest.mark.parametrize("reads_format", list(ReadsFormat))
-@pytest.mark.parametrize("layout", list(Layout))
+@pytest.mark.parametrize("layout", list(OutputLayout))
 def test_counts_are_exact_in_every_format_and_layout_with_barcodes(
-    tmp_path: Path, reads_format: ReadsFormat, layout: Layout
+    tmp_path: Path, reads_format: ReadsFormat, layout: OutputLayout
 ) -> None:
     job_input, job_output = make_job(tmp_path)
     written = basecall(
@@ -138,9 +135,9 @@ def test_counts_are_exact_in_every_format_and_layout_with_barcodes(
 
     stats = job_stats(job_output, ["dorado", "basecaller", "hac", str(job_input)])
 
-    if layout is Layout.FLAT:
+    if layout is OutputLayout.FLAT:
         expected = expected_groups(ledger, lambda read: (None, True))
-    elif layout is Layout.DORADO:
+    elif layout is OutputLayout.DORADO:
         expected = expected_groups(
             ledger,
             lambda read: (
@@ -181,7 +178,9 @@ def test_counts_are_exact_in_every_format_and_layout_with_barcodes(
 
 def test_gzip_fastq_counts_as_the_plain_one(tmp_path: Path) -> None:
     job_input, job_output = make_job(tmp_path)
-    basecall(job_input, job_output, seconds_per_read=0, layout=Layout.DORADO, barcodes=BARCODES)
+    basecall(
+        job_input, job_output, seconds_per_read=0, layout=OutputLayout.DORADO, barcodes=BARCODES
+    )
     plain = job_stats(job_output, [])
     for path in list(job_output.rglob("*.fastq")):
         path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
@@ -509,7 +508,7 @@ async def test_a_lease_lost_while_reading_drops_the_job_and_writes_nothing(
         engine_id="gpu1",
         command="true",
     )
-    job = Job("1", tmp_path, output, 90.0, {})
+    job = Assignment("1", tmp_path, output, 90.0, {})
     attempt = Attempt("1", "gpu1", ["dorado", "basecaller", "hac"], "", 0.0)
 
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:

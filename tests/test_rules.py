@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from bcmanager.facility.rules import DEFAULT_BATCH_BYTES, Rules, RulesError, RunSettings, parse_size
-from bcmanager.sim import SAMPLE_RATE
+from bcmanager.sim.sequencer import SAMPLE_RATE
 from conftest import Run, Server, tree
 
 FACILITY = """

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from bcmanager.sim import Layout, ReadsFormat, basecall
+from bcmanager.sim.basecaller import OutputLayout, basecall
+from bcmanager.sim.reads import ReadsFormat
 
 pysam = pytest.importorskip("pysam")
 
@@ -154,7 +155,8 @@ async def test_yield_survives_a_restart_and_a_bad_stats_file_is_reported(root: R
             await complete(client, batch["jobid"])
         await asyncio.sleep(0.2)
     async with serving(root.settings()) as (client, facility):
-        await until(lambda: not facility.runs[path].counting, 10, "the statistics read back")
+        run = facility.run(path)
+        await until(lambda: not run.counting, 10, "the statistics read back")
         reads = (await client.get("/runs")).json()["runs"][0]["reads"]
     assert reads["jobs"] == 2 and reads["jobs_without_stats"] == 1
     assert reads["reads"] == 4
@@ -169,7 +171,7 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
     root.add(root.input_dir, 4)
     async with serving(root.settings()) as (client, _):
         jobs = {}
-        for layout in (Layout.PASS_FAIL, Layout.FLAT, Layout.DORADO, None):
+        for layout in (OutputLayout.PASS_FAIL, OutputLayout.FLAT, OutputLayout.DORADO, None):
             batch = await assign(client, size=1)
             out = root.output_dir / batch["job_output_dir"]
             if layout is None:
@@ -180,7 +182,7 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
                     alias,
                     seconds_per_read=0,
                     reads_format=ReadsFormat.BAM,
-                    layout=Layout.FLAT,
+                    layout=OutputLayout.FLAT,
                 )
                 (alias / "calls.bam").rename(alias / "reads.bam")
                 (alias / "reads.bam.bai").write_bytes(b"BAI\x01")
@@ -191,10 +193,10 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
                     out,
                     seconds_per_read=0,
                     reads_format=ReadsFormat.FASTQ
-                    if layout is Layout.PASS_FAIL
+                    if layout is OutputLayout.PASS_FAIL
                     else ReadsFormat.BAM,
                     layout=layout,
-                    barcodes=2 if layout is Layout.DORADO else 0,
+                    barcodes=2 if layout is OutputLayout.DORADO else 0,
                 )
             await complete(client, batch["jobid"])
             jobs[layout] = batch["jobid"]
@@ -204,11 +206,11 @@ async def test_every_layout_an_engine_may_write_is_merged_by_the_output_contract
         if path.is_file()
     }
     assert any(
-        name.startswith(f"pass/job_id_{jobs[Layout.PASS_FAIL]}_") and name.endswith(".fastq")
+        name.startswith(f"pass/job_id_{jobs[OutputLayout.PASS_FAIL]}_") and name.endswith(".fastq")
         for name in merged
     )
-    assert f"pass/job_id_{jobs[Layout.FLAT]}_calls.bam" in merged
-    dorado = [name for name in merged if f"job_id_{jobs[Layout.DORADO]}_" in name]
+    assert f"pass/job_id_{jobs[OutputLayout.FLAT]}_calls.bam" in merged
+    dorado = [name for name in merged if f"job_id_{jobs[OutputLayout.DORADO]}_" in name]
     assert dorado and all(
         name.split("/")[1] in ("barcode01", "barcode02", "unclassified") for name in dorado
     )

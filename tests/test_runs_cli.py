@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from bcmanager.cli import main
 from bcmanager.cli.runs import duration
-from bcmanager.sim import SAMPLE_RATE, write_pod5
+from bcmanager.sim.sequencer import SAMPLE_RATE, write_pod5
 from conftest import Run, Server, real_server
 
 READ, OPERATOR, ENGINE = "read-secret", "operator-secret", "engine-secret"

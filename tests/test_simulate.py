@@ -18,21 +18,15 @@ import pytest
 
 from bcmanager.cli import main
 from bcmanager.paths import FolderKind, job_folder
-from bcmanager.sim import (
+from bcmanager.sim.basecaller import (
     CRASH_EXIT_CODE,
-    POD5_SIGNATURE,
-    Layout,
-    ReadsFormat,
+    OutputLayout,
     SimulatedCrash,
-    SimulatedRead,
-    SimulatorError,
-    barcode_of,
     basecall,
     file_unreadable,
-    run_sequencer,
-    split_children,
-    write_pod5,
 )
+from bcmanager.sim.reads import ReadsFormat, SimulatedRead, barcode_of, split_children
+from bcmanager.sim.sequencer import POD5_SIGNATURE, SimulatorError, run_sequencer, write_pod5
 
 DORADO_PATH = re.compile(
     r"^bcmanager-simulation/simulated-sample/20240101_0000_1A_PAO12345_(?P<run>[0-9a-f]{8})/"
@@ -330,7 +324,7 @@ def test_the_dorado_layout_is_dorados_output_dir_tree_split_by_mean_q(tmp_path: 
 
     written = basecall(
         job_input, job_output, seconds_per_read=0, reads_format=ReadsFormat.BAM,
-        layout=Layout.DORADO, barcodes=3, model="my-model@v1",
+        layout=OutputLayout.DORADO, barcodes=3, model="my-model@v1",
     )  # fmt: skip
 
     seen: dict[str, str] = {}
@@ -397,7 +391,7 @@ def test_the_same_job_gives_the_same_bytes(tmp_path: Path) -> None:
     again.mkdir()
 
     for output in (job_output, again):
-        basecall(job_input, output, seconds_per_read=0, layout=Layout.DORADO, barcodes=2)
+        basecall(job_input, output, seconds_per_read=0, layout=OutputLayout.DORADO, barcodes=2)
 
     first = {p.relative_to(job_output): p.read_bytes() for p in job_output.rglob("*.fastq")}
     second = {p.relative_to(again): p.read_bytes() for p in again.rglob("*.fastq")}

@@ -1,4 +1,4 @@
-"""GET /status as the run's picture, and the run's phase from MinKNOW's final summary, against
+"""GET /status as the run's snapshot, and the run's phase from MinKNOW's final summary, against
 the app in-process on real folders."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from test_scaling import lines_executed
 
 from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
+from bcmanager.facility.facility import Facility
 from bcmanager.models import JobState
 from conftest import Clock, Run, serving
 
@@ -59,9 +61,17 @@ def sizes(run: Run, names: list[str]) -> int:
     return sum((run.input_dir / name).stat().st_size for name in names)
 
 
-async def test_status_pictures_bytes_rates_engines_and_problems(run: Run) -> None:
+def minute_started() -> Callable[[], float]:
+    """The monotonic clock, moved so that a minute begins one second ago: the test's few
+    seconds (the files it writes first included) stay in one of the one-minute buckets."""
+    shift = time.monotonic() - 6001.0
+    return lambda: time.monotonic() - shift
+
+
+async def test_status_snapshots_bytes_rates_engines_and_problems(run: Run) -> None:
+    clock = minute_started()
     names = [run.add(f"raw_{index}.pod5", read_count=1 + index).name for index in range(8)]
-    async with serving(Manager(run.settings())) as client:
+    async with serving(Manager(run.settings(), clock=clock)) as client:
         done = await assign(client, "gpu1", 3)
         failed = await assign(client, "gpu2", 2)
         leased = await assign(client, "gpu3", 2)
@@ -186,7 +196,8 @@ def status_cost(run: Run, size: int) -> int:
     """Lines of bcmanager run by one /status of a run with ``size`` pending and ``size`` done
     files, two engines and a live job, on a clock that the test holds still."""
     manager = Manager(run.settings(), clock=lambda: 5_000.0)
-    manager.folders.prepare()
+    facility = Facility(run.settings(), manager)
+    asyncio.run(facility.start())  # an empty raw folder, served alone
     for index in range(size):
         manager.state.restore(f"done_{index}.pod5", FileState.DONE)
         manager.state.observe(f"raw_{index}.pod5", complete=True)
@@ -196,8 +207,8 @@ def status_cost(run: Run, size: int) -> int:
     run.basecall(finished.job_output_dir, finished.batch)
     manager.complete(finished.jobid, JobState.DONE)
     manager.assign("gpu2", 10)
-    manager.status()  # first-call costs (imports, caches) are not the run's size
-    return lines_executed(manager.status)
+    facility.status()  # first-call costs (imports, caches) are not the run's size
+    return lines_executed(facility.status)
 
 
 def test_status_costs_the_same_in_a_small_and_a_large_run(tmp_path: Path) -> None:

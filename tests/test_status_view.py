@@ -1,4 +1,4 @@
-"""``bcmanager status``: the run's picture in a terminal, against a real ``bcmanager serve``."""
+"""``bcmanager status``: the run's snapshot in a terminal, against a real ``bcmanager serve``."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_status_watch_refreshes_in_place(
         watch.send_signal(signal.SIGINT)
         code = watch.wait(timeout=10)
     assert code == 0
-    # Frames after the first move the cursor up and redraw: no scrolling pile of pictures.
+    # Frames after the first move the cursor up and redraw: no scrolling pile of snapshots.
     assert "\x1b[2K" in screen.read_text()
 
 
@@ -206,7 +206,7 @@ def test_status_lists_the_runs_of_a_root_and_shows_one_run_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A root of two runs: a runs table under the header, each run's counts on its line (its
-    path shown as written, never read as markup); ``--run`` shows that run's own picture."""
+    path shown as written, never read as markup); ``--run`` shows that run's own snapshot."""
     one = minknow_run(run, "expA", "FAX11111", files=3)
     two = minknow_run(run, "exp [bold]B", "FAX22222", ("pod5_pass", "pod5_fail"))
     server = start_server()
@@ -259,7 +259,7 @@ async def test_reads_of_each_run_and_of_the_run_shown_with_barcodes_models_and_r
 ) -> None:
     """Two runs: one basecalled by the simulated Dorado (FASTQ in its output tree, two barcodes)
     with two models, and complete; the other not basecalled yet. The runs table gives each its
-    reads and bases and flags the two models; the first run's own picture has its reads line,
+    reads and bases and flags the two models; the first run's own snapshot has its reads line,
     the two models in red, where its report is, and its reads per barcode."""
     one = root.run("exp", "s1", "FAX11111")
     root.add(one / "pod5", 2, reads=6)

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bcmanager.cli.check import Report, inspect
+from bcmanager.cli.check import CheckReport, inspect
 from bcmanager.core.folders import DiskOps, RunFolders
 from bcmanager.core.jobs import FileState
 from bcmanager.core.manager import Manager
@@ -52,7 +52,7 @@ def read_ids(folder: Path) -> list[str]:
     return found
 
 
-def check(run: Run) -> Report:
+def check(run: Run) -> CheckReport:
     """What ``bcmanager check`` finds in the run's folders, found in-process: the command itself
     is run in tests/test_check.py."""
     return inspect(RunPaths(run.input_dir.resolve(), run.output_dir.resolve()))

@@ -14,7 +14,7 @@ from bcmanager.core.folders import Recovered, RunFolders
 from bcmanager.core.manager import Manager
 from bcmanager.core.scan import POD5_SIGNATURE, InputListing
 from bcmanager.paths import RunPaths
-from bcmanager.sim import write_pod5
+from bcmanager.sim.sequencer import write_pod5
 from conftest import Run, serving
 
 

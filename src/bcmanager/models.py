@@ -373,7 +373,7 @@ class PriorityRequest(RunRequest):
 
 
 class RunStatus(BaseModel):
-    """The run's picture. Costs the same to compute in a run of any size."""
+    """The run's snapshot. Costs the same to compute in a run of any size."""
 
     input_dir: Shown
     output_dir: Shown

@@ -1,7 +1,9 @@
 """The ``bcmanager`` command: one subcommand per concern, each defined in its own module.
 
-A module contributes a subcommand through ``add_command(subparsers)``; the parser it adds sets
-``func``, which takes the parsed arguments and returns the exit code.
+Command ``x`` is the module ``cli/x.py``, or ``cli.py`` of its own program's package (``agent``,
+``sim``: they import nothing of the server). The module contributes the subcommand through
+``add_command(subparsers)``; the parser it adds sets ``func`` to ``run_x``, which takes the
+parsed arguments and returns the exit code.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from bcmanager import __version__
 # agent, a basecaller or ``check`` starts in a fraction of the time the web app takes to load.
 COMMANDS = {
     "serve": "bcmanager.cli.serve",
-    "openapi": "bcmanager.cli.serve",
-    "agent": "bcmanager.agent",
-    "simulate": "bcmanager.sim",
+    "openapi": "bcmanager.cli.openapi",
+    "agent": "bcmanager.agent.cli",
+    "simulate": "bcmanager.sim.cli",
     "demo": "bcmanager.cli.demo",
     "status": "bcmanager.cli.status",
     "runs": "bcmanager.cli.runs",

@@ -43,7 +43,7 @@ from bcmanager.core import scan
 from bcmanager.core.jobs import FileState
 from bcmanager.facility import discovery, runrecord
 from bcmanager.facility.discovery import HERE, Found, Layout
-from bcmanager.facility.facility import UnknownRun
+from bcmanager.facility.runs import UnknownRun
 from bcmanager.lock import RunLock
 from bcmanager.paths import (
     FAILED_KINDS,
@@ -82,7 +82,7 @@ class Severity(str, Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class Finding:
     severity: Severity
     path: Path
     what: str
@@ -92,7 +92,7 @@ class Problem:
 
 
 @dataclass(slots=True)
-class RunReport:
+class RunCheck:
     """What ``inspect_run`` found in one run: raw files by state, job folders by kind, FASTQ,
     the entries of its raw folders it ignores (relative to INPUT_DIR), and problems."""
 
@@ -103,10 +103,10 @@ class RunReport:
     job_folders: dict[FolderKind, int] = field(default_factory=lambda: dict.fromkeys(FolderKind, 0))
     fastq: dict[str, int] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Finding] = field(default_factory=list)
 
     def add(self, severity: Severity, path: Path, what: str) -> None:
-        self.problems.append(Problem(severity, path, what))
+        self.problems.append(Finding(severity, path, what))
 
     def line(self) -> str:
         """The run's totals in one line, for a root that holds more than INPUT_DIR's own run."""
@@ -120,21 +120,21 @@ class RunReport:
 
 
 @dataclass(slots=True)
-class Report:
+class CheckReport:
     """What a check found: each run's report, and the notes about INPUT_DIR and OUTPUT_DIR
     themselves (a manager holds them)."""
 
     input_dir: Path
     output_dir: Path
-    runs: list[RunReport] = field(default_factory=list)
-    notes: list[Problem] = field(default_factory=list)
+    runs: list[RunCheck] = field(default_factory=list)
+    notes: list[Finding] = field(default_factory=list)
 
     @property
-    def problems(self) -> list[Problem]:
+    def problems(self) -> list[Finding]:
         return [*self.notes, *(problem for run in self.runs for problem in run.problems)]
 
     @property
-    def failures(self) -> list[Problem]:
+    def failures(self) -> list[Finding]:
         return [p for p in self.problems if p.severity is not Severity.NOTE]
 
     @property
@@ -216,45 +216,47 @@ def _fastq(fastq: dict[str, int]) -> str:
     return ", ".join(f"{count} in {sub}/" for sub, count in sorted(fastq.items())) or "none"
 
 
-def inspect(paths: RunPaths) -> Report:
+def inspect(paths: RunPaths) -> CheckReport:
     """One raw folder served alone (INPUT_DIR is ``paths.input_dir``): read both folders once
     and report every broken invariant. Raises OSError if INPUT_DIR cannot be read."""
-    report = Report(paths.input_dir, paths.output_dir, notes=_lock_notes(paths))
+    report = CheckReport(paths.input_dir, paths.output_dir, notes=_lock_notes(paths))
     report.runs.append(inspect_run(paths.input_dir, paths.output_dir, HERE, [HERE]))
     return report
 
 
 def inspect_root(
     input_root: Path, output_root: Path, layout: Layout, run: str | None = None
-) -> Report:
+) -> CheckReport:
     """Every run under INPUT_DIR (or run ``run`` alone), its raw folders found as the manager
     finds them, each run checked against its output folder. Raises OSError if INPUT_DIR
     cannot be read, UnknownRun if ``run`` is no run under it."""
-    report = Report(input_root, output_root, notes=_lock_notes(RunPaths(input_root, output_root)))
+    report = CheckReport(
+        input_root, output_root, notes=_lock_notes(RunPaths(input_root, output_root))
+    )
     served_before = _holds_job_folders(input_root)
     found = discovery.discover(input_root, layout, below=HERE if run is None else run)
-    if run in (None, HERE) and served_before and all(each.source != HERE for each in found):
+    if run in (None, HERE) and served_before and all(each.raw_folder != HERE for each in found):
         # INPUT_DIR was served as one run, whose raw files are all gone now: its job folders
         # are still worth a look.
         found.insert(0, Found(HERE, HERE))
-    sources: dict[str, list[str]] = defaultdict(list)
+    raw_folders: dict[str, list[str]] = defaultdict(list)
     for each in found:
-        sources[each.run].append(each.source)
-    if run is not None and run not in sources:
+        raw_folders[each.run].append(each.raw_folder)
+    if run is not None and run not in raw_folders:
         raise UnknownRun(f"no run {run!r} under {input_root}")
-    on_the_way = discovery.on_the_way(each.source for each in found)
-    runs_on_the_way = discovery.on_the_way(sources)
-    for path in sorted(sources) if run is None else [run]:
+    on_the_way = discovery.on_the_way(each.raw_folder for each in found)
+    runs_on_the_way = discovery.on_the_way(raw_folders)
+    for path in sorted(raw_folders) if run is None else [run]:
         output = output_root if path == HERE else output_root / path
         inspected = inspect_run(
-            input_root, output, path, sources[path], on_the_way, runs_on_the_way
+            input_root, output, path, raw_folders[path], on_the_way, runs_on_the_way
         )
         _inspect_seal(inspected)
         report.runs.append(inspected)
     return report
 
 
-def _inspect_seal(report: RunReport) -> None:
+def _inspect_seal(report: RunCheck) -> None:
     """A sealed run holds no raw file that is not done or quarantined: its seal promises that
     a restart need not look at its files. One that does (written below it after the seal, or
     finished since) is found by the next start, which reads the run back."""
@@ -276,7 +278,7 @@ def _holds_job_folders(folder: Path) -> bool:
     return bool(listing.job_folders or listing.temp)
 
 
-def _lock_notes(paths: RunPaths) -> list[Problem]:
+def _lock_notes(paths: RunPaths) -> list[Finding]:
     notes = []
     for folder, lock_file in (
         (paths.input_dir, paths.lock_file),
@@ -285,7 +287,7 @@ def _lock_notes(paths: RunPaths) -> list[Problem]:
         holder = RunLock.holder(lock_file)
         if holder is not None:
             notes.append(
-                Problem(
+                Finding(
                     Severity.NOTE,
                     folder,
                     f"managed now by {holder}: folders may change while they are read, and a "
@@ -310,19 +312,19 @@ def inspect_run(
     input_root: Path,
     output_dir: Path,
     run: str,
-    sources: list[str],
+    raw_folders: list[str],
     on_the_way: frozenset[str] = frozenset(),
     runs_on_the_way: frozenset[str] = frozenset(),
-) -> RunReport:
-    """One run: each of its raw folders (``sources``, relative to ``input_root``) against the
+) -> RunCheck:
+    """One run: each of its raw folders (``raw_folders``, relative to ``input_root``) against the
     output folder they share. A job of one raw folder owns its output there as much as a job
     of another (as at the manager's recovery). ``on_the_way`` are the folders that lead to raw
     folders, and ``runs_on_the_way`` those that lead to runs: found inside a raw folder or an
     output folder, they are served, not unknown. Raises OSError if a raw folder cannot be read."""
-    report = RunReport(run, output_dir, raw_folders=len(sources))
+    report = RunCheck(run, output_dir, raw_folders=len(raw_folders))
     read: list[_RawFolder] = []
-    for source in sources:
-        folder = input_root if source == HERE else input_root / source
+    for raw_folder in raw_folders:
+        folder = input_root if raw_folder == HERE else input_root / raw_folder
         listing = scan.list_input(folder)
         for name in listing.temp:
             report.add(
@@ -331,9 +333,9 @@ def inspect_run(
                 "an unfinished change left by a crash or a disk fault; removed at the next start",
             )
         ignored = [
-            name for name in listing.ignored if discovery.join(source, name) not in on_the_way
+            name for name in listing.ignored if discovery.join(raw_folder, name) not in on_the_way
         ]
-        _inspect_ignored(report, folder, source, ignored)
+        _inspect_ignored(report, folder, raw_folder, ignored)
         job_folders = _inspect_input_folders(report, folder, listing.job_folders)
         raw = set(listing.raw)
         holders = _inspect_links(report, folder, job_folders, raw)
@@ -368,7 +370,7 @@ def _named(names: list[str], most: int = 5) -> str:
     return f"{len(names)}: {listed}{more}"
 
 
-def _inspect_ignored(report: RunReport, folder: Path, source: str, ignored: list[str]) -> None:
+def _inspect_ignored(report: RunCheck, folder: Path, raw_folder: str, ignored: list[str]) -> None:
     for name in ignored:
         path = folder / name
         if not is_utf8(name):
@@ -378,11 +380,11 @@ def _inspect_ignored(report: RunReport, folder: Path, source: str, ignored: list
             report.add(Severity.NOTE, path, f"{kind}: never offered to an engine")
         elif path.is_dir() and not path.is_symlink():
             report.add(Severity.BROKEN, path, "unknown folder: bcmanager makes no such folder")
-        report.ignored.append(discovery.join(source, name))
+        report.ignored.append(discovery.join(raw_folder, name))
 
 
 def _inspect_input_folders(
-    report: RunReport, input_dir: Path, found: list[JobFolderName]
+    report: RunCheck, input_dir: Path, found: list[JobFolderName]
 ) -> list[JobFolderName]:
     """The job folders of a raw folder; a job with two of them is broken."""
     by_jobid: dict[str, list[JobFolderName]] = defaultdict(list)
@@ -403,7 +405,7 @@ def _inspect_input_folders(
 
 
 def _inspect_links(
-    report: RunReport, input_dir: Path, folders: list[JobFolderName], raw: set[str]
+    report: RunCheck, input_dir: Path, folders: list[JobFolderName], raw: set[str]
 ) -> dict[str, list[JobFolderName]]:
     """Which job folders hold each raw file; every entry must be ``../<name>`` of a raw file."""
     holders: dict[str, list[JobFolderName]] = defaultdict(list)
@@ -439,7 +441,7 @@ def _inspect_links(
 
 
 def _inspect_output_folders(
-    report: RunReport, read: list[_RawFolder], runs_on_the_way: frozenset[str]
+    report: RunCheck, read: list[_RawFolder], runs_on_the_way: frozenset[str]
 ) -> None:
     """Each TMPOUTPUT_ belongs to an ASSIGNED_ job of one of the run's raw folders, and each
     ASSIGNED_ job has one."""
@@ -508,7 +510,7 @@ def _inspect_output_folders(
 
 
 def _inspect_fastq(
-    report: RunReport, raw_stems: set[str], known: frozenset[str], held: set[tuple[str, str]]
+    report: RunCheck, raw_stems: set[str], known: frozenset[str], held: set[tuple[str, str]]
 ) -> set[str]:
     """Stems with FASTQ in pass/ or fail/. A raw file whose FASTQ came from two jobs, or twice
     into one folder, was basecalled twice. FASTQ named otherwise (one file per batch, as Dorado
@@ -551,7 +553,7 @@ def _inspect_fastq(
     return set(by_stem)
 
 
-def _count_files(report: RunReport, read: _RawFolder, stems: set[str]) -> None:
+def _count_files(report: RunCheck, read: _RawFolder, stems: set[str]) -> None:
     unheld = []
     for name in sorted(read.raw):
         held = [folder for folder in read.holders.get(name, []) if folder.kind in FILE_STATE_OF]

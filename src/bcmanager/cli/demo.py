@@ -27,7 +27,7 @@ from bcmanager.http.app import create_app
 from bcmanager.models import RunPhase
 from bcmanager.paths import REPORT_HTML
 from bcmanager.settings import Settings
-from bcmanager.sim import run_sequencer
+from bcmanager.sim.sequencer import run_sequencer
 
 MARKER = ".bcmanager-demo"  # a folder with this file was made by the demo and may be wiped
 REPORT_EVERY = 2.0
@@ -50,7 +50,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     demo.add_argument("--engines", type=int, default=3, help="simulated GPU agents")
     demo.add_argument("--host", default="127.0.0.1", help="address of the manager")
     demo.add_argument("--port", type=int, default=40765, help="port of the manager")
-    demo.set_defaults(func=lambda args: asyncio.run(run_demo(args)))
+    demo.set_defaults(func=run_demo)
 
 
 def prepare(folder: Path) -> tuple[Path, Path]:
@@ -65,7 +65,11 @@ def prepare(folder: Path) -> tuple[Path, Path]:
     return input_dir, output_dir
 
 
-async def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
+    return asyncio.run(_demo(args))
+
+
+async def _demo(args: argparse.Namespace) -> int:
     input_dir, output_dir = prepare(args.folder)
     settings = Settings(
         input_dir=input_dir,

@@ -27,10 +27,10 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument("--input-dir", help="INPUT_DIR (default: env BCM_INPUT_DIR)")
     parser.add_argument("--output-dir", help="OUTPUT_DIR (default: env BCM_OUTPUT_DIR)")
-    parser.set_defaults(func=run_report_command)
+    parser.set_defaults(func=run_report)
 
 
-def run_report_command(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace) -> int:
     settings = load_settings({"input_dir": args.input_dir, "output_dir": args.output_dir})
     if settings is None:
         return 2
@@ -46,7 +46,7 @@ def run_report_command(args: argparse.Namespace) -> int:
         return 1
     output = output_root if run == HERE else output_root / run
     raw_folders = [
-        RunPaths(input_root / each.source if each.source != HERE else input_root, output)
+        RunPaths(input_root / each.raw_folder if each.raw_folder != HERE else input_root, output)
         for each in found
     ]
     try:

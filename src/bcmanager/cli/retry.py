@@ -110,7 +110,7 @@ class _Retry:
     """What a retry changes in one raw folder: the attempts it excuses there."""
 
     run: str
-    source: str
+    raw_folder: str
     folders: RunFolders
     attempts: list[tuple[JobFolderName, str]]
 
@@ -121,17 +121,17 @@ def retry_on_folders(settings: Settings, paths: RunPaths, names: list[str] | Non
     root, output_root = paths.input_dir, paths.output_dir
     layout = Layout(settings.run_folder, settings.discovery_depth)
     try:
-        sources = {each.source: each.run for each in discovery.discover(root, layout)}
-        if HERE not in sources and scan.list_input(root).job_folders:
-            sources[HERE] = HERE  # one run served alone, whose raw files are all gone
+        raw_folders = {each.raw_folder: each.run for each in discovery.discover(root, layout)}
+        if HERE not in raw_folders and scan.list_input(root).job_folders:
+            raw_folders[HERE] = HERE  # one run served alone, whose raw files are all gone
         plan = []
-        for source, run in sorted(sources.items()):
-            mine = _names_in(source, names)
+        for raw_folder, run in sorted(raw_folders.items()):
+            mine = _names_in(raw_folder, names)
             if mine is not None and not mine:
                 continue  # no file named is one of this raw folder's
             folders = RunFolders(
                 RunPaths(
-                    root if source == HERE else root / source,
+                    root if raw_folder == HERE else root / raw_folder,
                     output_root if run == HERE else output_root / run,
                     root,
                     output_root,
@@ -139,14 +139,14 @@ def retry_on_folders(settings: Settings, paths: RunPaths, names: list[str] | Non
             )
             attempts = folders.to_retry(mine)
             if attempts:
-                plan.append(_Retry(run, source, folders, attempts))
+                plan.append(_Retry(run, raw_folder, folders, attempts))
     except OSError as error:
         print(f"bcmanager retry: cannot read the run's folders: {error}", file=sys.stderr)
         return 2
     by_run: dict[str, list[str]] = {}
     for each in plan:
         by_run.setdefault(each.run, []).extend(
-            discovery.join(each.source, name)
+            discovery.join(each.raw_folder, name)
             for name in sorted({name for _, name in each.attempts})
         )
     sent = [path for files in by_run.values() for path in files]
@@ -182,8 +182,8 @@ def retry_on_folders(settings: Settings, paths: RunPaths, names: list[str] | Non
     return 0
 
 
-def _names_in(source: str, names: list[str] | None) -> set[str] | None:
-    """The files of raw folder ``source`` among ``names``, as the running manager reads them:
+def _names_in(raw_folder: str, names: list[str] | None) -> set[str] | None:
+    """The files of raw folder ``raw_folder`` among ``names``, as the running manager reads them:
     a path relative to INPUT_DIR names a file of its own raw folder, a bare name a file of any
     raw folder; None (every quarantined file) stays None."""
     if names is None:
@@ -191,5 +191,5 @@ def _names_in(source: str, names: list[str] | None) -> set[str] | None:
     return {
         name.rpartition("/")[2]
         for name in names
-        if discovery.parent_of(name) == source or ("/" not in name and source != HERE)
+        if discovery.parent_of(name) == raw_folder or ("/" not in name and raw_folder != HERE)
     }

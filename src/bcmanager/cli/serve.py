@@ -1,10 +1,10 @@
-"""``bcmanager serve`` and ``bcmanager openapi``: the service on uvicorn, and its schema."""
+"""``bcmanager serve``: the service on uvicorn; and its schema, as ``bcmanager openapi`` prints
+it."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
 import ssl
 import sys
@@ -45,13 +45,6 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     serve.add_argument("--host", help="address to listen on (env BCM_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (env BCM_PORT, default 40765)")
     serve.set_defaults(func=run_serve)
-    schema = subparsers.add_parser(
-        "openapi",
-        help="print the service's OpenAPI schema (what openapi/openapi.json holds)",
-        description="Print the OpenAPI schema of the manager's HTTP API as JSON on stdout, "
-        "without starting it: `make openapi` writes it to openapi/openapi.json.",
-    )
-    schema.set_defaults(func=print_openapi)
 
 
 def settings_help() -> str:
@@ -164,9 +157,3 @@ def openapi_schema() -> dict[str, Any]:
     """The schema of the app; it depends on no setting, so placeholders stand in for them."""
     settings = Settings(input_dir=Path("INPUT_DIR"), output_dir=Path("OUTPUT_DIR"))
     return create_app(settings).openapi()
-
-
-def print_openapi(args: argparse.Namespace) -> int:
-    json.dump(openapi_schema(), sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-    return 0

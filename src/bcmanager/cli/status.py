@@ -1,10 +1,10 @@
-"""``bcmanager status``: the run's picture in a terminal, printed once or refreshed in place.
+"""``bcmanager status``: the run's snapshot in a terminal, printed once or refreshed in place.
 
-It reads GET /status of a running manager, the same picture the page at / shows: the runs
+It reads GET /status of a running manager, the same snapshot the page at / shows: the runs
 (when INPUT_DIR holds more than one, with their reads and bases), progress, files and bytes by
 state, the sequencer's rate beside the basecalling rate, ETA, the reads of the run shown (when
 one is), engines, and the jobs that failed or lost their lease; with ``--run``, that run's own
-picture (GET /status?run=PATH). It sends ``BCM_READ_TOKEN`` (else
+snapshot (GET /status?run=PATH). It sends ``BCM_READ_TOKEN`` (else
 ``BCM_OPERATOR_TOKEN``) when set, and verifies an https manager against ``BCM_CA_FILE`` (else
 the system's CAs).
 """
@@ -50,7 +50,7 @@ def add_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     parser = subparsers.add_parser(
         "status",
         help="show a running manager's progress, rates, ETA and engines",
-        description="Show the run's picture from a running manager's /status. Sends "
+        description="Show the run's snapshot from a running manager's /status. Sends "
         "BCM_READ_TOKEN (else BCM_OPERATOR_TOKEN) when set; BCM_CA_FILE verifies an https "
         "manager.",
     )
@@ -108,7 +108,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def fetch(client: httpx.Client, url: str, run: str | None = None) -> RunStatus:
-    """Every run's picture, or run ``run``'s own."""
+    """Every run's snapshot, or run ``run``'s own."""
     reply = client.get(f"{url}/status", params={} if run is None else {"run": run})
     reply.raise_for_status()
     return RunStatus.model_validate_json(reply.content)
@@ -143,7 +143,7 @@ OUTCOME_WORDS = {
 
 
 def render(status: RunStatus) -> RenderableType:
-    """The whole picture, top to bottom, as the page lays it out."""
+    """The whole snapshot, top to bottom, as the page lays it out."""
     parts: list[RenderableType] = [_header(status)]
     if len(status.runs) > 1:
         parts.append(_runs(status.runs))
@@ -183,7 +183,7 @@ def _header(status: RunStatus) -> Text:
 
 
 def _runs(runs: list[RunEntry]) -> Table:
-    """One line per run, compact: `--run PATH` shows one run's own picture."""
+    """One line per run, compact: `--run PATH` shows one run's own snapshot."""
     table = Table(
         title="Runs", title_justify="left", caption="bcmanager status --run PATH: one run"
     )

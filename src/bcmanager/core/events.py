@@ -1,12 +1,18 @@
-"""What changed: the records ``RunState`` returns from each change it makes.
+"""What changed: the records ``RunState`` returns from each change it makes, and the few that
+the manager and benching make of changes the state machine does not hold.
 
 The state machine decides what happens to a file or a job; it does not tell anyone. Each of its
 methods that changes something checks the change, makes it and returns what happened, as one of
-the small records below (None where nothing changed). The manager hands each record, with
-``Facts`` it learned on disk, to the run's consumers: ``Progress.apply`` (bytes, rates, tallies,
-which /status and /metrics read) and the log (``logs.event_line``). So no consumer is updated
-by hand beside a change, and none can miss one: a new kind of change is a new class here, and
-the type checker makes every consumer's ``match`` handle it (each ends in ``assert_never``).
+the small records below (None where nothing changed). What the state machine does not hold is a
+record too, made in one place: an engine's call (``Contacted``, by the manager), the sizes of the
+files recovery placed (``Sized``, by the manager's first scan), the sequencer's end
+(``SequencingFinished``, by the manager when the facility finds it) and an engine benched
+(``Benched``, the verdict benching returns when it takes in an ``Ended``). ``Consumers.apply``
+hands each record, with ``Facts`` learned on disk, to every consumer: ``Progress.apply`` (bytes,
+rates, tallies, which /status and /metrics read), the log (``logs.event_line``), benching
+(``Benching.apply``) and the listener (the facility). So no consumer is updated by hand beside a
+change, and none can miss one: a new kind of change is a new class here, and the type checker
+makes every consumer's ``match`` handle it (each ends in ``assert_never``).
 
 Records are transient: made, applied, dropped. A job's record holds the ``Job`` as the change
 left it, with its files, for a batch is what its consumers count.
@@ -109,6 +115,39 @@ class FoundEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class Contacted:
+    """An engine called the manager: asked for work, kept a lease alive or reported an end."""
+
+    engine: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sized:
+    """Start-up: the sizes of files recovery placed (done, failed or leased), learned after the
+    server listens. One record per chunk the first scan sizes, as for ``Restored``."""
+
+    files: tuple[tuple[str, FileState, int], ...]  # name, its state, its bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SequencingFinished:
+    """MinKNOW wrote the run's final summary (the facility found it); the first one counts."""
+
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class Benched:
+    """An engine that gets no work until ``until`` (monotonic seconds), and why: the verdict
+    benching returns when a failure earns it, applied as an event of its own, and what
+    /status lists."""
+
+    engine: str
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Restored:
     """Recovery: ``files`` files entered the run as ``state``: done or failed by what a job
     folder or the reads in pass/ and fail/ record, or pending again as retries of failed
@@ -141,6 +180,10 @@ Event = (
     | FoundEnded
     | Restored
     | EndedFound
+    | Contacted
+    | Sized
+    | SequencingFinished
+    | Benched
 )
 
 

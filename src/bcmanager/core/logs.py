@@ -4,8 +4,9 @@ An event line names the event first, then its facts as key=value, then the run's
 after it, so `grep ' expired '` or a log collector answers "what happened to job X" and "how did
 the backlog move" alike. In JSON the same facts are keys of the line's object.
 
-The lines for changes of the run's state are written from the events ``RunState`` returns
-(``event_line``); the manager adds its own few (ready, finished, complete, benched).
+The lines for changes of the run are written from its events (``event_line``), an engine
+benched among them; the manager adds its own (ready) and the facility its own (found,
+finished, complete, ...).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Literal, NamedTuple, assert_never
 
 from bcmanager.core.events import (
     Adopted,
+    Benched,
+    Contacted,
     Ended,
     EndedFound,
     Event,
@@ -31,6 +34,8 @@ from bcmanager.core.events import (
     Leased,
     Restored,
     Retried,
+    SequencingFinished,
+    Sized,
     Split,
 )
 from bcmanager.core.jobs import FileState, Job
@@ -64,9 +69,10 @@ class Line(NamedTuple):
 
 
 def event_line(event: Event, facts: Facts) -> Line | None:
-    """The line a change of the run's state is logged as, or None for one that is not: a file
-    that is still waiting, a lease kept alive (every few seconds per engine), and what a
-    start-up restored (it logs what it repaired instead)."""
+    """The line a change of the run is logged as, or None for one that is not: a file that is
+    still waiting, a lease kept alive or an engine's call (every few seconds per engine), what a
+    start-up restored and sized (it logs what it repaired instead), and the sequencer's end (the
+    facility logs it, once per run)."""
     match event:
         case FileSeen():
             if event.after is not FileState.PENDING:
@@ -87,7 +93,19 @@ def event_line(event: Event, facts: Facts) -> Line | None:
             return _job_line(ENDINGS[event.outcome], event.job, reason)
         case Retried():
             return Line("retried", logging.INFO, {"files": len(event.files)})
-        case KeptAlive() | FoundEnded() | Restored() | EndedFound():
+        case Benched():
+            return Line(
+                "benched", logging.WARNING, {"engine": event.engine, "reason": event.reason}
+            )
+        case (
+            KeptAlive()
+            | FoundEnded()
+            | EndedFound()
+            | Restored()
+            | Contacted()
+            | Sized()
+            | SequencingFinished()
+        ):
             return None
         case _:
             assert_never(event)

@@ -15,9 +15,13 @@ threads, so that requests are answered meanwhile.
 Every change follows one path: the disk changes (a raw file is written or deleted, a rename
 commits a job's change), the manager tells the state machine, which applies the change and
 returns its event (``events.py``), and ``_apply`` hands that event, with the sizes, times and
-records the disk gave, to ``Progress.apply`` (bytes, rates, per-engine tallies: what /status and
-/metrics read) and to the log (``logs.event_line``: one line per event). Nothing updates progress
-or writes a line beside a change by hand.
+records the disk gave, to every consumer (``Consumers.apply``): ``Progress.apply`` (bytes, rates,
+per-engine tallies: what /status and /metrics read), the log (``logs.event_line``: one line per
+event), benching (whose verdict on a failure is an event too) and the listener (the facility).
+What the state machine does not hold is an event as well, made here: an engine's call
+(``Contacted``), the sizes of files recovery placed (``Sized``), the sequencer's end
+(``SequencingFinished``). Nothing updates progress, benching or the facility, or writes a line,
+beside a change by hand.
 """
 
 from __future__ import annotations
@@ -37,12 +41,24 @@ from typing import Any, TypeVar
 
 from bcmanager.core import scan
 from bcmanager.core.account import JobAccount, account_job, account_record, skipped_by_basecaller
-from bcmanager.core.benching import Benched, Benching
-from bcmanager.core.events import NO_FACTS, Event, Facts, Late, Leased
+from bcmanager.core.benching import Benching
+from bcmanager.core.consumers import Consumers, Listener
+from bcmanager.core.events import (
+    NO_FACTS,
+    Benched,
+    Contacted,
+    Event,
+    Facts,
+    FileMissing,
+    Late,
+    Leased,
+    SequencingFinished,
+    Sized,
+)
 from bcmanager.core.folders import Recovered, RunFolders, Tail, Unlinked
 from bcmanager.core.jobs import FileState, Job
-from bcmanager.core.logs import event_line, log_event
-from bcmanager.core.progress import Progress, run_phase
+from bcmanager.core.logs import Line, log_event
+from bcmanager.core.progress import Progress
 from bcmanager.core.state import FILES_AFTER, Completion, RunState
 from bcmanager.models import (
     BCBatch,
@@ -62,6 +78,7 @@ from bcmanager.paths import (
     STATS_FILE,
     FolderKind,
     RunPaths,
+    job_folder,
 )
 from bcmanager.reads import stats as readstats
 from bcmanager.records import write_record
@@ -85,7 +102,6 @@ class Ending:
     job: Job
     outcome: JobState  # as judged: a DONE may still end EMPTY once its output is looked at
     counted: bool = True  # a failure held against its files (not a benched engine's)
-    bench: bool = True  # judged for benching (a part a DONE's account set apart is not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +147,15 @@ class Manager:
         paths: RunPaths | None = None,
         own_watcher: bool = True,
         benching: Benching | None = None,
+        siblings: Callable[[], frozenset[str]] = frozenset,
+        on_gone: Callable[[], bool] | None = None,
+        listener: Listener | None = None,
     ) -> None:
+        """``siblings``: the job ids of the other raw folders that share this one's output
+        folder (its run's), asked when recovery starts: it leaves their output alone.
+        ``on_gone``: asked when a rescan finds the raw folder gone (an operator deleted or
+        moved it); True: the facility sees to it, and that is no error to log at each
+        rescan."""
         self.settings = settings
         if paths is None:
             paths = folders.paths if folders is not None else _paths_of(settings)
@@ -140,20 +164,12 @@ class Manager:
         # A facility watches its whole root with one watcher and hands each raw folder its
         # changes (``on_changes``); served alone, a raw folder watches itself.
         self.own_watcher = own_watcher
-        # Extra keys of each BCBatch: the run's path and basecalling settings.
-        self.batch_extras: dict[str, object] = {}
-        # Called once the end of a job is recorded: the facility's run bookkeeping.
-        self.on_ended: Callable[[Job, JobState, str | None, Benched | None], None] | None = None
-        # Asked when a rescan finds the raw folder gone (an operator deleted or moved it);
-        # True: the facility sees to it, and that is no error to log at each rescan.
-        self.on_gone: Callable[[], bool] | None = None
-        # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied).
-        self.done_at_start: list[tuple[str, str]] = []
-        # And the failed attempts, whose account may say why a DONE rejected their files.
-        self.failed_at_start: list[tuple[str, str]] = []
-        # Job ids of the other raw folders that share this one's output folder: recovery
-        # leaves their output alone.
-        self.siblings: Callable[[], frozenset[str]] = frozenset
+        self._on_gone = on_gone
+        # The DONE jobs start-up found, for the facility's yield ledger to read (then emptied),
+        # and the failed attempts, whose account may say why a DONE rejected their files.
+        self._done_at_start: list[tuple[str, str]] = []
+        self._failed_at_start: list[tuple[str, str]] = []
+        self._siblings = siblings
         self.clock = clock
         self.state = RunState(settings.report_back_period)
         self.progress = Progress(clock())
@@ -163,13 +179,23 @@ class Manager:
             settings.bench_longest_seconds,
             window=2 * settings.report_back_period,
         )
-        self.last_activity = clock()
+        self.consumers = Consumers(self.progress, self.benching, self._write, listener)
         self.ready = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Jobs whose end is being carried out in a worker thread, and when that is over.
         self._busy: dict[str, asyncio.Event] = {}
         self._retrying = asyncio.Lock()  # one operator's retry at a time
         self.undecodable = UndecodableNames(self.paths.input_dir)
+
+    @property
+    def listener(self) -> Listener | None:
+        """Told each event of the run after progress, the log and benching: the facility's
+        bookkeeping of its runs, set again when a raw folder moves to another run."""
+        return self.consumers.listener
+
+    @listener.setter
+    def listener(self, listener: Listener | None) -> None:
+        self.consumers.listener = listener
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -188,7 +214,7 @@ class Manager:
     def _read_back(self, listing: scan.InputListing | None) -> tuple[Recovered, list[str]]:
         """Recover the folders, restore the files and jobs they record, and probe the oldest of
         the other raw files; returns what recovery found and the raw files left to probe."""
-        recovered = self.folders.recover(self.siblings(), listing)
+        recovered = self.folders.recover(self._siblings(), listing)
         for line in recovered.repaired:
             log.info("recovery: %s", line)
         self._restore(recovered, self.clock())
@@ -218,9 +244,9 @@ class Manager:
             found.append((_ended_at(ctime, now, wall), len(files)))
             if outcome is JobState.DONE:
                 done.append(files)
-                self.done_at_start.append((folder.jobid, folder.engine))
+                self._done_at_start.append((folder.jobid, folder.engine))
             else:
-                self.failed_at_start.append((folder.jobid, folder.engine))
+                self._failed_at_start.append((folder.jobid, folder.engine))
                 if outcome is JobState.QUARANTINED:
                     quarantined += [(folder.engine, name) for name in files]
                 else:
@@ -247,19 +273,25 @@ class Manager:
 
     # -- the protocol -----------------------------------------------------------------------
 
-    def assign(self, engine: str, batch_size: int, max_bytes: int | None = None) -> BCBatch:
+    def assign(
+        self,
+        engine: str,
+        batch_size: int,
+        max_bytes: int | None = None,
+        extras: dict[str, object] | None = None,
+    ) -> BCBatch:
         """Lease a batch to ``engine``: up to ``batch_size`` files, and no more than
-        ``max_bytes`` bytes but for its first file. Raises OSError (nothing leased) if the
+        ``max_bytes`` bytes but for its first file; ``extras`` are extra keys of the BCBatch
+        (its run's path and basecalling settings). Raises OSError (nothing leased) if the
         disk refuses."""
-        self._touch()
         now = self.clock()
         self._contact(engine, now)
         size = self.batch_files(batch_size)
         if self.benching.benched(engine, now) is not None:
-            return self._batch(engine, "-1", (), "", "")
+            return batch_reply(self.settings, self.paths, engine)
         leased = self._lease_present(engine, size, now, max_bytes)
         if leased is None:
-            return self._batch(engine, "-1", (), "", "")
+            return batch_reply(self.settings, self.paths, engine)
         job = leased.job
         try:
             self.folders.build_job(job.jobid, engine, job.files)
@@ -267,12 +299,15 @@ class Manager:
             self.state.abandon(job.jobid)
             raise
         self._apply(leased, now)
-        return self._batch(
+        return batch_reply(
+            self.settings,
+            self.paths,
             engine,
             job.jobid,
-            job.files,
+            list(job.files),
             self.paths.job_input_dir(FolderKind.ASSIGNED, job.jobid, engine),
             self.paths.job_output_dir(FolderKind.TMPOUTPUT, job.jobid, engine),
+            extras,
         )
 
     def batch_files(self, asked: int) -> int:
@@ -306,7 +341,6 @@ class Manager:
             self._vanished(gone)
 
     def keepalive(self, jobid: str, reported: JobState) -> bool:
-        self._touch()
         now = self.clock()
         answer = self.state.keepalive(jobid, reported, now)
         if answer.engine is not None:
@@ -328,7 +362,7 @@ class Manager:
 
     async def complete_async(self, jobid: str, outcome: JobState) -> None:
         """``complete`` for the server: the disk work runs in a worker thread."""
-        await self._settled(jobid)
+        await self._end_in_flight(jobid)
         ending = self._completion(jobid, outcome)
         if ending is None:
             return
@@ -344,7 +378,6 @@ class Manager:
         """How to end the job now, or None for a repeated report (answered ok, nothing
         changes). A FAILED is judged here: quarantined, retried, or (from a benched engine)
         not held against its files."""
-        self._touch()
         now = self.clock()
         job = self.state.job(jobid)
         self._contact(job.engine, now)
@@ -468,7 +501,7 @@ class Manager:
         job, now = accounted.ending.job, self.clock()
         for part in committed:
             self._apply(self.state.split(job.jobid, part.files, part.jobid), now)
-            ended = Ending(self.state.job(part.jobid), part.outcome, part.counted, bench=False)
+            ended = Ending(self.state.job(part.jobid), part.outcome, part.counted)
             self._ended(ended, part.outcome, scan.AttemptRecord(0, None, None, None, part.reason))
         if isinstance(error, Unlinked):
             # Out of the job on disk, in no job folder: pending again, as after a restart.
@@ -496,10 +529,9 @@ class Manager:
         return list(retried.files)
 
     def _contact(self, engine: str, now: float) -> None:
-        self.progress.contact(engine, now)
-        self.benching.contact(engine, now)
+        self._apply(Contacted(engine), now)
 
-    async def _settled(self, jobid: str) -> None:
+    async def _end_in_flight(self, jobid: str) -> None:
         """Wait until no change of ``jobid`` is in flight."""
         while (busy := self._busy.get(jobid)) is not None:
             await busy.wait()
@@ -513,61 +545,36 @@ class Manager:
             del self._busy[jobid]
             busy.set()
 
-    def _touch(self) -> None:
-        self.last_activity = self.clock()
-
     def _ended(
         self, ending: Ending, outcome: JobState, record: scan.AttemptRecord | None = None
     ) -> None:
-        """The job's end is on disk: record it, judge the engine, and apply the event."""
+        """The job's end is on disk: record it, and its files deleted while leased (missing, not
+        pending), then apply the events; so the consumers, the facility among them, see the
+        end with the state it leaves."""
         job, now = ending.job, self.clock()
         ended = self.state.finish(job.jobid, outcome, counted=ending.counted)
-        reason = record.describe() if record is not None else None
-        benched: Benched | None = None
-        if outcome is JobState.DONE:
-            self.benching.succeeded(job.engine, now)
-        elif outcome in (JobState.FAILED, JobState.QUARANTINED) and _counts_for_bench(ending):
-            benched = self.benching.failed(job.engine, now, reason or "no record of why")
-            if benched is not None:
-                self._log("benched", logging.WARNING, engine=job.engine, reason=benched.reason)
+        gone = self._missing(job.files) if FILES_AFTER[outcome] is FileState.PENDING else []
         self._apply(ended, now, Facts(record=record))
-        if FILES_AFTER[outcome] is FileState.PENDING:
-            self._vanished(job.files)  # deleted while leased: missing, not pending
-        if self.on_ended is not None:
-            self.on_ended(job, outcome, reason, benched)
+        for missing in gone:
+            self._apply(missing, now)
 
     def _apply(
         self, event: Event, now: float, facts: Facts = NO_FACTS, *, logged: bool = True
     ) -> None:
-        """The one way a change of the state machine reaches the rest: progress (and through it
-        /status and /metrics) and the log, unless not ``logged`` (files found at start-up)."""
-        self.progress.apply(event, now, facts)
-        line = event_line(event, facts) if logged else None
-        if line is not None:
-            self._log(line.event, line.level, **line.facts)
+        """The one way a change reaches the rest (``Consumers.apply``): no line unless
+        ``logged`` (files found at start-up)."""
+        self.consumers.apply(event, now, facts, logged=logged)
+
+    def _write(self, line: Line) -> None:
+        self._log(line.event, line.level, **line.facts)
 
     def _log(self, event: str, level: int = logging.INFO, **facts: str | int | None) -> None:
         counts = {state.value: count for state, count in self.state.counts().items()}
         log_event(log, event, counts, level, **facts)
 
-    def _batch(
-        self, engine: str, jobid: str, files: Iterable[str], input_dir: str, output_dir: str
-    ) -> BCBatch:
-        return batch_reply(
-            self.settings,
-            self.paths,
-            engine,
-            jobid,
-            list(files),
-            input_dir,
-            output_dir,
-            self.batch_extras,
-        )
-
-    # -- what people and watchdogs ask ------------------------------------------------------
-
-    def inactivity(self) -> float:
-        return self.clock() - self.last_activity
+    # -- the front door: what the facility asks of a raw folder, and tells it -----------------
+    # The facility holds many raw folders; it asks each through these, never reaching into its
+    # state machine, progress or folders.
 
     def job_problems(self) -> list[str]:
         """Jobs whose folders the manager could not put right (a tail that keeps failing, or
@@ -586,31 +593,86 @@ class Manager:
                 found.append(f"the {name} has stopped")
         return found
 
-    def phase(self) -> RunPhase:
-        return run_phase(self.progress.final_summary is not None, self.state.counts())
+    def counts(self) -> dict[FileState, int]:
+        """Its files by state."""
+        return self.state.counts()
 
-    def status(self) -> RunStatus:
-        """The run's picture: O(live jobs + listed engines), never O(files) or O(engines ever
-        seen)."""
-        now = self.clock()
-        return picture(
-            self.progress,
-            now,
-            input_dir=str(self.paths.input_dir),
-            output_dir=str(self.paths.output_dir),
-            ready=self.ready,
-            phase=self.phase(),
-            counts=self.state.counts(),
-            sizes=self.progress.bytes_by_state(),
-            jobs=self.state.live_jobs(),
-            quarantined=[
-                QuarantinedFile(file=name, failed_on=self.state.failed_alone(name))
-                for name in self.state.quarantined()[:QUARANTINED_SHOWN]
-            ],
-            benched=self.benching.all_benched(now),
-            job_problems=self.job_problems(),
-            final_summary=self.progress.final_summary,
+    def bytes_by_state(self) -> dict[FileState, int]:
+        """Its bytes by state."""
+        return self.progress.bytes_by_state()
+
+    def pending_bytes(self) -> int:
+        """The bytes of its pending files (0: none pending), as the scheduler weighs a run."""
+        if not self.state.pending_count():
+            return 0
+        return self.progress.bytes_by_state()[FileState.PENDING]
+
+    def has_pending(self) -> bool:
+        return self.state.pending_count() > 0
+
+    def waited(self) -> float | None:
+        """How long its oldest pending file has waited; None when nothing is pending."""
+        return self.progress.waited(self.state.first_pending(), self.clock())
+
+    def file_state(self, name: str) -> FileState | None:
+        return self.state.file_state(name)
+
+    def job_ids(self) -> frozenset[str]:
+        """Every job it knows, live or ended."""
+        return self.state.job_ids()
+
+    def has_job(self, jobid: str) -> bool:
+        return self.state.has_job(jobid)
+
+    def live_jobs(self) -> list[Job]:
+        return self.state.live_jobs()
+
+    def quarantined(self, names: list[str] | None = None) -> list[str]:
+        """Its quarantined files; of ``names`` only (None: all), in the order a retry of them
+        sends them back."""
+        if names is None:
+            return self.state.quarantined()
+        return list(
+            dict.fromkeys(name for name in names if self.state.file_state(name) is FileState.FAILED)
         )
+
+    def quarantined_files(self, shown: Callable[[str], str]) -> list[QuarantinedFile]:
+        """Its quarantined files, each named by ``shown`` and with the engines it failed on."""
+        return [
+            QuarantinedFile(file=shown(name), failed_on=self.state.failed_alone(name))
+            for name in self.state.quarantined()
+        ]
+
+    def engines_since(self, since: float, now: float) -> set[str]:
+        """The engines it heard from since ``since``."""
+        return {
+            stats.engine for stats in self.progress.engine_stats(now) if stats.last_contact >= since
+        }
+
+    def progress_so_far(self) -> Progress:
+        """Its rates and tallies, for a snapshot of several raw folders: read, never changed."""
+        return self.progress
+
+    def outputs_ended_at_start(self) -> list[str]:
+        """The output folders of the jobs start-up found ended (DONE's LOGOUTPUT_, failed
+        attempts' FAILEDOUTPUT_), for its run's yield ledger; handed over once."""
+        logs = [
+            job_folder(FolderKind.LOGOUTPUT, jobid, engine) for jobid, engine in self._done_at_start
+        ] + [
+            job_folder(FolderKind.FAILEDOUTPUT, jobid, engine)
+            for jobid, engine in self._failed_at_start
+        ]
+        self._done_at_start, self._failed_at_start = [], []
+        return logs
+
+    def prepare_output(self) -> None:
+        """Make its output folder (a run's new one, once it moved). Blocking: a worker thread."""
+        self.folders.prepare()
+
+    def sequencing_finished(self, summary: str) -> None:
+        """Its run's sequencer wrote its final summary (the facility found it, and says when
+        the run is complete)."""
+        self._apply(SequencingFinished(summary), self.clock())
 
     # -- background work --------------------------------------------------------------------
 
@@ -627,10 +689,12 @@ class Manager:
         placed = await asyncio.to_thread(recovered.placed)
         for start in range(0, len(placed), CHUNK):
             chunk = placed[start : start + CHUNK]
+            sized = []
             for name, size in await asyncio.to_thread(scan.sizes, self.paths.input_dir, chunk):
                 state = self.state.file_state(name)
                 if state is not None:
-                    self.progress.file_sized(name, state, size)
+                    sized.append((name, state, size))
+            self._apply(Sized(tuple(sized)), self.clock())
         await self._rescan_or_log()
         self.ready = True
         self._log("ready")
@@ -650,15 +714,6 @@ class Manager:
             if seen is not None:
                 written = now - max(0.0, wall - probe.mtime)
                 self._apply(seen, now, Facts(size=probe.size, at=written), logged=announce)
-
-    def sequencing_finished(self, summary: str) -> None:
-        """Its run's sequencer wrote its final summary (the facility found it, and says when
-        the run is complete)."""
-        self.progress.sequencing_finished(summary)
-
-    def waited(self) -> float | None:
-        """How long its oldest pending file has waited; None when nothing is pending."""
-        return self.progress.waited(self.state.first_pending(), self.clock())
 
     def _unknown_oldest_first(self, names: list[str]) -> list[str]:
         """On the loop at start-up, in a worker thread for rescans: there, dict lookups are safe
@@ -695,6 +750,11 @@ class Manager:
             if missing is not None:
                 self._apply(missing, now)
 
+    def _missing(self, names: Iterable[str]) -> list[FileMissing]:
+        """``_vanished``, but the events are returned for the caller to apply after its own."""
+        found = (self.state.vanish(name) for name in scan.absent(self.paths.input_dir, names))
+        return [missing for missing in found if missing is not None]
+
     async def _rescan_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.rescan_interval)
@@ -714,7 +774,7 @@ class Manager:
             await self._rescan()
         except OSError as error:
             gone = not os.path.lexists(self.paths.input_dir)
-            if gone and self.on_gone is not None and self.on_gone():
+            if gone and self._on_gone is not None and self._on_gone():
                 return
             log.error("rescan of %s failed: %s", self.paths.input_dir, error)
 
@@ -753,7 +813,7 @@ class Manager:
         raw folder that moved while its jobs were leased: the folders their engines were told
         are no longer where they were."""
         for jobid in [job.jobid for job in self.state.live_jobs()]:
-            await self._settled(jobid)  # an end in flight finishes (or fails) first
+            await self._end_in_flight(jobid)  # an end in flight finishes (or fails) first
             job = self.state.job(jobid)
             if job.live and await self._off_loop(jobid, self._take_back, job):
                 self._ended(Ending(job, JobState.EXPIRED), JobState.EXPIRED)
@@ -809,7 +869,7 @@ def batch_reply(
     )
 
 
-def picture(
+def snapshot(
     progress: Progress,
     now: float,
     *,
@@ -826,7 +886,7 @@ def picture(
     final_summary: str | None,
     runs: list[RunEntry] | None = None,
 ) -> RunStatus:
-    """The picture of one raw folder, of a run, or of every run: what ``progress`` and the
+    """The snapshot of one raw folder, of a run, or of every run: what ``progress`` and the
     state machines say, as /status shows it."""
     return RunStatus(
         input_dir=input_dir,
@@ -841,7 +901,7 @@ def picture(
         drain=progress.drain(now, counts),
         history=progress.history(now),
         engines=progress.engines(now),
-        retired_engines=progress.retired_picture(now),
+        retired_engines=progress.retired_snapshot(now),
         recent_problems=progress.recent_problems(now),
         job_problems=job_problems,
         quarantined=quarantined,
@@ -896,15 +956,6 @@ def _count_again(output: Path) -> None:
     command = record.get("command")
     words = [w for w in command if isinstance(w, str)] if isinstance(command, list) else []
     readstats.write_job_stats(output, readstats.job_stats(output, words))
-
-
-def _counts_for_bench(ending: Ending) -> bool:
-    """Whether a failure is held against its engine: a fresh job's is; a retry's only when the
-    engine failed that batch before (it keeps drawing the halves of its own failures), as a
-    retry that fails on another engine is the bisection at work; a part a DONE's account set
-    apart is not (the job it came from is judged instead)."""
-    job = ending.job
-    return ending.bench and (not job.retry or job.failed_by == job.engine)
 
 
 # How a job folder found at start-up ended.

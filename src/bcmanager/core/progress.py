@@ -6,7 +6,7 @@ Like ``state.py`` this module does no I/O and reads no clock. It is fed the even
 the manager learned on disk (sizes, times, an agent's record of a failure). It never decides a
 file's or a job's state; it keeps what the state machine does not need: sizes, times and tallies.
 
-Every call costs O(1) or O(batch), and so does every picture taken of it: rates come from fixed
+Every call costs O(1) or O(batch), and so does every snapshot taken of it: rates come from fixed
 rings of time buckets (60 one-minute buckets serve the 5- and 60-minute windows, 144 half-hour
 buckets the chart of the last three days), never from a walk over the run's files or jobs.
 
@@ -38,6 +38,8 @@ from typing import Any, assert_never
 from bcmanager.core.events import (
     NO_FACTS,
     Adopted,
+    Benched,
+    Contacted,
     Ended,
     EndedFound,
     Event,
@@ -50,6 +52,8 @@ from bcmanager.core.events import (
     Leased,
     Restored,
     Retried,
+    SequencingFinished,
+    Sized,
     Split,
 )
 from bcmanager.core.jobs import FileState, Job
@@ -315,7 +319,7 @@ class Progress:
 
     @classmethod
     def merged(cls, parts: Iterable[Progress], now: float) -> Progress:
-        """The sum of several raw folders' progress, for the picture of a run or of the
+        """The sum of several raw folders' progress, for the snapshot of a run or of the
         whole root: O(buckets and listed engines) per part, never O(files). Sizes of single
         files are not carried over: a merged progress is for looking at, not for feeding."""
         total = cls(now)
@@ -324,7 +328,7 @@ class Progress:
         return total
 
     def absorb(self, part: Progress, now: float) -> None:
-        """Add ``part`` to this merged progress: one part at a time, so the picture of a root
+        """Add ``part`` to this merged progress: one part at a time, so the snapshot of a root
         of many raw folders can let the event loop run between them."""
         self.started = min(self.started, part.started)
         self._observed_since = min(self._observed_since, part._observed_since)
@@ -358,13 +362,6 @@ class Progress:
         self.problems.clear()
         self.problems.extend(problems[:RECENT_PROBLEMS])
 
-    def sequencing_finished(self, summary: str) -> bool:
-        """MinKNOW wrote ``summary``: returns whether that is news."""
-        if self.final_summary is not None:
-            return False
-        self.final_summary = summary
-        return True
-
     def apply(self, event: Event, now: float, facts: Facts = NO_FACTS) -> None:
         """Take in one change of the run: ``event`` as ``RunState`` returned it at ``now``, with
         what the disk said of it (``facts``: see which field each kind of event reads)."""
@@ -387,9 +384,17 @@ class Progress:
                 self._job_found(event, facts.files, facts.at)
             case EndedFound():
                 self._jobs_found(event.jobs, facts.found)
-            case KeptAlive() | Late() | Restored():
+            case Contacted():
+                self._contact(event.engine, now)
+            case Sized():
+                self._files_sized(event.files)
+            case SequencingFinished():
+                if self.final_summary is None:
+                    self.final_summary = event.summary
+            case KeptAlive() | Late() | Restored() | Benched():
                 # A lease refreshed or refused moves nothing measured (the call itself is a
-                # ``contact``); files restored at start-up are sized later, by ``file_sized``.
+                # ``Contacted``); files restored at start-up are sized later (``Sized``); a
+                # bench is benching's to show.
                 pass
             case _:
                 assert_never(event)
@@ -417,11 +422,12 @@ class Progress:
         self._bytes[event.before] -= self._sizes.pop(event.name, 0)
         self._since.pop(event.name, None)
 
-    def file_sized(self, name: str, state: FileState, size: int) -> None:
-        """Start-up: the size of a file recovery found done, failed or leased."""
-        self._bytes[state] += size
-        if state not in (FileState.DONE, FileState.FAILED):
-            self._sizes[name] = size
+    def _files_sized(self, files: Iterable[tuple[str, FileState, int]]) -> None:
+        """Start-up: the sizes of files recovery found done, failed or leased."""
+        for name, state, size in files:
+            self._bytes[state] += size
+            if state not in (FileState.DONE, FileState.FAILED):
+                self._sizes[name] = size
 
     @property
     def sizes(self) -> Mapping[str, int]:
@@ -458,7 +464,7 @@ class Progress:
             stats = self._engines[engine] = EngineStats(engine, now, now)
         return stats
 
-    def _settle(self, stats: EngineStats, now: float) -> None:
+    def _requeue_idle(self, stats: EngineStats, now: float) -> None:
         """After a change to ``stats``: an engine with a live job leaves the idle queue, an idle
         one goes to its back as active ``now``; then what aged out of the front is folded."""
         if stats.current:
@@ -484,10 +490,10 @@ class Progress:
             self.retired.add(oldest.work)
             self.retired_engines += 1
 
-    def contact(self, engine: str, now: float) -> None:
+    def _contact(self, engine: str, now: float) -> None:
         stats = self._engine(engine, now)
         stats.last_contact = now
-        self._settle(stats, now)
+        self._requeue_idle(stats, now)
 
     def _job_assigned(self, job: Job, now: float) -> None:
         stats = self._engine(job.engine, now)
@@ -495,14 +501,14 @@ class Progress:
         stats.current[job.jobid] = now
         stats.work.jobs_assigned += 1
         stats.work.files_assigned += len(job.files)
-        self._settle(stats, now)
+        self._requeue_idle(stats, now)
         self._move_bytes(job.files, FileState.PENDING, FileState.LEASED)
 
     def _job_adopted(self, job: Job, now: float) -> None:
         """Start-up: an ASSIGNED_ folder got a fresh lease (its files are sized later)."""
         stats = self._engine(job.engine, now)
         stats.current[job.jobid] = job.started
-        self._settle(stats, now)
+        self._requeue_idle(stats, now)
 
     def _job_split(self, event: Split) -> None:
         """Files of a job set apart: the part runs since the job started, on its engine."""
@@ -530,7 +536,7 @@ class Progress:
             self.basecalled_long.add(ended, files, 0)
             self._observed_since = min(self._observed_since, ended)
         if not stats.current:
-            self._settle(stats, ended)
+            self._requeue_idle(stats, ended)
 
     def _jobs_found(
         self, jobs: tuple[FoundEnded, ...], found: tuple[tuple[float | None, int], ...]
@@ -568,7 +574,7 @@ class Progress:
             self.problems.appendleft(
                 Problem(job.jobid, job.engine, outcome, len(job.files), now, record)
             )
-        self._settle(stats, now)
+        self._requeue_idle(stats, now)
 
     def engine_stats(self, now: float) -> list[EngineStats]:
         """The listed engines by name, after folding those that aged out by ``now``: the live
@@ -580,7 +586,7 @@ class Progress:
         """Listed engines that hold no live job."""
         return len(self._idle)
 
-    # -- the picture ------------------------------------------------------------------------
+    # -- the snapshot ------------------------------------------------------------------------
 
     def rates(self, now: float) -> Rates:
         return Rates(last_5_minutes=self._window(now, 5), last_60_minutes=self._window(now, 60))
@@ -650,7 +656,7 @@ class Progress:
             for stats in self.engine_stats(now)
         ]
 
-    def retired_picture(self, now: float) -> RetiredEngines:
+    def retired_snapshot(self, now: float) -> RetiredEngines:
         """The engines folded by ``now``, summed."""
         self._fold(now)
         return RetiredEngines(

@@ -60,7 +60,7 @@ class Found:
     than list a folder of up to a million entries again."""
 
     run: str
-    source: str
+    raw_folder: str
     linked: bool = False
     listing: scan.InputListing | None = field(default=None, compare=False, repr=False)
 
@@ -133,7 +133,8 @@ def discover(
     walked = [] if visited is None else visited
     found = summaries if summaries is not None else {}
     return sorted(
-        _walk(root, layout, sealed, below, walked, found, listings), key=lambda each: each.source
+        _walk(root, layout, sealed, below, walked, found, listings),
+        key=lambda each: each.raw_folder,
     )
 
 

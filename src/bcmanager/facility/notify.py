@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bcmanager.facility.report import Report
+from bcmanager.facility.report import RunReport
 from bcmanager.paths import shown
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class Notifier:
         self, run: str, report: Mapping[str, Any], report_path: str
     ) -> bytes | None:
         """The headline numbers of ``report`` (as ``report.build_report`` made it)."""
-        whole = Report.model_validate(report)
+        whole = RunReport.model_validate(report)
         out = whole.basecalled
         facts = {
             "reads": out.reads,

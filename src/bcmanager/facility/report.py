@@ -54,7 +54,7 @@ class ReadsIn(BaseModel):
     files_unknown: int = Field(description="Done files whose read count could not be read.")
 
 
-class Report(BaseModel):
+class RunReport(BaseModel):
     """What ``report.json`` holds."""
 
     format: Literal["bcmanager-run-report"] = "bcmanager-run-report"
@@ -98,7 +98,7 @@ def build_report(
         files=len(known), reads=sum(known), files_unknown=max(0, files_done - len(known))
     )
     aside = sorted(quarantined, key=lambda entry: entry.file)
-    report = Report(
+    report = RunReport(
         run=run,
         output_dir=str(output_dir),
         started_at=started_at,
@@ -195,7 +195,21 @@ _WIDTH, _HEIGHT, _LEFT, _BOTTOM = 900, 220, 70, 30
 
 def render_html(report: Mapping[str, Any]) -> str:
     """The report as one self-contained HTML page."""
-    data = Report.model_validate(report)
+    data = RunReport.model_validate(report)
+    out = data.basecalled
+    parts = [
+        *_head(data),
+        *_reads(data),
+        *_charts(out),
+        *_barcodes(out),
+        *_tools(out),
+        *_tail(data),
+    ]
+    return "\n".join(parts)
+
+
+def _head(data: RunReport) -> list[str]:
+    """The page's head, its title, warnings and headline figures."""
     out = data.basecalled
     parts = [
         "<!DOCTYPE html>",
@@ -224,6 +238,13 @@ def render_html(report: Mapping[str, Any]) -> str:
     ):
         parts.append(f'<div class="tile"><b>{_e(value)}</b><span>{_e(label)}</span></div>')
     parts.append("</div>")
+    return parts
+
+
+def _reads(data: RunReport) -> list[str]:
+    """The reads, pass and fail, and the account of every raw read."""
+    out = data.basecalled
+    parts: list[str] = []
     parts.append("<h2>Reads</h2>")
     parts.append(
         _table(
@@ -261,6 +282,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"{_count(data.files_done)} raw files done, {_count(data.files_quarantined)} "
         f"quarantined; {_count(out.jobs)} jobs.</p>"
     )
+    return parts
+
+
+def _charts(out: RunYieldStatus) -> list[str]:
+    """Yield over time, read length and Q-score histograms."""
+    parts: list[str] = []
     parts.append("<h2>Yield over time</h2>")
     parts.append(_yield_chart(out.yield_over_time))
     parts.append("<h2>Read length</h2>")
@@ -270,6 +297,12 @@ def render_html(report: Mapping[str, Any]) -> str:
     parts.append("<h2>Barcodes</h2>")
     parts.append(_barcode_chart(out))
     parts.append('<p class="sub">Reads that passed in blue, those that failed in orange.</p>')
+    return parts
+
+
+def _barcodes(out: RunYieldStatus) -> list[str]:
+    """The barcodes, charted and tabled."""
+    parts: list[str] = []
     rows = [
         (
             barcode.barcode if barcode.barcode is not None else "no barcode",
@@ -284,6 +317,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         more = out.more_barcodes
         rows.append(("(more barcodes)", _count(more.reads), human_bases(more.bases), "", ""))
     parts.append(_table(("barcode", "reads", "bases", "pass", "mean Q"), rows, "barcodes"))
+    return parts
+
+
+def _tools(out: RunYieldStatus) -> list[str]:
+    """The basecallers and engines that made the reads."""
+    parts: list[str] = []
     parts.append("<h2>Basecallers</h2>")
     parts.append(
         _table(
@@ -315,6 +354,13 @@ def render_html(report: Mapping[str, Any]) -> str:
             "engines",
         )
     )
+    return parts
+
+
+def _tail(data: RunReport) -> list[str]:
+    """Quarantined files, statistics not counted, and when the page was made."""
+    out = data.basecalled
+    parts: list[str] = []
     if data.quarantined:
         parts.append("<h2>Quarantined files</h2>")
         parts.append(
@@ -330,7 +376,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         parts.append("</ul>")
     parts.append(f'<p class="sub">Generated {_e(_iso(data.generated_at))} by bcmanager.</p>')
     parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return parts
 
 
 def _e(text: str) -> str:

@@ -3,7 +3,7 @@ over time, folded job by job from the statistics each agent writes after its bas
 (``paths.STATS_FILE``, documented in docs/report.md).
 
 ``RunYield`` is sans-IO: the caller gives it each DONE job's ``JobStats`` with the wall time the
-job ended, and takes a picture (``status``) or a record (``to_record``) whenever it likes. Two
+job ended, and takes a snapshot (``status``) or a record (``to_record``) whenever it likes. Two
 functions at the bottom are the I/O edge: ``read_job_stats`` reads one file, ``rebuild_yield``
 reads a run's log folders back after a restart.
 
@@ -79,7 +79,7 @@ ENGINES_MAX = 128
 OTHER_ENGINES = "(others)"  # never an engine id: those are letters, digits, '.', '-', '_'
 PROBLEMS_KEPT = 10
 REASON_MAX = 300
-# The pictures: a length chart shows reads up to the length all but this share of reads stay
+# The snapshots: a length chart shows reads up to the length all but this share of reads stay
 # under, in at most DISPLAY_BARS bars, and the rest in one sum.
 LENGTH_TAIL = 0.005
 DISPLAY_BARS = 100
@@ -256,7 +256,7 @@ class Bins:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def picture(self, tail: float = 0.0, bars: int = DISPLAY_BARS) -> Histogram:
+    def snapshot(self, tail: float = 0.0, bars: int = DISPLAY_BARS) -> Histogram:
         """Dense bars from 0, at most ``bars`` of them, showing all but a ``tail`` share of the
         counts (those in the highest bins, summed in ``beyond``)."""
         total = self.total()
@@ -294,7 +294,7 @@ class Bins:
 
 
 @dataclass(slots=True)
-class Tally:
+class ReadSums:
     """Reads, bases and the sum of their mean Q-scores."""
 
     reads: int = 0
@@ -314,21 +314,21 @@ class Tally:
 class Split:
     """A tally of the reads that passed beside one of those that failed."""
 
-    passed: Tally
-    failed: Tally
+    passed: ReadSums
+    failed: ReadSums
 
     @classmethod
     def empty(cls) -> Split:
-        return cls(Tally(), Tally())
+        return cls(ReadSums(), ReadSums())
 
-    def both(self) -> Tally:
-        return Tally(
+    def both(self) -> ReadSums:
+        return ReadSums(
             self.passed.reads + self.failed.reads,
             self.passed.bases + self.failed.bases,
             self.passed.qscore_sum + self.failed.qscore_sum,
         )
 
-    def picture(self) -> ReadTally:
+    def snapshot(self) -> ReadTally:
         both = self.both()
         return ReadTally(
             reads=both.reads,
@@ -424,7 +424,7 @@ class RunYield:
         ``engine`` the engine that ran it and ``busy_seconds`` how long its basecaller ran,
         when known (for the engines' throughput)."""
         self.jobs += 1
-        job = Tally()
+        job = ReadSums()
         for group in stats.groups:
             job.add(group.reads, group.bases, group.qscore_sum)
             for split in (self.total, self._barcode(group.barcode)):
@@ -516,14 +516,14 @@ class RunYield:
             mean_q=total.mean_q(),
             n50=self.n50(),
             n50_resolution=self.lengths.width,
-            length_histogram=self.lengths.picture(LENGTH_TAIL),
-            q_histogram=self.qscores.picture(),
+            length_histogram=self.lengths.snapshot(LENGTH_TAIL),
+            q_histogram=self.qscores.snapshot(),
             yield_over_time=self._series(),
             barcodes=[
-                BarcodeYield(barcode=barcode, **split.picture().model_dump())
+                BarcodeYield(barcode=barcode, **split.snapshot().model_dump())
                 for barcode, split in barcodes
             ],
-            more_barcodes=self.more_barcodes.picture() if more.reads else None,
+            more_barcodes=self.more_barcodes.snapshot() if more.reads else None,
             basecallers=[
                 BasecallerUse(name=name, version=version, model=model, jobs=jobs)
                 for (name, version, model), jobs in sorted(
@@ -547,10 +547,10 @@ class RunYield:
                 for engine, tally in sorted(self.engines.items(), key=lambda item: -item[1].bases)
             ],
             problems=list(self.problems),
-            account=self._account_picture(),
+            account=self._account_snapshot(),
         )
 
-    def _account_picture(self) -> ReadsAccount:
+    def _account_snapshot(self) -> ReadsAccount:
         tally = self.account
         return ReadsAccount(
             reads_in=tally.reads_in,
@@ -671,7 +671,7 @@ class _Record(BaseModel):
 
 
 def _split(value: _SplitRecord) -> Split:
-    return Split(Tally(*value[0]), Tally(*value[1]))
+    return Split(ReadSums(*value[0]), ReadSums(*value[1]))
 
 
 def _one_line(text: str) -> str:

@@ -12,7 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -23,7 +31,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bcmanager.core.progress import Tallies
 from bcmanager.facility.facility import Facility
+from bcmanager.http.access import Kind
+from bcmanager.http.routing import ERRORS, TOKEN_OPTIONAL, guard
 from bcmanager.models import RunEntry, RunPhase
+
+router = APIRouter()
 
 # The engine label of the series that sums the retired engines (see progress.py); it cannot be
 # an engine id, which has no parentheses.
@@ -177,3 +189,23 @@ class RequestTimer:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in METHODS else "other"
             self.histogram.labels(method, route).observe(time.perf_counter() - start)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    operation_id="metrics",
+    summary="Prometheus metrics: files by state, files by engine and outcome, durations",
+    tags=["operations"],
+    # The exact media type carries prometheus-client's format version; the schema names
+    # only its kind, so it does not change with that library.
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        401: ERRORS[401],
+    },
+    dependencies=guard(Kind.READ),
+    openapi_extra=TOKEN_OPTIONAL,
+)
+async def prometheus_metrics(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
