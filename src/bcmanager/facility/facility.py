@@ -239,10 +239,15 @@ class Facility:
         manager.listener = partial(self._raw_folder_event, run, path)
 
     def _raw_folder_event(self, run: Run, path: str, event: Event, facts: Facts) -> None:
-        """An event of raw folder ``path``: a job's end is the run's to count and check, an
-        engine benched is told to the webhook; the rest is the raw folder's own."""
+        """An event of raw folder ``path``: a new raw file reopens a complete run, a job's end
+        is the run's to count and check, an engine benched is told to the webhook; the rest is
+        the raw folder's own."""
         match event:
             # What the facility does not take in first: a start-up sees a million files.
+            case FileSeen(before=None):
+                if run.completed:  # a new raw file, found by the watcher or by a rescan
+                    self.completion.reopen(run, "new raw files")
+                return
             case (
                 FileSeen()
                 | FileMissing()
