@@ -144,3 +144,19 @@ def test_the_graph_sees_imports_inside_functions_and_relative_ones(tmp_path: Pat
 def _imports_of_file(source: Path, root: Path, known: set[str]) -> set[str]:
     name = ".".join(source.relative_to(root).with_suffix("").parts)
     return _imports(name, source, known)
+
+
+LONGEST_FUNCTION = 100
+
+
+def test_no_function_is_over_a_hundred_lines() -> None:
+    """A function that long does several things; the house keeps each to one."""
+    long = [
+        f"{_module_name(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION
+    ]
+    assert long == []

@@ -205,6 +205,30 @@ def test_a_raw_folder_new_in_a_run_sealed_by_the_running_manager_unseals_it(
     assert record(out / "report.json")["files_done"] == 2
 
 
+@pytest.mark.parametrize("polling", [False, True], ids=["events", "polling"])
+def test_a_file_new_in_a_raw_folder_of_a_run_sealed_by_the_running_manager_unseals_it(
+    root: Root, served: Served, polling: bool
+) -> None:
+    """Found by the watcher's events or, on a network filesystem, by a rescan: either way the
+    run is no longer complete, and is sealed anew once its new file is done."""
+    folder = root.run("exp", "s1", "FAX11111")
+    root.add(folder / "pod5", 1)
+    summary(folder)
+    path = folder.relative_to(root.input_dir).as_posix()
+    out = root.output_dir / path
+    env = {"BCM_FORCE_POLLING": "true"} if polling else {}
+    server = served.start(**env)
+    drain(server, root)
+    seal = out / "bcm-run.json"
+    wait_for(seal.exists, 10, "the seal")
+    [late] = root.add(folder / "pod5", 1)
+    wait_for(lambda: not seal.exists(), 10, "the seal taken away")
+    assert runs(server)[path]["phase"] != "complete"
+    assert [batch["batch"] for batch in drain(server, root)] == [[late.name]]
+    wait_for(lambda: seal.exists() and record(seal)["files"]["done"] == 2, 10, "a new seal")
+    assert runs(server)[path]["sealed"]
+
+
 def test_a_file_sent_back_while_the_manager_was_stopped_unseals_its_run(
     root: Root, served: Served
 ) -> None:

@@ -237,13 +237,18 @@ class Facility:
 
     def _wire(self, run: Run, path: str, manager: Manager) -> None:
         """Raw folder ``path`` of ``run`` hands the facility its events."""
-        manager.listener = partial(self._job_ended, run, path)
+        manager.listener = partial(self._raw_folder_event, run, path)
 
-    def _job_ended(self, run: Run, path: str, event: Event, facts: Facts) -> None:
-        """An event of raw folder ``path``: a job's end is the run's to count and check, an
-        engine benched is told to the webhook; the rest is the raw folder's own."""
+    def _raw_folder_event(self, run: Run, path: str, event: Event, facts: Facts) -> None:
+        """An event of raw folder ``path``: a new raw file reopens a complete run, a job's end
+        is the run's to count and check, an engine benched is told to the webhook; the rest is
+        the raw folder's own."""
         match event:
             # What the facility does not take in first: a start-up sees a million files.
+            case FileSeen(before=None):
+                if run.completed:  # a new raw file, found by the watcher or by a rescan
+                    self.completion.reopen(run, "new raw files")
+                return
             case (
                 FileSeen()
                 | FileMissing()

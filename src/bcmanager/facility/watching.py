@@ -20,7 +20,6 @@ from bcmanager.facility import discovery
 from bcmanager.facility.completion import Background, Completion, KeptNotices
 from bcmanager.facility.discovery import HERE
 from bcmanager.facility.runs import Registry, Run
-from bcmanager.models import RunPhase
 from bcmanager.paths import is_final_summary_name, is_raw_name
 from bcmanager.settings import Settings
 from bcmanager.watcher import DEBOUNCE_MS, STEP_MS
@@ -214,8 +213,6 @@ class Watcher:
             return
         await self.registry.managers[folder].on_changes(sorted(set(written)), sorted(set(deleted)))
         run.touched = run.touched or bool(written)
-        if written and run.completed and run.phase() is not RunPhase.COMPLETE:
-            self.completion.reopen(run, "new raw files")
         self.completion.check_complete(run)  # its last pending file may have gone
 
 
