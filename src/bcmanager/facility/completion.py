@@ -172,6 +172,7 @@ class Completion:
     def reopen(self, run: Run, why: str) -> None:
         """A complete run has work again: it is no longer complete, nor sealed."""
         run.completed = run.sealed_here = False
+        run.reopened += 1
         if run.path == HERE:
             return
         if run.seal is not None:
@@ -217,7 +218,14 @@ class Completion:
         if self.settings.on_run_complete:
             await run_completion_command(self.settings, run, self.tell)
         if run.path != HERE and run.phase() is RunPhase.COMPLETE:
+            reopened = run.reopened
             sealed = await asyncio.to_thread(self._seal, run)
+            if run.reopened != reopened:
+                if isinstance(sealed, RunSealed) and not run.sealed_here:
+                    runrecord.remove_seal(run.output)  # new work came while it was written
+                return
+            if isinstance(sealed, RunSealed):
+                run.sealed_here = True
             if sealed is not None:
                 self.tell(sealed)
 
@@ -267,7 +275,7 @@ class Completion:
         folders hold done or quarantined; else it stays unsealed, and the watcher or the
         rescan serves what is there. Returns what became of it (None: not sealed, logged). In
         a worker thread: it lists the run's folders, and the state machines' dicts are only
-        read."""
+        read; the caller marks the run sealed, unless it had work again meanwhile."""
         try:
             own, nested = discovery.survey(self.registry.input_root, self.layout, run.path)
         except OSError as error:
@@ -294,7 +302,6 @@ class Completion:
         except OSError as error:
             log.error("run %s: could not write its seal (%s)", run.path, error)
             return None
-        run.sealed_here = True
         return RunSealed(run.path)
 
     def _unaccounted(self, run: Run, folder: discovery.Folder) -> int:

@@ -47,6 +47,7 @@ class Run:
     expected_files: int | None = None  # raw files the final summary says were written
     finished: bool = False  # sequencing stopped, and every file it wrote was seen
     completed: bool = False  # complete, announced and its command started
+    reopened: int = 0  # times it had work again after it completed: a seal begun before is stale
     seal: runrecord.Seal | None = None  # set while the run is sealed and not read back
     sealed_here: bool = False  # sealed by this manager, its raw folders still served
     facts: Pod5Facts | None = None  # what its POD5 files say of themselves, once one was read
