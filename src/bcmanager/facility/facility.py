@@ -83,6 +83,8 @@ from bcmanager.watcher import can_watch
 
 log = logging.getLogger(__name__)
 
+WATCH_AFTER_STEP = 0.05  # seconds between looks at whether the first scans are done
+
 _Done = TypeVar("_Done")
 
 
@@ -183,7 +185,16 @@ class Facility:
         self._in_background(self.server.verify_seals())
         self._spawn("discovery", self.watcher.discover_forever())
         if not self.settings.force_polling and can_watch(self.input_root):
-            self._spawn("watcher", self.watcher.watch())
+            self._spawn("watcher", self._watch_once_ready())
+
+    async def _watch_once_ready(self) -> None:
+        """Watch the root once every raw folder has finished its first scan: starting a watch
+        makes the kernel mark each entry of a watched folder (0.1 s for a million), and the
+        watcher's first look lists the root again; before, both would share the first offers'
+        time. That first look finds what came meanwhile."""
+        while not self.ready:
+            await asyncio.sleep(WATCH_AFTER_STEP)
+        await self.watcher.watch()
 
     async def stop(self) -> None:
         tasks = [*self._tasks.values(), *self._side_tasks]

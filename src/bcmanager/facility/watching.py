@@ -98,9 +98,9 @@ class Watcher:
         watch fewer folders than there are (its inotify watch limit), it says so once and
         watches half as many, raw folders first, until the kernel agrees; the rescan finds
         what is new in the others, as it does on a network filesystem."""
-        # What is written between start-up's discovery and the watcher's start is found by
-        # one more look, once it watches.
-        self.in_background(self._look_again({HERE}))
+        # What came between start-up's discovery and the watcher's start is found by one more
+        # look, once it watches.
+        self.in_background(self._first_look())
         most: int | None = None  # the folders it may watch, once the kernel refused more
         while True:
             self._rewatch = asyncio.Event()
@@ -150,6 +150,13 @@ class Watcher:
         if new and "watcher" in self.tasks:
             self._rewatch.set()
             self.in_background(self._look_again(new))
+
+    async def _first_look(self) -> None:
+        """Raw files and folders written before the watcher started, and final summaries."""
+        await self._look_again({HERE})
+        for run in list(self.registry.runs.values()):
+            await self.completion.look_for_summary(run)
+            self.completion.check_complete(run)
 
     async def _look_again(self, folders: set[str]) -> None:
         await asyncio.sleep(REWATCH_SECONDS)
