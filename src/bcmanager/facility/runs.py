@@ -122,7 +122,7 @@ class Registry:
         # the watcher), by folder: a run's is looked up here, its folder not listed again.
         self.summaries: dict[str, str] = {}
         # Raw folders a discovery found and is still starting, by path -> run path.
-        self.pending_sources: dict[str, str] = {}
+        self.pending_raw_folders: dict[str, str] = {}
         # Each raw folder served, by path -> its folder's device and inode: a folder served
         # that an operator moves is followed to its new path.
         self.identity: dict[str, tuple[int, int]] = {}
@@ -176,6 +176,6 @@ class Registry:
         output in the run's output folder that ``path``'s recovery must not take for its own."""
         return [
             self.input_root / other
-            for other, found_run in self.pending_sources.items()
+            for other, found_run in self.pending_raw_folders.items()
             if found_run == run.path and other != path and other not in run.managers
         ]

@@ -179,7 +179,7 @@ class Server:
                 for path, each in unserved.items()
                 if path not in registry.managers and not self._served_elsewhere(each)
             }
-            registry.pending_sources = {path: each.run for path, each in new.items()}
+            registry.pending_raw_folders = {path: each.run for path, each in new.items()}
             read: list[Run] = []
             try:
                 for _, each in sorted(new.items()):
@@ -193,7 +193,7 @@ class Server:
                         self.completion.reopen(run, "a new raw folder")
                     await self.completion.look_for_summary(run)
             finally:
-                registry.pending_sources = {}
+                registry.pending_raw_folders = {}
                 for run in read:
                     run.yield_from_seal = False  # its raw folders are read back
 

@@ -164,7 +164,7 @@ class Watcher:
             manager = self.registry.managers.get(folder)
             if manager is not None:
                 await manager.rescan()
-            elif folder not in self.registry.pending_sources:
+            elif folder not in self.registry.pending_raw_folders:
                 await self.discover(folder)
 
     async def _changed(self, changes: Iterable[tuple[Change, str]]) -> None:
