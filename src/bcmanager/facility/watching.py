@@ -75,18 +75,21 @@ class Watcher:
         complete, and the notices the webhook has not taken yet."""
         await self.discover(HERE)
         await self.drop_gone()
-        for run in list(self.registry.runs.values()):
-            await self.completion.look_for_summary(run)
-            self.completion.check_complete(run)  # a rescan may have found its last file gone
+        await self._summaries_and_ends()
         self.notices.send()
 
     async def summary_forever(self) -> None:
         """One run served alone: its final summary is looked for at each rescan."""
         while True:
-            for run in self.registry.runs.values():
-                await self.completion.look_for_summary(run)
-                self.completion.check_complete(run)
+            await self._summaries_and_ends()
             await asyncio.sleep(self.settings.rescan_interval)
+
+    async def _summaries_and_ends(self) -> None:
+        """Each run's final summary looked for, and whether it is complete (a look may have
+        found its last file gone)."""
+        for run in list(self.registry.runs.values()):
+            await self.completion.look_for_summary(run)
+            self.completion.check_complete(run)
 
     async def watch(self) -> None:
         """One watcher for the folders of the root that matter: each folder discovery walked
@@ -154,9 +157,7 @@ class Watcher:
     async def _first_look(self) -> None:
         """Raw files and folders written before the watcher started, and final summaries."""
         await self._look_again({HERE})
-        for run in list(self.registry.runs.values()):
-            await self.completion.look_for_summary(run)
-            self.completion.check_complete(run)
+        await self._summaries_and_ends()
 
     async def _look_again(self, folders: set[str]) -> None:
         await asyncio.sleep(REWATCH_SECONDS)
